@@ -1,0 +1,64 @@
+"""Input validation shared by the solvers: plain messages, raised before any work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tomosweep.errors import InputError
+
+import numpy as np
+
+from tomosweep.errors import InputError
+from tomosweep.solvers import backend
+
+
+def finite_array(arr: Any, name: str, *, nonneg: bool = False) -> Any:
+    """Return ``arr`` (NumPy or CuPy) after checking it is finite (and ≥ 0 if asked)."""
+    xp = backend.get_array_module(arr)
+    arr = arr if xp is not np else np.asarray(arr)
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if not bool(xp.all(xp.isfinite(arr))):
+        raise InputError(f"{name} contains NaN or infinite values")
+    if nonneg and bool((arr < 0).any()):
+        raise InputError(
+            f"{name} must be non-negative (they are counts or intensities); "
+            f"its minimum is {float(arr.min()):g}"
+        )
+    return arr
+
+
+def tilt_series_shape(arr: Any, projector: Any, name: str, *, lead: tuple[int, ...] = ()) -> int:
+    """Check ``arr`` is ``lead + (n_angles, n_det, n_x)`` for ``projector``; return n_x."""
+    want = lead + (projector.n_angles, projector.n_det)
+    if arr.ndim != len(want) + 1 or tuple(arr.shape[: len(want)]) != want:
+        dims = ", ".join(str(d) for d in want)
+        raise InputError(
+            f"{name} must have shape ({dims}, n_x) to match {projector!r}; got {tuple(arr.shape)}"
+        )
+    return int(arr.shape[-1])
+
+
+def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise InputError(f"{name} must be finite and {bound}, got {value!r}")
+    return v
+
+
+def same_projector_size(*projectors: Any) -> None:
+    sizes = {(p.n, p.n_det) for p in projectors}
+    if len(sizes) > 1:
+        raise InputError(
+            f"all projectors must share slice size and detector width; got (n, n_det) = {sorted(sizes)}"
+        )
