@@ -1,0 +1,159 @@
+"""Fused multi-modal tomography (Schwartz 2024) and the chemical-only baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from phantom_fixtures import ELEMENTS, acquisition
+
+from tomosweep.errors import DivergenceError, InputError
+from tomosweep.solvers import Projector, fused, nrmse, poisson_ml, poisson_ml_tv, sirt
+from tomosweep.solvers.fused import fused_objective
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return acquisition()
+
+
+def _small_problem(rng):
+    n, n_x = 10, 3
+    haadf_op = Projector(n, np.linspace(-70, 70, 7), cache_dir=False)
+    chem_op = Projector(n, np.linspace(-60, 60, 4), cache_dir=False)
+    haadf = rng.random((7, n, n_x)) * 50
+    chem = rng.poisson(2.0, (2, 4, n, n_x)).astype(float)
+    return haadf_op, haadf, chem_op, chem
+
+
+@pytest.mark.parametrize("gamma", [1.0, 1.7, 2.0])
+def test_gradient_matches_finite_differences(gamma):
+    rng = np.random.default_rng(0)
+    haadf_op, haadf, chem_op, chem = _small_problem(rng)
+    x = rng.random((2, 10, 10, 3)) + 0.2  # away from 0, where x^(γ-1) is not smooth
+
+    def value(v):
+        return fused_objective(haadf_op, haadf, chem_op, chem, ["Co", "O"], v,
+                               lambda_haadf=0.3, lambda_chem=2.0, lambda_tv=0.0, gamma=gamma)
+
+    _, grad = value(x)
+    for _ in range(3):
+        direction = rng.standard_normal(x.shape)
+        h = 1e-6
+        fd = (value(x + h * direction)[0] - value(x - h * direction)[0]) / (2 * h)
+        analytic = float((grad * direction).sum())
+        assert abs(fd - analytic) <= 1e-6 * abs(fd)
+
+
+def test_objective_terms_match_equation_1():
+    rng = np.random.default_rng(1)
+    haadf_op, haadf, chem_op, chem = _small_problem(rng)
+    x = rng.random((2, 10, 10, 3))
+    z = np.array([27.0, 8.0])
+    model = haadf_op.forward(((z[:, None, None, None] * x) ** 1.7).sum(0))
+    psi1 = 0.5 * ((model - haadf) ** 2).sum()
+    proj = np.stack([chem_op.forward(v) for v in x])
+    psi2 = (proj - chem * np.log(proj + 0.1)).sum()
+    value, _ = fused_objective(haadf_op, haadf, chem_op, chem, ["Co", "O"], x,
+                               lambda_haadf=2.0, lambda_chem=3.0, lambda_tv=0.0)
+    assert value == pytest.approx(2.0 * psi1 + 3.0 * psi2, rel=1e-10)
+
+
+def test_noise_free_full_range_reconstructs_accurately():
+    """Enough noise-free tilts over ±90°: SIRT recovers each element to NRMSE < 0.1."""
+    from phantom_fixtures import specimen
+
+    truth = specimen(48, 2)
+    proj = Projector(48, np.linspace(-90, 90, 90, endpoint=False))
+    for element in truth[[0, 3]]:
+        result = sirt(proj, proj.forward(element), n_iter=300)
+        assert nrmse(result.volume, element) < 0.1
+
+
+def test_fused_beats_sirt_on_noisy_multi_element_data(noisy):
+    truth, haadf_op, haadf, chem_op, chem = noisy
+    sirt_scores = []
+    for n_iter in (5, 10, 20, 50):
+        volumes = np.stack([sirt(chem_op, c, n_iter=n_iter).volume for c in chem])
+        sirt_scores.append(nrmse(volumes, truth, channel_axis=0).mean())
+    best_sirt = min(sirt_scores)
+
+    result = fused(haadf_op, haadf, chem_op, chem, ELEMENTS,
+                   lambda_haadf=1e-4, lambda_chem=1.0, lambda_tv=10.0, n_iter=150)
+    fused_scores = nrmse(result.volume, truth, channel_axis=0)
+    assert result.volume.shape == truth.shape
+    # measured: fused ⟨NRMSE⟩ 0.81 against SIRT's best 1.02 (seeded data)
+    assert fused_scores.mean() < 0.9 * best_sirt, (fused_scores, best_sirt)
+    # the HAADF term is what resolves the heavy Au inclusions: better than the same
+    # Poisson + TV model without it
+    ml_tv = poisson_ml_tv(chem_op, chem, lambda_tv=10.0, n_iter=150)
+    assert fused_scores[3] < nrmse(ml_tv.volume[3], truth[3])
+    for term in ("haadf", "chem", "tv"):
+        assert result.costs[term].shape == (151,)
+    assert result.costs["haadf"][-1] < result.costs["haadf"][0]
+    assert result.info["haadf_scale"] > 0
+
+
+def test_baselines_return_element_volumes_and_tv_helps(noisy):
+    truth, _, _, chem_op, chem = noisy
+    ml = poisson_ml(chem_op, chem, n_iter=20)
+    assert ml.volume.shape == truth.shape
+    assert np.all(ml.volume >= 0)
+    assert np.all(np.diff(ml.costs["chem"]) <= 1e-6 * np.abs(ml.costs["chem"][:-1]))  # EM is monotone
+    ml_tv = poisson_ml_tv(chem_op, chem, lambda_tv=10.0, n_iter=50)
+    assert nrmse(ml_tv.volume, truth, channel_axis=0).mean() < nrmse(ml.volume, truth, channel_axis=0).mean()
+
+
+def test_only_weight_ratios_matter(noisy):
+    _, haadf_op, haadf, chem_op, chem = noisy
+    kwargs = dict(n_iter=5, n_init=3)
+    a = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-4, lambda_chem=1, lambda_tv=3, **kwargs)
+    b = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-2, lambda_chem=100, lambda_tv=300, **kwargs)
+    np.testing.assert_allclose(a.volume, b.volume, rtol=2e-3, atol=1e-6)
+
+
+def test_deterministic(noisy):
+    _, haadf_op, haadf, chem_op, chem = noisy
+    runs = [fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=3, n_init=2).volume for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_callback_stops_early(noisy):
+    _, haadf_op, haadf, chem_op, chem = noisy
+    seen = []
+
+    def stop_at_two(k, costs, volume):
+        seen.append(sorted(costs))
+        return k == 2
+
+    result = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=50, n_init=2, callback=stop_at_two)
+    assert result.iterations == 2
+    assert seen[0] == ["chem", "haadf", "tv"]
+
+
+def test_divergence_is_a_clear_error(noisy):
+    _, haadf_op, haadf, chem_op, chem = noisy
+    with pytest.raises(DivergenceError, match="diverged at iteration"):
+        fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=20, n_init=2,
+              lambda_haadf=1.0, haadf_scale=1e-300)  # residual² overflows
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(chem=-d["chem"]), "non-negative"),
+        (lambda d: d.update(chem=np.where(d["chem"] > 3, np.nan, d["chem"])), "NaN"),
+        (lambda d: d.update(chem=d["chem"][:, :, :, :1]), "same number of slices"),
+        (lambda d: d.update(haadf=d["haadf"][:-1]), "haadf_tilt_series must have shape"),
+        (lambda d: d.update(elements=("Co", "Cu", "O", "Xx")), "unknown element symbol 'Xx'"),
+        (lambda d: d.update(elements=("Co", "Cu")), "one symbol or atomic number per chemical channel"),
+        (lambda d: d.update(lambda_tv=-1.0), "lambda_tv must be finite and ≥ 0"),
+        (lambda d: d.update(gamma=0.5), "gamma must lie in"),
+    ],
+)
+def test_bad_input_is_a_clear_error(noisy, change, message):
+    _, haadf_op, haadf, chem_op, chem = noisy
+    args = {"haadf": haadf, "chem": chem, "elements": ELEMENTS, "lambda_tv": 1.0, "gamma": 1.7}
+    change(args)
+    with pytest.raises(InputError, match=message):
+        fused(haadf_op, args["haadf"], chem_op, args["chem"], args["elements"],
+              lambda_tv=args["lambda_tv"], gamma=args["gamma"], n_iter=1, n_init=1)
