@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tomosweep.errors import InputError
-
 import numpy as np
 
 from tomosweep.errors import InputError

@@ -3,9 +3,12 @@ r"""Fused multi-modal tomography (Schwartz 2024) and its chemical-only baselines
 Objective (Schwartz 2024 eq. 1), for element volumes :math:`x_i \ge 0`:
 
 .. math::
-    \Psi(x) = \underbrace{\frac{\lambda_1}{2}\Bigl\lVert A_h \sum_i (Z_i x_i)^\gamma - b_H\Bigr\rVert_2^2}_{\lambda_1\Psi_1}
-      + \underbrace{\lambda_2 \sum_i \bigl(\mathbf 1^T A_c x_i - b_i^T \log(A_c x_i + \varepsilon)\bigr)}_{\lambda_2\Psi_2}
+    \Psi(x) = \frac{\lambda_1}{2}\Bigl\lVert A_h \sum_i (Z_i x_i)^\gamma - b_H\Bigr\rVert_2^2
+      + \lambda_2 \sum_i \bigl(\mathbf 1^T A_c x_i - b_i^T \log(A_c x_i + \varepsilon)\bigr)
       + \lambda_3 \sum_i \mathrm{TV}(x_i)
+
+with :math:`\lambda_1\Psi_1` the HAADF term, :math:`\lambda_2\Psi_2` the Poisson
+likelihood of the chemical maps and the last the channel-wise TV.
 
 Gradients of the smooth terms (Schwartz 2024 eq. 2–3, Supp. Alg. 1 lines 21–23):
 

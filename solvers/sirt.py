@@ -28,7 +28,8 @@ from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
 
 
-def _safe_inverse(xp: Any, sums: Any) -> Any:
+def safe_inverse(xp: Any, sums: Any) -> Any:
+    """1/sums where sums > 0, else 0 (SIRT's R and C: rays or pixels the geometry never touches)."""
     out = xp.zeros_like(sums)
     mask = sums > 1e-12
     out[mask] = 1.0 / sums[mask]
@@ -124,8 +125,8 @@ def sirt(
                 f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}"
             )
         x = backend.asarray(x0, xp, dtype).reshape(projector.shape[1], n_x).copy()
-    inv_row = _safe_inverse(xp, projector.row_sums(xp, dtype))[:, None]
-    inv_col = _safe_inverse(xp, projector.col_sums(xp, dtype))[:, None]
+    inv_row = safe_inverse(xp, projector.row_sums(xp, dtype))[:, None]
+    inv_col = safe_inverse(xp, projector.col_sums(xp, dtype))[:, None]
     log = CostLog("SIRT", callback)
     x, done = sirt_iterate(
         projector.forward_matrix, projector.back_matrix, b, inv_row, inv_col, x,
