@@ -32,8 +32,12 @@ def machine() -> dict[str, Any]:
 
 def parser(description: str, default_name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / default_name,
-                   help="where to write the JSON report (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "results" / default_name,
+        help="where to write the JSON report (default: %(default)s)",
+    )
     return p
 
 

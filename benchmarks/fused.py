@@ -55,8 +55,15 @@ def time_case(n: int, n_el: int, device: str, n_iter: int) -> dict:
     result = fused(haadf_op, haadf, chem_op, chem, SYMBOLS[:n_el], n_iter=n_iter, callback=clock, **kwargs)
     total = time.perf_counter() - t0
     per_iter = float(np.diff(stamps).mean())  # stamps at each iterate's cost evaluation
-    return {"n": n, "n_elements": n_el, "device": result.device, "n_iter": n_iter,
-            "seconds_per_iteration": per_iter, "setup_s": stamps[0] - t0, "total_s": total}
+    return {
+        "n": n,
+        "n_elements": n_el,
+        "device": result.device,
+        "n_iter": n_iter,
+        "seconds_per_iteration": per_iter,
+        "setup_s": stamps[0] - t0,
+        "total_s": total,
+    }
 
 
 def main() -> None:
@@ -74,8 +81,16 @@ def main() -> None:
     else:
         gpu_note = f"GPU case (256³, 4 elements) not run: {backend.gpu_unavailable_reason()}"
         print(gpu_note)
-    write(args.out, {"benchmark": "fused", "machine": machine(), "results": rows,
-                     "target": "GPU 256^3, 4 elements: <= 0.1 s per iteration", "note": gpu_note})
+    write(
+        args.out,
+        {
+            "benchmark": "fused",
+            "machine": machine(),
+            "results": rows,
+            "target": "GPU 256^3, 4 elements: <= 0.1 s per iteration",
+            "note": gpu_note,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def main() -> None:
                 proj.back(proj.forward(volume))  # noqa: B023
 
             ours_s = best_of(ours, 3)
-            row = {"n": n, "n_tilts": n_tilts, "n_slices": n, "matrix_build_s": build_s,
-                   "matrix_nnz": int(proj.matrix.nnz), "tomosweep_fwd_back_s": ours_s}
+            row = {
+                "n": n,
+                "n_tilts": n_tilts,
+                "n_slices": n,
+                "matrix_build_s": build_s,
+                "matrix_nnz": int(proj.matrix.nnz),
+                "tomosweep_fwd_back_s": ours_s,
+            }
             try:
                 run, cleanup = astra_slice_by_slice(n, angles)
             except ImportError:

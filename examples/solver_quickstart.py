@@ -31,7 +31,8 @@ def specimen(n: int, n_x: int) -> np.ndarray:
     part_a = (yy + 8 * s) ** 2 + zz**2 < (14 * s) ** 2
     part_b = (yy - 14 * s) ** 2 + (zz - 5 * s) ** 2 < (9 * s) ** 2
     gold = ((yy + 8 * s) ** 2 + (zz + 2 * s) ** 2 < (4 * s) ** 2) | (
-        (yy - 14 * s) ** 2 + (zz - 12 * s) ** 2 < (3 * s) ** 2)
+        (yy - 14 * s) ** 2 + (zz - 12 * s) ** 2 < (3 * s) ** 2
+    )
     maps = np.stack([part_a & ~gold, part_b & ~gold, (part_a | part_b) & ~gold, gold]).astype(float)
     return np.repeat(maps[..., None], n_x, axis=-1)
 
@@ -52,16 +53,20 @@ def main() -> None:
     recon = {
         "SIRT (20 it.)": np.stack([sirt(chem_op, c, n_iter=20).volume for c in chem]),
         "Poisson-ML + TV": poisson_ml_tv(chem_op, chem, lambda_tv=10.0, n_iter=150).volume,
-        "fused": fused(haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-4,
-                       lambda_chem=1.0, lambda_tv=10.0, n_iter=300).volume,
+        "fused": fused(
+            haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-4, lambda_chem=1.0, lambda_tv=10.0, n_iter=300
+        ).volume,
     }
     fig, axes = plt.subplots(len(recon) + 1, len(ELEMENTS), figsize=(9, 9), constrained_layout=True)
     rows = [("ground truth", truth)] + list(recon.items())
     for r, (name, volumes) in enumerate(rows):
         scores = nrmse(volumes, truth, channel_axis=0)
         if r:
-            print(f"{name:16s} NRMSE " + "  ".join(f"{e}={s:.3f}" for e, s in zip(ELEMENTS, scores, strict=True))
-                  + f"  mean={scores.mean():.3f}")
+            print(
+                f"{name:16s} NRMSE "
+                + "  ".join(f"{e}={s:.3f}" for e, s in zip(ELEMENTS, scores, strict=True))
+                + f"  mean={scores.mean():.3f}"
+            )
         for c, element in enumerate(ELEMENTS):
             ax = axes[r, c]
             ax.imshow(volumes[c, :, :, 0].T, cmap="magma", origin="lower")

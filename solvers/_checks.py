@@ -20,8 +20,7 @@ def finite_array(arr: Any, name: str, *, nonneg: bool = False) -> Any:
         raise InputError(f"{name} contains NaN or infinite values")
     if nonneg and bool((arr < 0).any()):
         raise InputError(
-            f"{name} must be non-negative (they are counts or intensities); "
-            f"its minimum is {float(arr.min()):g}"
+            f"{name} must be non-negative (they are counts or intensities); its minimum is {float(arr.min()):g}"
         )
     return arr
 
@@ -31,9 +30,7 @@ def tilt_series_shape(arr: Any, projector: Any, name: str, *, lead: tuple[int, .
     want = lead + (projector.n_angles, projector.n_det)
     if arr.ndim != len(want) + 1 or tuple(arr.shape[: len(want)]) != want:
         dims = ", ".join(str(d) for d in want)
-        raise InputError(
-            f"{name} must have shape ({dims}, n_x) to match {projector!r}; got {tuple(arr.shape)}"
-        )
+        raise InputError(f"{name} must have shape ({dims}, n_x) to match {projector!r}; got {tuple(arr.shape)}")
     return int(arr.shape[-1])
 
 
@@ -57,6 +54,4 @@ def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
 def same_projector_size(*projectors: Any) -> None:
     sizes = {(p.n, p.n_det) for p in projectors}
     if len(sizes) > 1:
-        raise InputError(
-            f"all projectors must share slice size and detector width; got (n, n_det) = {sorted(sizes)}"
-        )
+        raise InputError(f"all projectors must share slice size and detector width; got (n, n_det) = {sorted(sizes)}")

@@ -29,9 +29,7 @@ def atomic_number(symbol: str) -> int:
         hint = ""
         if isinstance(symbol, str) and symbol.capitalize() in ATOMIC_NUMBER:
             hint = f" (did you mean {symbol.capitalize()!r}?)"
-        raise InputError(
-            f"unknown element symbol {symbol!r}{hint}; use a chemical symbol H…U"
-        ) from None
+        raise InputError(f"unknown element symbol {symbol!r}{hint}; use a chemical symbol H…U") from None
 
 
 def atomic_numbers(elements: Iterable[str | int | float]) -> tuple[float, ...]:

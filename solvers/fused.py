@@ -108,13 +108,10 @@ def _prepare(
     chem_tilt_series = _checks.finite_array(chem_tilt_series, "chem_tilt_series", nonneg=True)
     if chem_tilt_series.ndim != 4:
         raise InputError(
-            "chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); "
-            f"got {tuple(chem_tilt_series.shape)}"
+            f"chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); got {tuple(chem_tilt_series.shape)}"
         )
     n_el = int(chem_tilt_series.shape[0])
-    n_x = _checks.tilt_series_shape(
-        chem_tilt_series, chem_projector, "chem_tilt_series", lead=(n_el,)
-    )
+    n_x = _checks.tilt_series_shape(chem_tilt_series, chem_projector, "chem_tilt_series", lead=(n_el,))
     xp = backend.choose_xp(chem_tilt_series, haadf_tilt_series, device=device)
     dtype = np.float64 if chem_tilt_series.dtype == np.float64 else np.float32
     chem = backend.asarray(chem_tilt_series, xp, dtype)
@@ -126,8 +123,7 @@ def _prepare(
         _checks.same_projector_size(chem_projector, haadf_projector)
         if elements is None or len(elements) != n_el:
             raise InputError(
-                f"elements must list one symbol or atomic number per chemical channel "
-                f"({n_el}), got {elements!r}"
+                f"elements must list one symbol or atomic number per chemical channel ({n_el}), got {elements!r}"
             )
         z = np.asarray(atomic_numbers(elements), dtype=np.float64)
         z_gamma = backend.asarray(z**gamma, xp, dtype)
@@ -135,14 +131,22 @@ def _prepare(
         n_x_h = _checks.tilt_series_shape(haadf_tilt_series, haadf_projector, "haadf_tilt_series")
         if n_x_h != n_x:
             raise InputError(
-                f"HAADF and chemical tilt series must have the same number of slices n_x; "
-                f"got {n_x_h} and {n_x}"
+                f"HAADF and chemical tilt series must have the same number of slices n_x; got {n_x_h} and {n_x}"
             )
         haadf = backend.asarray(haadf_tilt_series, xp, dtype).reshape(haadf_projector.shape[0], n_x)
     return _Problem(
-        xp=xp, dtype=dtype, n=chem_projector.n, n_el=n_el, n_x=n_x, chem_op=chem_projector,
-        chem=chem, haadf_op=haadf_projector, haadf=haadf, z_gamma=z_gamma,
-        gamma=float(gamma), eps=float(eps),
+        xp=xp,
+        dtype=dtype,
+        n=chem_projector.n,
+        n_el=n_el,
+        n_x=n_x,
+        chem_op=chem_projector,
+        chem=chem,
+        haadf_op=haadf_projector,
+        haadf=haadf,
+        z_gamma=z_gamma,
+        gamma=float(gamma),
+        eps=float(eps),
     )
 
 
@@ -183,9 +187,7 @@ def _hessian_norm(prob: _Problem, x: Any, lam_h: float, lam_c: float, n_iter: in
     v /= xp.linalg.norm(v)
     weight = prob.chem / (prob.chem_op.forward_matrix(x) + prob.eps) ** 2
     if prob.haadf_op is not None and lam_h:
-        jac = (prob.gamma * prob.z_gamma)[None, :, None] * x.reshape(-1, prob.n_el, prob.n_x) ** (
-            prob.gamma - 1.0
-        )
+        jac = (prob.gamma * prob.z_gamma)[None, :, None] * x.reshape(-1, prob.n_el, prob.n_x) ** (prob.gamma - 1.0)
     eig = 0.0
     for _ in range(n_iter):
         hv = xp.zeros_like(v)
@@ -344,24 +346,45 @@ def fused(
         ``volume`` ``(n_elements, n, n, n_x)``; ``costs`` "haadf" (Ψ1), "chem" (Ψ2),
         "tv" (Σ TV) per iterate; ``info`` step size, Lipschitz estimate, weights.
     """
-    for name, lam in (("lambda_haadf", lambda_haadf), ("lambda_chem", lambda_chem),
-                      ("lambda_tv", lambda_tv)):
+    for name, lam in (("lambda_haadf", lambda_haadf), ("lambda_chem", lambda_chem), ("lambda_tv", lambda_tv)):
         _checks.positive_float(lam, name, allow_zero=True)
     _validate_common(n_iter, tv_iter, gamma, eps, step_factor)
-    prob = _prepare(chem_projector, chem_tilt_series, elements, haadf_projector,
-                    haadf_tilt_series, gamma=gamma, eps=eps, device=device)
+    prob = _prepare(
+        chem_projector,
+        chem_tilt_series,
+        elements,
+        haadf_projector,
+        haadf_tilt_series,
+        gamma=gamma,
+        eps=eps,
+        device=device,
+    )
     log = CostLog("fused", callback)
     x = _start(prob, x0, n_init)
     prob, scale = _rescale_haadf(prob, x, haadf_scale)
     x, done, step = _proximal_gradient(
-        prob, x, lam_h=float(lambda_haadf), lam_c=float(lambda_chem), lam_tv=float(lambda_tv),
-        n_iter=int(n_iter), tv_iter=int(tv_iter), step_factor=float(step_factor),
-        power_iter=int(power_iter), log=log,
+        prob,
+        x,
+        lam_h=float(lambda_haadf),
+        lam_c=float(lambda_chem),
+        lam_tv=float(lambda_tv),
+        n_iter=int(n_iter),
+        tv_iter=int(tv_iter),
+        step_factor=float(step_factor),
+        power_iter=int(power_iter),
+        log=log,
     )
     return log.result(
-        prob.to_public(x), done, backend.device_name(prob.xp), step=step, haadf_scale=scale,
-        lambda_haadf=float(lambda_haadf), lambda_chem=float(lambda_chem),
-        lambda_tv=float(lambda_tv), gamma=float(gamma), eps=float(eps),
+        prob.to_public(x),
+        done,
+        backend.device_name(prob.xp),
+        step=step,
+        haadf_scale=scale,
+        lambda_haadf=float(lambda_haadf),
+        lambda_chem=float(lambda_chem),
+        lambda_tv=float(lambda_tv),
+        gamma=float(gamma),
+        eps=float(eps),
     )
 
 
@@ -427,8 +450,7 @@ def poisson_ml(
     """
     _checks.positive_int(n_iter, "n_iter", minimum=0)
     _checks.positive_float(eps, "eps")
-    prob = _prepare(chem_projector, chem_tilt_series, None, None, None,
-                    gamma=1.0, eps=eps, device=device)
+    prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     log = CostLog("Poisson-ML", callback)
     x, done = _mlem(prob, int(n_iter), log)
     return log.result(prob.to_public(x), done, backend.device_name(prob.xp), eps=float(eps))
@@ -458,17 +480,30 @@ def poisson_ml_tv(
     _checks.positive_float(lambda_chem, "lambda_chem")
     _checks.positive_float(lambda_tv, "lambda_tv", allow_zero=True)
     _validate_common(n_iter, tv_iter, 1.0, eps, step_factor)
-    prob = _prepare(chem_projector, chem_tilt_series, None, None, None,
-                    gamma=1.0, eps=eps, device=device)
+    prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     log = CostLog("Poisson-ML+TV", callback)
     x = _start(prob, None, n_init)
     x, done, step = _proximal_gradient(
-        prob, x, lam_h=0.0, lam_c=float(lambda_chem), lam_tv=float(lambda_tv),
-        n_iter=int(n_iter), tv_iter=int(tv_iter), step_factor=float(step_factor),
-        power_iter=int(power_iter), log=log,
+        prob,
+        x,
+        lam_h=0.0,
+        lam_c=float(lambda_chem),
+        lam_tv=float(lambda_tv),
+        n_iter=int(n_iter),
+        tv_iter=int(tv_iter),
+        step_factor=float(step_factor),
+        power_iter=int(power_iter),
+        log=log,
     )
-    return log.result(prob.to_public(x), done, backend.device_name(prob.xp), step=step,
-                      lambda_chem=float(lambda_chem), lambda_tv=float(lambda_tv), eps=float(eps))
+    return log.result(
+        prob.to_public(x),
+        done,
+        backend.device_name(prob.xp),
+        step=step,
+        lambda_chem=float(lambda_chem),
+        lambda_tv=float(lambda_tv),
+        eps=float(eps),
+    )
 
 
 def fused_objective(
@@ -491,10 +526,21 @@ def fused_objective(
     handled by its proximal operator, not differentiated). Used by the tests to check
     the gradients against finite differences.
     """
-    prob = _prepare(chem_projector, chem_tilt_series, elements, haadf_projector,
-                    haadf_tilt_series, gamma=gamma, eps=eps, device=None)
+    prob = _prepare(
+        chem_projector,
+        chem_tilt_series,
+        elements,
+        haadf_projector,
+        haadf_tilt_series,
+        gamma=gamma,
+        eps=eps,
+        device=None,
+    )
     x = prob.to_internal(volumes)
     terms, grad = _smooth_terms(prob, x, float(lambda_haadf), float(lambda_chem))
-    value = (lambda_haadf * float(terms["haadf"]) + lambda_chem * float(terms["chem"])
-             + lambda_tv * tv_norm(prob.as_4d(x), axes=_SPATIAL))
+    value = (
+        lambda_haadf * float(terms["haadf"])
+        + lambda_chem * float(terms["chem"])
+        + lambda_tv * tv_norm(prob.as_4d(x), axes=_SPATIAL)
+    )
     return value, prob.to_public(grad)

@@ -148,8 +148,7 @@ def _ratio_fraction(value: Any, name: str) -> float:
         raise InputError(f"{name} must be a number, got {value!r}") from None
     if not 0.0 < v < 1.0:
         raise InputError(
-            f"{name} must lie strictly between 0 and 1 (the HAADF weight of Yuan 2021 "
-            f"eq. 17); got {value!r}"
+            f"{name} must lie strictly between 0 and 1 (the HAADF weight of Yuan 2021 eq. 17); got {value!r}"
         )
     return v
 
@@ -254,8 +253,7 @@ def hebt(
     n_iter = _checks.positive_int(n_iter, "n_iter", minimum=0)
     if not 0 < float(relaxation) < 2:
         raise InputError(f"relaxation must lie in (0, 2), got {relaxation!r}")
-    sigma = 0.0 if gaussian_sigma is None else _checks.positive_float(
-        gaussian_sigma, "gaussian_sigma", allow_zero=True)
+    sigma = 0.0 if gaussian_sigma is None else _checks.positive_float(gaussian_sigma, "gaussian_sigma", allow_zero=True)
     _checks.same_projector_size(haadf_projector, chem_projector)
 
     xp = backend.choose_xp(chem_tilt_series, haadf_tilt_series, device=device)
@@ -263,8 +261,7 @@ def hebt(
     chem = _check_counts(_as_stack(chem_tilt_series), "chem_tilt_series")
     if chem.ndim != 4:
         raise InputError(
-            f"chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); "
-            f"got {tuple(chem.shape)}"
+            f"chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); got {tuple(chem.shape)}"
         )
     n_el = int(chem.shape[0])
     if n_el < 1:
@@ -285,10 +282,7 @@ def hebt(
         haadf_matched = _check_counts(_as_stack(haadf_at_chem_tilts), "haadf_at_chem_tilts")
         _checks.tilt_series_shape(haadf_matched, chem_projector, "haadf_at_chem_tilts")
         if haadf_matched.shape[-1] != n_x:
-            raise InputError(
-                f"haadf_at_chem_tilts has {haadf_matched.shape[-1]} slices but "
-                f"chem_tilt_series has {n_x}"
-            )
+            raise InputError(f"haadf_at_chem_tilts has {haadf_matched.shape[-1]} slices but chem_tilt_series has {n_x}")
         haadf_matched = backend.to_numpy(haadf_matched)
     else:
         index = _matching_tilts(haadf_projector, chem_projector)
@@ -302,8 +296,7 @@ def hebt(
                 "not every chemical tilt is a HAADF tilt; pass haadf_at_chem_tilts= (the "
                 "HAADF projections at the chemical tilts) or response_ratios= (one per element)"
             )
-        fit = _fit_response_ratios(np.asarray(haadf_matched, dtype=np.float64).ravel(),
-                                   chem_np.reshape(n_el, -1))
+        fit = _fit_response_ratios(np.asarray(haadf_matched, dtype=np.float64).ravel(), chem_np.reshape(n_el, -1))
         if not np.all(fit.ratios > 0):
             zero = np.flatnonzero(fit.ratios <= 0).tolist()
             raise InputError(
@@ -317,14 +310,9 @@ def hebt(
         try:
             ratios = np.asarray(backend.to_numpy(response_ratios), dtype=np.float64)
         except (TypeError, ValueError):
-            raise InputError(
-                f"response_ratios must be a sequence of numbers, got {response_ratios!r}"
-            ) from None
+            raise InputError(f"response_ratios must be a sequence of numbers, got {response_ratios!r}") from None
         if ratios.shape != (n_el,):
-            raise InputError(
-                f"response_ratios must hold one value per element ({n_el}); "
-                f"got shape {ratios.shape}"
-            )
+            raise InputError(f"response_ratios must hold one value per element ({n_el}); got shape {ratios.shape}")
         if not np.all(np.isfinite(ratios)) or np.any(ratios <= 0):
             raise InputError(f"response_ratios must be finite and > 0, got {ratios.tolist()}")
         r_squared = None
@@ -344,17 +332,25 @@ def hebt(
     # Measurement space: one flat vector, the chemical block laid out (angle·det, el, x)
     # as W_c @ X produces it, followed by the HAADF block (angle·det, x).
     scaled_chem = np.moveaxis(chem_np * ratios[:, None, None, None], 0, 2)
-    data = backend.asarray(np.concatenate([
-        keep * scaled_chem.ravel(),
-        alpha * np.asarray(backend.to_numpy(haadf), dtype=np.float64).ravel(),
-    ]), xp, dtype)
+    data = backend.asarray(
+        np.concatenate(
+            [
+                keep * scaled_chem.ravel(),
+                alpha * np.asarray(backend.to_numpy(haadf), dtype=np.float64).ravel(),
+            ]
+        ),
+        xp,
+        dtype,
+    )
 
     row_chem = chem_projector.row_sums(xp, dtype) * keep
     row_haadf = haadf_projector.row_sums(xp, dtype) * (alpha * n_el)
-    inv_row = xp.concatenate([
-        xp.repeat(safe_inverse(xp, row_chem), n_el * n_x),
-        xp.repeat(safe_inverse(xp, row_haadf), n_x),
-    ])
+    inv_row = xp.concatenate(
+        [
+            xp.repeat(safe_inverse(xp, row_chem), n_el * n_x),
+            xp.repeat(safe_inverse(xp, row_haadf), n_x),
+        ]
+    )
     col = keep * chem_projector.col_sums(xp, dtype) + alpha * haadf_projector.col_sums(xp, dtype)
     inv_col = safe_inverse(xp, col)[:, None]
 
@@ -374,13 +370,24 @@ def hebt(
     x0 = xp.zeros((n_pix, n_el * n_x), dtype=dtype)
     log = CostLog("HEBT", callback)
     x, done = sirt_iterate(
-        forward, back, data, inv_row, inv_col, x0,
-        n_iter=n_iter, relaxation=float(relaxation), nonneg=nonneg, log=log, xp=xp,
+        forward,
+        back,
+        data,
+        inv_row,
+        inv_col,
+        x0,
+        n_iter=n_iter,
+        relaxation=float(relaxation),
+        nonneg=nonneg,
+        log=log,
+        xp=xp,
     )
     n = chem_projector.n
     volume = xp.ascontiguousarray(xp.moveaxis(x.reshape(n, n, n_el, n_x), 2, 0))
     return log.result(
-        volume, done, backend.device_name(xp),
+        volume,
+        done,
+        backend.device_name(xp),
         response_ratios=[float(r) for r in ratios],
         r_squared=None if r_squared is None else float(r_squared),
         ratios_estimated=estimated,

@@ -97,9 +97,7 @@ def _ssim_one(x: Any, y: Any, c: float = 0.0) -> float:
     return (sxy + c) / denom  # eq. 19
 
 
-def ssim_structure(
-    reconstruction: Any, ground_truth: Any, *, c: float = 0.0, channel_axis: int | None = None
-) -> Any:
+def ssim_structure(reconstruction: Any, ground_truth: Any, *, c: float = 0.0, channel_axis: int | None = None) -> Any:
     """Structure component of SSIM, Yuan 2021 eq. 19–22 (``c`` = C, zero in the paper)."""
     return _per_channel(lambda a, b: _ssim_one(a, b, c), reconstruction, ground_truth, channel_axis)
 

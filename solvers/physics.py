@@ -80,15 +80,12 @@ class XrayLine:
         atomic_number(self.element)
         if not isinstance(self.line, str) or not self.line:
             raise InputError(f"line must be a non-empty label such as 'Ka', got {self.line!r}")
-        for name in ("beam_energy_kev", "sigma_elastic_barn", "sigma_ionisation_barn",
-                     "atomic_weight"):
+        for name in ("beam_energy_kev", "sigma_elastic_barn", "sigma_ionisation_barn", "atomic_weight"):
             _positive(getattr(self, name), f"{self.element} {name}")
         for name in ("fluorescence_yield", "relative_intensity", "detector_efficiency"):
             value = _positive(getattr(self, name), f"{self.element} {name}")
             if value > 1.0:
-                raise InputError(
-                    f"{self.element} {name} is a probability and must lie in (0, 1], got {value!r}"
-                )
+                raise InputError(f"{self.element} {name} is a probability and must lie in (0, 1], got {value!r}")
 
 
 def _positive(value: Any, name: str) -> float:
@@ -186,8 +183,9 @@ def f_factor(line: XrayLine | str) -> float:
     ``line`` is an :class:`XrayLine` or an element symbol of Table 2.
     """
     x = _as_line(line)
-    return (x.sigma_ionisation_barn * x.fluorescence_yield * x.relative_intensity
-            * x.detector_efficiency / x.atomic_weight)
+    return (
+        x.sigma_ionisation_barn * x.fluorescence_yield * x.relative_intensity * x.detector_efficiency / x.atomic_weight
+    )
 
 
 def z_factor(line: XrayLine | str) -> float:

@@ -60,17 +60,13 @@ def validate_angles(angles_deg: Any) -> np.ndarray:
     """Tilt angles in degrees as a 1-D float64 array, each finite and within ±90°."""
     angles = np.asarray(angles_deg, dtype=np.float64)
     if angles.ndim != 1 or angles.size == 0:
-        raise InputError(
-            f"angles_deg must be a non-empty 1-D list of tilt angles in degrees, "
-            f"got shape {angles.shape}"
-        )
+        raise InputError(f"angles_deg must be a non-empty 1-D list of tilt angles in degrees, got shape {angles.shape}")
     if not np.all(np.isfinite(angles)):
         raise InputError("angles_deg contains NaN or infinite values")
     bad = angles[np.abs(angles) > 90.0]
     if bad.size:
         raise InputError(
-            f"tilt angles must lie within [-90, 90] degrees; got {bad[:5].tolist()}"
-            + (" …" if bad.size > 5 else "")
+            f"tilt angles must lie within [-90, 90] degrees; got {bad[:5].tolist()}" + (" …" if bad.size > 5 else "")
         )
     return angles
 
@@ -131,8 +127,7 @@ def build_system_matrix(n: int, angles_deg: Any, n_det: int | None = None) -> sc
         length = np.where(along_z, 1.0 / np.abs(safe_c), 1.0 / np.abs(safe_s))
         coord, ratio, length = np.broadcast_arrays(coord, ratio, length)
         lines = np.broadcast_to(line[None, None, :], coord.shape)
-        ray = (np.arange(start, start + coord.shape[0])[:, None, None] * n_det
-               + np.arange(n_det)[None, :, None])
+        ray = np.arange(start, start + coord.shape[0])[:, None, None] * n_det + np.arange(n_det)[None, :, None]
         ray = np.broadcast_to(ray, coord.shape)
         az = np.broadcast_to(along_z, coord.shape)
         for index, weight in _pairs(*_line_weights(coord, ratio, length, n)):
@@ -173,9 +168,7 @@ def _cache_key(n: int, n_det: int, angles: np.ndarray) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_matrix(
-    n: int, n_det: int, angles_key: tuple[float, ...], cache_dir: str | None
-) -> scipy.sparse.csr_matrix:
+def _cached_matrix(n: int, n_det: int, angles_key: tuple[float, ...], cache_dir: str | None) -> scipy.sparse.csr_matrix:
     angles = np.asarray(angles_key, dtype=np.float64)
     path = None
     if cache_dir is not None:
@@ -258,8 +251,10 @@ class Projector:
 
     def __repr__(self) -> str:
         a = self.angles_deg
-        return (f"Projector(n={self.n}, n_angles={a.size} in [{a.min():g}°, {a.max():g}°], "
-                f"n_det={self.n_det}, nnz={self.matrix.nnz})")
+        return (
+            f"Projector(n={self.n}, n_angles={a.size} in [{a.min():g}°, {a.max():g}°], "
+            f"n_det={self.n_det}, nnz={self.matrix.nnz})"
+        )
 
     # -- operators on a device ------------------------------------------------------
     def operators(self, xp: ModuleType = np, dtype: Any = np.float32) -> tuple[Any, Any]:

@@ -87,10 +87,7 @@ def _check_maps_factors(maps: Any, factors: Any) -> tuple[Any, Any, Any]:
     xp = backend.get_array_module(maps)
     maps = _checks.finite_array(maps, "maps")
     if maps.ndim < 2:
-        raise InputError(
-            f"maps must have shape (n_elements, ...) with one map per element; "
-            f"got {tuple(maps.shape)}"
-        )
+        raise InputError(f"maps must have shape (n_elements, ...) with one map per element; got {tuple(maps.shape)}")
     try:
         f = np.asarray(backend.to_numpy(factors), dtype=np.float64)
     except (TypeError, ValueError):
@@ -147,8 +144,7 @@ def weight_fractions(maps: Any, factors: Any, *, threshold: float | None = None)
         :math:`C_A` on the maps' device; sums to 1 inside the particle, 0 outside.
     """
     xp, maps, f = _check_maps_factors(maps, factors)
-    t = 0.0 if threshold is None else _checks.positive_float(threshold, "threshold",
-                                                             allow_zero=True)
+    t = 0.0 if threshold is None else _checks.positive_float(threshold, "threshold", allow_zero=True)
     scaled, total = _scaled_maps(xp, maps, f)
     inside = total > t
     safe_total = xp.where(inside, total, 1)
@@ -168,8 +164,7 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[int(np.argmax(between[:-1])) + 1])
 
 
-def _esf(volume: np.ndarray, background: float, step: float, centre: float,
-         width: float) -> np.ndarray:
+def _esf(volume: np.ndarray, background: float, step: float, centre: float, width: float) -> np.ndarray:
     return background + step * 0.5 * scipy.special.erfc((volume - centre) / (math.sqrt(2) * width))
 
 
@@ -220,16 +215,12 @@ def esf_threshold(total_map: Any, *, n_thresholds: int = 100) -> EsfThreshold:
     EsfThreshold
     """
     n_thresholds = _checks.positive_int(n_thresholds, "n_thresholds", minimum=8)
-    values = np.asarray(backend.to_numpy(_checks.finite_array(total_map, "total_map")),
-                        dtype=np.float64).ravel()
+    values = np.asarray(backend.to_numpy(_checks.finite_array(total_map, "total_map")), dtype=np.float64).ravel()
     if values.size < 2:
         raise InputError(f"total_map needs at least 2 voxels, got {values.size}")
     low, high = float(values.min()), float(values.max())
     if not high > low:
-        raise InputError(
-            f"total_map is constant ({low:g}); there is no particle/background contrast "
-            f"to threshold"
-        )
+        raise InputError(f"total_map is constant ({low:g}); there is no particle/background contrast to threshold")
     span = high - low
     n_voxels = values.size
     ordered = np.sort(values)
@@ -256,7 +247,10 @@ def esf_threshold(total_map: Any, *, n_thresholds: int = 100) -> EsfThreshold:
             # A flat covariance is expected for near-ideal edges; only the optimum is used.
             warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
             params, _ = scipy.optimize.curve_fit(
-                _esf, x, y, p0=(c0, a0, v0, s0),
+                _esf,
+                x,
+                y,
+                p0=(c0, a0, v0, s0),
                 bounds=((-1.0, 0.0, 0.0, 0.1 / n_voxels), (1.0, 2.0, 1.0, 1.0)),
                 maxfev=5000,
             )

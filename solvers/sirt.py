@@ -121,15 +121,22 @@ def sirt(
     else:
         x0 = _checks.finite_array(x0, "x0")
         if tuple(x0.shape) != (projector.n, projector.n, n_x):
-            raise _checks.InputError(
-                f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}"
-            )
+            raise _checks.InputError(f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}")
         x = backend.asarray(x0, xp, dtype).reshape(projector.shape[1], n_x).copy()
     inv_row = safe_inverse(xp, projector.row_sums(xp, dtype))[:, None]
     inv_col = safe_inverse(xp, projector.col_sums(xp, dtype))[:, None]
     log = CostLog("SIRT", callback)
     x, done = sirt_iterate(
-        projector.forward_matrix, projector.back_matrix, b, inv_row, inv_col, x,
-        n_iter=n_iter, relaxation=float(relaxation), nonneg=nonneg, log=log, xp=xp,
+        projector.forward_matrix,
+        projector.back_matrix,
+        b,
+        inv_row,
+        inv_col,
+        x,
+        n_iter=n_iter,
+        relaxation=float(relaxation),
+        nonneg=nonneg,
+        log=log,
+        xp=xp,
     )
     return log.result(x.reshape(projector.n, projector.n, n_x), done, backend.device_name(xp))

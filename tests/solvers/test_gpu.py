@@ -10,8 +10,9 @@ from tomosweep.solvers import Projector, backend, fused, nrmse, sirt
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not backend.gpu_available(),
-                       reason=f"needs CuPy and a CUDA device: {backend.gpu_unavailable_reason()}"),
+    pytest.mark.skipif(
+        not backend.gpu_available(), reason=f"needs CuPy and a CUDA device: {backend.gpu_unavailable_reason()}"
+    ),
 ]
 
 
@@ -36,7 +37,11 @@ def test_sirt_and_fused_on_gpu_match_cpu():
     np.testing.assert_allclose(backend.to_numpy(gpu.volume), cpu.volume, rtol=1e-3, atol=1e-4)
     kw = dict(lambda_haadf=1e-4, lambda_tv=10.0, n_iter=30)
     f_cpu = fused(haadf_op, haadf.astype(np.float32), chem_op, chem.astype(np.float32), ELEMENTS, **kw)
-    f_gpu = fused(haadf_op, haadf.astype(np.float32), chem_op, chem.astype(np.float32), ELEMENTS,
-                  device="gpu", **kw)
-    assert abs(nrmse(backend.to_numpy(f_gpu.volume), truth, channel_axis=0).mean()
-               - nrmse(f_cpu.volume, truth, channel_axis=0).mean()) < 1e-2
+    f_gpu = fused(haadf_op, haadf.astype(np.float32), chem_op, chem.astype(np.float32), ELEMENTS, device="gpu", **kw)
+    assert (
+        abs(
+            nrmse(backend.to_numpy(f_gpu.volume), truth, channel_axis=0).mean()
+            - nrmse(f_cpu.volume, truth, channel_axis=0).mean()
+        )
+        < 1e-2
+    )

@@ -144,8 +144,9 @@ def test_hebt_quantification_recovers_the_core_shell_composition(phantom, geomet
 def test_hebt_with_given_ratios_and_no_filter(phantom, geometry, data):
     haadf_proj, chem_proj = geometry
     haadf, chem = data
-    result = hebt(haadf_proj, haadf, chem_proj, chem, alpha=0.5, n_iter=150,
-                  response_ratios=TRUE_RATIOS, gaussian_sigma=None)
+    result = hebt(
+        haadf_proj, haadf, chem_proj, chem, alpha=0.5, n_iter=150, response_ratios=TRUE_RATIOS, gaussian_sigma=None
+    )
     assert result.info["ratios_estimated"] is False
     assert result.info["r_squared"] == pytest.approx(1.0, abs=1e-9)
     assert result.info["gaussian_sigma"] is None
@@ -160,8 +161,7 @@ def test_hebt_needs_haadf_at_the_chemical_tilts_to_estimate_ratios(geometry, dat
     shifted = Projector(N, np.linspace(-74, 76, 61), cache_dir=False)
     with pytest.raises(InputError, match="not every chemical tilt is a HAADF tilt"):
         hebt(shifted, haadf, chem_proj, chem, alpha=0.8, n_iter=1)
-    result = hebt(shifted, haadf, chem_proj, chem, alpha=0.8, n_iter=1,
-                  haadf_at_chem_tilts=haadf[::2])
+    result = hebt(shifted, haadf, chem_proj, chem, alpha=0.8, n_iter=1, haadf_at_chem_tilts=haadf[::2])
     np.testing.assert_allclose(result.info["response_ratios"], TRUE_RATIOS, rtol=0.01)
 
 
@@ -183,8 +183,7 @@ def test_hebt_float64_input_gives_float64_volume(geometry, data):
     haadf_proj, chem_proj = geometry
     haadf, chem = data
     assert hebt(haadf_proj, haadf, chem_proj, chem, alpha=0.7, n_iter=2).volume.dtype == np.float64
-    single = hebt(haadf_proj, haadf.astype(np.float32), chem_proj, chem.astype(np.float32),
-                  alpha=0.7, n_iter=2)
+    single = hebt(haadf_proj, haadf.astype(np.float32), chem_proj, chem.astype(np.float32), alpha=0.7, n_iter=2)
     assert single.volume.dtype == np.float32
 
 
@@ -244,8 +243,9 @@ def test_eds_sirt_quantification_recovers_the_composition(phantom, geometry, dat
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not backend.gpu_available(),
-                    reason=f"needs CuPy and a CUDA device: {backend.gpu_unavailable_reason()}")
+@pytest.mark.skipif(
+    not backend.gpu_available(), reason=f"needs CuPy and a CUDA device: {backend.gpu_unavailable_reason()}"
+)
 def test_hebt_on_gpu_matches_cpu(geometry, data):
     haadf_proj, chem_proj = geometry
     haadf, chem = data
@@ -253,5 +253,4 @@ def test_hebt_on_gpu_matches_cpu(geometry, data):
     cpu = hebt(haadf_proj, haadf32, chem_proj, chem32, alpha=0.8, n_iter=30)
     gpu = hebt(haadf_proj, haadf32, chem_proj, chem32, alpha=0.8, n_iter=30, device="gpu")
     assert gpu.device.startswith("gpu")
-    np.testing.assert_allclose(backend.to_numpy(gpu.volume), cpu.volume,
-                               rtol=1e-3, atol=1e-4 * float(cpu.volume.max()))
+    np.testing.assert_allclose(backend.to_numpy(gpu.volume), cpu.volume, rtol=1e-3, atol=1e-4 * float(cpu.volume.max()))

@@ -33,10 +33,9 @@ def test_matrix_is_exact_intersection_length(n, angles):
     proj = Projector(n, angles, cache_dir=False)
     dense = proj.matrix.toarray()
     t = np.arange(n) + 0.5 - n / 2
-    expected = np.array([
-        [_exact_length(n, a, ti, iy, iz) for iy in range(n) for iz in range(n)]
-        for a in angles for ti in t
-    ])
+    expected = np.array(
+        [[_exact_length(n, a, ti, iy, iz) for iy in range(n) for iz in range(n)] for a in angles for ti in t]
+    )
     np.testing.assert_allclose(dense, expected, atol=1e-12)
 
 

@@ -72,9 +72,17 @@ def test_response_ratio_is_eq_16():
 
 
 def test_user_line_from_own_values():
-    pt = xray_line("Pt", "Ma", beam_energy_kev=200, sigma_elastic_barn=1.5e7,
-                   sigma_ionisation_barn=6.0e3, fluorescence_yield=0.03,
-                   relative_intensity=0.99, atomic_weight=195.084, detector_efficiency=0.9)
+    pt = xray_line(
+        "Pt",
+        "Ma",
+        beam_energy_kev=200,
+        sigma_elastic_barn=1.5e7,
+        sigma_ionisation_barn=6.0e3,
+        fluorescence_yield=0.03,
+        relative_intensity=0.99,
+        atomic_weight=195.084,
+        detector_efficiency=0.9,
+    )
     assert isinstance(pt, XrayLine)
     assert f_factor(pt) == pytest.approx(6.0e3 * 0.03 * 0.99 * 0.9 / 195.084)
     assert z_factor(pt) == pytest.approx(1.5e7 / 195.084)
@@ -90,8 +98,14 @@ def test_user_line_from_own_values():
     ],
 )
 def test_user_line_rejects_bad_numbers(change, message):
-    values = dict(beam_energy_kev=200, sigma_elastic_barn=1.5e7, sigma_ionisation_barn=6.0e3,
-                  fluorescence_yield=0.03, relative_intensity=0.99, atomic_weight=195.084)
+    values = dict(
+        beam_energy_kev=200,
+        sigma_elastic_barn=1.5e7,
+        sigma_ionisation_barn=6.0e3,
+        fluorescence_yield=0.03,
+        relative_intensity=0.99,
+        atomic_weight=195.084,
+    )
     values.update(change)
     with pytest.raises(InputError, match=message):
         xray_line("Pt", "Ma", **values)
@@ -101,9 +115,16 @@ def test_unknown_element_is_refused():
     with pytest.raises(InputError, match=r"Table 2 has no X-ray line for 'Fe'.*Ag, Au, Co, Zn"):
         f_factor("Fe")
     with pytest.raises(InputError, match="unknown element symbol 'Xx'"):
-        xray_line("Xx", "Ka", beam_energy_kev=80, sigma_elastic_barn=1e6,
-                  sigma_ionisation_barn=100, fluorescence_yield=0.1,
-                  relative_intensity=0.9, atomic_weight=50)
+        xray_line(
+            "Xx",
+            "Ka",
+            beam_energy_kev=80,
+            sigma_elastic_barn=1e6,
+            sigma_ionisation_barn=100,
+            fluorescence_yield=0.1,
+            relative_intensity=0.9,
+            atomic_weight=50,
+        )
     with pytest.raises(TomosweepError, match="expected an XrayLine or an element symbol"):
         z_factor(42)  # type: ignore[arg-type]
 
