@@ -113,8 +113,9 @@ def tv_prox(
     ----------
     b : array
         Volume(s) to denoise, NumPy or CuPy.
-    tau : float
-        TV weight times the outer step size; 0 returns ``max(b, 0)`` (or ``b``).
+    tau : float or array
+        TV weight times the outer step size; 0 returns ``max(b, 0)`` (or ``b``). An
+        array broadcasting against ``b`` gives each channel its own weight.
     n_iter : int
         FGP iterations (``ng`` in Schwartz 2024 Supp. Alg. 1).
     axes : sequence of int, optional
@@ -124,11 +125,17 @@ def tv_prox(
     """
     xp = backend.get_array_module(b)
     axes = _spatial_axes(b, axes)
-    if tau < 0 or not np.isfinite(tau):
+    tau_host = backend.to_numpy(tau)
+    if np.any(tau_host < 0) or not np.all(np.isfinite(tau_host)):
         raise InputError(f"TV weight must be finite and ≥ 0, got {tau!r}")
-    if tau == 0 or n_iter <= 0:
+    if np.all(tau_host == 0) or n_iter <= 0:
         return xp.maximum(b, 0) if nonneg else b.copy()
-    step = 1.0 / (4 * len(axes) * tau)
+    if np.ndim(tau_host):  # per-channel weights: a zero weight means no TV on that channel
+        tau = backend.asarray(tau_host, xp, b.dtype)
+        step = backend.asarray(1.0 / (4 * len(axes) * np.where(tau_host > 0, tau_host, np.inf)), xp, b.dtype)
+    else:
+        tau = float(tau_host)
+        step = 1.0 / (4 * len(axes) * tau)
     # Every buffer is allocated once: the loop is memory-bound, so in-place updates
     # (rather than fresh temporaries) set its speed.
     p = [xp.zeros_like(b) for _ in axes]  # p_{k-1}

@@ -89,16 +89,17 @@ def test_fused_beats_sirt_on_noisy_multi_element_data(noisy):
     best_sirt = min(sirt_scores)
 
     result = fused(
-        haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-4, lambda_chem=1.0, lambda_tv=10.0, n_iter=150
+        haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-3, lambda_chem=1.0, lambda_tv=30.0, n_iter=150
     )
     fused_scores = nrmse(result.volume, truth, channel_axis=0)
     assert result.volume.shape == truth.shape
-    # measured: fused ⟨NRMSE⟩ 0.81 against SIRT's best 1.02 (seeded data)
-    assert fused_scores.mean() < 0.9 * best_sirt, (fused_scores, best_sirt)
-    # the HAADF term is what resolves the heavy Au inclusions: better than the same
-    # Poisson + TV model without it
-    ml_tv = poisson_ml_tv(chem_op, chem, lambda_tv=10.0, n_iter=150)
-    assert fused_scores[3] < nrmse(ml_tv.volume[3], truth[3])
+    # measured on this seeded data: fused ⟨NRMSE⟩ 0.34, SIRT's best 1.02
+    assert fused_scores.mean() < 0.5 * best_sirt, (fused_scores, best_sirt)
+    # the HAADF term is what adds: the same Poisson + TV model without it scores 0.56
+    ml_tv = poisson_ml_tv(chem_op, chem, lambda_tv=30.0, n_iter=150)
+    ml_tv_scores = nrmse(ml_tv.volume, truth, channel_axis=0)
+    assert fused_scores.mean() < 0.8 * ml_tv_scores.mean()
+    assert fused_scores[3] < 0.5 * ml_tv_scores[3]  # heavy Au inclusions: 0.17 vs 0.70
     for term in ("haadf", "chem", "tv"):
         assert result.costs[term].shape == (151,)
     assert result.costs["haadf"][-1] < result.costs["haadf"][0]

@@ -35,7 +35,7 @@ def test_sirt_and_fused_on_gpu_match_cpu():
     gpu = sirt(chem_op, chem[0].astype(np.float32), n_iter=20, device="gpu")
     assert gpu.device.startswith("gpu")
     np.testing.assert_allclose(backend.to_numpy(gpu.volume), cpu.volume, rtol=1e-3, atol=1e-4)
-    kw = dict(lambda_haadf=1e-4, lambda_tv=10.0, n_iter=30)
+    kw = dict(lambda_haadf=1e-3, lambda_tv=30.0, n_iter=30)
     f_cpu = fused(haadf_op, haadf.astype(np.float32), chem_op, chem.astype(np.float32), ELEMENTS, **kw)
     f_gpu = fused(haadf_op, haadf.astype(np.float32), chem_op, chem.astype(np.float32), ELEMENTS, device="gpu", **kw)
     assert (
