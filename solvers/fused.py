@@ -66,6 +66,7 @@ from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
 from tomosweep.solvers.tv import tv_norm, tv_prox
 
+RESTEP_EVERY = 20  # iterations between power-method step estimates
 _SPATIAL = (0, 1, 3)  # axes (y, z, ·, x) of the internal (n, n, n_el, n_x) layout
 
 
@@ -84,7 +85,7 @@ class _Problem:
     haadf: Any  # (rays_h, n_x) or None
     z_gamma: Any  # (n_el,) Z_i**γ
     gamma: float
-    eps: float
+    eps: Any  # (1, n_el·n_x): ε_i repeated over each element's slices
 
     def to_internal(self, volumes: Any) -> Any:
         """(n_el, n, n, n_x) → (n·n, n_el·n_x)."""
@@ -108,7 +109,7 @@ def _prepare(
     haadf_tilt_series: Any,
     *,
     gamma: float,
-    eps: float,
+    eps: Any,
     device: str | None,
 ) -> _Problem:
     chem_tilt_series = _checks.finite_array(chem_tilt_series, "chem_tilt_series", nonneg=True)
@@ -152,8 +153,18 @@ def _prepare(
         haadf=haadf,
         z_gamma=z_gamma,
         gamma=float(gamma),
-        eps=float(eps),
+        eps=backend.asarray(np.repeat(eps_values(eps, n_el), n_x)[None, :], xp, dtype),
     )
+
+
+def eps_values(eps: Any, n_elements: int) -> np.ndarray:
+    """ε of the Poisson term per element: one number for all, or one per element."""
+    values = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    if values.ndim != 1 or values.size not in (1, n_elements):
+        raise InputError(f"eps must be one number or one per element ({n_elements}), got {eps!r}")
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise InputError(f"eps must be finite and > 0 (it keeps log(A x + ε) finite), got {eps!r}")
+    return np.broadcast_to(values, (n_elements,)).copy()
 
 
 def _haadf_model(prob: _Problem, x: Any) -> Any:
@@ -283,12 +294,11 @@ def _mlem(prob: _Problem, n_iter: int, log: CostLog | None) -> tuple[Any, int]:
     return x, done
 
 
-def _validate_common(n_iter: Any, tv_iter: Any, gamma: Any, eps: Any, step_factor: Any) -> None:
+def _validate_common(n_iter: Any, tv_iter: Any, gamma: Any, step_factor: Any) -> None:
     _checks.positive_int(n_iter, "n_iter", minimum=0)
     _checks.positive_int(tv_iter, "tv_iter", minimum=1)
     if not 1.0 <= float(gamma) <= 3.0:
         raise InputError(f"gamma must lie in [1, 3] (Schwartz 2024: γ ≈ 1.4–2), got {gamma!r}")
-    _checks.positive_float(eps, "eps")
     if not 0 < float(step_factor) < 2:
         raise InputError(f"step_factor must lie in (0, 2), got {step_factor!r}")
 
@@ -307,11 +317,15 @@ def _proximal_gradient(
     log: CostLog,
 ) -> tuple[Any, int, np.ndarray]:
     xp = prob.xp
-    steps = step_factor * _element_steps(prob, x, lam_h, lam_c, power_iter, seed=0)
-    step = backend.asarray(steps, xp, prob.dtype)[None, :, None]  # broadcasts over (n·n, n_el, n_x)
-    tv_weight = (lam_tv * step).reshape(1, 1, prob.n_el, 1)  # channel-wise prox weights t_i·λ3
     done = 0
+    steps = np.zeros(prob.n_el)
     for k in range(n_iter):
+        if k % RESTEP_EVERY == 0:
+            # The HAADF curvature (∝ x^(2γ-2)) is largest at the noisy start and falls as
+            # TV smooths the iterate: steps measured once would stay needlessly small.
+            steps = step_factor * _element_steps(prob, x, lam_h, lam_c, power_iter, seed=k)
+            step = backend.asarray(steps, xp, prob.dtype)[None, :, None]  # over (n·n, n_el, n_x)
+            tv_weight = (lam_tv * step).reshape(1, 1, prob.n_el, 1)  # channel-wise prox weights t_i·λ3
         terms, grad = _smooth_terms(prob, x, lam_h, lam_c)
         terms["tv"] = tv_norm(prob.as_4d(x), axes=_SPATIAL)
         if log.record(k, terms, x):
@@ -339,7 +353,7 @@ def fused(
     lambda_tv: float = 1.0,
     n_iter: int = 100,
     gamma: float = 1.7,
-    eps: float = 0.1,
+    eps: float | Sequence[float] = 0.1,
     tv_iter: int = 10,
     n_init: int = 5,
     step_factor: float = 0.9,
@@ -365,8 +379,11 @@ def fused(
         Outer iterations (Supp. Alg. 1: 100).
     gamma : float
         HAADF Z-contrast exponent γ (≈ 1.7; Schwartz 2024 Results).
-    eps : float
-        ε of the Poisson term (Supp. Alg. 1: 0.1).
+    eps : float or sequence of float
+        ε of the Poisson term (Supp. Alg. 1: 0.1), one for all elements or one per
+        element. In the model :math:`A_c x_i + \varepsilon` it is the chemical map's
+        flat background: with maps in counts, pass each map's known background level
+        (``Acquisition.background``) so the volume need not explain it.
     tv_iter : int
         FGP iterations per TV prox.
     n_init : int
@@ -399,7 +416,7 @@ def fused(
     """
     for name, lam in (("lambda_haadf", lambda_haadf), ("lambda_chem", lambda_chem), ("lambda_tv", lambda_tv)):
         _checks.positive_float(lam, name, allow_zero=True)
-    _validate_common(n_iter, tv_iter, gamma, eps, step_factor)
+    _validate_common(n_iter, tv_iter, gamma, step_factor)
     prob = _prepare(
         chem_projector,
         chem_tilt_series,
@@ -435,7 +452,7 @@ def fused(
         lambda_chem=float(lambda_chem),
         lambda_tv=float(lambda_tv),
         gamma=float(gamma),
-        eps=float(eps),
+        eps=eps_values(eps, prob.n_el).tolist(),
     )
 
 
@@ -491,7 +508,7 @@ def poisson_ml(
     chem_tilt_series: Any,
     *,
     n_iter: int = 50,
-    eps: float = 0.1,
+    eps: float | Sequence[float] = 0.1,
     device: str | None = None,
     callback: Callback | None = None,
 ) -> Result:
@@ -510,11 +527,10 @@ def poisson_ml(
     ``costs["chem"]`` (Ψ2) per iterate.
     """
     _checks.positive_int(n_iter, "n_iter", minimum=0)
-    _checks.positive_float(eps, "eps")
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     log = CostLog("Poisson-ML", callback)
     x, done = _mlem(prob, int(n_iter), log)
-    return log.result(prob.to_public(x), done, backend.device_name(prob.xp), eps=float(eps))
+    return log.result(prob.to_public(x), done, backend.device_name(prob.xp), eps=eps_values(eps, prob.n_el).tolist())
 
 
 def poisson_ml_tv(
@@ -524,7 +540,7 @@ def poisson_ml_tv(
     lambda_chem: float = 1.0,
     lambda_tv: float = 1.0,
     n_iter: int = 100,
-    eps: float = 0.1,
+    eps: float | Sequence[float] = 0.1,
     tv_iter: int = 10,
     n_init: int = 5,
     step_factor: float = 0.9,
@@ -540,7 +556,7 @@ def poisson_ml_tv(
     """
     _checks.positive_float(lambda_chem, "lambda_chem")
     _checks.positive_float(lambda_tv, "lambda_tv", allow_zero=True)
-    _validate_common(n_iter, tv_iter, 1.0, eps, step_factor)
+    _validate_common(n_iter, tv_iter, 1.0, step_factor)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     log = CostLog("Poisson-ML+TV", callback)
     x = _start(prob, None, n_init)
@@ -563,7 +579,7 @@ def poisson_ml_tv(
         step=steps.tolist(),
         lambda_chem=float(lambda_chem),
         lambda_tv=float(lambda_tv),
-        eps=float(eps),
+        eps=eps_values(eps, prob.n_el).tolist(),
     )
 
 
@@ -579,7 +595,7 @@ def fused_objective(
     lambda_chem: float = 1.0,
     lambda_tv: float = 1.0,
     gamma: float = 1.7,
-    eps: float = 0.1,
+    eps: float | Sequence[float] = 0.1,
 ) -> tuple[float, Any]:
     """Eq. 1 and the gradient of its smooth part at ``volumes`` (public layout).
 

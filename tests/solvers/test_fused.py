@@ -180,3 +180,13 @@ def test_bad_input_is_a_clear_error(noisy, change, message):
             n_iter=1,
             n_init=1,
         )
+
+
+def test_per_element_eps_is_validated_and_recorded(noisy):
+    _, haadf_op, haadf, chem_op, chem = noisy
+    result = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=2, n_init=2, eps=[0.1, 0.2, 0.3, 0.4])
+    assert result.info["eps"] == [0.1, 0.2, 0.3, 0.4]
+    with pytest.raises(InputError, match="eps must be one number or one per element"):
+        fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=1, eps=[0.1, 0.2])
+    with pytest.raises(InputError, match="eps must be finite and > 0"):
+        poisson_ml(chem_op, chem, eps=0.0)
