@@ -1,6 +1,32 @@
 """Ground-truth specimens and simulated HAADF + chemical acquisition."""
 
 from tomosweep.phantoms.acquisition import Acquisition, TiltScheme, measured_snr, simulate, simulate_yuan
+from tomosweep.phantoms.files import load_specimen, save_specimen
 from tomosweep.phantoms.specimen import Specimen
+from tomosweep.phantoms.specimens import (
+    SPECIMENS,
+    conio_composite,
+    core_shell_2d,
+    core_shell_cube,
+    core_shell_sphere,
+    make_specimen,
+    nanocubes,
+)
 
-__all__ = ["Acquisition", "Specimen", "TiltScheme", "measured_snr", "simulate", "simulate_yuan"]
+__all__ = [
+    "SPECIMENS",
+    "Acquisition",
+    "Specimen",
+    "TiltScheme",
+    "conio_composite",
+    "core_shell_2d",
+    "core_shell_cube",
+    "core_shell_sphere",
+    "load_specimen",
+    "make_specimen",
+    "measured_snr",
+    "nanocubes",
+    "save_specimen",
+    "simulate",
+    "simulate_yuan",
+]
