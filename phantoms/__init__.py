@@ -1,6 +1,14 @@
 """Ground-truth specimens and simulated HAADF + chemical acquisition."""
 
-from tomosweep.phantoms.acquisition import Acquisition, TiltScheme, measured_snr, simulate, simulate_yuan
+from tomosweep.phantoms.acquisition import (
+    Acquisition,
+    TiltScheme,
+    acquisition_key,
+    measured_snr,
+    simulate,
+    simulate_cached,
+    simulate_yuan,
+)
 from tomosweep.phantoms.files import load_specimen, save_specimen
 from tomosweep.phantoms.specimen import Specimen
 from tomosweep.phantoms.specimens import (
@@ -18,6 +26,7 @@ __all__ = [
     "Acquisition",
     "Specimen",
     "TiltScheme",
+    "acquisition_key",
     "conio_composite",
     "core_shell_2d",
     "core_shell_cube",
@@ -28,5 +37,6 @@ __all__ = [
     "nanocubes",
     "save_specimen",
     "simulate",
+    "simulate_cached",
     "simulate_yuan",
 ]

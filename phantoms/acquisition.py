@@ -56,7 +56,10 @@ element does not change the others' noise.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -388,3 +391,65 @@ def _seed(rng: int | np.random.Generator | None) -> int:
 def _stream(seed: int, index: int) -> np.random.Generator:
     """Independent stream ``index`` of ``seed`` (0 = HAADF, i + 1 = element i)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def acquisition_key(specimen: str, n: int, scheme: TiltScheme, **settings: Any) -> str:
+    """A stable key for (specimen recipe, size, scheme, noise settings, seed).
+
+    Equal keys mean bit-identical data, so a worker can cache by it (as
+    :func:`simulate_cached` does) and a sweep can record which data a trial saw.
+    """
+    payload = {
+        "specimen": specimen,
+        "n": int(n),
+        "scheme": [scheme.n_haadf, scheme.n_chem, scheme.chem_every, list(scheme.tilt_range)],
+        "settings": settings,
+    }
+    text = json.dumps(payload, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple | list):
+        return list(value)
+    raise TypeError(f"cannot key {type(value).__name__}")
+
+
+_CACHE: OrderedDict[str, tuple[Specimen, Acquisition]] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def simulate_cached(
+    specimen: str,
+    n: int,
+    scheme: TiltScheme,
+    *,
+    specimen_options: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> tuple[Specimen, Acquisition]:
+    """Build a named specimen and simulate it once per process, then reuse (LRU of 8).
+
+    ``settings`` are :func:`simulate`'s keywords (``haadf_snr``, ``chem_snr``,
+    ``background``, ``gamma``, ``rng`` as an int seed). The key is
+    :func:`acquisition_key`; everything is deterministic, so a cache hit returns exactly
+    what a rebuild would.
+    """
+    from tomosweep.phantoms.specimens import make_specimen
+
+    options = dict(specimen_options or {})
+    if isinstance(settings.get("rng"), np.random.Generator) or settings.get("rng", 0) is None:
+        raise InputError("simulate_cached needs an integer seed (rng=<int>) so the data can be keyed")
+    key = acquisition_key(specimen, n, scheme, options=options, **settings)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    built = make_specimen(specimen, n, **options)
+    entry = (built, simulate(built, scheme, **settings))
+    _CACHE[key] = entry
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return entry
