@@ -1,22 +1,38 @@
-"""A user's own ground truth from a file: ``.npz``, ``.h5``/``.hdf5`` or ``.zarr``.
+"""A user's own ground truth: load and save specimens as .npz, .h5/.hdf5 or .zarr.
 
-This is how a scientist plans an experiment on a specimen like theirs. Every format
-holds the same names:
+File format (the same names in every container)
+-----------------------------------------------
+``volumes``
+    float array ``(n_elements, n, n, n_x)`` in the solver layout ``(y, z, x)`` with
+    the tilt axis along x, or ``(n_elements, n, n)`` for a single 2D slice (read as
+    ``n_x = 1``). Finite and ≥ 0.
+``elements``
+    1-D array of chemical symbols, one per volume (``["Co", "O"]``). In HDF5 they
+    may be stored as bytes; in zarr either as a string array or as a JSON list in
+    the group attribute ``elements``.
+``z`` (optional)
+    Atomic numbers, one per element; looked up from the symbols when absent.
+``units`` (optional)
+    ``"atomic fraction"`` (default) or ``"g/cm^3"``.
+``weight_fractions``, ``density`` (optional)
+    Weight-fraction maps (shape of ``volumes``) and a density map ``(n, n, n_x)``.
+``info`` (optional)
+    A JSON object with provenance.
 
-* ``volumes`` — ``(n_elements, n, n, n)`` (3D) or ``(n_elements, n, n)`` (one slice),
-  square slices, finite, ≥ 0; axes ``(y, z, x)`` with the tilt axis x last;
-* ``elements`` — chemical symbols, one per volume (in ``.zarr`` also accepted as a JSON
-  list in the group's ``attrs["elements"]``);
-* ``z`` — optional atomic numbers (looked up from the symbols when absent);
-* ``units`` — optional text (default ``"atomic fraction"``).
+In ``.npz`` these are arrays (``units`` and ``info`` 0-d strings); in HDF5 datasets at
+the file root (``units`` and ``info`` may also be root attributes); in zarr v3 arrays
+of a root group (``units``, ``info`` and ``elements`` may also be group attributes).
+:func:`save_specimen` writes exactly this, so a saved built-in specimen is a template.
 
-Every problem raises :class:`~tomosweep.errors.InputError` naming the file and what is
-wrong; no raw ``KeyError``/``OSError`` reaches the user.
+Every problem with a file raises :class:`~tomosweep.errors.InputError` naming the
+file and what is wrong — never a raw ``KeyError`` or ``OSError``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +40,78 @@ import numpy as np
 
 from tomosweep.errors import InputError, TomosweepError
 from tomosweep.phantoms.specimen import Specimen
-from tomosweep.solvers.elements import atomic_number
 
-_SUFFIXES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".zarr": "zarr"}
+SUFFIXES = (".npz", ".h5", ".hdf5", ".zarr")
+_ARRAY_KEYS = ("volumes", "elements", "z", "weight_fractions", "density")
+_TEXT_KEYS = ("units", "info")
+_LAYOUT = "volumes (n_elements, n, n, n_x) or (n_elements, n, n), elements (symbols), optional z"
 
 
-def _format(path: Path) -> str:
-    fmt = _SUFFIXES.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(f"{path}: unsupported file type {path.suffix!r}; use .npz, .h5/.hdf5 or .zarr")
-    return fmt
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(
+            f"specimen file {path}: unsupported file type {path.suffix or '(none)'!r}; use one of {', '.join(SUFFIXES)}"
+        )
+    return suffix
+
+
+# ---------------------------------------------------------------- readers: container → dict of raw values
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files if key in _ARRAY_KEYS + _TEXT_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"specimen file {path}: cannot be read as npz ({exc})") from None
 
 
 def _read_h5(path: Path) -> dict[str, Any]:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        out = {key: f[key][()] for key in f.keys() if isinstance(f[key], h5py.Dataset)}
-        for key in ("elements", "units"):
-            if key not in out and key in f.attrs:
-                out[key] = f.attrs[key]
-    return out
+    h5py = _import("h5py", path)
+    try:
+        with h5py.File(path, "r") as f:
+            raw: dict[str, Any] = {key: f.attrs[key] for key in _TEXT_KEYS if key in f.attrs}
+            for key in _ARRAY_KEYS + _TEXT_KEYS:
+                if key in f:
+                    node = f[key]
+                    if not isinstance(node, h5py.Dataset):
+                        raise InputError(f"specimen file {path}: {key!r} is a group, expected a dataset")
+                    raw[key] = node[()]
+            return raw
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"specimen file {path}: cannot be read as {path.suffix.lower()[1:]} (HDF5: {exc})") from None
 
 
 def _read_zarr(path: Path) -> dict[str, Any]:
-    import zarr
+    zarr = _import("zarr", path)
+    try:
+        group = zarr.open_group(path, mode="r")
+        raw: dict[str, Any] = {key: group.attrs[key] for key in (*_TEXT_KEYS, "elements") if key in group.attrs}
+        names = set(group.array_keys())
+        for key in _ARRAY_KEYS + _TEXT_KEYS:
+            if key in names:
+                raw[key] = group[key][...]
+        return raw
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"specimen file {path}: cannot be read as zarr (a zarr v3 group: {exc})") from None
 
-    group = zarr.open_group(str(path), mode="r")
-    out = {key: np.asarray(array[...]) for key, array in group.arrays()}
-    if "elements" not in out and "elements" in group.attrs:
-        out["elements"] = group.attrs["elements"]
-    if "units" not in out and "units" in group.attrs:
-        out["units"] = group.attrs["units"]
-    return out
+
+def _import(module: str, path: Path) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise InputError(f"specimen file {path}: reading or writing it needs {module}; pip install {module}") from None
 
 
-_READERS = {"npz": _read_npz, "h5": _read_h5, "zarr": _read_zarr}
+# ---------------------------------------------------------------- validation: raw dict → Specimen
+
+
+def _text(value: Any) -> str:
+    """A scalar string that may arrive as bytes, a 0-d array or a 1-element array."""
+    value = np.asarray(value)
+    item = value.reshape(-1)[0] if value.size == 1 else value.item()
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
 
 
 def _symbols(path: Path, raw: Any) -> tuple[str, ...]:
@@ -73,97 +120,211 @@ def _symbols(path: Path, raw: Any) -> tuple[str, ...]:
             raw = json.loads(raw)
         except json.JSONDecodeError:
             raw = [raw]
-    values = np.atleast_1d(np.asarray(raw))
-    symbols = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values.tolist())
-    for s in symbols:
-        try:
-            atomic_number(s)
-        except TomosweepError as exc:
-            raise InputError(f"{path}: {exc}") from None
-    return symbols
+    values = np.asarray(raw, dtype=object)
+    if values.ndim != 1 or values.size == 0:
+        raise InputError(f"specimen file {path}: 'elements' must be a 1-D list of chemical symbols, got {raw!r}")
+    symbols = []
+    for item in values:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8")
+        if not isinstance(item, str):
+            raise InputError(f"specimen file {path}: 'elements' must hold chemical symbols (text), got {item!r}")
+        symbols.append(item.strip())
+    return tuple(symbols)
 
 
-def load_specimen(path: str | Path) -> Specimen:
-    """Read a ground-truth specimen (see module docstring for the format)."""
-    path = Path(path)
-    fmt = _format(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
+def _float_array(path: Path, key: str, raw: Any) -> np.ndarray:
     try:
-        data = _READERS[fmt](path)
+        array = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"specimen file {path}: {key!r} must be numeric, got dtype {np.asarray(raw).dtype}") from None
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"specimen file {path}: {key!r} contains NaN or infinite values")
+    if array.size and array.min() < 0:
+        raise InputError(f"specimen file {path}: {key!r} must be non-negative, has values down to {array.min():g}")
+    return array
+
+
+def _volumes(path: Path, raw: Any) -> np.ndarray:
+    shape = np.shape(raw)
+    if len(shape) not in (3, 4):
+        raise InputError(
+            f"specimen file {path}: 'volumes' must be (n_elements, n, n, n) for a 3D specimen (any length "
+            f"n_x along the tilt axis x) or (n_elements, n, n) for a 2D slice; got {len(shape)}-D shape {shape}"
+        )
+    if shape[1] != shape[2]:
+        raise InputError(
+            f"specimen file {path}: 'volumes' slices must be square (n_y = n_z), got shape {shape}; "
+            "the layout is (n_elements, y, z, x) with the tilt axis along x"
+        )
+    if 0 in shape:
+        raise InputError(f"specimen file {path}: 'volumes' is empty, shape {shape}")
+    volumes = _float_array(path, "volumes", raw)
+    return volumes[..., None] if volumes.ndim == 3 else volumes
+
+
+def _optional_map(path: Path, key: str, raw: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    if raw is None:
+        return None
+    array = _float_array(path, key, raw)
+    if array.shape == shape[:-1]:
+        array = array[..., None]
+    if array.shape != shape:
+        raise InputError(f"specimen file {path}: {key!r} has shape {np.shape(raw)}, expected {shape}")
+    return array
+
+
+def _specimen(path: Path, raw: dict[str, Any]) -> Specimen:
+    missing = [key for key in ("volumes", "elements") if key not in raw]
+    if missing:
+        raise InputError(f"specimen file {path}: missing {', '.join(repr(k) for k in missing)}; expected {_LAYOUT}")
+    volumes = _volumes(path, raw["volumes"])
+    elements = _symbols(path, raw["elements"])
+    if len(elements) != volumes.shape[0]:
+        raise InputError(
+            f"specimen file {path}: {len(elements)} element symbols for {volumes.shape[0]} volumes "
+            f"({list(elements)}); give one symbol per volume"
+        )
+    info: dict[str, Any] = {}
+    if "info" in raw:
+        try:
+            info = dict(json.loads(_text(raw["info"])))
+        except (ValueError, TypeError):
+            raise InputError(f"specimen file {path}: 'info' must be a JSON object") from None
+    info["source_file"] = str(path)
+    kwargs: dict[str, Any] = {
+        "units": _text(raw["units"]) if "units" in raw else "atomic fraction",
+        "weight_fractions": _optional_map(path, "weight_fractions", raw.get("weight_fractions"), volumes.shape),
+        "density": _optional_map(path, "density", raw.get("density"), volumes.shape[1:]),
+        "info": info,
+    }
+    name = f"file:{path}"
+    try:
+        if "z" not in raw:
+            return Specimen.from_symbols(name, elements, volumes, **kwargs)
+        z = np.asarray(raw["z"], dtype=object).reshape(-1)
+        if z.size != len(elements):
+            raise InputError(
+                f"'z' must hold one positive atomic number per element: {z.size} given for {len(elements)} elements"
+            )
+        try:
+            z_values = np.asarray(z, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"'z' must hold one positive atomic number per element, got {raw['z']!r}") from None
+        if not np.all(np.isfinite(z_values)) or np.any(z_values <= 0):
+            raise InputError(f"'z' must hold one positive atomic number per element, got {z_values.tolist()}")
+        return Specimen(name=name, elements=elements, volumes=volumes, z=tuple(z_values), **kwargs)
+    except InputError as exc:
+        raise InputError(f"specimen file {path}: {exc}") from None
+
+
+def load_specimen(path: str | os.PathLike[str]) -> Specimen:
+    """Load a user's ground truth from ``.npz``, ``.h5``/``.hdf5`` or ``.zarr``.
+
+    See the module docstring for the format; :func:`save_specimen` writes a template.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (or, for zarr, the directory).
+
+    Returns
+    -------
+    Specimen
+        Named ``"file:<path>"``; ``info["source_file"]`` holds the path.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the problem: not found, unsupported extension, unreadable,
+        missing ``volumes``/``elements``, wrong dimensions, non-square slices,
+        negative or non-finite values, unknown element symbols, a count mismatch
+        between elements, volumes and ``z``.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.exists():
+        raise InputError(f"specimen file {path}: no such file")
+    reader = {".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".zarr": _read_zarr}[suffix]
+    return _specimen(path, reader(path))
+
+
+# ---------------------------------------------------------------- writers
+
+
+def _payload(specimen: Specimen) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    arrays = {
+        "volumes": np.asarray(specimen.volumes),
+        "elements": np.asarray(specimen.elements, dtype=str),
+        "z": np.asarray(specimen.z, dtype=np.float64),
+    }
+    if specimen.weight_fractions is not None:
+        arrays["weight_fractions"] = np.asarray(specimen.weight_fractions, dtype=np.float64)
+    if specimen.density is not None:
+        arrays["density"] = np.asarray(specimen.density, dtype=np.float64)
+    text = {"units": specimen.units, "info": json.dumps(specimen.info, default=str)}
+    return arrays, text
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})
+
+
+def _write_h5(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
+    h5py = _import("h5py", path)
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            if key == "elements":
+                f.create_dataset(key, data=value.astype(object), dtype=h5py.string_dtype())
+            else:
+                f.create_dataset(key, data=value, compression="gzip" if value.ndim > 1 else None)
+        f.attrs.update(text)
+
+
+def _write_zarr(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
+    zarr = _import("zarr", path)
+    group = zarr.open_group(path, mode="w")
+    for key, value in arrays.items():
+        if key == "elements":
+            # variable-length UTF-8 is the zarr v3 string type with a stable spec
+            group.create_array(key, shape=value.shape, dtype=str)[...] = value
+        else:
+            group.create_array(key, data=value)
+    group.attrs.update(text)
+
+
+def save_specimen(specimen: Specimen, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write a specimen as ``.npz``, ``.h5``/``.hdf5`` or ``.zarr`` in the format
+    :func:`load_specimen` reads (a template for your own ground truth).
+
+    Parameters
+    ----------
+    specimen : Specimen
+        What to write (volumes, elements, z, units, optional weight fractions and
+        density, and ``info`` as JSON).
+    path : str or path-like
+        Destination; the extension picks the container.
+    overwrite : bool, optional
+        Replace an existing file; otherwise an existing path is refused.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    if not isinstance(specimen, Specimen):
+        raise InputError(f"save_specimen needs a Specimen, got {type(specimen).__name__}")
+    path = Path(path)
+    suffix = _suffix(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"specimen file {path}: already exists; pass overwrite=True to replace it")
+    writer = {".npz": _write_npz, ".h5": _write_h5, ".hdf5": _write_h5, ".zarr": _write_zarr}[suffix]
+    arrays, text = _payload(specimen)
+    try:
+        writer(path, arrays, text)
     except TomosweepError:
         raise
-    except Exception as exc:  # corrupt or foreign files surface as many exception types
-        raise InputError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {exc})") from None
-
-    for key in ("volumes", "elements"):
-        if key not in data:
-            raise InputError(f"{path}: missing {key!r} (found {sorted(data) or 'nothing'})")
-    volumes = np.asarray(data["volumes"])
-    if volumes.dtype.kind not in "fiu":
-        raise InputError(f"{path}: 'volumes' must be numeric, got dtype {volumes.dtype}")
-    volumes = volumes.astype(np.float64)
-    if volumes.ndim == 3:
-        volumes = volumes[..., None]  # one slice: n_x = 1
-    elif volumes.ndim != 4:
-        raise InputError(
-            f"{path}: 'volumes' must be (n_elements, n, n, n) or (n_elements, n, n), got shape {volumes.shape}"
-        )
-    if volumes.shape[1] != volumes.shape[2]:
-        raise InputError(f"{path}: slices must be square (n × n in y, z), got {volumes.shape[1]} × {volumes.shape[2]}")
-    if not np.all(np.isfinite(volumes)):
-        raise InputError(f"{path}: 'volumes' contains NaN or infinite values")
-    if volumes.min() < 0:
-        raise InputError(f"{path}: 'volumes' must be non-negative concentrations; minimum is {volumes.min():g}")
-    elements = _symbols(path, data["elements"])
-    if len(elements) != volumes.shape[0]:
-        raise InputError(f"{path}: {len(elements)} element symbols for {volumes.shape[0]} volumes")
-    if "z" in data:
-        z = np.atleast_1d(np.asarray(data["z"], dtype=np.float64))
-        if z.shape != (len(elements),) or not np.all(z > 0):
-            raise InputError(f"{path}: 'z' must hold one positive atomic number per element, got {z.tolist()}")
-        z_values = tuple(z.tolist())
-    else:
-        z_values = tuple(float(atomic_number(e)) for e in elements)
-    units = data.get("units", "atomic fraction")
-    units = (
-        units.decode() if isinstance(units, bytes) else str(np.asarray(units).item() if np.ndim(units) == 0 else units)
-    )
-    try:
-        return Specimen(
-            name=f"file:{path}", elements=elements, volumes=volumes, z=z_values, units=units, info={"path": str(path)}
-        )
-    except TomosweepError as exc:
-        raise InputError(f"{path}: {exc}") from None
-
-
-def save_specimen(specimen: Specimen, path: str | Path) -> Path:
-    """Write ``specimen`` in the format :func:`load_specimen` reads (by the suffix)."""
-    path = Path(path)
-    fmt = _format(path)
-    elements = list(specimen.elements)
-    if fmt == "npz":
-        np.savez_compressed(
-            path,
-            volumes=specimen.volumes,
-            elements=np.array(elements),
-            z=np.array(specimen.z),
-            units=np.array(specimen.units),
-        )
-    elif fmt == "h5":
-        import h5py
-
-        with h5py.File(path, "w") as f:
-            f.create_dataset("volumes", data=specimen.volumes, compression="gzip")
-            f.create_dataset("elements", data=np.array(elements, dtype="S"))
-            f.create_dataset("z", data=np.array(specimen.z))
-            f.attrs["units"] = specimen.units
-    else:
-        import zarr
-
-        group = zarr.open_group(str(path), mode="w")
-        group.create_array("volumes", data=specimen.volumes)
-        group.create_array("z", data=np.array(specimen.z))
-        group.attrs["elements"] = elements
-        group.attrs["units"] = specimen.units
+    except OSError as exc:
+        raise InputError(f"specimen file {path}: cannot be written ({exc})") from None
     return path

@@ -8,15 +8,15 @@ fractions of ``n`` so the features scale with the grid; any ``n ≥ 16`` works (
 smallest particles are kept at least one voxel wide). All matter lies inside the
 cylinder inscribed in the field around the tilt axis, so no tilt truncates it.
 
-========================  ============================================  ==================
-name                      reproduces                                    values
-========================  ============================================  ==================
-``core_shell_2d``         Yuan 2021 §3.1.1, Fig. 1 (Ag-Au slice)        C_A·ρ in g/cm³
-``core_shell_sphere``     the same particle as a 3D sphere              C_A·ρ in g/cm³
-``nanocubes``             Schwartz 2024 Fig. 4c (Au on CoO/CuO cubes)   atomic fraction
-``conio_composite``       Schwartz 2024 Supp. Fig. 10 (CoO in NiO tube)  atomic fraction
-``core_shell_cube``       Schwartz 2024 Fig. 2 (Co3O4 core, Mn3O4 shell) atomic fraction
-========================  ============================================  ==================
+=====================  ==============================================  ===============
+name                   reproduces                                      values
+=====================  ==============================================  ===============
+``core_shell_2d``      Yuan 2021 §3.1.1, Fig. 1 (Ag-Au slice)          C_A·ρ, g/cm³
+``core_shell_sphere``  the same particle as a 3D sphere                C_A·ρ, g/cm³
+``nanocubes``          Schwartz 2024 Fig. 4c (Au on CoO/CuO cubes)     atomic fraction
+``conio_composite``    Schwartz 2024 Supp. Fig. 10 (CoO in NiO tube)   atomic fraction
+``core_shell_cube``    Schwartz 2024 Fig. 2 (Co3O4 core, Mn3O4 shell)  atomic fraction
+=====================  ==============================================  ===============
 
 Schwartz 2024 (Methods, "Multi-modal simulations") gives each voxel the element's
 stoichiometry, "x_i reflects the element's stoichiometry": CoO is Co 0.5 / O 0.5,

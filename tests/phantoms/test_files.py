@@ -2,23 +2,62 @@
 
 from __future__ import annotations
 
+import json
+
+import h5py
 import numpy as np
 import pytest
+import zarr
 
 from tomosweep.errors import InputError
-from tomosweep.phantoms import core_shell_2d, load_specimen, nanocubes, save_specimen
+from tomosweep.phantoms import Specimen, core_shell_2d, load_specimen, nanocubes, save_specimen
+
+FORMATS = [".npz", ".h5", ".hdf5", ".zarr"]
+GOOD = {"volumes": np.ones((2, 6, 6, 6)), "elements": np.array(["Co", "O"])}
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".h5", ".hdf5", ".zarr"])
-def test_round_trip(tmp_path, suffix):
+# ---------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_round_trip_atomic_fractions(tmp_path, suffix):
     original = nanocubes(20, rng=3)
     path = save_specimen(original, tmp_path / f"spec{suffix}")
     loaded = load_specimen(path)
+    assert loaded.name == f"file:{path}"
     assert loaded.elements == original.elements
     assert loaded.z == original.z
-    assert loaded.units == original.units
+    assert loaded.units == "atomic fraction"
     np.testing.assert_array_equal(loaded.volumes, original.volumes)
-    assert loaded.name == f"file:{path}"
+    assert loaded.weight_fractions is None and loaded.density is None
+    assert loaded.info["seed"] == 3 and loaded.info["source_file"] == str(path)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_round_trip_partial_densities_with_weight_fractions(tmp_path, suffix):
+    original = core_shell_2d(24)
+    loaded = load_specimen(save_specimen(original, tmp_path / f"cs{suffix}"))
+    assert loaded.units == "g/cm^3"
+    assert loaded.volumes.shape == (2, 24, 24, 1)
+    np.testing.assert_array_equal(loaded.volumes, original.volumes)
+    np.testing.assert_array_equal(loaded.weight_fractions, original.weight_fractions)
+    np.testing.assert_array_equal(loaded.density, original.density)
+
+
+def test_save_refuses_to_overwrite_unless_asked(tmp_path):
+    spec = core_shell_2d(16)
+    path = save_specimen(spec, tmp_path / "a.npz")
+    with pytest.raises(InputError, match="already exists; pass overwrite=True") as info:
+        save_specimen(spec, path)
+    assert str(path) in str(info.value)
+    assert save_specimen(spec, path, overwrite=True) == path
+    with pytest.raises(InputError, match="unsupported file type '.mat'"):
+        save_specimen(spec, tmp_path / "a.mat")
+    with pytest.raises(InputError, match="needs a Specimen"):
+        save_specimen(spec.volumes, tmp_path / "b.npz")
+
+
+# ---------------------------------------------------------------- hand-made files
 
 
 def test_two_dimensional_volumes_and_defaults(tmp_path):
@@ -28,12 +67,47 @@ def test_two_dimensional_volumes_and_defaults(tmp_path):
     assert spec.volumes.shape == (2, 8, 8, 1)
     assert spec.z == (47.0, 79.0)
     assert spec.units == "atomic fraction"
+    assert isinstance(spec, Specimen) and spec.volumes.dtype == np.float64
 
 
-def test_partial_density_units_survive(tmp_path):
-    original = core_shell_2d(24)
-    loaded = load_specimen(save_specimen(original, tmp_path / "cs.h5"))
-    assert loaded.units == "g/cm^3"
+def test_explicit_atomic_numbers_are_used(tmp_path):
+    path = tmp_path / "z.npz"
+    np.savez(path, **GOOD, z=np.array([27, 8.5]))
+    assert load_specimen(path).z == (27.0, 8.5)
+
+
+def test_non_cubic_volume_keeps_its_length_along_the_tilt_axis(tmp_path):
+    path = tmp_path / "long.npz"
+    np.savez(path, volumes=np.ones((1, 6, 6, 10)), elements=np.array(["Au"]))
+    assert load_specimen(path).volumes.shape == (1, 6, 6, 10)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".hdf5"])
+def test_hdf5_elements_stored_as_bytes(tmp_path, suffix):
+    path = tmp_path / f"bytes{suffix}"
+    with h5py.File(path, "w") as f:
+        f["volumes"] = GOOD["volumes"]
+        f["elements"] = np.array([b"Co", b"O"])  # fixed-length byte strings
+        f["units"] = "atomic fraction"
+    spec = load_specimen(path)
+    assert spec.elements == ("Co", "O") and spec.z == (27.0, 8.0)
+
+
+def test_zarr_elements_as_string_array_or_attribute(tmp_path):
+    as_array = zarr.open_group(tmp_path / "array.zarr", mode="w")
+    as_array.create_array("volumes", data=GOOD["volumes"])
+    as_array.create_array("elements", shape=(2,), dtype=str)[...] = np.array(["Co", "O"])
+    as_attr = zarr.open_group(tmp_path / "attr.zarr", mode="w")
+    as_attr.create_array("volumes", data=GOOD["volumes"])
+    as_attr.attrs["elements"] = ["Co", "O"]
+    as_json = zarr.open_group(tmp_path / "json.zarr", mode="w")
+    as_json.create_array("volumes", data=GOOD["volumes"])
+    as_json.attrs["elements"] = json.dumps(["Co", "O"])
+    for name in ("array.zarr", "attr.zarr", "json.zarr"):
+        assert load_specimen(tmp_path / name).elements == ("Co", "O")
+
+
+# ---------------------------------------------------------------- bad files
 
 
 def _npz(tmp_path, name="bad.npz", **arrays):
@@ -42,24 +116,30 @@ def _npz(tmp_path, name="bad.npz", **arrays):
     return path
 
 
-GOOD = {"volumes": np.ones((2, 6, 6, 6)), "elements": np.array(["Co", "O"])}
-
-
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
         ({"elements": GOOD["elements"]}, "missing 'volumes'"),
         ({"volumes": GOOD["volumes"]}, "missing 'elements'"),
         ({**GOOD, "volumes": np.ones((2, 6))}, "must be \\(n_elements, n, n, n\\)"),
+        ({**GOOD, "volumes": np.ones((2, 6, 6, 6, 6))}, "got 5-D shape"),
         ({**GOOD, "volumes": np.ones((2, 6, 5, 6))}, "slices must be square"),
         ({**GOOD, "volumes": -np.ones((2, 6, 6, 6))}, "non-negative"),
         ({**GOOD, "volumes": np.full((2, 6, 6, 6), np.nan)}, "NaN"),
+        ({**GOOD, "volumes": np.full((2, 6, 6, 6), np.inf)}, "infinite"),
+        ({**GOOD, "volumes": np.full((2, 6, 6, 6), "a")}, "'volumes' must be numeric"),
         ({**GOOD, "elements": np.array(["Co", "Xy"])}, "unknown element symbol 'Xy'"),
+        ({**GOOD, "elements": np.array(["Co", "o"])}, "did you mean 'O'"),
+        ({**GOOD, "elements": np.array(["Co", "Co"])}, "duplicate element symbols"),
         ({**GOOD, "elements": np.array(["Co"])}, "1 element symbols for 2 volumes"),
+        ({**GOOD, "elements": np.array([27, 8])}, "'elements' must hold chemical symbols"),
         ({**GOOD, "z": np.array([27.0])}, "one positive atomic number per element"),
+        ({**GOOD, "z": np.array([27.0, -8.0])}, "one positive atomic number per element"),
+        ({**GOOD, "weight_fractions": np.ones((2, 5, 5, 5))}, "'weight_fractions' has shape"),
+        ({**GOOD, "info": np.array("not json")}, "'info' must be a JSON object"),
     ],
 )
-def test_bad_files_are_clear_errors_naming_the_file(tmp_path, arrays, message):
+def test_bad_npz_files_are_clear_errors_naming_the_file(tmp_path, arrays, message):
     path = _npz(tmp_path, **arrays)
     with pytest.raises(InputError, match=message) as info:
         load_specimen(path)
@@ -67,11 +147,66 @@ def test_bad_files_are_clear_errors_naming_the_file(tmp_path, arrays, message):
 
 
 def test_missing_unsupported_and_corrupt_files(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
-        load_specimen(tmp_path / "absent.npz")
-    with pytest.raises(InputError, match="unsupported file type '.tif'"):
-        load_specimen(tmp_path / "x.tif")
-    corrupt = tmp_path / "corrupt.h5"
-    corrupt.write_bytes(b"definitely not HDF5")
-    with pytest.raises(InputError, match="cannot be read as h5"):
-        load_specimen(corrupt)
+    for path, message in [
+        (tmp_path / "absent.npz", "no such file"),
+        (tmp_path / "absent.zarr", "no such file"),
+        (tmp_path / "x.tif", "unsupported file type '.tif'; use one of .npz, .h5, .hdf5, .zarr"),
+        (tmp_path / "noext", "unsupported file type '\\(none\\)'"),
+    ]:
+        with pytest.raises(InputError, match=message) as info:
+            load_specimen(path)
+        assert str(path) in str(info.value)
+
+    corrupt_h5 = tmp_path / "corrupt.h5"
+    corrupt_h5.write_bytes(b"definitely not HDF5")
+    corrupt_npz = tmp_path / "corrupt.npz"
+    corrupt_npz.write_bytes(b"definitely not a zip archive")
+    empty_zarr = tmp_path / "empty.zarr"
+    empty_zarr.mkdir()
+    for path, message in [
+        (corrupt_h5, "cannot be read as h5"),
+        (corrupt_npz, "cannot be read as npz"),
+        (empty_zarr, "cannot be read as zarr"),
+    ]:
+        with pytest.raises(InputError, match=message) as info:
+            load_specimen(path)
+        assert str(path) in str(info.value)
+
+
+def test_pickled_npz_is_refused(tmp_path):
+    path = _npz(tmp_path, volumes=GOOD["volumes"], elements=np.array(["Co", "O"], dtype=object))
+    with pytest.raises(InputError, match="cannot be read as npz") as info:
+        load_specimen(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_keys_in_hdf5_and_zarr(tmp_path):
+    h5_path = tmp_path / "nokey.h5"
+    with h5py.File(h5_path, "w") as f:
+        f["elements"] = np.array([b"Co", b"O"])
+    zarr_path = tmp_path / "nokey.zarr"
+    zarr.open_group(zarr_path, mode="w").create_array("volumes", data=GOOD["volumes"])
+    for path, message in [(h5_path, "missing 'volumes'"), (zarr_path, "missing 'elements'")]:
+        with pytest.raises(InputError, match=message) as info:
+            load_specimen(path)
+        assert str(path) in str(info.value)
+
+
+def test_hdf5_group_where_a_dataset_belongs(tmp_path):
+    path = tmp_path / "group.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("volumes")
+        f["elements"] = np.array([b"Co", b"O"])
+    with pytest.raises(InputError, match="'volumes' is a group, expected a dataset") as info:
+        load_specimen(path)
+    assert str(path) in str(info.value)
+
+
+def test_zarr_bad_values_are_checked_like_npz(tmp_path):
+    path = tmp_path / "neg.zarr"
+    group = zarr.open_group(path, mode="w")
+    group.create_array("volumes", data=-GOOD["volumes"])
+    group.attrs["elements"] = ["Co", "O"]
+    with pytest.raises(InputError, match="non-negative") as info:
+        load_specimen(path)
+    assert str(path) in str(info.value)
