@@ -68,7 +68,7 @@ import numpy as np
 
 from tomosweep.errors import InputError
 from tomosweep.phantoms.specimen import Specimen
-from tomosweep.solvers import Projector
+from tomosweep.solvers import Projector, _checks
 from tomosweep.solvers.physics import XrayLine, f_factor, yuan_table2, z_factor
 
 AVOGADRO = 6.02214076e23  # 1/mol (SI 2019 exact)
@@ -101,17 +101,15 @@ class TiltScheme:
         if not (-90.0 <= lo < hi <= 90.0):
             raise InputError(f"tilt_range must satisfy -90 ≤ first < last ≤ 90 degrees, got {self.tilt_range}")
         object.__setattr__(self, "tilt_range", (lo, hi))
-        if not isinstance(self.n_haadf, int | np.integer) or self.n_haadf < 0:
-            raise InputError(f"n_haadf must be an integer ≥ 0, got {self.n_haadf!r}")
+        object.__setattr__(self, "n_haadf", _checks.positive_int(self.n_haadf, "n_haadf", minimum=0))
         if (self.n_chem is None) == (self.chem_every is None):
             raise InputError("give exactly one of n_chem (free chemical tilts) or chem_every (every k-th HAADF tilt)")
         if self.chem_every is not None:
-            if not isinstance(self.chem_every, int | np.integer) or self.chem_every < 1:
-                raise InputError(f"chem_every must be an integer ≥ 1, got {self.chem_every!r}")
+            object.__setattr__(self, "chem_every", _checks.positive_int(self.chem_every, "chem_every"))
             if self.n_haadf < 1:
                 raise InputError("chem_every needs HAADF tilts to pick from (n_haadf ≥ 1); use n_chem instead")
-        elif not isinstance(self.n_chem, int | np.integer) or self.n_chem < 1:
-            raise InputError(f"n_chem must be an integer ≥ 1, got {self.n_chem!r}")
+        else:
+            object.__setattr__(self, "n_chem", _checks.positive_int(self.n_chem, "n_chem"))
 
     @property
     def haadf_angles(self) -> np.ndarray:

@@ -31,7 +31,6 @@ Randomised generators take ``rng`` (a ``numpy.random.Generator``, an int seed, o
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +39,7 @@ from scipy import ndimage
 
 from tomosweep.errors import InputError
 from tomosweep.phantoms.specimen import Specimen
+from tomosweep.solvers import _checks
 
 #: Bulk densities (g/cm³) of the pure metals of Yuan's Ag-Au particle (CRC Handbook).
 DENSITY_G_CM3: dict[str, float] = {"Ag": 10.49, "Au": 19.30}
@@ -59,18 +59,6 @@ _MAX_PLACEMENT_TRIES = 5000
 
 
 # ---------------------------------------------------------------- shared helpers
-
-
-def _check_n(n: Any) -> int:
-    if isinstance(n, bool):
-        raise InputError(f"n must be an integer ≥ {_MIN_N}, got {n!r}")
-    try:
-        size = operator.index(n)
-    except TypeError:
-        raise InputError(f"n must be an integer ≥ {_MIN_N}, got {n!r}") from None
-    if size < _MIN_N:
-        raise InputError(f"n must be an integer ≥ {_MIN_N} (features would vanish below that), got {size}")
-    return size
 
 
 def _check_fraction(name: str, value: Any, *, low: float, high: float, low_open: bool = True) -> float:
@@ -97,18 +85,6 @@ def _check_range(name: str, value: Any, *, high: float) -> tuple[float, float]:
     if lo > hi:
         raise InputError(f"{name} must be (smallest, largest), got {value!r}")
     return lo, hi
-
-
-def _check_count(name: str, value: Any, *, low: int = 0) -> int:
-    if isinstance(value, bool):
-        raise InputError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    try:
-        count = operator.index(value)
-    except TypeError:
-        raise InputError(f"{name} must be an integer ≥ {low}, got {value!r}") from None
-    if count < low:
-        raise InputError(f"{name} must be an integer ≥ {low}, got {count}")
-    return count
 
 
 def _seed_info(rng: Any) -> int | None:
@@ -300,7 +276,7 @@ def core_shell_2d(
         Elements ``("Ag", "Au")``, volumes ``(2, n, n, 1)``, ``units="g/cm^3"``, with
         ``weight_fractions`` (C_A) and ``density`` (ρ) filled.
     """
-    n = _check_n(n)
+    n = _checks.positive_int(n, "n", minimum=_MIN_N)
     y, z, _ = _grid_3d(n)
     radius = np.sqrt(y[..., :1] ** 2 + z[..., :1] ** 2)
     return _ag_au_core_shell(
@@ -333,7 +309,7 @@ def core_shell_sphere(
     Specimen
         Elements ``("Ag", "Au")``, volumes ``(2, n, n, n)``, ``units="g/cm^3"``.
     """
-    n = _check_n(n)
+    n = _checks.positive_int(n, "n", minimum=_MIN_N)
     y, z, x = _grid_3d(n)
     radius = np.sqrt(y**2 + z**2 + x**2)
     return _ag_au_core_shell(
@@ -442,14 +418,14 @@ def nanocubes(
         Elements ``("Co", "Cu", "O", "Au")``, volumes ``(4, n, n, n)``,
         ``units="atomic fraction"``; ``info["cubes"]`` records each cube.
     """
-    n = _check_n(n)
-    n_coo = _check_count("n_coo", n_coo)
-    n_cuo = _check_count("n_cuo", n_cuo)
+    n = _checks.positive_int(n, "n", minimum=_MIN_N)
+    n_coo = _checks.positive_int(n_coo, "n_coo", minimum=0)
+    n_cuo = _checks.positive_int(n_cuo, "n_cuo", minimum=0)
     if n_coo + n_cuo == 0:
         raise InputError("nanocubes needs at least one cube: n_coo + n_cuo must be ≥ 1")
     edge_range = _check_range("cube_edge", cube_edge, high=0.5)
     gold_range = _check_range("gold_radius", gold_radius, high=0.1)
-    gold_per_cube = _check_count("gold_per_cube", gold_per_cube)
+    gold_per_cube = _checks.positive_int(gold_per_cube, "gold_per_cube", minimum=0)
     seed = _seed_info(rng)
     generator = np.random.default_rng(rng)
 
@@ -533,14 +509,14 @@ def conio_composite(
         Elements ``("Co", "Ni", "O")``, volumes ``(3, n, n, n)``,
         ``units="atomic fraction"``; ``info["particles"]`` records each particle.
     """
-    n = _check_n(n)
+    n = _checks.positive_int(n, "n", minimum=_MIN_N)
     outer = _check_fraction("outer_radius", outer_radius, low=0.0, high=0.5 - 1 / n)
     inner = _check_fraction("inner_radius", inner_radius, low=0.0, high=0.5, low_open=False)
     if inner >= outer:
         raise InputError(f"inner_radius ({inner}) must be smaller than outer_radius ({outer})")
     tube_length = _check_fraction("length", length, low=0.0, high=1.0)
     radius_range = _check_range("particle_radius", particle_radius, high=0.25)
-    n_particles = _check_count("n_particles", n_particles)
+    n_particles = _checks.positive_int(n_particles, "n_particles", minimum=0)
     wall = (outer - inner) * n
     if max(radius_range[0] * n, 1.0) > wall / 2:
         raise InputError(
@@ -648,7 +624,7 @@ def core_shell_cube(
         Elements ``("Co", "Mn", "O")``, volumes ``(3, n, n, n)``,
         ``units="atomic fraction"``.
     """
-    n = _check_n(n)
+    n = _checks.positive_int(n, "n", minimum=_MIN_N)
     edge = _check_fraction("core_edge", core_edge, low=1 / n, high=1.0)
     thickness = _face_thicknesses(shell_thickness)
     lower = [-edge / 2 - t for t in thickness[0::2]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,16 @@ def tilt_series_shape(arr: Any, projector: Any, name: str, *, lead: tuple[int, .
 
 
 def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+    """``value`` as an int ≥ ``minimum`` (any integer-like but bool), or a plain InputError."""
+    if isinstance(value, bool):
         raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}") from None
+    if number < minimum:
+        raise InputError(f"{name} must be an integer ≥ {minimum}, got {number}")
+    return number
 
 
 def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:

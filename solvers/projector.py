@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse
 
 from tomosweep.errors import InputError
-from tomosweep.solvers import backend
+from tomosweep.solvers import _checks, backend
 
 _FORMAT_VERSION = 1  # bump when the matrix definition changes, to invalidate disk caches
 _ANGLE_CHUNK = 8  # angles built at once: bounds the temporary memory to ~8·n_det·n entries
@@ -151,13 +151,8 @@ def _pairs(ia, wa, ib, wb):
 
 
 def _validate_sizes(n: Any, n_det: Any) -> tuple[int, int]:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
-        raise InputError(f"slice size n must be an integer ≥ 2, got {n!r}")
-    if n_det is None:
-        n_det = n
-    if isinstance(n_det, bool) or not isinstance(n_det, int | np.integer) or n_det < 1:
-        raise InputError(f"n_det must be a positive integer, got {n_det!r}")
-    return int(n), int(n_det)
+    n = _checks.positive_int(n, "slice size n", minimum=2)
+    return n, n if n_det is None else _checks.positive_int(n_det, "n_det")
 
 
 def _cache_key(n: int, n_det: int, angles: np.ndarray) -> str:
