@@ -341,6 +341,46 @@ def _proximal_gradient(
     return x, done, steps
 
 
+def _solve(
+    prob: _Problem,
+    x: Any,
+    log: CostLog,
+    *,
+    lam_h: float,
+    lam_c: float,
+    lam_tv: float,
+    n_iter: int,
+    tv_iter: int,
+    step_factor: float,
+    power_iter: int,
+    **info: Any,
+) -> Result:
+    """Run the proximal gradient and package the :class:`Result` (fused and ML+TV alike)."""
+    x, done, steps = _proximal_gradient(
+        prob,
+        x,
+        lam_h=lam_h,
+        lam_c=lam_c,
+        lam_tv=lam_tv,
+        n_iter=n_iter,
+        tv_iter=tv_iter,
+        step_factor=step_factor,
+        power_iter=power_iter,
+        log=log,
+    )
+    eps = backend.to_numpy(prob.eps[0, :: prob.n_x]).astype(np.float64)  # one ε per element
+    return log.result(
+        prob.to_public(x),
+        done,
+        backend.device_name(prob.xp),
+        step=steps.tolist(),
+        lambda_chem=lam_c,
+        lambda_tv=lam_tv,
+        eps=eps.tolist(),
+        **info,
+    )
+
+
 def fused(
     haadf_projector: Projector,
     haadf_tilt_series: Any,
@@ -430,9 +470,10 @@ def fused(
     log = CostLog("fused", callback)
     x = _start(prob, x0, n_init)
     prob, scale = _rescale_haadf(prob, haadf_scale)
-    x, done, steps = _proximal_gradient(
+    return _solve(
         prob,
         x,
+        log,
         lam_h=float(lambda_haadf),
         lam_c=float(lambda_chem),
         lam_tv=float(lambda_tv),
@@ -440,19 +481,9 @@ def fused(
         tv_iter=int(tv_iter),
         step_factor=float(step_factor),
         power_iter=int(power_iter),
-        log=log,
-    )
-    return log.result(
-        prob.to_public(x),
-        done,
-        backend.device_name(prob.xp),
-        step=steps.tolist(),
         haadf_scale=scale,
         lambda_haadf=float(lambda_haadf),
-        lambda_chem=float(lambda_chem),
-        lambda_tv=float(lambda_tv),
         gamma=float(gamma),
-        eps=eps_values(eps, prob.n_el).tolist(),
     )
 
 
@@ -560,9 +591,10 @@ def poisson_ml_tv(
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     log = CostLog("Poisson-ML+TV", callback)
     x = _start(prob, None, n_init)
-    x, done, steps = _proximal_gradient(
+    return _solve(
         prob,
         x,
+        log,
         lam_h=0.0,
         lam_c=float(lambda_chem),
         lam_tv=float(lambda_tv),
@@ -570,16 +602,6 @@ def poisson_ml_tv(
         tv_iter=int(tv_iter),
         step_factor=float(step_factor),
         power_iter=int(power_iter),
-        log=log,
-    )
-    return log.result(
-        prob.to_public(x),
-        done,
-        backend.device_name(prob.xp),
-        step=steps.tolist(),
-        lambda_chem=float(lambda_chem),
-        lambda_tv=float(lambda_tv),
-        eps=eps_values(eps, prob.n_el).tolist(),
     )
 
 
