@@ -1,7 +1,7 @@
 """Reconstruction core: projector, SIRT, HEBT, fused multi-modal, TV, metrics, quantification."""
 
 from tomosweep.solvers.fused import fused, poisson_ml, poisson_ml_tv
-from tomosweep.solvers.hebt import ResponseRatios, hebt, response_ratios
+from tomosweep.solvers.hebt import ResponseRatios, hebt, prefilter_chem, response_ratios
 from tomosweep.solvers.metrics import mse, nrmse, scaled_mse, ssim_structure
 from tomosweep.solvers.physics import (
     XrayLine,
@@ -39,6 +39,7 @@ __all__ = [
     "poisson_ml",
     "poisson_ml_tv",
     "predicted_response_ratio",
+    "prefilter_chem",
     "quantify",
     "response_ratios",
     "scaled_mse",

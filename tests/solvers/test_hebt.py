@@ -254,3 +254,18 @@ def test_hebt_on_gpu_matches_cpu(geometry, data):
     gpu = hebt(haadf_proj, haadf32, chem_proj, chem32, alpha=0.8, n_iter=30, device="gpu")
     assert gpu.device.startswith("gpu")
     np.testing.assert_allclose(backend.to_numpy(gpu.volume), cpu.volume, rtol=1e-3, atol=1e-4 * float(cpu.volume.max()))
+
+
+def test_prefilter_smooths_tilt_and_detector_axes_only():
+    from tomosweep.solvers import prefilter_chem
+
+    chem = np.zeros((2, 9, 11, 3))
+    chem[0, 4, 5, 1] = 1.0
+    out = prefilter_chem(chem, 0.8)
+    assert out[0, :, :, 1].sum() == pytest.approx(1.0)  # mass kept within the slice
+    assert np.all(out[:, :, :, [0, 2]] == 0) and np.all(out[1] == 0)  # no leak across slices or elements
+    assert 0 < out[0, 3, 5, 1] < out[0, 4, 5, 1]  # spread along the tilt axis
+    assert 0 < out[0, 4, 4, 1] < out[0, 4, 5, 1]  # and along the detector
+    np.testing.assert_array_equal(prefilter_chem(chem, 0.0), chem)
+    with pytest.raises(InputError, match="gaussian_sigma must be finite and ≥ 0"):
+        prefilter_chem(chem, -1.0)
