@@ -22,3 +22,19 @@ class BackendError(TomosweepError, RuntimeError):
 
 class DivergenceError(TomosweepError, FloatingPointError):
     """A solver produced non-finite values (NaN or inf) and stopped."""
+
+
+class SpecError(InputError):
+    """A study file is malformed: the message names the key and what is allowed."""
+
+
+class StoreError(TomosweepError):
+    """A sweep store is missing, not a tomosweep store, or from another study."""
+
+
+class StoreLockedError(StoreError):
+    """Another driver holds the store's lock; only one driver may write a store."""
+
+
+class ClusterError(TomosweepError):
+    """A Dask cluster could not be created or reached."""

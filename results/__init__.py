@@ -1,0 +1,9 @@
+"""The sweep store (zarr v3) and its exports: heatmaps, tables, convergence plots.
+
+Depends on no other tomosweep package: the store's contract is in
+:mod:`tomosweep.results.store`, and everything here reads through it.
+"""
+
+from tomosweep.results.store import FAILED, OK, SweepStore, TrialRecord
+
+__all__ = ["FAILED", "OK", "SweepStore", "TrialRecord"]

@@ -1,0 +1,191 @@
+"""Exports of a sweep store: NRMSE heatmaps, best-params table, trials CSV/Parquet, convergence.
+
+Everything is read through :class:`~tomosweep.results.store.SweepStore`. The heatmap
+follows Schwartz 2024 Fig. 4a: one panel per method, chemical tilts along x, HAADF
+tilts along y, the best mean NRMSE written in each cell, one colour scale shared by
+all panels so methods compare at a glance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomosweep.results.store import SweepStore
+
+
+def trials_frame(store: SweepStore) -> Any:
+    """Every committed trial as a pandas DataFrame (one row per trial, flat columns)."""
+    import pandas as pd
+
+    cols = store.columns()
+    n = store.n_committed
+    meta = [json.loads(str(m)) for m in cols["meta"]]
+    frame: dict[str, Any] = {
+        "trial_id": np.arange(n),
+        "method": [store.methods[int(m)] for m in cols["method"]],
+        "n_haadf": cols["n_haadf"],
+        "n_chem": cols["n_chem"],
+        "status": np.where(cols["status"] == 0, "ok", "failed"),
+        "nrmse": cols["nrmse"],
+    }
+    for k, element in enumerate(store.elements):
+        frame[f"nrmse_{element}"] = cols["nrmse_elements"][:, k] if n else np.array([])
+    for k, name in enumerate(store.param_names):
+        frame[name] = cols["params"][:, k] if n else np.array([])
+    frame["iterations"] = cols["iterations"]
+    frame["wall_time_s"] = cols["wall_time_s"]
+    for field in ("worker", "device", "attempts", "finished_at", "error"):
+        frame[field] = [m.get(field) for m in meta]
+    frame["final_costs"] = [json.dumps(m.get("info", {}).get("final_costs", {})) for m in meta]
+    return pd.DataFrame(frame)
+
+
+def best_params_frame(store: SweepStore) -> Any:
+    """One row per (method, cell): best NRMSE, its parameters, trial and failure counts."""
+    import pandas as pd
+
+    spec_methods = store.spec.get("methods", {})
+    rows = []
+    for method in store.methods:
+        maps = store.maps(method)
+        names = [n for n in store.param_names if n in spec_methods.get(method, store.param_names)]
+        for i, h in enumerate(store.n_haadf):
+            for j, c in enumerate(store.n_chem):
+                row = {
+                    "method": method,
+                    "n_haadf": h,
+                    "n_chem": c,
+                    "best_nrmse": maps["best_nrmse"][i, j],
+                    "n_trials": int(maps["n_trials"][i, j]),
+                    "n_failed": int(maps["n_failed"][i, j]),
+                }
+                for name in names:
+                    row[name] = maps["best_params"][i, j, store.param_names.index(name)]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap_figure(store: SweepStore) -> Any:
+    """The NRMSE map of every method side by side (Schwartz 2024 Fig. 4a style)."""
+    plt = _pyplot()
+    methods = store.methods
+    grids = [store.maps(m)["best_nrmse"] for m in methods]
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmax = vmin + 1e-3
+    n_h, n_c = len(store.n_haadf), len(store.n_chem)
+    width = max(3.2, 0.75 * n_c + 1.6)
+    fig, axes = plt.subplots(
+        1,
+        len(methods),
+        figsize=(width * len(methods) + 1.2, max(3.2, 0.6 * n_h + 1.8)),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for ax, method, grid in zip(axes[0], methods, grids, strict=True):
+        image = ax.imshow(grid, origin="lower", cmap="viridis_r", vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(n_c), [str(v) for v in store.n_chem])
+        ax.set_yticks(range(n_h), [str(v) for v in store.n_haadf])
+        ax.set_xlabel("chemical tilts")
+        ax.set_title(method)
+        middle = (vmin + vmax) / 2
+        for i in range(n_h):
+            for j in range(n_c):
+                value = grid[i, j]
+                text = "–" if not np.isfinite(value) else f"{value:.2f}"
+                colour = "white" if np.isfinite(value) and value > middle else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+    axes[0, 0].set_ylabel("HAADF tilts")
+    if image is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), label="best mean NRMSE", shrink=0.9)
+    name = store.spec.get("name", "study")
+    fig.suptitle(f"{name}: best NRMSE over the tilt grid")
+    return fig
+
+
+def convergence_figure(store: SweepStore) -> Any:
+    """Best-so-far mean NRMSE against trial number, one panel per cell, one line per method."""
+    plt = _pyplot()
+    n_h, n_c = len(store.n_haadf), len(store.n_chem)
+    fig, axes = plt.subplots(
+        n_h,
+        n_c,
+        figsize=(2.4 * n_c + 1.4, 1.9 * n_h + 1),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    cols = store.columns()
+    for i, h in enumerate(store.n_haadf):
+        for j, c in enumerate(store.n_chem):
+            ax = axes[n_h - 1 - i, j]  # high HAADF counts on top, as in the heatmap
+            in_cell = (cols["n_haadf"] == h) & (cols["n_chem"] == c)
+            for m, method in enumerate(store.methods):
+                rows = in_cell & (cols["method"] == m)
+                values = np.where(cols["status"][rows] == 0, cols["nrmse"][rows], np.inf)
+                if values.size:
+                    best = np.minimum.accumulate(values)
+                    ax.step(
+                        np.arange(1, best.size + 1),
+                        np.where(np.isfinite(best), best, np.nan),
+                        where="post",
+                        label=method,
+                    )
+            ax.set_title(f"{h} HAADF × {c} chem", fontsize=8)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("trial", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("best NRMSE", fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if not handles:
+        for ax in axes.ravel():
+            handles, labels = ax.get_legend_handles_labels()
+            if handles:
+                break
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    fig.suptitle("best-so-far NRMSE per cell")
+    return fig
+
+
+def export(store: SweepStore, out: str | os.PathLike[str]) -> list[Path]:
+    """Write every export of ``store`` into ``out`` (created); return the files written."""
+    plt = _pyplot()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    trials = trials_frame(store)
+    for path in (out / "trials.csv", out / "trials.parquet"):
+        (trials.to_csv if path.suffix == ".csv" else trials.to_parquet)(path, index=False)
+        written.append(path)
+    best = best_params_frame(store)
+    best.to_csv(out / "best_params.csv", index=False)
+    written.append(out / "best_params.csv")
+    fig = heatmap_figure(store)
+    for suffix in (".png", ".svg"):
+        fig.savefig(out / f"nrmse_heatmap{suffix}", dpi=150)
+        written.append(out / f"nrmse_heatmap{suffix}")
+    plt.close(fig)
+    fig = convergence_figure(store)
+    fig.savefig(out / "convergence.png", dpi=120)
+    written.append(out / "convergence.png")
+    plt.close(fig)
+    return written

@@ -1,0 +1,539 @@
+"""The sweep store: one zarr v3 group per study, the contract for resume and export.
+
+Layout (see ``DESIGN.md``; the per-method maps and the 2-D ``params`` /
+``nrmse_elements`` columns are this project's reading of it, explained in the README)::
+
+    S.zarr/                 attrs: format, spec (JSON), spec_hash, tomosweep version,
+                            created, methods, param_names, elements, n_committed
+      grid/n_haadf, grid/n_chem              1-D int, the map axes
+      maps/<method>/best_nrmse  (n_h, n_c)    NaN where the cell has no finished trial
+      maps/<method>/best_params (n_h, n_c, k) in the order of attrs["param_names"]
+      maps/<method>/n_trials    (n_h, n_c)    finished + failed trials
+      maps/<method>/n_failed    (n_h, n_c)
+      trials/method            int8    index into attrs["methods"]
+      trials/n_haadf, n_chem   int32   the cell, as tilt counts (not indices)
+      trials/status            int8    0 ok, 1 failed
+      trials/nrmse             float64 mean NRMSE over elements (NaN when failed)
+      trials/nrmse_elements    float64 (rows, n_elements), attrs["elements"] order
+      trials/params            float64 (rows, k), NaN for a parameter the method lacks
+      trials/iterations        int32
+      trials/wall_time_s       float64
+      trials/meta              string  JSON: worker, device, error, attempts,
+                                       finished_at, info (final cost terms …)
+
+The row index is the trial id. Rows are appended by the one driver that holds the
+lock; a row counts once ``attrs["n_committed"]`` covers it, and that counter is
+written last, after the row's columns (the commit point). A driver killed between
+the two leaves an uncommitted row that the next append overwrites. The maps are
+derived data: they are updated with every commit and rebuilt from the trials on
+resume, so they can never disagree with the trials for long.
+
+Only JSON attributes and numeric / UTF-8 string arrays are stored; no pickles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import json
+import math
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomosweep import __version__
+from tomosweep.errors import StoreError, StoreLockedError
+
+FORMAT = "tomosweep-sweep-store"
+FORMAT_VERSION = 1
+OK, FAILED = "ok", "failed"
+_STATUS_CODE = {OK: 0, FAILED: 1}
+_STATUS_NAME = {v: k for k, v in _STATUS_CODE.items()}
+_CHUNK = 256
+_LOCK_NAME = ".tomosweep.lock"
+
+_COLUMNS_1D = {
+    "method": "int8",
+    "n_haadf": "int32",
+    "n_chem": "int32",
+    "status": "int8",
+    "nrmse": "float64",
+    "iterations": "int32",
+    "wall_time_s": "float64",
+}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished or failed trial: small, immutable, what a worker sends back.
+
+    ``params`` maps the method's parameter names to the values tried; ``nrmse`` is
+    the mean over ``nrmse_elements`` (Schwartz 2024 Methods), NaN for a failed trial,
+    whose ``error`` says why. ``info`` holds small JSON extras (final cost terms).
+    ``trial_id`` is the store row, assigned when the record is appended.
+    """
+
+    method: str
+    n_haadf: int
+    n_chem: int
+    params: Mapping[str, float]
+    status: str
+    nrmse: float = math.nan
+    nrmse_elements: tuple[float, ...] = ()
+    iterations: int = 0
+    wall_time_s: float = 0.0
+    worker: str = ""
+    device: str = ""
+    error: str = ""
+    attempts: int = 1
+    finished_at: float = 0.0
+    info: Mapping[str, Any] = field(default_factory=dict)
+    trial_id: int = -1
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        return (self.n_haadf, self.n_chem)
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+class _Lock:
+    """An exclusive ``flock`` on a file inside the store, released even on SIGKILL."""
+
+    def __init__(self, store: Path) -> None:
+        self.path = store / _LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self.path.parent} is being written by another driver ({holder}). "
+                "Only one driver may write a store: wait for it to finish, stop it, or use "
+                "`tomosweep status` to watch it. Reading (status, export) works meanwhile."
+            ) from None
+        os.ftruncate(fd, 0)
+        note = {"pid": os.getpid(), "host": _hostname(), "since": dt.datetime.now().isoformat(timespec="seconds")}
+        os.write(fd, json.dumps(note).encode())
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            note = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {note['pid']} on {note['host']}, since {note['since']}"
+        except (OSError, ValueError, KeyError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _zarr() -> Any:
+    import zarr
+
+    return zarr
+
+
+def _write_concurrently(writes: Iterable[tuple[Any, Any, Any]]) -> None:
+    """``array[index] = value`` for many arrays in one event-loop pass.
+
+    zarr's synchronous API runs one coroutine per call (~1 ms each); a row touches
+    ten arrays, so the writes are gathered to keep the commit well under the 20 ms
+    per-trial overhead target.
+    """
+    from zarr.core.sync import sync
+
+    async def run() -> None:
+        await asyncio.gather(*(arr._async_array.setitem(index, value) for arr, index, value in writes))
+
+    sync(run())
+
+
+class SweepStore:
+    """A study's zarr store. Use :meth:`create` or :meth:`open`; close (or ``with``) to release the lock.
+
+    Opened writable, the store holds an exclusive lock: a second writer gets
+    :class:`~tomosweep.errors.StoreLockedError`. Read-only opens never lock.
+    """
+
+    def __init__(self, path: Path, group: Any, lock: _Lock | None) -> None:
+        self.path = path
+        self._group = group
+        self._lock = lock
+        attrs = dict(group.attrs)
+        self._attrs = attrs
+        self.methods: tuple[str, ...] = tuple(attrs["methods"])
+        self.param_names: tuple[str, ...] = tuple(attrs["param_names"])
+        self.elements: tuple[str, ...] = tuple(attrs["elements"])
+        self.n_haadf: tuple[int, ...] = tuple(int(v) for v in group["grid/n_haadf"][:])
+        self.n_chem: tuple[int, ...] = tuple(int(v) for v in group["grid/n_chem"][:])
+        self._n_committed = int(attrs.get("n_committed", 0))
+        self._columns = {name: group[f"trials/{name}"] for name in (*_COLUMNS_1D, "nrmse_elements", "params", "meta")}
+        self._maps: dict[str, dict[str, np.ndarray]] = {}
+        self._map_arrays: dict[str, dict[str, Any]] = {}
+        for method in self.methods:
+            arrays = {
+                name: group[f"maps/{method}/{name}"] for name in ("best_nrmse", "best_params", "n_trials", "n_failed")
+            }
+            self._map_arrays[method] = arrays
+            self._maps[method] = {name: arr[...] for name, arr in arrays.items()}
+
+    # ------------------------------------------------------------------ creation / opening
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        spec: Mapping[str, Any],
+        spec_hash: str,
+        methods: Sequence[str],
+        param_names: Sequence[str],
+        elements: Sequence[str],
+        n_haadf: Sequence[int],
+        n_chem: Sequence[int],
+    ) -> SweepStore:
+        """Create a new, empty, locked store. An existing path is refused, never overwritten."""
+        path = Path(path)
+        if path.exists():
+            raise StoreError(
+                f"{path} already exists. Resume it with `tomosweep resume {path}`, or choose a new --store path."
+            )
+        if not methods or not param_names or not elements or not n_haadf or not n_chem:
+            raise StoreError("a store needs at least one method, parameter, element and grid value per axis")
+        zarr = _zarr()
+        path.mkdir(parents=True)
+        lock = _Lock(path)
+        lock.acquire()
+        try:
+            group = zarr.open_group(path, mode="w")
+            group.attrs.update(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "tomosweep_version": __version__,
+                    "created": dt.datetime.now().isoformat(timespec="seconds"),
+                    "spec": dict(spec),
+                    "spec_hash": spec_hash,
+                    "methods": list(methods),
+                    "param_names": list(param_names),
+                    "elements": list(elements),
+                    "n_committed": 0,
+                }
+            )
+            group.create_array("grid/n_haadf", data=np.asarray(n_haadf, dtype="int32"))
+            group.create_array("grid/n_chem", data=np.asarray(n_chem, dtype="int32"))
+            for name, dtype in _COLUMNS_1D.items():
+                fill = np.nan if dtype.startswith("float") else 0
+                group.create_array(f"trials/{name}", shape=(0,), chunks=(_CHUNK,), dtype=dtype, fill_value=fill)
+            k, n_el = len(param_names), len(elements)
+            group.create_array(
+                "trials/nrmse_elements", shape=(0, n_el), chunks=(_CHUNK, n_el), dtype="float64", fill_value=np.nan
+            )
+            group.create_array("trials/params", shape=(0, k), chunks=(_CHUNK, k), dtype="float64", fill_value=np.nan)
+            group.create_array("trials/meta", shape=(0,), chunks=(_CHUNK,), dtype=str)
+            _create_maps(group, methods, len(n_haadf), len(n_chem), k)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, group, lock)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, writable: bool = False) -> SweepStore:
+        """Open an existing store; ``writable=True`` takes the driver lock."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no store at {path}: run a study first with `tomosweep run STUDY.toml --store {path}`")
+        zarr = _zarr()
+        try:
+            group = zarr.open_group(path, mode="r+" if writable else "r")
+            fmt = group.attrs.get("format")
+        except Exception as exc:  # zarr raises several types for a non-store directory
+            raise StoreError(f"{path} is not a tomosweep store (cannot be read as a zarr v3 group: {exc})") from None
+        if fmt != FORMAT:
+            raise StoreError(f"{path} is a zarr group but not a tomosweep store (attribute format={fmt!r})")
+        version = group.attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"{path} has store format {version}; this tomosweep ({__version__}) reads format {FORMAT_VERSION}"
+            )
+        lock = None
+        if writable:
+            lock = _Lock(path)
+            lock.acquire()
+        try:
+            store = cls(path, group, lock)
+        except KeyError as exc:
+            if lock is not None:
+                lock.release()
+            raise StoreError(f"{path} is an incomplete tomosweep store (missing {exc})") from None
+        return store
+
+    def close(self) -> None:
+        """Release the driver lock (if held). The store stays readable."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> SweepStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    # ------------------------------------------------------------------ attributes
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self._attrs["spec"])
+
+    @property
+    def spec_hash(self) -> str:
+        return str(self._attrs["spec_hash"])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._attrs)
+
+    @property
+    def n_committed(self) -> int:
+        return self._n_committed
+
+    def __len__(self) -> int:
+        return self._n_committed
+
+    def cell_index(self, n_haadf: int, n_chem: int) -> tuple[int, int]:
+        try:
+            return self.n_haadf.index(int(n_haadf)), self.n_chem.index(int(n_chem))
+        except ValueError:
+            raise StoreError(
+                f"cell ({n_haadf}, {n_chem}) is not on this store's grid: "
+                f"n_haadf {list(self.n_haadf)} × n_chem {list(self.n_chem)}"
+            ) from None
+
+    # ------------------------------------------------------------------ writing
+
+    def _require_writable(self) -> None:
+        if self._lock is None:
+            raise StoreError(f"{self.path} was opened read-only; only the driver that holds the lock writes")
+
+    def append(self, record: TrialRecord) -> int:
+        """Append one trial, commit it, and update the maps. Returns its trial id (row)."""
+        self._require_writable()
+        if record.method not in self.methods:
+            raise StoreError(f"method {record.method!r} is not in this store ({', '.join(self.methods)})")
+        if record.status not in _STATUS_CODE:
+            raise StoreError(f"trial status must be {OK!r} or {FAILED!r}, not {record.status!r}")
+        i, j = self.cell_index(record.n_haadf, record.n_chem)
+        row = self._n_committed
+        cols = self._columns
+        if cols["method"].shape[0] <= row:
+            for arr in cols.values():
+                arr.resize((row + _CHUNK, *arr.shape[1:]))
+        unknown = set(record.params) - set(self.param_names)
+        if unknown:
+            raise StoreError(f"parameters {sorted(unknown)} are not in this store ({', '.join(self.param_names)})")
+        params = np.array([record.params.get(name, np.nan) for name in self.param_names], dtype="float64")
+        per_element = np.full(len(self.elements), np.nan)
+        per_element[: len(record.nrmse_elements)] = record.nrmse_elements
+        meta = {
+            "worker": record.worker,
+            "device": record.device,
+            "error": record.error,
+            "attempts": int(record.attempts),
+            "finished_at": float(record.finished_at),
+            "info": _jsonable(record.info),
+        }
+        writes: list[tuple[Any, Any, Any]] = [
+            (cols["method"], row, self.methods.index(record.method)),
+            (cols["n_haadf"], row, int(record.n_haadf)),
+            (cols["n_chem"], row, int(record.n_chem)),
+            (cols["status"], row, _STATUS_CODE[record.status]),
+            (cols["nrmse"], row, float(record.nrmse)),
+            (cols["iterations"], row, int(record.iterations)),
+            (cols["wall_time_s"], row, float(record.wall_time_s)),
+            (cols["nrmse_elements"], row, per_element),
+            (cols["params"], row, params),
+            (cols["meta"], row, json.dumps(meta)),
+        ]
+        maps, arrays = self._maps[record.method], self._map_arrays[record.method]
+        maps["n_trials"][i, j] += 1
+        writes.append((arrays["n_trials"], ..., maps["n_trials"]))
+        if record.status == FAILED:
+            maps["n_failed"][i, j] += 1
+            writes.append((arrays["n_failed"], ..., maps["n_failed"]))
+        elif math.isfinite(record.nrmse) and not record.nrmse >= maps["best_nrmse"][i, j]:
+            maps["best_nrmse"][i, j] = record.nrmse
+            maps["best_params"][i, j] = params
+            writes.append((arrays["best_nrmse"], ..., maps["best_nrmse"]))
+            writes.append((arrays["best_params"], ..., maps["best_params"]))
+        _write_concurrently(writes)
+        self._n_committed = row + 1
+        self._group.attrs["n_committed"] = self._n_committed  # the commit point
+        self._attrs["n_committed"] = self._n_committed
+        return row
+
+    def rebuild_maps(self) -> None:
+        """Recompute every map from the committed trials (after a crash, or a grid change)."""
+        self._require_writable()
+        fresh = {m: _empty_maps(len(self.n_haadf), len(self.n_chem), len(self.param_names)) for m in self.methods}
+        cols = self.columns()
+        for r in range(self._n_committed):
+            method = self.methods[cols["method"][r]]
+            try:
+                i, j = self.cell_index(cols["n_haadf"][r], cols["n_chem"][r])
+            except StoreError:
+                continue  # a cell dropped from the grid keeps its trials, not its map entry
+            maps = fresh[method]
+            maps["n_trials"][i, j] += 1
+            if cols["status"][r] == _STATUS_CODE[FAILED]:
+                maps["n_failed"][i, j] += 1
+            elif np.isfinite(cols["nrmse"][r]) and not cols["nrmse"][r] >= maps["best_nrmse"][i, j]:
+                maps["best_nrmse"][i, j] = cols["nrmse"][r]
+                maps["best_params"][i, j] = cols["params"][r]
+        writes = []
+        for method, maps in fresh.items():
+            for name, values in maps.items():
+                writes.append((self._map_arrays[method][name], ..., values))
+        _write_concurrently(writes)
+        self._maps = fresh
+
+    def update_study(
+        self,
+        *,
+        spec: Mapping[str, Any],
+        spec_hash: str,
+        n_haadf: Sequence[int],
+        n_chem: Sequence[int],
+    ) -> None:
+        """Adopt an extended study: same methods and parameters, a grid that keeps every old value.
+
+        Trials stay as they are (they name their cell by tilt counts); the maps are
+        recreated on the new grid and rebuilt from the trials.
+        """
+        self._require_writable()
+        missing_h = sorted(set(self.n_haadf) - set(n_haadf))
+        missing_c = sorted(set(self.n_chem) - set(n_chem))
+        if missing_h or missing_c:
+            raise StoreError(
+                f"the new grid drops values that have trials in {self.path} "
+                f"(n_haadf {missing_h}, n_chem {missing_c}); a grid may only grow"
+            )
+        group = self._group
+        for name, values in (("grid/n_haadf", n_haadf), ("grid/n_chem", n_chem)):
+            group.create_array(name, data=np.asarray(values, dtype="int32"), overwrite=True)
+        _create_maps(group, self.methods, len(n_haadf), len(n_chem), len(self.param_names), overwrite=True)
+        group.attrs.update({"spec": dict(spec), "spec_hash": spec_hash})
+        self._attrs.update({"spec": dict(spec), "spec_hash": spec_hash})
+        self.n_haadf, self.n_chem = tuple(int(v) for v in n_haadf), tuple(int(v) for v in n_chem)
+        self._map_arrays = {
+            m: {name: group[f"maps/{m}/{name}"] for name in ("best_nrmse", "best_params", "n_trials", "n_failed")}
+            for m in self.methods
+        }
+        self.rebuild_maps()
+
+    # ------------------------------------------------------------------ reading
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The committed rows of every trial column, as NumPy arrays (``meta`` as str)."""
+        n = self._n_committed
+        return {name: np.asarray(arr[:n]) for name, arr in self._columns.items()}
+
+    def records(self) -> list[TrialRecord]:
+        """Every committed trial as a :class:`TrialRecord`, in trial-id order."""
+        cols = self.columns()
+        out = []
+        for r in range(self._n_committed):
+            meta = json.loads(str(cols["meta"][r]))
+            method = self.methods[int(cols["method"][r])]
+            params = {
+                name: float(v) for name, v in zip(self.param_names, cols["params"][r], strict=True) if np.isfinite(v)
+            }
+            out.append(
+                TrialRecord(
+                    method=method,
+                    n_haadf=int(cols["n_haadf"][r]),
+                    n_chem=int(cols["n_chem"][r]),
+                    params=params,
+                    status=_STATUS_NAME[int(cols["status"][r])],
+                    nrmse=float(cols["nrmse"][r]),
+                    nrmse_elements=tuple(float(v) for v in cols["nrmse_elements"][r]),
+                    iterations=int(cols["iterations"][r]),
+                    wall_time_s=float(cols["wall_time_s"][r]),
+                    worker=meta.get("worker", ""),
+                    device=meta.get("device", ""),
+                    error=meta.get("error", ""),
+                    attempts=int(meta.get("attempts", 1)),
+                    finished_at=float(meta.get("finished_at", 0.0)),
+                    info=meta.get("info", {}),
+                    trial_id=r,
+                )
+            )
+        return out
+
+    def maps(self, method: str) -> dict[str, np.ndarray]:
+        """``best_nrmse``, ``best_params``, ``n_trials``, ``n_failed`` of one method (copies)."""
+        if method not in self._maps:
+            raise StoreError(f"method {method!r} is not in this store ({', '.join(self.methods)})")
+        return {name: values.copy() for name, values in self._maps[method].items()}
+
+
+def _empty_maps(n_h: int, n_c: int, k: int) -> dict[str, np.ndarray]:
+    return {
+        "best_nrmse": np.full((n_h, n_c), np.nan),
+        "best_params": np.full((n_h, n_c, k), np.nan),
+        "n_trials": np.zeros((n_h, n_c), dtype="int32"),
+        "n_failed": np.zeros((n_h, n_c), dtype="int32"),
+    }
+
+
+def _create_maps(group: Any, methods: Sequence[str], n_h: int, n_c: int, k: int, *, overwrite: bool = False) -> None:
+    for method in methods:
+        for name, values in _empty_maps(n_h, n_c, k).items():
+            fill = np.nan if values.dtype.kind == "f" else 0
+            group.create_array(
+                f"maps/{method}/{name}",
+                shape=values.shape,
+                chunks=values.shape,
+                dtype=values.dtype,
+                fill_value=fill,
+                overwrite=overwrite,
+            )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,224 @@
+"""The Python API, one function per CLI command: run, resume, status, export, reconstruct."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomosweep.errors import BackendError, SpecError, StoreError
+from tomosweep.results import SweepStore, TrialRecord
+from tomosweep.sweep.runner import Progress, Runner, RunSummary
+from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
+from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
+
+PathLike = str | os.PathLike[str]
+
+
+def _as_study(study: Study | PathLike) -> Study:
+    return study if isinstance(study, Study) else load_study(study)
+
+
+def _check_device(study: Study) -> None:
+    from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason
+
+    if study.device == "gpu" and study.cluster.backend == "local" and not gpu_available():
+        raise BackendError(
+            f'the study asks for device = "gpu" but this machine has none ({gpu_unavailable_reason()}); '
+            'set device = "cpu" (or "auto"), or install the GPU extra: pip install "tomosweep[gpu]"'
+        )
+
+
+def _elements(study: Study) -> tuple[str, ...]:
+    if study.phantom.name is not None:
+        from tomosweep.phantoms import make_specimen
+
+        return tuple(make_specimen(study.phantom.name, 16, **study.phantom.options).elements)
+    from tomosweep.phantoms import load_specimen
+
+    return tuple(load_specimen(study.phantom.file).elements)
+
+
+@contextlib.contextmanager
+def _client(study: Study, client: Any) -> Iterator[Any]:
+    if client is not None:
+        yield client
+        return
+    from tomosweep.cluster import open_client
+
+    c = study.cluster
+    with open_client(
+        c.backend, n_workers=c.n_workers, memory_limit=c.memory_limit, address=c.address, dashboard=c.dashboard
+    ) as opened:
+        yield opened
+
+
+def run_study(
+    study: Study | PathLike,
+    store: PathLike,
+    *,
+    client: Any = None,
+    progress: Progress | None = None,
+    on_client: Callable[[Any], None] | None = None,
+    trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
+) -> RunSummary:
+    """Create ``store`` for ``study`` and run its whole budget.
+
+    ``client``: an existing ``distributed.Client`` (else one is opened from the study's
+    ``[cluster]`` section and closed at the end). ``on_client`` is called with the
+    client once it is up (the CLI prints the dashboard address there).
+    """
+    study = _as_study(study)
+    _check_device(study)
+    store = Path(store)
+    if store.exists():
+        raise StoreError(f"{store} already exists. Resume it with `tomosweep resume {store}`, or choose a new --store.")
+    elements = _elements(study)
+    with _client(study, client) as c:
+        if on_client:
+            on_client(c)
+        with SweepStore.create(
+            store,
+            spec=study.to_json(),
+            spec_hash=study.content_hash(),
+            methods=list(study.methods),
+            param_names=study.param_names,
+            elements=elements,
+            n_haadf=study.acquisition.n_haadf,
+            n_chem=study.acquisition.n_chem,
+        ) as opened:
+            return Runner(study, opened, c, progress=progress, trial_fn=trial_fn).run()
+
+
+def stored_study(store: SweepStore) -> Study:
+    return study_from_dict(store.spec, source=f"{store.path} (stored study)")
+
+
+def resume_study(
+    store: PathLike,
+    *,
+    study: Study | PathLike | None = None,
+    extend: bool = False,
+    client: Any = None,
+    progress: Progress | None = None,
+    on_client: Callable[[Any], None] | None = None,
+    trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
+) -> RunSummary:
+    """Rebuild every optimiser from the stored trials and finish the budget.
+
+    With ``study``, the file must equal the stored one; with ``extend=True`` it may
+    also raise ``trials_per_cell`` or add tilt counts to the grid (nothing else).
+    The stored ``[cluster]`` section is replaced by the given file's, if any: the same
+    study may resume on another cluster.
+    """
+    with SweepStore.open(store, writable=True) as opened:
+        stored = stored_study(opened)
+        new = stored
+        if study is not None:
+            new = _as_study(study)
+            if new.content_hash() != stored.content_hash():
+                if not extend:
+                    raise SpecError(
+                        f"the study file differs from the one stored in {store}. Resume without a study file to "
+                        "finish the stored study, or pass --extend to raise the budget or grow the grid."
+                    )
+                check_extension(stored, new)
+                opened.update_study(
+                    spec=new.to_json(),
+                    spec_hash=new.content_hash(),
+                    n_haadf=new.acquisition.n_haadf,
+                    n_chem=new.acquisition.n_chem,
+                )
+        if new.content_hash() == stored.content_hash():
+            opened.rebuild_maps()  # the driver may have died between a commit and its map update
+        _check_device(new)
+        with _client(new, client) as c:
+            if on_client:
+                on_client(c)
+            return Runner(new, opened, c, progress=progress, trial_fn=trial_fn).run()
+
+
+def study_status(store: PathLike) -> Any:
+    """A pandas table, one row per (method, cell): trials done / failed, best NRMSE, best params."""
+    import pandas as pd
+
+    with SweepStore.open(store) as opened:
+        study = stored_study(opened)
+        rows = []
+        for method in opened.methods:
+            maps = opened.maps(method)
+            names = [n for n in opened.param_names if n in study.methods[method]]
+            for i, h in enumerate(opened.n_haadf):
+                for j, c in enumerate(opened.n_chem):
+                    row = {
+                        "method": method,
+                        "n_haadf": h,
+                        "n_chem": c,
+                        "trials": int(maps["n_trials"][i, j]),
+                        "budget": study.budget.trials_per_cell,
+                        "failed": int(maps["n_failed"][i, j]),
+                        "best_nrmse": float(maps["best_nrmse"][i, j]),
+                    }
+                    for name in names:
+                        row[name] = float(maps["best_params"][i, j, opened.param_names.index(name)])
+                    rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def export_store(store: PathLike, out: PathLike) -> list[Path]:
+    """Write heatmaps (PNG+SVG), best-params table, trials CSV/Parquet and convergence plots."""
+    from tomosweep.results.export import export
+
+    with SweepStore.open(store) as opened:
+        return export(opened, out)
+
+
+def reconstruct_cell(
+    store: PathLike,
+    cell: tuple[int, int],
+    out: PathLike,
+    *,
+    method: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, dict[str, float]]:
+    """Rerun a cell's best trial and save its volumes (``.npz`` or ``.zarr``) with the NRMSE it gets."""
+    from tomosweep.phantoms import Specimen, save_specimen
+
+    with SweepStore.open(store) as opened:
+        study = stored_study(opened)
+        method = method or opened.methods[0]
+        if method not in opened.methods:
+            raise StoreError(f"method {method!r} is not in this store ({', '.join(opened.methods)})")
+        i, j = opened.cell_index(*cell)
+        maps = opened.maps(method)
+        if not np.isfinite(maps["best_nrmse"][i, j]):
+            raise StoreError(f"cell {cell[0]},{cell[1]} has no finished {method} trial yet; run or resume the study")
+        best = {
+            name: float(maps["best_params"][i, j, opened.param_names.index(name)]) for name in study.searched(method)
+        }
+        stored_nrmse = float(maps["best_nrmse"][i, j])
+    data = build_cell_data(study, *cell)
+    result = reconstruct(study, data, method, best)
+    per_element = score(data, result.volume)
+    from tomosweep.solvers.backend import to_numpy
+
+    volumes = np.maximum(to_numpy(result.volume), 0.0)
+    metrics = {e: float(v) for e, v in zip(data.elements, per_element, strict=True)}
+    metrics["mean"] = float(per_element.mean())
+    specimen = Specimen.from_symbols(
+        f"{study.name}-{method}-{cell[0]}x{cell[1]}",
+        data.elements,
+        volumes,
+        info={
+            "method": method,
+            "cell": {"n_haadf": cell[0], "n_chem": cell[1]},
+            "params": {**study.fixed(method), **best},
+            "nrmse": metrics,
+            "stored_nrmse": stored_nrmse,
+        },
+    )
+    return save_specimen(specimen, out, overwrite=overwrite), metrics

@@ -1,0 +1,214 @@
+"""The ``tomosweep`` command: run, resume, status, export, reconstruct, methods.
+
+Every user mistake ends in one red line (exit status 2), never a traceback; Ctrl-C
+stops the driver, keeps every finished trial and says how to resume (exit 130).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tomosweep.errors import TomosweepError
+
+app = typer.Typer(
+    name="tomosweep",
+    help="Bayesian hyperparameter sweeps for fused chemical electron tomography.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+class RichProgress:
+    """A live bar: trials done/total, failed, best NRMSE so far, ETA."""
+
+    def __init__(self) -> None:
+        self._bar = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("failed {task.fields[failed]}"),
+            TextColumn("best NRMSE {task.fields[best]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._task: Any = None
+
+    @staticmethod
+    def _best(best: float | None) -> str:
+        return "–" if best is None or not math.isfinite(best) else f"{best:.4f}"
+
+    def start(self, *, total: int, done: int, failed: int, best: float | None) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task("trials", total=total, completed=done, failed=failed, best=self._best(best))
+
+    def update(self, record: Any, *, done: int, failed: int, best: float | None) -> None:
+        self._bar.update(self._task, completed=done, failed=failed, best=self._best(best))
+        if not record.ok:
+            self._bar.console.print(
+                f"[yellow]failed trial[/] {record.method} {record.n_haadf}×{record.n_chem}: {record.error}"
+            )
+
+    def close(self) -> None:
+        self._bar.stop()
+
+
+def _dashboard(client: Any) -> None:
+    link = getattr(client, "dashboard_link", None)
+    console.print(f"Dask scheduler {client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
+
+
+def _summary(summary: Any) -> None:
+    state = "complete" if summary.complete else "incomplete"
+    console.print(
+        f"[green]{summary.n_new} new trials[/] in {summary.wall_time_s:.1f} s; store {summary.store} holds "
+        f"{summary.n_trials} trials ({summary.n_failed} failed), budget {summary.budget}: {state}."
+    )
+
+
+def _parse_cell(cell: str) -> tuple[int, int]:
+    try:
+        h, c = (int(v) for v in cell.replace("x", ",").split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--cell must be H,C (HAADF tilts, chemical tilts), e.g. 45,9; got {cell!r}") from None
+    return h, c
+
+
+@app.command()
+def run(
+    study: Annotated[Path, typer.Argument(help="study file (TOML)")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run a study: create STORE and spend the whole budget."""
+    from tomosweep.sweep.api import run_study
+
+    summary = run_study(study, store, progress=None if quiet else RichProgress(), on_client=_dashboard)
+    _summary(summary)
+
+
+@app.command()
+def resume(
+    store: Annotated[Path, typer.Argument(help="store written by `tomosweep run`")],
+    study: Annotated[
+        Path | None, typer.Option("--study", help="study file to check against (or to extend with)")
+    ] = None,
+    extend: Annotated[
+        bool, typer.Option("--extend", help="accept a study file that raises trials_per_cell or grows the grid")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
+    from tomosweep.sweep.api import resume_study
+
+    summary = resume_study(
+        store, study=study, extend=extend, progress=None if quiet else RichProgress(), on_client=_dashboard
+    )
+    _summary(summary)
+
+
+@app.command()
+def status(store: Annotated[Path, typer.Argument(help="store to summarise")]) -> None:
+    """Table of cells: trials done / failed, best NRMSE, best parameters."""
+    from tomosweep.sweep.api import study_status
+
+    frame = study_status(store)
+    params = [
+        c for c in frame.columns if c not in ("method", "n_haadf", "n_chem", "trials", "budget", "failed", "best_nrmse")
+    ]
+    table = Table(title=f"{store}")
+    for column in ("method", "HAADF×chem", "trials", "failed", "best NRMSE", *params):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in frame.to_dict("records"):
+        table.add_row(
+            row["method"],
+            f"{row['n_haadf']}×{row['n_chem']}",
+            f"{row['trials']}/{row['budget']}",
+            str(row["failed"]),
+            _fmt(row["best_nrmse"]),
+            *(_fmt(row[p]) for p in params),
+        )
+    out.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="store to export")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the files")],
+) -> None:
+    """Heatmaps (PNG+SVG), best-params table, trials CSV and Parquet, convergence plot."""
+    from tomosweep.sweep.api import export_store
+
+    for path in export_store(store, out_dir):
+        out.print(str(path))
+
+
+@app.command()
+def reconstruct(
+    store: Annotated[Path, typer.Argument(help="store to read the best parameters from")],
+    cell: Annotated[str, typer.Option("--cell", help="H,C: HAADF tilts, chemical tilts")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="output .npz or .zarr")],
+    method: Annotated[str | None, typer.Option("--method", help="method (default: the study's first)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output")] = False,
+) -> None:
+    """Rerun a cell's best trial and save its element volumes with the NRMSE they get."""
+    from tomosweep.sweep.api import reconstruct_cell
+
+    path, metrics = reconstruct_cell(store, _parse_cell(cell), out_file, method=method, overwrite=overwrite)
+    out.print(f"wrote {path}; NRMSE " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@app.command()
+def methods() -> None:
+    """List the methods a study can use, their parameters, defaults and default ranges."""
+    from tomosweep.sweep.methods import METHODS
+
+    table = Table(title="methods")
+    for column in ("method", "parameter", "type", "default", "range", "prior", "meaning"):
+        table.add_column(column)
+    for method in METHODS.values():
+        for p in method.params:
+            table.add_row(method.name, p.name, p.kind, f"{p.default:g}", f"{p.low:g}–{p.high:g}", p.prior, p.doc)
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning tomosweep errors and Ctrl-C into clean exits."""
+    try:
+        app(standalone_mode=False)
+    except TomosweepError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: every finished trial is stored; continue with `tomosweep resume STORE`")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click's own usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(130) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

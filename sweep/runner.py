@@ -1,0 +1,241 @@
+"""The driver loop: keep every worker busy, record each trial exactly once, never lose one.
+
+One :class:`~tomosweep.sweep.optimizer.CellOptimizer` per (method, cell) proposes
+points; the runner submits trials as Dask tasks across all cells at once (the cell
+with the fewest trials asked goes next), and as each finishes it appends the record
+to the store (the commit point), tells the optimiser, and refills the queue.
+
+Failures, in the words of the store:
+
+- a trial that raises or returns a non-finite NRMSE comes back as a *failed* record
+  (see :func:`~tomosweep.sweep.trial.run_trial`) and is stored like any other;
+- a worker that dies mid-trial makes Dask rerun its tasks elsewhere; a task that
+  keeps killing workers ends in ``KilledWorker``. Dask cannot tell the culprit from
+  innocent trials queued on the same worker, so the runner keeps its own ledger and
+  resubmits each such trial up to ``max_worker_deaths`` times before recording it as
+  failed. Each trial is appended once, when its future is done — never twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from tomosweep.errors import ClusterError
+from tomosweep.results import FAILED, SweepStore, TrialRecord
+from tomosweep.sweep.methods import METHODS
+from tomosweep.sweep.optimizer import CellOptimizer, derived_seed
+from tomosweep.sweep.spec import Study
+from tomosweep.sweep.trial import TrialTask, run_trial
+
+Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
+
+
+class Progress(Protocol):
+    """What the runner reports to (a progress bar, a log, a test)."""
+
+    def start(self, *, total: int, done: int, failed: int, best: float | None) -> None: ...
+
+    def update(self, record: TrialRecord, *, done: int, failed: int, best: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did: trials in the store now, how many this run added, failures, time."""
+
+    store: str
+    n_trials: int
+    n_new: int
+    n_failed: int
+    budget: int
+    wall_time_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.n_trials >= self.budget
+
+
+@dataclass
+class _Ticket:
+    key: Key
+    params: dict[str, float]
+    ask_id: int
+    attempt: int = 1
+
+
+def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer]:
+    """One optimiser per (method, cell), told every stored trial of that cell (resume)."""
+    opts: dict[Key, CellOptimizer] = {}
+    for method in study.methods:
+        space = {}
+        for name, rng in study.searched(method).items():
+            space[name] = (rng.low, rng.high, rng.prior, METHODS[method].param(name).kind)
+        for h, c in study.cells:
+            opts[(method, h, c)] = CellOptimizer(
+                space,
+                n_initial=study.budget.initial_points,
+                seed=derived_seed(study.seed, "optimiser", method, h, c),
+                liar=study.budget.liar,
+            )
+    for record in store.records():
+        opt = opts.get((record.method, record.n_haadf, record.n_chem))
+        if opt is not None:
+            opt.tell(record.params, record.nrmse if record.ok else None)
+    for opt in opts.values():
+        opt.n_asked = opt.n_told  # continue the seed sequence after the stored trials
+    return opts
+
+
+class Runner:
+    """Run a study's remaining budget on a Dask client, writing to an open (locked) store."""
+
+    def __init__(
+        self,
+        study: Study,
+        store: SweepStore,
+        client: Any,
+        *,
+        progress: Progress | None = None,
+        trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
+        max_worker_deaths: int = 2,
+        queue_extra: int = 1,
+    ) -> None:
+        self.study = study
+        self.store = store
+        self.client = client
+        self.progress = progress
+        self.trial_fn = trial_fn
+        self.max_worker_deaths = max_worker_deaths
+        self.queue_extra = queue_extra
+        self._study_json = json.dumps(study.to_json(), sort_keys=True)
+        self._seq = itertools.count()
+
+    def _capacity(self) -> int:
+        try:
+            threads = sum(self.client.nthreads().values())
+        except Exception:  # a scheduler that is restarting answers nothing for a moment
+            threads = 0
+        return max(1, threads) + self.queue_extra
+
+    def run(self) -> RunSummary:
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        t0 = time.perf_counter()
+        study, store = self.study, self.store
+        opts = build_optimisers(study, store)
+        budget_per = study.budget.trials_per_cell
+        total = budget_per * len(opts)
+        in_grid = sum(min(o.n_told, budget_per) for o in opts.values())
+        failed = sum(1 for o in opts.values() for y in o.Y if y is None)
+        n_start = store.n_committed
+        best = self._best(opts)
+        if self.progress:
+            self.progress.start(total=total, done=in_grid, failed=failed, best=best)
+
+        active: dict[Any, _Ticket] = {}
+        deaths: dict[int, int] = {}
+        queue = as_completed()
+
+        def next_key() -> Key | None:
+            open_keys = [k for k, o in opts.items() if o.n_told + len(o.pending) < budget_per]
+            if not open_keys:
+                return None
+            return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
+
+        def submit(ticket: _Ticket) -> None:
+            method, h, c = ticket.key
+            params = {**self.study.fixed(method), **ticket.params}  # the record shows the full setting
+            task = TrialTask(self._study_json, method, h, c, params, ticket.attempt)
+            name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{derived_seed(time.time_ns())}"
+            future = self.client.submit(self.trial_fn, task, key=name, pure=False)
+            active[future] = ticket
+            queue.add(future)
+
+        def fill() -> None:
+            capacity = self._capacity()
+            while len(active) < capacity:
+                key = next_key()
+                if key is None:
+                    return
+                ask_id = next(self._seq)
+                params = opts[key].ask(ask_id)
+                submit(_Ticket(key, params, ask_id))
+
+        try:
+            fill()
+            for future in queue:
+                ticket = active.pop(future)
+                record = self._outcome(future, ticket, deaths, KilledWorker)
+                future.release()
+                if record is None:  # resubmitted after a worker death
+                    submit(ticket)
+                    continue
+                store.append(record)
+                opt = opts[ticket.key]
+                opt.tell(ticket.params, record.nrmse if record.ok else None, key=ticket.ask_id)
+                in_grid += 1
+                failed += 0 if record.ok else 1
+                if record.ok and (best is None or record.nrmse < best):
+                    best = record.nrmse
+                if self.progress:
+                    self.progress.update(record, done=in_grid, failed=failed, best=best)
+                fill()
+        finally:
+            for future in active:
+                future.cancel()
+            if self.progress:
+                self.progress.close()
+        return RunSummary(
+            store=str(store.path),
+            n_trials=store.n_committed,
+            n_new=store.n_committed - n_start,
+            n_failed=failed,
+            budget=total,
+            wall_time_s=time.perf_counter() - t0,
+        )
+
+    def _outcome(self, future: Any, ticket: _Ticket, deaths: dict[int, int], killed: type) -> TrialRecord | None:
+        method, h, c = ticket.key
+        params = {**self.study.fixed(method), **ticket.params}
+        base = {"method": method, "n_haadf": h, "n_chem": c, "params": params, "attempts": ticket.attempt}
+        if future.status == "finished":
+            record = future.result()
+            if not isinstance(record, TrialRecord):
+                return TrialRecord(
+                    **base, status=FAILED, error=f"trial returned {type(record).__name__}, not a TrialRecord"
+                )
+            return replace(record, attempts=ticket.attempt)
+        if future.status == "cancelled":
+            raise ClusterError(
+                "the scheduler cancelled a running trial (the cluster was lost or shut down); every finished "
+                f"trial is stored — continue with `tomosweep resume {self.store.path}`"
+            )
+        exc = future.exception()
+        if isinstance(exc, killed):
+            deaths[ticket.ask_id] = deaths.get(ticket.ask_id, 0) + 1
+            if deaths[ticket.ask_id] <= self.max_worker_deaths:
+                ticket.attempt += 1
+                return None
+            return TrialRecord(
+                **base,
+                status=FAILED,
+                error=(
+                    f"the worker running this trial died {deaths[ticket.ask_id]} times over "
+                    f"{ticket.attempt} submissions (KilledWorker: {exc}); out of memory or a crash in native code?"
+                ),
+                finished_at=time.time(),
+            )
+        return TrialRecord(**base, status=FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+
+    @staticmethod
+    def _best(opts: dict[Key, CellOptimizer]) -> float | None:
+        values = [y for o in opts.values() for y in o.Y if y is not None and math.isfinite(y)]
+        return min(values) if values else None

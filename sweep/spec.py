@@ -1,0 +1,375 @@
+"""Study files: TOML, validated with pydantic, every mistake reported as one clear message.
+
+A study names a phantom, an acquisition grid (HAADF tilt counts × chemical tilt
+counts), one or more methods with the parameters to search, a budget and a cluster.
+See ``examples/quickstart.toml`` for a commented example; :func:`load_study` reads one,
+:func:`study_from_dict` validates an already-parsed mapping.
+
+Parameters. In ``[methods.<name>]`` each parameter is either a number (held fixed) or
+a table ``{low = …, high = …, prior = "log" | "linear"}`` (searched). Parameters left
+out are held at the method's default; ``tomosweep methods`` lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tomosweep.errors import SpecError
+from tomosweep.sweep.methods import METHODS
+
+_FORBID = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchRange(BaseModel):
+    """A searched parameter: bounds and prior (``log`` = log-uniform)."""
+
+    model_config = _FORBID
+    low: float
+    high: float
+    prior: Literal["log", "linear"] = "linear"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be smaller than high ({self.high})")
+        if self.prior == "log" and self.low <= 0:
+            raise ValueError(f"a log prior needs low > 0 (got {self.low})")
+        return self
+
+
+ParamValue = float | SearchRange
+
+
+class PhantomSpec(BaseModel):
+    """The ground truth: a built-in specimen (``name``) or a user's file (``file``)."""
+
+    model_config = _FORBID
+    name: str | None = None
+    file: str | None = None
+    size: int = Field(48, ge=16, le=1024)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PhantomSpec:
+        from tomosweep.phantoms import SPECIMENS
+
+        if (self.name is None) == (self.file is None):
+            raise ValueError("give exactly one of name = <built-in specimen> or file = <path to .npz/.h5/.zarr>")
+        if self.name is not None and self.name not in SPECIMENS:
+            raise ValueError(f"unknown specimen {self.name!r}; built-in specimens: {', '.join(sorted(SPECIMENS))}")
+        if self.file is not None and self.options:
+            raise ValueError("options apply to built-in specimens only, not to a file")
+        if self.name is not None:
+            from tomosweep.phantoms.specimens import specimen_options
+
+            allowed = specimen_options(self.name)
+            unknown = sorted(set(self.options) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"specimen {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"its options: {', '.join(allowed)}"
+                )
+        return self
+
+
+class AcquisitionSpec(BaseModel):
+    """Simulated acquisition; ``n_haadf`` × ``n_chem`` is the study's grid."""
+
+    model_config = _FORBID
+    n_haadf: list[int] = Field(min_length=1)
+    n_chem: list[int] = Field(min_length=1)
+    tilt_range: tuple[float, float] = (-70.0, 70.0)
+    haadf_snr: float = Field(2000.0, gt=0)
+    chem_snr: float | dict[str, float] = 2.5
+    background: float = Field(0.15, ge=0)
+    gamma: float = Field(1.7, gt=0)
+
+    @field_validator("n_haadf", "n_chem")
+    @classmethod
+    def _tilt_counts(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError(f"tilt counts must be ≥ 1 (got {values})")
+        if len(set(values)) != len(values):
+            raise ValueError(f"tilt counts must be distinct (got {values})")
+        return sorted(values)
+
+    @field_validator("tilt_range")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not -90 <= low < high <= 90:
+            raise ValueError(f"tilt_range must be [low, high] with -90 ≤ low < high ≤ 90 degrees (got {list(value)})")
+        return value
+
+    @field_validator("chem_snr")
+    @classmethod
+    def _chem_snr(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        values = value.values() if isinstance(value, dict) else [value]
+        if any(v <= 0 for v in values):
+            raise ValueError("chemical SNR must be > 0 (a number, or a table element = SNR)")
+        return value
+
+
+class BudgetSpec(BaseModel):
+    """Trials per (cell, method); the first ``initial_points`` are random, the rest GP-guided."""
+
+    model_config = _FORBID
+    trials_per_cell: int = Field(ge=1, le=100000)
+    initial_points: int = Field(5, ge=1)
+    liar: Literal["cl_min", "cl_mean", "cl_max"] = "cl_min"
+
+    @model_validator(mode="after")
+    def _initial_le_budget(self) -> BudgetSpec:
+        if self.initial_points > self.trials_per_cell:
+            raise ValueError(
+                f"initial_points ({self.initial_points}) cannot exceed trials_per_cell ({self.trials_per_cell})"
+            )
+        return self
+
+
+class ClusterSpec(BaseModel):
+    """Where trials run. ``local`` (default): an embedded LocalCluster; ``address``: an existing scheduler."""
+
+    model_config = _FORBID
+    backend: Literal["local", "address"] = "local"
+    n_workers: int | None = Field(None, ge=1)
+    memory_limit: str | None = None
+    address: str | None = None
+    dashboard: bool = True
+
+    @model_validator(mode="after")
+    def _address(self) -> ClusterSpec:
+        if self.backend == "address" and not self.address:
+            raise ValueError('backend = "address" needs address = "tcp://host:8786"')
+        if self.backend != "address" and self.address:
+            raise ValueError('address is only used with backend = "address"')
+        return self
+
+
+class Study(BaseModel):
+    """A validated study. ``methods`` maps a method name to its resolved parameters."""
+
+    model_config = _FORBID
+    name: str = "study"
+    seed: int = Field(0, ge=0)
+    device: Literal["cpu", "gpu", "auto"] = "cpu"
+    phantom: PhantomSpec
+    acquisition: AcquisitionSpec
+    methods: dict[str, dict[str, ParamValue]] = Field(min_length=1)
+    budget: BudgetSpec
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            return raw
+        out: dict[str, dict[str, Any]] = {}
+        for name, params in raw.items():
+            if name not in METHODS:
+                raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+            params = params or {}
+            if not isinstance(params, Mapping):
+                raise ValueError(f"[methods.{name}] must be a table of parameters")
+            method = METHODS[name]
+            unknown = sorted(set(params) - set(method.param_names))
+            if unknown:
+                raise ValueError(
+                    f"method {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                    f"allowed: {', '.join(method.param_names)}"
+                )
+            resolved: dict[str, Any] = {}
+            for p in method.params:
+                value = params.get(p.name, p.default)
+                if isinstance(value, Mapping):
+                    value = _search_range(name, p, value)
+                elif isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(
+                        f"methods.{name}.{p.name} must be a number (fixed) or "
+                        f'{{low = …, high = …, prior = "log"|"linear"}} (searched), not {value!r}'
+                    )
+                elif p.kind == "int" and float(value) != int(value):
+                    raise ValueError(f"methods.{name}.{p.name} is an integer parameter (got {value})")
+                elif value <= 0:
+                    raise ValueError(f"methods.{name}.{p.name} must be > 0 (got {value})")
+                resolved[p.name] = value
+            if not any(isinstance(v, SearchRange) for v in resolved.values()):
+                first = method.params[0]
+                raise ValueError(
+                    f"method {name!r} searches nothing: give at least one parameter a range, e.g. "
+                    f'{first.name} = {{low = {first.low:g}, high = {first.high:g}, prior = "{first.prior}"}}'
+                )
+            out[name] = resolved
+        return out
+
+    # ------------------------------------------------------------------ derived
+
+    def searched(self, method: str) -> dict[str, SearchRange]:
+        """The searched parameters of ``method``, in the method's order."""
+        return {k: v for k, v in self.methods[method].items() if isinstance(v, SearchRange)}
+
+    def fixed(self, method: str) -> dict[str, float]:
+        return {k: v for k, v in self.methods[method].items() if not isinstance(v, SearchRange)}
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Every parameter of every method, first-seen order: the store's ``params`` columns."""
+        names: list[str] = []
+        for method in self.methods:
+            names.extend(n for n in METHODS[method].param_names if n not in names)
+        return tuple(names)
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return [(h, c) for h in self.acquisition.n_haadf for c in self.acquisition.n_chem]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def content_hash(self) -> str:
+        """Hash of everything that determines the trials' results and budget (not the cluster)."""
+        body = {k: v for k, v in self.to_json().items() if k != "cluster"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _search_range(method: str, p: Any, raw: Mapping[str, Any]) -> SearchRange:
+    key = f"methods.{method}.{p.name}"
+    unknown = sorted(set(raw) - {"low", "high", "prior"})
+    if unknown:
+        raise ValueError(f"{key}: unknown key {', '.join(map(repr, unknown))}; a range has low, high, prior")
+    try:
+        rng = SearchRange(**{"prior": p.prior, **raw})
+    except ValidationError as exc:
+        raise ValueError(f"{key}: {_first_message(exc)}") from None
+    if rng.low <= 0:
+        raise ValueError(f"{key}: low must be > 0 (got {rng.low})")
+    if p.kind == "int" and (rng.low != int(rng.low) or rng.high != int(rng.high)):
+        raise ValueError(f"{key} is an integer parameter: low and high must be integers")
+    return rng
+
+
+def _first_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    return f"{loc}: {_clean(err['msg'])}" if loc else _clean(err["msg"])
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": Study,
+    "phantom": PhantomSpec,
+    "acquisition": AcquisitionSpec,
+    "budget": BudgetSpec,
+    "cluster": ClusterSpec,
+}
+
+
+def _clean(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = [str(x) for x in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = ".".join(loc[:-1])
+        model = _SECTIONS.get(section)
+        allowed = f"; allowed: {', '.join(model.model_fields)}" if model else ""
+        where = f"[{section}]" if section else "the top level"
+        return f"unknown key {loc[-1]!r} in {where}{allowed}"
+    if kind == "missing":
+        return f"missing required key {key}"
+    if kind == "literal_error":
+        return f"{key}: {err['msg'].replace('Input should be', 'must be')} (got {err.get('input')!r})"
+    return (
+        f"{key}: {_clean(err['msg'])} (got {err.get('input')!r})"
+        if "input" in err
+        and kind
+        not in (
+            "value_error",
+            "assertion_error",
+        )
+        else f"{key}: {_clean(err['msg'])}"
+    )
+
+
+def study_from_dict(raw: Mapping[str, Any], *, source: str = "study") -> Study:
+    """Validate a parsed study; raise :class:`SpecError` listing every mistake by key."""
+    try:
+        return Study.model_validate(dict(raw))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            line = _describe(err)
+            if line not in lines:
+                lines.append(line)
+        raise SpecError(f"{source}: invalid study file\n  - " + "\n  - ".join(lines)) from None
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a TOML study file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"study file {path} does not exist") from None
+    except OSError as exc:
+        raise SpecError(f"study file {path} cannot be read: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    study = study_from_dict(raw, source=str(path))
+    if study.phantom.file is not None:
+        resolved = (path.parent / study.phantom.file).expanduser()
+        phantom = study.phantom.model_copy(update={"file": str(resolved.resolve())})
+        study = study.model_copy(update={"phantom": phantom})
+    return study
+
+
+def check_extension(stored: Study, new: Study) -> list[str]:
+    """What ``new`` changes relative to ``stored``, if it only extends it; raise otherwise.
+
+    An extension may raise ``budget.trials_per_cell`` and add tilt counts to either
+    grid axis. Anything else (phantom, noise, methods, ranges, seed) would make the
+    stored trials answer a different question, so it is refused.
+    """
+    a, b = stored.to_json(), new.to_json()
+    changes = []
+    for section in ("name", "seed", "device", "phantom", "methods"):
+        if a[section] != b[section]:
+            raise SpecError(f"the study's {section!r} differs from the stored one; only the budget and grid may change")
+    acq_a = {k: v for k, v in a["acquisition"].items() if k not in ("n_haadf", "n_chem")}
+    acq_b = {k: v for k, v in b["acquisition"].items() if k not in ("n_haadf", "n_chem")}
+    if acq_a != acq_b:
+        diff = sorted(k for k in acq_a if acq_a[k] != acq_b.get(k))
+        raise SpecError(f"acquisition {', '.join(diff)} differ from the stored study; only the grid may change")
+    for axis in ("n_haadf", "n_chem"):
+        old, new_values = set(a["acquisition"][axis]), set(b["acquisition"][axis])
+        if not old <= new_values:
+            raise SpecError(f"acquisition.{axis} drops {sorted(old - new_values)}; a grid may only grow")
+        if new_values != old:
+            changes.append(f"{axis} + {sorted(new_values - old)}")
+    budget_a, budget_b = a["budget"], b["budget"]
+    if {k: v for k, v in budget_a.items() if k != "trials_per_cell"} != {
+        k: v for k, v in budget_b.items() if k != "trials_per_cell"
+    }:
+        raise SpecError("budget.initial_points and budget.liar must stay as stored; only trials_per_cell may grow")
+    if budget_b["trials_per_cell"] < budget_a["trials_per_cell"]:
+        raise SpecError(
+            f"budget.trials_per_cell may only grow (stored {budget_a['trials_per_cell']}, "
+            f"new {budget_b['trials_per_cell']})"
+        )
+    if budget_b["trials_per_cell"] > budget_a["trials_per_cell"]:
+        changes.append(f"trials_per_cell {budget_a['trials_per_cell']} → {budget_b['trials_per_cell']}")
+    return changes

@@ -1,0 +1,175 @@
+"""What runs on a worker: build a cell's data once, reconstruct, score, report a small record.
+
+A trial depends only on (study, cell, method, params): the phantom is seeded by the
+study's ``seed`` and the noise by a seed derived from it and the cell, so the same
+trial gives the same NRMSE on any worker, in any order (DESIGN: determinism).
+Volumes never leave the worker; the record carries NRMSE per element and the mean,
+the final cost terms, iterations, wall time, worker and device.
+
+Every exception and every non-finite result becomes a *failed* record with the error
+text; only the death of the worker process itself escapes (the runner handles it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tomosweep.results import FAILED, OK, TrialRecord
+from tomosweep.sweep.methods import METHODS, CellData
+from tomosweep.sweep.optimizer import derived_seed
+from tomosweep.sweep.spec import Study
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """One trial as shipped to a worker: the study as JSON (small), the cell, the point."""
+
+    study_json: str
+    method: str
+    n_haadf: int
+    n_chem: int
+    params: Mapping[str, float]
+    attempt: int = 1
+
+
+@functools.lru_cache(maxsize=4)
+def study_from_json(study_json: str) -> Study:
+    return Study.model_validate(json.loads(study_json))
+
+
+def noise_seed(study: Study, n_haadf: int, n_chem: int) -> int:
+    """The fixed noise seed of one cell (every trial of the cell sees the same data)."""
+    return derived_seed(study.seed, "noise", n_haadf, n_chem)
+
+
+@functools.lru_cache(maxsize=2)
+def _file_specimen(path: str, mtime: float) -> Any:
+    from tomosweep.phantoms import load_specimen
+
+    return load_specimen(path)
+
+
+def _specimen_and_acquisition(study: Study, n_haadf: int, n_chem: int) -> tuple[Any, Any]:
+    from tomosweep.phantoms import TiltScheme, simulate, simulate_cached
+    from tomosweep.phantoms.specimens import specimen_options
+
+    acq = study.acquisition
+    scheme = TiltScheme(n_haadf, n_chem=n_chem, tilt_range=tuple(acq.tilt_range))
+    settings = {
+        "haadf_snr": acq.haadf_snr,
+        "chem_snr": acq.chem_snr,
+        "background": acq.background,
+        "gamma": acq.gamma,
+        "rng": noise_seed(study, n_haadf, n_chem),
+    }
+    phantom = study.phantom
+    if phantom.name is not None:
+        options = dict(phantom.options)
+        if "rng" in specimen_options(phantom.name):
+            options.setdefault("rng", study.seed)
+        return simulate_cached(phantom.name, phantom.size, scheme, specimen_options=options, **settings)
+    from pathlib import Path
+
+    path = Path(phantom.file)
+    specimen = _file_specimen(str(path), path.stat().st_mtime if path.exists() else 0.0)
+    return specimen, simulate(specimen, scheme, **settings)
+
+
+@functools.lru_cache(maxsize=8)
+def _cell_data_cached(study_json: str, n_haadf: int, n_chem: int) -> CellData:
+    return build_cell_data(study_from_json(study_json), n_haadf, n_chem)
+
+
+def build_cell_data(study: Study, n_haadf: int, n_chem: int) -> CellData:
+    """Simulate one cell's acquisition and bring it to the form every method uses."""
+    specimen, acq = _specimen_and_acquisition(study, n_haadf, n_chem)
+    haadf_op, chem_op = acq.projectors(specimen.n)
+    dose = np.array([acq.dose[e] for e in specimen.elements])
+    return CellData(
+        elements=tuple(specimen.elements),
+        truth=specimen.volumes,
+        haadf_projector=haadf_op,
+        chem_projector=chem_op,
+        haadf=acq.haadf / acq.dose["haadf"],
+        chem=acq.chem / dose[:, None, None, None],
+        haadf_counts=acq.haadf,
+        chem_counts=acq.chem,
+        eps=np.array([acq.background[e] for e in specimen.elements]) / dose,
+        gamma=float(study.acquisition.gamma),
+    )
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "driver"
+
+
+def reconstruct(study: Study, cell: CellData, method: str, params: Mapping[str, float]) -> Any:
+    """Run ``method`` on a cell with ``params`` merged over the study's fixed values."""
+    merged = {**study.fixed(method), **params}
+    return METHODS[method].run(cell, merged, study.device)
+
+
+def score(cell: CellData, volumes: Any) -> np.ndarray:
+    """NRMSE per element against the ground truth (Schwartz 2024 Methods)."""
+    from tomosweep.solvers import nrmse
+    from tomosweep.solvers.backend import to_numpy
+
+    return np.asarray(nrmse(to_numpy(volumes), cell.truth, channel_axis=0), dtype=float)
+
+
+def run_trial(task: TrialTask) -> TrialRecord:
+    """Run one trial; never raises for a failing reconstruction (returns a failed record)."""
+    t0 = time.perf_counter()
+    base = {
+        "method": task.method,
+        "n_haadf": task.n_haadf,
+        "n_chem": task.n_chem,
+        "params": dict(task.params),
+        "worker": _worker_name(),
+        "attempts": task.attempt,
+    }
+    try:
+        study = study_from_json(task.study_json)
+        cell = _cell_data_cached(task.study_json, task.n_haadf, task.n_chem)
+        result = reconstruct(study, cell, task.method, task.params)
+        per_element = score(cell, result.volume)
+        mean = float(per_element.mean())
+        if not math.isfinite(mean):
+            raise FloatingPointError("NRMSE is not finite: the reconstruction is constant or non-finite")
+        return TrialRecord(
+            **base,
+            status=OK,
+            nrmse=mean,
+            nrmse_elements=tuple(float(v) for v in per_element),
+            iterations=int(result.iterations),
+            wall_time_s=time.perf_counter() - t0,
+            device=str(result.device),
+            finished_at=time.time(),
+            info={"final_costs": result.final_costs()},
+        )
+    except Exception as exc:  # a failed trial is data, not a crash of the study
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = (
+            f" (at {frames[-1].name}, {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+        )
+        return TrialRecord(
+            **base,
+            status=FAILED,
+            error=f"{type(exc).__name__}: {exc}{where}",
+            wall_time_s=time.perf_counter() - t0,
+            finished_at=time.time(),
+        )

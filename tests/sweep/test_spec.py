@@ -1,0 +1,137 @@
+"""Study files: valid ones resolve; every mistake gives one message naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import tiny_study
+
+from tomosweep.errors import SpecError
+from tomosweep.sweep.spec import SearchRange, check_extension, load_study, study_from_dict
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def message(raw: dict) -> str:
+    with pytest.raises(SpecError) as info:
+        study_from_dict(raw, source="s.toml")
+    text = str(info.value)
+    assert "pydantic" not in text and "errors.pydantic.dev" not in text and "Traceback" not in text
+    return text
+
+
+def test_example_files_are_valid():
+    quick = load_study(EXAMPLES / "quickstart.toml")
+    assert quick.acquisition.n_haadf == [10, 20, 40] and quick.acquisition.n_chem == [3, 6, 12]
+    assert set(quick.methods) == {"fused", "sirt"}
+    assert len(quick.cells) >= 9
+    paper = load_study(EXAMPLES / "paper_scale.toml")
+    assert paper.phantom.size == 256
+
+
+def test_resolution_of_fixed_searched_and_default_parameters():
+    study = study_from_dict(tiny_study())
+    assert set(study.searched("fused")) == {"lambda_haadf"}
+    assert study.searched("fused")["lambda_haadf"] == SearchRange(low=1e-7, high=1e-4, prior="log")
+    assert study.fixed("fused") == {"lambda_chem": 1.0, "lambda_tv": 1.0, "n_iter": 4}  # lambda_chem by default
+    assert study.param_names == ("lambda_haadf", "lambda_chem", "lambda_tv", "n_iter")
+    assert study.cells == [(5, 3), (9, 3)]
+
+
+def test_hash_ignores_cluster_but_not_budget():
+    a = study_from_dict(tiny_study())
+    b = study_from_dict(tiny_study(cluster={"n_workers": 2}))
+    c = study_from_dict(tiny_study(budget={"trials_per_cell": 5, "initial_points": 2}))
+    assert a.content_hash() == b.content_hash() != c.content_hash()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"colour": 1}, "unknown key 'colour' in the top level; allowed: name, seed"),
+        ({"budget": {"initial_points": 2}}, "missing required key budget.trials_per_cell"),
+        ({"budget": {"trials_per_cell": 2, "initial_points": 5}}, "initial_points (5) cannot exceed"),
+        ({"budget": {"trials_per_cell": 0}}, "budget.trials_per_cell"),
+        ({"phantom": {"name": "nanocubez", "size": 16}}, "unknown specimen 'nanocubez'; built-in specimens:"),
+        ({"phantom": {"size": 16}}, "give exactly one of name"),
+        ({"phantom": {"name": "nanocubes", "size": 8}}, "phantom.size"),
+        ({"phantom": {"name": "nanocubes", "size": 16, "options": {"sides": 3}}}, "has no option 'sides'"),
+        ({"acquisition": {"n_haadf": [5, 5], "n_chem": [3]}}, "tilt counts must be distinct"),
+        ({"acquisition": {"n_haadf": [5], "n_chem": [3], "tilt_range": [70, -70]}}, "tilt_range must be"),
+        ({"acquisition": {"n_haadf": [5], "n_chem": [3], "exposure": 2}}, "unknown key 'exposure' in [acquisition]"),
+        ({"methods": {"art": {}}}, "unknown method 'art'; allowed: fused, hebt, sirt"),
+        ({"methods": {"sirt": {"n_iters": 5}}}, "method 'sirt' has no parameter 'n_iters'; allowed: n_iter"),
+        ({"methods": {"sirt": {"n_iter": 20}}}, "method 'sirt' searches nothing"),
+        (
+            {"methods": {"sirt": {"n_iter": {"low": 2.5, "high": 30}}}},
+            "methods.sirt.n_iter is an integer parameter",
+        ),
+        (
+            {"methods": {"fused": {"lambda_tv": {"low": 0, "high": 1, "prior": "log"}}}},
+            "methods.fused.lambda_tv: a log prior needs low > 0",
+        ),
+        (
+            {"methods": {"fused": {"lambda_tv": {"low": 2, "high": 1}}}},
+            "methods.fused.lambda_tv: low (2.0) must be smaller than high (1.0)",
+        ),
+        (
+            {"methods": {"fused": {"lambda_tv": {"low": 1, "high": 2, "prior": "cubic"}}}},
+            "methods.fused.lambda_tv",
+        ),
+        ({"methods": {"fused": {"lambda_tv": "big"}}}, "methods.fused.lambda_tv must be a number"),
+        ({"cluster": {"backend": "address"}}, 'backend = "address" needs address'),
+        ({"cluster": {"backend": "k8s"}}, "cluster.backend: must be 'local' or 'address'"),
+        ({"device": "tpu"}, "device: must be 'cpu', 'gpu' or 'auto'"),
+    ],
+)
+def test_mistakes_name_the_key_and_what_is_allowed(change, expected):
+    text = message(tiny_study(**change))
+    assert text.startswith("s.toml: invalid study file")
+    assert expected in text
+
+
+def test_several_mistakes_are_all_listed():
+    text = message(tiny_study(colour=1, device="tpu"))
+    assert "unknown key 'colour'" in text and "device:" in text
+
+
+def test_toml_syntax_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x'\n[phantom\n")
+    with pytest.raises(SpecError, match=r"bad.toml: not valid TOML: .*line 2"):
+        load_study(bad)
+    with pytest.raises(SpecError, match="does not exist"):
+        load_study(tmp_path / "missing.toml")
+
+
+def test_phantom_file_is_resolved_relative_to_the_study(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "study.toml"
+    path.write_text(
+        "[phantom]\nfile = 'truth.npz'\nsize = 16\n"
+        "[acquisition]\nn_haadf = [5]\nn_chem = [3]\n"
+        "[methods.sirt]\nn_iter = { low = 2, high = 9 }\n"
+        "[budget]\ntrials_per_cell = 2\ninitial_points = 1\n"
+    )
+    study = load_study(path)
+    assert Path(study.phantom.file) == (tmp_path / "sub" / "truth.npz").resolve()
+
+
+def test_extension_allows_only_budget_and_grid():
+    stored = study_from_dict(tiny_study())
+    bigger = study_from_dict(
+        tiny_study(
+            budget={"trials_per_cell": 6, "initial_points": 2}, acquisition={"n_haadf": [5, 9, 12], "n_chem": [3]}
+        )
+    )
+    changes = check_extension(stored, bigger)
+    assert changes == ["n_haadf + [12]", "trials_per_cell 4 → 6"]
+    with pytest.raises(SpecError, match="a grid may only grow"):
+        check_extension(bigger, stored)
+    with pytest.raises(SpecError, match="'seed' differs"):
+        check_extension(stored, study_from_dict(tiny_study(seed=9)))
+    noisier = tiny_study()
+    noisier["acquisition"]["chem_snr"] = 1.0
+    with pytest.raises(SpecError, match="acquisition chem_snr differ"):
+        check_extension(stored, study_from_dict(noisier))
