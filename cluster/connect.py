@@ -11,7 +11,7 @@ from typing import Any
 from tomosweep.errors import ClusterError
 
 
-def _local(n_workers: int | None, memory_limit: str | None, dashboard: bool) -> Any:
+def _local(n_workers: int | None, memory_limit: str | None) -> Any:
     from distributed import LocalCluster
 
     n = n_workers or max(1, os.cpu_count() or 1)
@@ -21,7 +21,7 @@ def _local(n_workers: int | None, memory_limit: str | None, dashboard: bool) -> 
             threads_per_worker=1,  # solvers are NumPy-bound; one trial per process
             processes=True,
             host="127.0.0.1",
-            dashboard_address="127.0.0.1:0" if dashboard else None,
+            dashboard_address="127.0.0.1:0",  # loopback only, a free port: never clashes with another study
             memory_limit=memory_limit or "auto",
             silence_logs=logging.ERROR,
         )
@@ -36,7 +36,6 @@ def open_client(
     n_workers: int | None = None,
     memory_limit: str | None = None,
     address: str | None = None,
-    dashboard: bool = True,
     timeout: float = 30.0,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client``; close the client and any cluster started here on exit.
@@ -49,7 +48,7 @@ def open_client(
 
     cluster = None
     if backend == "local":
-        cluster = _local(n_workers, memory_limit, dashboard)
+        cluster = _local(n_workers, memory_limit)
         target: Any = cluster
     elif backend == "address":
         if not address:

@@ -19,7 +19,7 @@ Layout (see ``DESIGN.md``; the per-method maps and the 2-D ``params`` /
       trials/iterations        int32
       trials/wall_time_s       float64
       trials/meta              string  JSON: worker, device, error, attempts,
-                                       finished_at, info (final cost terms …)
+                                       finished_at, task_key, info (final cost terms …)
 
 The row index is the trial id. Rows are appended by the one driver that holds the
 lock; a row counts once ``attrs["n_committed"]`` covers it, and that counter is
@@ -76,6 +76,7 @@ class TrialRecord:
     ``params`` maps the method's parameter names to the values tried; ``nrmse`` is
     the mean over ``nrmse_elements`` (Schwartz 2024 Methods), NaN for a failed trial,
     whose ``error`` says why. ``info`` holds small JSON extras (final cost terms).
+    ``task_key`` names the Dask task that produced it (unique per submission), and
     ``trial_id`` is the store row, assigned when the record is appended.
     """
 
@@ -94,6 +95,7 @@ class TrialRecord:
     attempts: int = 1
     finished_at: float = 0.0
     info: Mapping[str, Any] = field(default_factory=dict)
+    task_key: str = ""
     trial_id: int = -1
 
     @property
@@ -222,11 +224,14 @@ class SweepStore:
         if not methods or not param_names or not elements or not n_haadf or not n_chem:
             raise StoreError("a store needs at least one method, parameter, element and grid value per axis")
         zarr = _zarr()
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            raise StoreError(f"{path} already exists (created just now by another process)") from None
         lock = _Lock(path)
         lock.acquire()
         try:
-            group = zarr.open_group(path, mode="w")
+            group = zarr.open_group(path, mode="a")  # "w" would delete the lock file just taken
             group.attrs.update(
                 {
                     "format": FORMAT,
@@ -366,6 +371,7 @@ class SweepStore:
             "error": record.error,
             "attempts": int(record.attempts),
             "finished_at": float(record.finished_at),
+            "task_key": record.task_key,
             "info": _jsonable(record.info),
         }
         writes: list[tuple[Any, Any, Any]] = [
@@ -490,6 +496,7 @@ class SweepStore:
                     attempts=int(meta.get("attempts", 1)),
                     finished_at=float(meta.get("finished_at", 0.0)),
                     info=meta.get("info", {}),
+                    task_key=meta.get("task_key", ""),
                     trial_id=r,
                 )
             )

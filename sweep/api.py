@@ -51,9 +51,7 @@ def _client(study: Study, client: Any) -> Iterator[Any]:
     from tomosweep.cluster import open_client
 
     c = study.cluster
-    with open_client(
-        c.backend, n_workers=c.n_workers, memory_limit=c.memory_limit, address=c.address, dashboard=c.dashboard
-    ) as opened:
+    with open_client(c.backend, n_workers=c.n_workers, memory_limit=c.memory_limit, address=c.address) as opened:
         yield opened
 
 

@@ -199,15 +199,15 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: every finished trial is stored; continue with `tomosweep resume STORE`")
         raise SystemExit(130) from None
-    except Exception as exc:  # click's own usage errors
-        import click
+    except _CLICK_ERROR as exc:  # usage errors: a missing option, a bad value
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
-            raise SystemExit(130) from None
-        raise
+
+# typer vendors its own click; its usage errors derive from this base class
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 if __name__ == "__main__":

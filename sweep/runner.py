@@ -178,7 +178,7 @@ class Runner:
                 if record is None:  # resubmitted after a worker death
                     submit(ticket)
                     continue
-                store.append(record)
+                store.append(replace(record, task_key=str(future.key)))
                 opt = opts[ticket.key]
                 opt.tell(ticket.params, record.nrmse if record.ok else None, key=ticket.ask_id)
                 in_grid += 1

@@ -142,7 +142,6 @@ class ClusterSpec(BaseModel):
     n_workers: int | None = Field(None, ge=1)
     memory_limit: str | None = None
     address: str | None = None
-    dashboard: bool = True
 
     @model_validator(mode="after")
     def _address(self) -> ClusterSpec:

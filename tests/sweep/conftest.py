@@ -26,7 +26,7 @@ def tiny_study(**overrides) -> dict:
             "sirt": {"n_iter": {"low": 2, "high": 30, "prior": "log"}},
         },
         "budget": {"trials_per_cell": 4, "initial_points": 2},
-        "cluster": {"n_workers": 1, "dashboard": False},
+        "cluster": {"n_workers": 1},
     }
     study = copy.deepcopy(study)
     for key, value in overrides.items():

@@ -1,0 +1,148 @@
+"""The ``tomosweep`` command as a user runs it: real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import pandas as pd
+import pytest
+
+from tomosweep.results import SweepStore
+
+STUDY = """
+name = "cli"
+seed = 1
+[phantom]
+name = "nanocubes"
+size = 16
+[acquisition]
+n_haadf = [5, 9]
+n_chem = [3]
+[methods.fused]
+lambda_haadf = { low = 1e-7, high = 1e-4, prior = "log" }
+n_iter = 4
+[methods.sirt]
+n_iter = { low = 2, high = 30, prior = "log" }
+[budget]
+trials_per_cell = BUDGET
+initial_points = 3
+[cluster]
+n_workers = 1
+"""
+
+
+def tomosweep(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tomosweep.sweep.cli", *args], capture_output=True, text=True, timeout=300, **kw
+    )
+
+
+def write_study(tmp_path, budget: int) -> str:
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.replace("BUDGET", str(budget)))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_driver_gives_exactly_the_budget(tmp_path):
+    study, store = write_study(tmp_path, 9), tmp_path / "s.zarr"
+    log = tmp_path / "driver.log"
+    with log.open("w") as stderr:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "tomosweep.sweep.cli", "run", study, "--store", str(store), "-q"],
+            start_new_session=True,  # its Dask workers share the group, so the whole crash is simulated
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    deadline = time.monotonic() + 120
+    committed = 0
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            committed = SweepStore.open(store).n_committed
+        except Exception:
+            committed = 0
+        if committed >= 8:
+            break
+        time.sleep(0.02)
+    assert driver.poll() is None, f"driver ended before it could be killed: {log.read_text()}"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    killed_at = SweepStore.open(store).n_committed
+    assert 8 <= killed_at < 36
+
+    result = tomosweep("resume", str(store), "-q")
+    assert result.returncode == 0, result.stderr
+    records = SweepStore.open(store).records()
+    assert len(records) == 36
+    counts = collections.Counter((r.method, r.n_haadf, r.n_chem) for r in records)
+    assert set(counts.values()) == {9}
+    assert len({r.task_key for r in records}) == 36  # no task recorded twice
+    # continuous fused points never repeat by chance (SIRT's integer n_iter may, legitimately)
+    fused = collections.Counter(r.params["lambda_haadf"] for r in records if r.method == "fused")
+    assert max(fused.values()) == 1
+    assert "holds 36 trials" in " ".join(result.stderr.split())
+
+
+@pytest.mark.slow
+def test_run_status_export_reconstruct(tmp_path):
+    study, store, out = write_study(tmp_path, 3), tmp_path / "s.zarr", tmp_path / "export"
+    result = tomosweep("run", study, "--store", str(store))
+    assert result.returncode == 0, result.stderr
+    assert "12 new trials" in result.stderr and "complete" in result.stderr
+
+    again = tomosweep("run", study, "--store", str(store))
+    assert again.returncode == 2 and "already exists. Resume it with `tomosweep resume" in again.stderr
+
+    status = tomosweep("status", str(store))
+    assert status.returncode == 0 and "3/3" in status.stdout and "9×3" in status.stdout
+
+    export = tomosweep("export", str(store), "--out", str(out))
+    assert export.returncode == 0, export.stderr
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 12 and set(trials["method"]) == {"fused", "sirt"}
+    assert set(trials["status"]) == {"ok"} and trials["nrmse"].between(0, 2).all()
+    assert {"nrmse_Co", "nrmse_Au", "lambda_haadf", "n_iter", "worker", "error"} <= set(trials.columns)
+    parquet = pd.read_parquet(out / "trials.parquet")
+    pd.testing.assert_series_equal(parquet["nrmse"], trials["nrmse"])
+    best = pd.read_csv(out / "best_params.csv")
+    assert len(best) == 4 and (best["n_trials"] == 3).all()
+    stored = SweepStore.open(store).maps("sirt")["best_nrmse"]
+    assert best.query("method == 'sirt'")["best_nrmse"].to_numpy() == pytest.approx(stored[:, 0])
+    for png in ("nrmse_heatmap.png", "convergence.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = ET.parse(out / "nrmse_heatmap.svg").getroot()
+    assert svg.tag.endswith("svg")
+
+    rec = tomosweep("reconstruct", str(store), "--cell", "9,3", "--method", "fused", "--out", str(tmp_path / "v.npz"))
+    assert rec.returncode == 0, rec.stderr
+    assert (tmp_path / "v.npz").exists() and "NRMSE" in rec.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("status", "nowhere.zarr"), "no store at nowhere.zarr"),
+        (("reconstruct", "nowhere.zarr", "--cell", "9x", "--out", "v.npz"), "--cell must be H,C"),
+        (("run", "missing.toml", "--store", "s.zarr"), "study file missing.toml does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_clear_line(tmp_path, args, expected):
+    result = tomosweep(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+def test_bad_study_file_message(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(STUDY.replace("BUDGET", "0").replace('prior = "log" }\nn_iter = 4', 'prior = "cubic" }'))
+    result = tomosweep("run", str(path), "--store", str(tmp_path / "s.zarr"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    assert "invalid study file" in text and "budget.trials_per_cell" in text and "methods.fused.lambda_haadf" in text
+    assert not (tmp_path / "s.zarr").exists()

@@ -1,0 +1,152 @@
+"""The sweep engine end to end on a real 2-process Dask cluster."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import trial_hooks
+from conftest import tiny_study
+
+from tomosweep.errors import SpecError, StoreLockedError
+from tomosweep.results import FAILED, OK, SweepStore
+from tomosweep.sweep import reconstruct_cell, resume_study, run_study, study_from_dict
+from tomosweep.sweep.trial import TrialTask, run_trial
+
+
+def per_key(store_path) -> collections.Counter:
+    return collections.Counter((r.method, r.n_haadf, r.n_chem) for r in SweepStore.open(store_path).records())
+
+
+def assert_no_duplicate_points(store_path) -> None:
+    records = SweepStore.open(store_path).records()
+    assert len({r.task_key for r in records}) == len(records)
+    seen = collections.Counter(
+        (r.method, r.n_haadf, r.n_chem, json.dumps(r.params, sort_keys=True)) for r in records if r.method == "fused"
+    )
+    assert max(seen.values()) == 1
+
+
+def test_real_study_runs_its_budget_deterministically(tmp_path, client):
+    study = study_from_dict(tiny_study())
+    path = tmp_path / "s.zarr"
+    summary = run_study(study, path, client=client)
+    assert summary.complete and summary.n_trials == summary.n_new == 16 and summary.n_failed == 0
+    assert set(per_key(path).values()) == {4}
+    records = SweepStore.open(path).records()
+    assert all(r.status == OK and 0 < r.nrmse < 2 for r in records)
+    assert {r.worker for r in records} <= set(client.scheduler_info()["workers"].keys()) | {
+        str(w["name"]) for w in client.scheduler_info()["workers"].values()
+    }
+    fused = next(r for r in records if r.method == "fused")
+    assert set(fused.params) == {"lambda_haadf", "lambda_chem", "lambda_tv", "n_iter"}
+    assert fused.params["n_iter"] == 4 and fused.iterations == 4
+    assert set(fused.info["final_costs"]) >= {"haadf", "chem", "tv"}
+    # determinism: the same (study, cell, params) gives the same NRMSE here as on the worker
+    task = TrialTask(json.dumps(study.to_json(), sort_keys=True), "fused", fused.n_haadf, fused.n_chem, fused.params)
+    again = run_trial(task)
+    assert again.nrmse == pytest.approx(fused.nrmse, rel=1e-9)
+    assert again.nrmse_elements == pytest.approx(fused.nrmse_elements, rel=1e-9)
+    # reconstruct reruns the cell's best trial and gets the stored best NRMSE
+    out, metrics = reconstruct_cell(path, (9, 3), tmp_path / "best.npz", method="sirt")
+    best = SweepStore.open(path).maps("sirt")["best_nrmse"][1, 0]
+    assert metrics["mean"] == pytest.approx(best, rel=1e-9)
+    from tomosweep.phantoms import load_specimen
+
+    saved = load_specimen(out)
+    assert saved.elements == ("Co", "Cu", "O", "Au") and saved.volumes.shape == (4, 16, 16, 16)
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, client):
+    path = tmp_path / "s.zarr"
+    study = tiny_study(methods={"sirt": {"n_iter": {"low": 2, "high": 40, "prior": "log"}}})
+    study["budget"] = {"trials_per_cell": 6, "initial_points": 3}
+    summary = run_study(study_from_dict(study), path, client=client, trial_fn=trial_hooks.raising_trial)
+    records = SweepStore.open(path).records()
+    assert len(records) == 12 and summary.complete
+    failed = [r for r in records if r.status == FAILED]
+    assert failed and all(r.params["n_iter"] > 10 for r in failed)
+    assert all(r.error.startswith("RuntimeError: boom at n_iter=") for r in failed)
+    assert all(r.status == OK for r in records if r.params["n_iter"] <= 10)
+    maps = SweepStore.open(path).maps("sirt")
+    assert maps["n_failed"].sum() == len(failed) and maps["n_trials"].sum() == 12
+
+
+def test_a_diverging_solver_is_a_failed_record(monkeypatch):
+    from tomosweep.errors import DivergenceError
+    from tomosweep.sweep import methods
+
+    def diverge(cell, params, device):
+        raise DivergenceError("fused: cost is NaN at iteration 3")
+
+    monkeypatch.setitem(
+        methods.METHODS, "sirt", methods.Method("sirt", methods.METHODS["sirt"].params, diverge, "test")
+    )
+    study = study_from_dict(tiny_study())
+    record = run_trial(TrialTask(json.dumps(study.to_json()), "sirt", 5, 3, {"n_iter": 5}))
+    assert record.status == FAILED and record.error.startswith("DivergenceError: fused: cost is NaN at iteration 3")
+
+
+def test_killing_a_worker_mid_study_loses_nothing(tmp_path, client):
+    path = tmp_path / "s.zarr"
+    study = tiny_study()
+    study["budget"] = {"trials_per_cell": 5, "initial_points": 5}
+    pids = list(client.run(os.getpid).values())
+    killed = []
+
+    def kill_when_running() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                committed = SweepStore.open(path).n_committed
+            except Exception:  # not created yet, or half-written while we look
+                committed = 0
+            if committed >= 4:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill_when_running)
+    thread.start()
+    summary = run_study(study_from_dict(study), path, client=client, trial_fn=trial_hooks.sleepy_trial)
+    thread.join()
+    assert killed, "the worker was never killed"
+    assert summary.n_trials == 20 and set(per_key(path).values()) == {5}
+    assert all(r.status == OK for r in SweepStore.open(path).records())
+    assert_no_duplicate_points(path)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next tests
+
+
+def test_second_driver_is_refused(tmp_path, client):
+    path = tmp_path / "s.zarr"
+    study = study_from_dict(tiny_study(budget={"trials_per_cell": 1, "initial_points": 1}))
+    run_study(study, path, client=client, trial_fn=trial_hooks.sleepy_trial)
+    with SweepStore.open(path, writable=True):
+        with pytest.raises(StoreLockedError, match="Only one driver may write a store"):
+            resume_study(path, client=client)
+
+
+def test_resume_refuses_a_changed_study_unless_extended(tmp_path, client):
+    path = tmp_path / "s.zarr"
+    base = tiny_study(budget={"trials_per_cell": 2, "initial_points": 2})
+    run_study(study_from_dict(base), path, client=client, trial_fn=trial_hooks.sleepy_trial)
+    grown = tiny_study(
+        budget={"trials_per_cell": 3, "initial_points": 2}, acquisition={"n_haadf": [5, 9, 13], "n_chem": [3]}
+    )
+    with pytest.raises(SpecError, match="differs from the one stored.*--extend"):
+        resume_study(path, study=study_from_dict(grown), client=client)
+    assert len(SweepStore.open(path)) == 8  # untouched
+    summary = resume_study(
+        path, study=study_from_dict(grown), extend=True, client=client, trial_fn=trial_hooks.sleepy_trial
+    )
+    assert summary.n_trials == 2 * 3 * 3 and summary.n_new == 10
+    assert set(per_key(path).values()) == {3}
+    assert SweepStore.open(path).n_haadf == (5, 9, 13)
+    # a finished study resumes to nothing new
+    assert resume_study(path, client=client).n_new == 0
