@@ -116,13 +116,24 @@ class Runner:
         self.queue_extra = queue_extra
         self._study_json = json.dumps(study.to_json(), sort_keys=True)
         self._seq = itertools.count()
+        self._capacity_at = -math.inf
+        self._capacity_cached = 1 + queue_extra
 
     def _capacity(self) -> int:
-        try:
-            threads = sum(self.client.nthreads().values())
-        except Exception:  # a scheduler that is restarting answers nothing for a moment
-            threads = 0
-        return max(1, threads) + self.queue_extra
+        """Worker threads (+ ``queue_extra``), asked of the scheduler at most once a second.
+
+        Asking costs a round trip per finished trial otherwise; once a second still
+        follows an adaptive cluster that grows or shrinks.
+        """
+        now = time.monotonic()
+        if now - self._capacity_at > 1.0:
+            try:
+                threads = sum(self.client.nthreads().values())
+            except Exception:  # a scheduler that is restarting answers nothing for a moment
+                threads = 0
+            self._capacity_cached = max(1, threads) + self.queue_extra
+            self._capacity_at = now
+        return self._capacity_cached
 
     def run(self) -> RunSummary:
         from distributed import as_completed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import logging
 
 import cloudpickle
 import pytest
@@ -36,18 +35,9 @@ def tiny_study(**overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def client():
-    from distributed import Client, LocalCluster
+    """The product's own local cluster with two single-threaded worker processes."""
+    from tomosweep.cluster import open_client
 
-    cloudpickle.register_pickle_by_value(trial_hooks)  # workers cannot import the tests package
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as c,
-    ):
+    cloudpickle.register_pickle_by_value(trial_hooks)  # workers cannot import the tests folder
+    with open_client("local", n_workers=2) as c:
         yield c
