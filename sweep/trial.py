@@ -84,7 +84,9 @@ def _specimen_and_acquisition(study: Study, n_haadf: int, n_chem: int) -> tuple[
     return specimen, simulate(specimen, scheme, **settings)
 
 
-@functools.lru_cache(maxsize=8)
+# 16 cells: a 3 × 3 or 4 × 4 grid is fed round-robin without thrashing this cache; a
+# larger grid at large n rebuilds cells (no worker affinity yet), which costs a simulation.
+@functools.lru_cache(maxsize=16)
 def _cell_data_cached(study_json: str, n_haadf: int, n_chem: int) -> CellData:
     return build_cell_data(study_from_json(study_json), n_haadf, n_chem)
 
