@@ -191,14 +191,8 @@ class SweepStore:
         self.n_chem: tuple[int, ...] = tuple(int(v) for v in group["grid/n_chem"][:])
         self._n_committed = int(attrs.get("n_committed", 0))
         self._columns = {name: group[f"trials/{name}"] for name in (*_COLUMNS_1D, "nrmse_elements", "params", "meta")}
-        self._maps: dict[str, dict[str, np.ndarray]] = {}
-        self._map_arrays: dict[str, dict[str, Any]] = {}
-        for method in self.methods:
-            arrays = {
-                name: group[f"maps/{method}/{name}"] for name in ("best_nrmse", "best_params", "n_trials", "n_failed")
-            }
-            self._map_arrays[method] = arrays
-            self._maps[method] = {name: arr[...] for name, arr in arrays.items()}
+        self._map_arrays = self._open_maps()
+        self._maps = {m: {name: arr[...] for name, arr in arrays.items()} for m, arrays in self._map_arrays.items()}
 
     # ------------------------------------------------------------------ creation / opening
 
@@ -456,11 +450,11 @@ class SweepStore:
         group.attrs.update({"spec": dict(spec), "spec_hash": spec_hash})
         self._attrs.update({"spec": dict(spec), "spec_hash": spec_hash})
         self.n_haadf, self.n_chem = tuple(int(v) for v in n_haadf), tuple(int(v) for v in n_chem)
-        self._map_arrays = {
-            m: {name: group[f"maps/{m}/{name}"] for name in ("best_nrmse", "best_params", "n_trials", "n_failed")}
-            for m in self.methods
-        }
+        self._map_arrays = self._open_maps()
         self.rebuild_maps()
+
+    def _open_maps(self) -> dict[str, dict[str, Any]]:
+        return {m: {name: self._group[f"maps/{m}/{name}"] for name in _MAPS} for m in self.methods}
 
     # ------------------------------------------------------------------ reading
 
@@ -510,12 +504,16 @@ class SweepStore:
 
 
 def _empty_maps(n_h: int, n_c: int, k: int) -> dict[str, np.ndarray]:
-    return {
+    maps = {
         "best_nrmse": np.full((n_h, n_c), np.nan),
         "best_params": np.full((n_h, n_c, k), np.nan),
         "n_trials": np.zeros((n_h, n_c), dtype="int32"),
         "n_failed": np.zeros((n_h, n_c), dtype="int32"),
     }
+    return maps
+
+
+_MAPS = tuple(_empty_maps(1, 1, 1))
 
 
 def _create_maps(group: Any, methods: Sequence[str], n_h: int, n_c: int, k: int, *, overwrite: bool = False) -> None:

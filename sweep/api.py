@@ -141,30 +141,14 @@ def resume_study(
 
 
 def study_status(store: PathLike) -> Any:
-    """A pandas table, one row per (method, cell): trials done / failed, best NRMSE, best params."""
-    import pandas as pd
+    """A pandas table, one row per (method, cell): trials done / budget / failed, best NRMSE, best params."""
+    from tomosweep.results.export import best_params_frame
 
     with SweepStore.open(store) as opened:
         study = stored_study(opened)
-        rows = []
-        for method in opened.methods:
-            maps = opened.maps(method)
-            names = [n for n in opened.param_names if n in study.methods[method]]
-            for i, h in enumerate(opened.n_haadf):
-                for j, c in enumerate(opened.n_chem):
-                    row = {
-                        "method": method,
-                        "n_haadf": h,
-                        "n_chem": c,
-                        "trials": int(maps["n_trials"][i, j]),
-                        "budget": study.budget.trials_per_cell,
-                        "failed": int(maps["n_failed"][i, j]),
-                        "best_nrmse": float(maps["best_nrmse"][i, j]),
-                    }
-                    for name in names:
-                        row[name] = float(maps["best_params"][i, j, opened.param_names.index(name)])
-                    rows.append(row)
-        return pd.DataFrame(rows)
+        frame = best_params_frame(opened).rename(columns={"n_trials": "trials", "n_failed": "failed"})
+    frame.insert(frame.columns.get_loc("trials") + 1, "budget", study.budget.trials_per_cell)
+    return frame
 
 
 def export_store(store: PathLike, out: PathLike) -> list[Path]:

@@ -163,8 +163,7 @@ class Runner:
 
         def submit(ticket: _Ticket) -> None:
             method, h, c = ticket.key
-            params = {**self.study.fixed(method), **ticket.params}  # the record shows the full setting
-            task = TrialTask(self._study_json, method, h, c, params, ticket.attempt)
+            task = TrialTask(self._study_json, method, h, c, ticket.params, ticket.attempt)
             name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{derived_seed(time.time_ns())}"
             future = self.client.submit(self.trial_fn, task, key=name, pure=False)
             active[future] = ticket
@@ -177,8 +176,9 @@ class Runner:
                 if key is None:
                     return
                 ask_id = next(self._seq)
-                params = opts[key].ask(ask_id)
-                submit(_Ticket(key, params, ask_id))
+                searched = opts[key].ask(ask_id)
+                # the trial and its record carry the full setting; the optimiser reads its own names
+                submit(_Ticket(key, {**self.study.fixed(key[0]), **searched}, ask_id))
 
         try:
             fill()
@@ -215,8 +215,7 @@ class Runner:
 
     def _outcome(self, future: Any, ticket: _Ticket, deaths: dict[int, int], killed: type) -> TrialRecord | None:
         method, h, c = ticket.key
-        params = {**self.study.fixed(method), **ticket.params}
-        base = {"method": method, "n_haadf": h, "n_chem": c, "params": params, "attempts": ticket.attempt}
+        base = {"method": method, "n_haadf": h, "n_chem": c, "params": ticket.params, "attempts": ticket.attempt}
         if future.status == "finished":
             record = future.result()
             if not isinstance(record, TrialRecord):

@@ -290,16 +290,10 @@ def _describe(err: Mapping[str, Any]) -> str:
         return f"missing required key {key}"
     if kind == "literal_error":
         return f"{key}: {err['msg'].replace('Input should be', 'must be')} (got {err.get('input')!r})"
-    return (
-        f"{key}: {_clean(err['msg'])} (got {err.get('input')!r})"
-        if "input" in err
-        and kind
-        not in (
-            "value_error",
-            "assertion_error",
-        )
-        else f"{key}: {_clean(err['msg'])}"
-    )
+    text = f"{key}: {_clean(err['msg'])}"
+    if "input" in err and kind not in ("value_error", "assertion_error"):  # our own messages quote the value
+        text += f" (got {err['input']!r})"
+    return text
 
 
 def study_from_dict(raw: Mapping[str, Any], *, source: str = "study") -> Study:
