@@ -1,14 +1,18 @@
-"""Open (and close) the Dask client a study runs on."""
+"""Open (and close) the Dask cluster and client a study runs on, whatever the backend."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from tomosweep.cluster.settings import JOBQUEUE, ClusterSettings
 from tomosweep.errors import ClusterError
+
+#: seconds to wait for the first worker when the study does not say (batch jobs may queue)
+DEFAULT_START_TIMEOUT = {"local": 60.0, "local-cuda": 120.0, "address": 15.0, **{b: 600.0 for b in JOBQUEUE}}
 
 
 def worker_environ() -> dict[str, Any]:
@@ -30,55 +34,113 @@ def worker_environ() -> dict[str, Any]:
     return env
 
 
-def _local(n_workers: int | None, memory_limit: str | None) -> Any:
-    from distributed import LocalCluster
+@dataclass
+class Connection:
+    """An open client and what the runner needs to know about the cluster behind it.
 
-    n = n_workers or max(1, os.cpu_count() or 1)
-    try:
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,  # solvers are NumPy-bound; one trial per process
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",  # loopback only, a free port: never clashes with another study
-            memory_limit=memory_limit or "auto",
-            silence_logs=logging.ERROR,
+    ``slots``: worker threads the cluster aims for (a batch cluster's jobs may still be
+    queued), or None to count the live ones. ``resources``: what each trial must hold
+    on a worker (``{"GPU": 1}`` on GPU clusters). ``cluster``: the cluster object
+    started here, None when connected to an existing scheduler.
+    """
+
+    client: Any
+    backend: str
+    description: str
+    slots: int | None = None
+    resources: dict[str, float] | None = None
+    cluster: Any = None
+    started_s: float = 0.0
+    first_worker_s: float = field(default=0.0)
+
+    @property
+    def dashboard(self) -> str | None:
+        return getattr(self.client, "dashboard_link", None)
+
+
+def _start(settings: ClusterSettings, stack: contextlib.ExitStack) -> tuple[Any, int | None, str]:
+    if settings.backend == "local":
+        from tomosweep.cluster import local
+
+        cluster, slots, text = local.start(settings)
+    elif settings.backend == "local-cuda":
+        from tomosweep.cluster import local_cuda
+
+        cluster, slots, text = local_cuda.start(settings)
+    elif settings.backend in JOBQUEUE:
+        from tomosweep.cluster import jobqueue
+
+        cluster, slots, text = jobqueue.start(settings, worker_environ())
+    else:
+        return None, None, f"scheduler at {settings.address}"
+    stack.enter_context(cluster)  # closed (jobs cancelled) on the way out, also on errors
+    return cluster, slots, text
+
+
+def _no_worker_message(settings: ClusterSettings, cluster: Any, timeout: float) -> str:
+    head = f"no Dask worker joined within {timeout:g} s"
+    if settings.backend in JOBQUEUE:
+        from tomosweep.cluster.jobqueue import jobs_state
+
+        return (
+            f"{head}: {jobs_state(cluster, settings.backend)}. The jobs were cancelled and nothing was written. "
+            "Raise [cluster] start_timeout if the queue is just slow, or check queue, account and walltime."
         )
-    except Exception as exc:
-        raise ClusterError(f"could not start the local Dask cluster ({n} workers): {exc}") from None
+    if settings.backend == "address":
+        return f"{head} at {settings.address}: start workers with `dask worker {settings.address}`"
+    return f"{head} on the {settings.backend} cluster"
 
 
 @contextlib.contextmanager
-def open_client(
-    backend: str = "local",
-    *,
-    n_workers: int | None = None,
-    memory_limit: str | None = None,
-    address: str | None = None,
-    timeout: float = 30.0,
-) -> Iterator[Any]:
-    """Yield a ``distributed.Client``; close the client and any cluster started here on exit.
+def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection]:
+    """Start (or reach) the cluster, wait for its first worker, yield a :class:`Connection`.
 
-    ``backend="local"`` starts an embedded ``LocalCluster`` bound to 127.0.0.1 (one
-    single-threaded worker process per core unless ``n_workers`` is given);
-    ``backend="address"`` connects to a running scheduler at ``address``.
+    Everything started here is closed on exit, batch jobs included, and only that. On
+    any failure (unreachable scheduler, refused job, no worker within
+    ``start_timeout``) a ``ClusterError`` says what happened; nothing has been
+    written anywhere, since callers open stores only after this returns.
     """
     import dask
     from distributed import Client
 
-    if backend not in ("local", "address"):
-        raise ClusterError(f"unknown cluster backend {backend!r}; use 'local' or 'address'")
-    if backend == "address" and not address:
-        raise ClusterError('backend "address" needs an address, e.g. address = "tcp://127.0.0.1:8786"')
+    settings = settings or ClusterSettings()
+    timeout = settings.start_timeout or DEFAULT_START_TIMEOUT[settings.backend]
+    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # for the cluster's whole life, so a restarted worker gets the same environment
         stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
-        target: Any = address
-        if backend == "local":
-            target = stack.enter_context(_local(n_workers, memory_limit))
+        cluster, slots, text = _start(settings, stack)
+        security = None
+        if settings.backend == "address":
+            from tomosweep.cluster.address import security as tls_security
+
+            security = tls_security(settings)
         try:
-            client = stack.enter_context(Client(target, timeout=timeout))
+            client = stack.enter_context(
+                Client(cluster or settings.address, security=security, timeout=min(timeout, 30.0))
+            )
         except (OSError, TimeoutError) as exc:
-            where = address or "the local cluster"
+            where = settings.address or f"the {settings.backend} cluster"
             raise ClusterError(f"cannot reach the Dask scheduler at {where}: {exc}") from None
-        yield client
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise ClusterError(_no_worker_message(settings, cluster, timeout)) from None
+        connection = Connection(
+            client=client,
+            backend=settings.backend,
+            description=text,
+            slots=slots,
+            resources={"GPU": 1} if settings.uses_gpus else None,
+            cluster=cluster,
+            started_s=t0,
+            first_worker_s=time.perf_counter() - t0,
+        )
+        yield connection
+
+
+@contextlib.contextmanager
+def open_client(backend: str = "local", **settings: Any) -> Iterator[Any]:
+    """Shorthand for scripts and tests: ``open_cluster(ClusterSettings(backend=..., ...))``, yielding the client."""
+    with open_cluster(ClusterSettings(backend=backend, **settings)) as connection:
+        yield connection.client

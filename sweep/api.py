@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from tomosweep.errors import BackendError, SpecError, StoreError
+from tomosweep.cluster.connect import Connection
+from tomosweep.errors import BackendError, ClusterError, SpecError, StoreError
 from tomosweep.results import SweepStore, TrialRecord
 from tomosweep.sweep.runner import Progress, Runner, RunSummary
 from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
@@ -43,42 +44,81 @@ def _elements(study: Study) -> tuple[str, ...]:
     return tuple(load_specimen(study.phantom.file).elements)
 
 
-@contextlib.contextmanager
-def _client(study: Study, client: Any) -> Iterator[Any]:
-    if client is not None:
-        yield client
-        return
-    from tomosweep.cluster import open_client
+def with_cluster(study: Study, cluster: str | None) -> Study:
+    """Apply a ``--cluster`` choice: a backend name, or a ``tcp://`` / ``tls://`` scheduler address.
 
-    c = study.cluster
-    with open_client(c.backend, n_workers=c.n_workers, memory_limit=c.memory_limit, address=c.address) as opened:
+    The same backend as the study's keeps the study's ``[cluster]`` settings; another
+    backend starts from empty settings, so the rest comes from the Dask config
+    (``jobqueue.<backend>.*`` for the batch schedulers).
+    """
+    from tomosweep.cluster import BACKENDS, ClusterSettings
+
+    if not cluster:
+        return study
+    current = study.cluster
+    if cluster.startswith(("tcp://", "tls://")):
+        tls = {}
+        if current.backend == "address":
+            tls = {"tls_ca_file": current.tls_ca_file, "tls_cert": current.tls_cert, "tls_key": current.tls_key}
+        raw = {"backend": "address", "address": cluster, **tls}
+    elif cluster == current.backend:
+        return study
+    elif cluster in BACKENDS:
+        raw = {"backend": cluster}
+    else:
+        raise ClusterError(
+            f"--cluster {cluster!r}: not a backend ({', '.join(BACKENDS)}) nor a tcp:// or tls:// address"
+        )
+    try:
+        settings = ClusterSettings(**raw)
+    except ValueError as exc:
+        raise ClusterError(f"--cluster {cluster}: {exc}") from None
+    return study.model_copy(update={"cluster": settings})
+
+
+@contextlib.contextmanager
+def _connect(study: Study, client: Any) -> Iterator[Connection]:
+    if client is not None:
+        yield Connection(client=client, backend="address", description="the given Dask client")
+        return
+    from tomosweep.cluster import open_cluster
+
+    with open_cluster(study.cluster) as opened:
         yield opened
+
+
+def _runner(study: Study, store: SweepStore, conn: Connection, **kwargs: Any) -> Runner:
+    return Runner(study, store, conn.client, slots=conn.slots, resources=conn.resources, **kwargs)
 
 
 def run_study(
     study: Study | PathLike,
     store: PathLike,
     *,
+    cluster: str | None = None,
     client: Any = None,
     progress: Progress | None = None,
-    on_client: Callable[[Any], None] | None = None,
+    on_client: Callable[[Connection], None] | None = None,
     trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
 ) -> RunSummary:
     """Create ``store`` for ``study`` and run its whole budget.
 
-    ``client``: an existing ``distributed.Client`` (else one is opened from the study's
-    ``[cluster]`` section and closed at the end). ``on_client`` is called with the
-    client once it is up (the CLI prints the dashboard address there).
+    ``cluster``: a backend name or scheduler address that replaces the study's
+    ``[cluster]`` choice (see :func:`with_cluster`). ``client``: an existing
+    ``distributed.Client`` (else one is opened from the study's ``[cluster]`` section
+    and closed at the end). ``on_client`` is called with the :class:`Connection` once
+    its first worker is up (the CLI prints the cluster and dashboard there). The store
+    is created only then: a cluster that cannot start leaves nothing behind.
     """
-    study = _as_study(study)
+    study = with_cluster(_as_study(study), cluster)
     _check_device(study)
     store = Path(store)
     if store.exists():
         raise StoreError(f"{store} already exists. Resume it with `tomosweep resume {store}`, or choose a new --store.")
     elements = _elements(study)
-    with _client(study, client) as c:
+    with _connect(study, client) as conn:
         if on_client:
-            on_client(c)
+            on_client(conn)
         with SweepStore.create(
             store,
             spec=study.to_json(),
@@ -89,7 +129,7 @@ def run_study(
             n_haadf=study.acquisition.n_haadf,
             n_chem=study.acquisition.n_chem,
         ) as opened:
-            return Runner(study, opened, c, progress=progress, trial_fn=trial_fn).run()
+            return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn).run()
 
 
 def stored_study(store: SweepStore) -> Study:
@@ -101,9 +141,10 @@ def resume_study(
     *,
     study: Study | PathLike | None = None,
     extend: bool = False,
+    cluster: str | None = None,
     client: Any = None,
     progress: Progress | None = None,
-    on_client: Callable[[Any], None] | None = None,
+    on_client: Callable[[Connection], None] | None = None,
     trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
 ) -> RunSummary:
     """Rebuild every optimiser from the stored trials and finish the budget.
@@ -133,11 +174,25 @@ def resume_study(
                 )
         if new.content_hash() == stored.content_hash():
             opened.rebuild_maps()  # the driver may have died between a commit and its map update
+        new = with_cluster(new, cluster)
         _check_device(new)
-        with _client(new, client) as c:
+        with _connect(new, client) as conn:
             if on_client:
-                on_client(c)
-            return Runner(new, opened, c, progress=progress, trial_fn=trial_fn).run()
+                on_client(conn)
+            return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn).run()
+
+
+def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) -> str:
+    """The batch script a worker job of the study's slurm/pbs/lsf/sge cluster would run."""
+    from tomosweep.cluster import JOBQUEUE, worker_environ
+    from tomosweep.cluster.jobqueue import job_script
+
+    study = with_cluster(_as_study(study), cluster)
+    if study.cluster.backend not in JOBQUEUE:
+        raise ClusterError(
+            f"backend {study.cluster.backend!r} submits no batch jobs; job scripts exist for {', '.join(JOBQUEUE)}"
+        )
+    return job_script(study.cluster, worker_environ())
 
 
 def study_status(store: PathLike) -> Any:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -64,9 +65,21 @@ class RichProgress:
         self._bar.stop()
 
 
-def _dashboard(client: Any) -> None:
-    link = getattr(client, "dashboard_link", None)
-    console.print(f"Dask scheduler {client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
+def _connected(conn: Any) -> None:
+    console.print(f"[bold]{conn.description}[/] — first worker after {conn.first_worker_s:.1f} s")
+    link = conn.dashboard
+    console.print(f"Dask scheduler {conn.client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
+
+
+ClusterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        "-c",
+        help="run on this backend instead of the study's [cluster] one (local, local-cuda, slurm, pbs, lsf, sge; "
+        "its settings then come from the Dask config), or on the scheduler at a tcp:// or tls:// address",
+    ),
+]
 
 
 def _summary(summary: Any) -> None:
@@ -89,12 +102,13 @@ def _parse_cell(cell: str) -> tuple[int, int]:
 def run(
     study: Annotated[Path, typer.Argument(help="study file (TOML)")],
     store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
+    cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a study: create STORE and spend the whole budget."""
     from tomosweep.sweep.api import run_study
 
-    summary = run_study(study, store, progress=None if quiet else RichProgress(), on_client=_dashboard)
+    summary = run_study(study, store, cluster=cluster, progress=None if quiet else RichProgress(), on_client=_connected)
     _summary(summary)
 
 
@@ -107,13 +121,19 @@ def resume(
     extend: Annotated[
         bool, typer.Option("--extend", help="accept a study file that raises trials_per_cell or grows the grid")
     ] = False,
+    cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
     from tomosweep.sweep.api import resume_study
 
     summary = resume_study(
-        store, study=study, extend=extend, progress=None if quiet else RichProgress(), on_client=_dashboard
+        store,
+        study=study,
+        extend=extend,
+        cluster=cluster,
+        progress=None if quiet else RichProgress(),
+        on_client=_connected,
     )
     _summary(summary)
 
@@ -189,12 +209,23 @@ def methods() -> None:
     out.print(table)
 
 
+@app.command("job-script")
+def job_script(
+    study: Annotated[Path, typer.Argument(help="study file (TOML) with a slurm, pbs, lsf or sge [cluster]")],
+    cluster: ClusterOption = None,
+) -> None:
+    """Print the batch script each worker job would run (nothing is submitted)."""
+    from tomosweep.sweep.api import worker_job_script
+
+    out.print(worker_job_script(study, cluster=cluster), markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning tomosweep errors and Ctrl-C into clean exits."""
     try:
         app(standalone_mode=False)
     except TomosweepError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: every finished trial is stored; continue with `tomosweep resume STORE`")

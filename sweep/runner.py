@@ -106,6 +106,8 @@ class Runner:
         trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
         max_worker_deaths: int = 2,
         queue_extra: int = 1,
+        slots: int | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self.study = study
         self.store = store
@@ -114,17 +116,25 @@ class Runner:
         self.trial_fn = trial_fn
         self.max_worker_deaths = max_worker_deaths
         self.queue_extra = queue_extra
+        self.slots = slots
+        self.resources = resources
         self._study_json = json.dumps(study.to_json(), sort_keys=True)
         self._seq = itertools.count()
         self._capacity_at = -math.inf
         self._capacity_cached = 1 + queue_extra
 
     def _capacity(self) -> int:
-        """Worker threads (+ ``queue_extra``), asked of the scheduler at most once a second.
+        """Trials to keep in flight: the cluster's ``slots`` or its live worker threads, + ``queue_extra``.
 
-        Asking costs a round trip per finished trial otherwise; once a second still
-        follows an adaptive cluster that grows or shrinks.
+        A cluster that knows its size (local: its workers; batch: ``max_jobs`` × workers
+        per job) gives ``slots``, so trials wait in the scheduler for jobs still queued
+        and an adaptive cluster sees the work that makes it grow. Otherwise the live
+        threads are asked of the scheduler at most once a second: asking costs a round
+        trip per finished trial otherwise, and once a second still follows a cluster
+        that grows or shrinks.
         """
+        if self.slots is not None:
+            return max(1, self.slots) + self.queue_extra
         now = time.monotonic()
         if now - self._capacity_at > 1.0:
             try:
@@ -165,7 +175,7 @@ class Runner:
             method, h, c = ticket.key
             task = TrialTask(self._study_json, method, h, c, ticket.params, ticket.attempt)
             name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{derived_seed(time.time_ns())}"
-            future = self.client.submit(self.trial_fn, task, key=name, pure=False)
+            future = self.client.submit(self.trial_fn, task, key=name, pure=False, resources=self.resources)
             active[future] = ticket
             queue.add(future)
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import SpecError
 from tomosweep.sweep.methods import METHODS
 
@@ -134,24 +135,6 @@ class BudgetSpec(BaseModel):
         return self
 
 
-class ClusterSpec(BaseModel):
-    """Where trials run. ``local`` (default): an embedded LocalCluster; ``address``: an existing scheduler."""
-
-    model_config = _FORBID
-    backend: Literal["local", "address"] = "local"
-    n_workers: int | None = Field(None, ge=1)
-    memory_limit: str | None = None
-    address: str | None = None
-
-    @model_validator(mode="after")
-    def _address(self) -> ClusterSpec:
-        if self.backend == "address" and not self.address:
-            raise ValueError('backend = "address" needs address = "tcp://host:8786"')
-        if self.backend != "address" and self.address:
-            raise ValueError('address is only used with backend = "address"')
-        return self
-
-
 class Study(BaseModel):
     """A validated study. ``methods`` maps a method name to its resolved parameters."""
 
@@ -163,7 +146,16 @@ class Study(BaseModel):
     acquisition: AcquisitionSpec
     methods: dict[str, dict[str, ParamValue]] = Field(min_length=1)
     budget: BudgetSpec
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+
+    @model_validator(mode="after")
+    def _gpu_cluster_runs_gpu_trials(self) -> Study:
+        if self.cluster.uses_gpus and self.device == "cpu":
+            raise ValueError(
+                f'the {self.cluster.backend} cluster gives each trial a GPU, but device = "cpu"; '
+                'set device = "gpu" (or "auto")'
+            )
+        return self
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -265,7 +257,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "phantom": PhantomSpec,
     "acquisition": AcquisitionSpec,
     "budget": BudgetSpec,
-    "cluster": ClusterSpec,
+    "cluster": ClusterSettings,
 }
 
 

@@ -1,0 +1,204 @@
+"""``backend = "slurm" | "pbs" | "lsf" | "sge"``: batch jobs of Dask workers through dask-jobqueue.
+
+The driver (``tomosweep run``) runs the Dask scheduler in its own process, on a login
+node or inside a batch job of its own; each worker job connects back to it. The
+cluster *adapts* between ``min_jobs`` and ``max_jobs``: a job that is killed
+(``scancel``), pre-empted or out of walltime is replaced, and its trials are run again
+elsewhere.
+
+Settings resolve in order: the study's ``[cluster]`` section, then the Dask
+configuration ``jobqueue.<backend>.*`` (what dask-jobqueue itself reads), then an
+error that shows a working section.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from typing import Any
+
+from tomosweep.cluster.settings import ClusterSettings
+from tomosweep.errors import ClusterError
+
+_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}
+_NAMES = {"slurm": "SLURM", "pbs": "PBS", "lsf": "LSF", "sge": "SGE"}
+# how each scheduler is asked for GPUs; sites differ, so job_directives can say it instead
+_GPU_DIRECTIVE = {"slurm": "--gres=gpu:{n}", "pbs": "-l ngpus={n}", "lsf": '-gpu "num={n}"', "sge": "-l gpu={n}"}
+# how to ask a scheduler about jobs, for the message when none starts
+_STATUS = {
+    "slurm": ["squeue", "-h", "-o", "%i %T %r", "-j"],
+    "pbs": ["qstat"],
+    "lsf": ["bjobs"],
+    "sge": ["qstat", "-j"],
+}
+
+EXAMPLE = """[cluster]
+backend = "{backend}"
+queue = "batch"             # partition / queue (optional: the scheduler's default)
+account = "my-project"      # optional
+walltime = "02:00:00"
+cores = 8                   # per job: 8 single-threaded workers
+memory = "32GB"             # per job
+min_jobs = 1
+max_jobs = 4
+prologue = ["module load python", "source ~/venvs/tomosweep/bin/activate"]"""
+
+
+def _config(backend: str) -> dict[str, Any]:
+    import dask
+    import dask_jobqueue  # noqa: F401  (registers the jobqueue.* defaults)
+
+    return dict(dask.config.get(f"jobqueue.{backend}", default={}) or {})
+
+
+def _first(value: Any, conf: dict[str, Any], key: str) -> Any:
+    return value if value is not None else conf.get(key)
+
+
+def _env_prologue(environ: dict[str, Any]) -> list[str]:
+    """Job-script lines that give the nanny the same worker environment as a local cluster."""
+    literal = json.dumps({k: v for k, v in environ.items()})
+    return [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(literal)}"]
+
+
+def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments for the dask-jobqueue cluster class, study first, then Dask config.
+
+    Raises ``ClusterError`` showing a working ``[cluster]`` section when cores or
+    memory per job are set nowhere.
+    """
+    backend = settings.backend
+    conf = _config(backend)
+    cores = _first(settings.cores, conf, "cores")
+    memory = _first(settings.memory, conf, "memory")
+    missing = [name for name, value in (("cores", cores), ("memory", memory)) if value is None]
+    if missing:
+        raise ClusterError(
+            f'backend = "{backend}" needs {" and ".join(missing)} per job, set in the study\'s [cluster] '
+            f"section or in the Dask config (jobqueue.{backend}.{missing[0]}). A working section:\n\n"
+            + EXAMPLE.format(backend=backend)
+        )
+    cores = int(cores)
+    processes = settings.processes or settings.gpus or _first(None, conf, "processes") or cores
+    if cores % processes:
+        raise ClusterError(f"[cluster] cores = {cores} is not a multiple of processes = {processes}")
+    kwargs: dict[str, Any] = {"cores": cores, "memory": memory, "processes": processes}
+    for key in ("queue", "account", "walltime", "interface", "log_directory", "python"):
+        value = getattr(settings, key)
+        if value is not None:
+            kwargs[key] = value
+    directives = list(conf.get("job-extra-directives") or []) + list(settings.job_directives)
+    if settings.gpus:
+        directives.append(_GPU_DIRECTIVE[backend].format(n=settings.gpus))
+    kwargs["job_extra_directives"] = directives
+    prologue = list(conf.get("job-script-prologue") or []) + list(settings.prologue)
+    kwargs["job_script_prologue"] = prologue + _env_prologue(environ or {})
+    extra_args = list(conf.get("worker-extra-args") or [])
+    if settings.gpus:
+        extra_args += ["--resources", "GPU=1"]  # every worker of the job holds one GPU
+    kwargs["worker_extra_args"] = extra_args
+    options = dict(conf.get("scheduler-options") or {})
+    options.setdefault("dashboard_address", "127.0.0.1:0")  # reach it through an ssh tunnel
+    kwargs["scheduler_options"] = options
+    return kwargs
+
+
+def make_cluster(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> Any:
+    """Create the dask-jobqueue cluster object (its scheduler starts; no job is submitted yet)."""
+    import dask_jobqueue
+
+    cls = getattr(dask_jobqueue, _CLASSES[settings.backend])
+    return _construct(cls, settings.backend, resolve(settings, environ))
+
+
+def _construct(cls: Any, backend: str, kwargs: dict[str, Any]) -> Any:
+    try:
+        return cls(**kwargs)
+    except Exception as exc:
+        raise ClusterError(f"could not set up the {_NAMES[backend]} cluster: {exc}") from None
+
+
+def job_script(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> str:
+    """The batch script each worker job would run (nothing is submitted)."""
+    cluster = make_cluster(settings, environ)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+def _refusal(exc: BaseException) -> str:
+    """The scheduler's own words from dask-jobqueue's 'Command exited with non-zero exit code' error."""
+    text = str(exc)
+    if "stderr:" in text:
+        text = text.split("stderr:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[-3:]) or type(exc).__name__
+
+
+def jobs_state(cluster: Any, backend: str) -> str:
+    """What the scheduler says about the cluster's jobs (best effort, for error messages)."""
+    ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values() if getattr(job, "job_id", None)]
+    if not ids:
+        return "no job was submitted"
+    command = _STATUS[backend] + ([",".join(ids)] if backend == "slurm" else ids)
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    shown = "; ".join(out.splitlines()[:5]) if out else "no answer"
+    return f"job(s) {', '.join(ids)} — `{' '.join(command)}` says: {shown}"
+
+
+def _close_after_refusal(cluster: Any) -> None:
+    """Close a cluster whose job submission failed: forget the never-started job first.
+
+    SpecCluster's close asserts every job it created has run; a refused job never did.
+    """
+    from distributed.core import Status
+
+    for name, job in list(cluster.workers.items()):
+        if getattr(job, "job_id", None) is None:
+            job.status = Status.failed
+            del cluster.workers[name]
+    cluster.worker_spec.clear()
+    cluster.close()
+
+
+def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> tuple[Any, int, str]:
+    """Create the cluster, submit its first job now, then adapt between min_jobs and max_jobs.
+
+    The first job is submitted here, not by the adaptive loop, so that a refusal
+    (unknown partition, account, too many cores or too much memory) stops the run with
+    the scheduler's own message instead of a log line in the background.
+    """
+    import dask_jobqueue
+
+    backend = settings.backend
+    kwargs = resolve(settings, environ)
+    cluster = _construct(getattr(dask_jobqueue, _CLASSES[backend]), backend, kwargs)
+    min_jobs = settings.min_jobs or 1
+    max_jobs = max(settings.max_jobs or min_jobs, min_jobs)
+    try:
+        # what cluster.scale(jobs=1) does, but awaited here so the submit command's error is raised
+        cluster.worker_spec.update(cluster.new_worker_spec())
+        cluster.sync(cluster._correct_state)
+    except Exception as exc:
+        _close_after_refusal(cluster)
+        raise ClusterError(
+            f"{_NAMES[backend]} refused the worker job: {_refusal(exc)}. "
+            "Check queue, account, cores, memory and walltime in [cluster]."
+        ) from None
+    # minimum >= 1 (settings check it): with 0, the adaptive loop could cancel the first job while it waits
+    cluster.adapt(minimum_jobs=min_jobs, maximum_jobs=max_jobs, interval="1s")
+    conf = _config(backend)
+    cores, processes = kwargs["cores"], kwargs["processes"]
+    per_job = settings.gpus or processes * (cores // processes)
+    queue = _first(settings.queue, conf, "queue")
+    gpus = f", {settings.gpus} GPU(s)" if settings.gpus else ""
+    text = (
+        f"{_NAMES[backend]}: {min_jobs}–{max_jobs} job(s) of {cores} cores, {kwargs['memory']}{gpus}, "
+        f"{f'queue {queue}' if queue else 'default queue'}, walltime {_first(settings.walltime, conf, 'walltime')}"
+    )
+    return cluster, max_jobs * per_job, text

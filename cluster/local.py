@@ -1,0 +1,36 @@
+"""``backend = "local"``: distributed's ``LocalCluster`` on this machine, loopback only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from tomosweep.cluster.settings import ClusterSettings
+from tomosweep.errors import ClusterError
+
+
+def start(settings: ClusterSettings) -> tuple[Any, int, str]:
+    """Start the cluster; return it, its worker threads and a one-line description.
+
+    One single-threaded worker process per core (or ``n_workers``): the solvers are
+    NumPy-bound, so processes, not threads, run trials side by side. The scheduler and
+    the dashboard bind to 127.0.0.1, the dashboard on a free port so two studies on
+    one machine never clash.
+    """
+    from distributed import LocalCluster
+
+    n = settings.n_workers or max(1, os.cpu_count() or 1)
+    try:
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            memory_limit=settings.memory_limit or "auto",
+            silence_logs=logging.ERROR,
+        )
+    except Exception as exc:
+        raise ClusterError(f"could not start the local Dask cluster ({n} workers): {exc}") from None
+    return cluster, n, f"local cluster: {n} worker process{'es' if n > 1 else ''} on 127.0.0.1"
