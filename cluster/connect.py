@@ -122,6 +122,10 @@ def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection
         except (OSError, TimeoutError) as exc:
             where = settings.address or f"the {settings.backend} cluster"
             raise ClusterError(f"cannot reach the Dask scheduler at {where}: {exc}") from None
+        if settings.backend in JOBQUEUE and settings.gpus > 1:
+            from tomosweep.cluster.jobqueue import PinGPU
+
+            client.register_plugin(PinGPU())
         try:
             client.wait_for_workers(1, timeout=timeout)
         except TimeoutError:

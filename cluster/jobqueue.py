@@ -14,9 +14,13 @@ error that shows a working section.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import subprocess
 from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import ClusterError
@@ -25,6 +29,8 @@ _CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "
 _NAMES = {"slurm": "SLURM", "pbs": "PBS", "lsf": "LSF", "sge": "SGE"}
 # how each scheduler is asked for GPUs; sites differ, so job_directives can say it instead
 _GPU_DIRECTIVE = {"slurm": "--gres=gpu:{n}", "pbs": "-l ngpus={n}", "lsf": '-gpu "num={n}"', "sge": "-l gpu={n}"}
+# dask-jobqueue's names where a scheduler calls a setting something else
+_KWARG = {("lsf", "account"): "project", ("sge", "account"): "project"}
 # how to ask a scheduler about jobs, for the message when none starts
 _STATUS = {
     "slurm": ["squeue", "-h", "-o", "%i %T %r", "-j"],
@@ -87,7 +93,7 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     for key in ("queue", "account", "walltime", "interface", "log_directory", "python"):
         value = getattr(settings, key)
         if value is not None:
-            kwargs[key] = value
+            kwargs[_KWARG.get((backend, key), key)] = value
     directives = list(conf.get("job-extra-directives") or []) + list(settings.job_directives)
     if settings.gpus:
         directives.append(_GPU_DIRECTIVE[backend].format(n=settings.gpus))
@@ -164,6 +170,35 @@ def _close_after_refusal(cluster: Any) -> None:
             del cluster.workers[name]
     cluster.worker_spec.clear()
     cluster.close()
+
+
+def pinned_devices(visible: str | None, worker_name: str) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for worker *i* of a multi-GPU job: the job's GPUs rotated to start at the *i*-th.
+
+    A job with ``gpus = g`` runs ``g`` worker processes named ``<job>-0`` … ``<job>-<g-1>``;
+    each sees all of the job's GPUs and would use the first. Rotating the list (as
+    dask-cuda does for a node) gives each its own. Returns None for an unnumbered name.
+    """
+    match = re.search(r"-(\d+)$", str(worker_name))
+    if match is None:
+        return None
+    index = int(match.group(1))
+    devices = [d for d in (visible or "").split(",") if d.strip()]
+    if not devices:
+        return str(index)
+    index %= len(devices)
+    return ",".join(devices[index:] + devices[:index])
+
+
+class PinGPU(WorkerPlugin):
+    """Pins each worker of a multi-GPU job to its own device, before any trial runs there."""
+
+    name = "tomosweep-pin-gpu"
+
+    def setup(self, worker: Any) -> None:
+        pinned = pinned_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), worker.name)
+        if pinned is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = pinned  # CuPy has not touched CUDA in this process yet
 
 
 def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> tuple[Any, int, str]:

@@ -1,0 +1,193 @@
+"""Backends without a batch scheduler: settings resolution, job scripts by content, addresses, local-cuda."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+from conftest import small_study
+
+from tomosweep.cluster import ClusterSettings, open_cluster, worker_environ
+from tomosweep.cluster.jobqueue import job_script, pinned_devices, resolve
+from tomosweep.errors import ClusterError
+from tomosweep.results import SweepStore
+from tomosweep.sweep.api import run_study, with_cluster
+from tomosweep.sweep.spec import study_from_dict
+
+FULL = dict(
+    queue="batch",
+    account="proj42",
+    walltime="01:30:00",
+    cores=4,
+    memory="16GB",
+    prologue=["module load cuda/12", "conda activate tomo"],
+    max_jobs=3,
+)
+ENV_LINE = "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
+
+
+def script(backend: str, **settings) -> str:
+    return job_script(ClusterSettings(backend=backend, **settings), worker_environ())
+
+
+def test_pbs_job_script():
+    text = script("pbs", **FULL)
+    for line in (
+        "#PBS -q batch",
+        "#PBS -A proj42",
+        "#PBS -l select=1:ncpus=4:mem=15GB",
+        "#PBS -l walltime=01:30:00",
+        "module load cuda/12\nconda activate tomo\n" + ENV_LINE,
+    ):
+        assert line in text, line
+    assert "--nthreads 1" in text and "--nworkers 4" in text  # one single-threaded worker per core
+    assert "MALLOC_TRIM_THRESHOLD_" not in text and '"OMP_NUM_THREADS": 1' in text
+
+
+def test_lsf_job_script_with_gpus():
+    text = script("lsf", **{**FULL, "walltime": "01:30"}, gpus=2)
+    for line in ("#BSUB -q batch", '#BSUB -P "proj42"', "#BSUB -n 4", "#BSUB -W 01:30", '#BSUB -gpu "num=2"'):
+        assert line in text, line
+    # one worker per GPU, each advertising the GPU resource every trial holds
+    assert "--nworkers 2" in text and "--nthreads 2" in text and "--resources GPU=1" in text
+
+
+def test_sge_job_script_with_site_directives():
+    text = script("sge", **{**FULL, "walltime": "01:30:00"}, job_directives=["-pe smp 4", "-l h_vmem=4G"])
+    for line in ("#$ -q batch", "#$ -P proj42", "#$ -l h_rt=01:30:00", "#$ -pe smp 4", "#$ -l h_vmem=4G"):
+        assert line in text, line
+    assert "conda activate tomo" in text
+
+
+def test_slurm_job_script_gpus():
+    text = script("slurm", cores=8, memory="64GB", gpus=1, queue="gpu")
+    assert "#SBATCH -p gpu" in text and "#SBATCH --gres=gpu:1" in text
+    assert "--nthreads 8" in text and "--resources GPU=1" in text and "--nworkers" not in text
+
+
+def test_settings_come_from_the_study_then_the_dask_config():
+    config = {"jobqueue.slurm.cores": 16, "jobqueue.slurm.memory": "60GB", "jobqueue.slurm.queue": "long"}
+    with dask.config.set(config):
+        kwargs = resolve(ClusterSettings(backend="slurm", cores=2))
+        assert kwargs["cores"] == 2 and kwargs["memory"] == "60GB"  # study wins, config fills in
+        assert "queue" not in kwargs  # left to dask-jobqueue, which reads the same config key
+        text = script("slurm", cores=2)
+    assert "#SBATCH -p long" in text and "#SBATCH --mem=56G" in text
+
+
+def test_missing_cores_and_memory_show_a_working_section():
+    with dask.config.set({"jobqueue.pbs.cores": None, "jobqueue.pbs.memory": None}):
+        with pytest.raises(ClusterError) as info:
+            resolve(ClusterSettings(backend="pbs"))
+    text = str(info.value)
+    assert 'backend = "pbs" needs cores and memory per job' in text and "jobqueue.pbs.cores" in text
+    assert '[cluster]\nbackend = "pbs"' in text and 'memory = "32GB"' in text
+    with pytest.raises(ClusterError, match="cores = 6 is not a multiple of processes = 4"):
+        resolve(ClusterSettings(backend="pbs", cores=6, memory="1GB", processes=4))
+
+
+def test_multi_gpu_job_workers_get_their_own_device():
+    assert pinned_devices("4,5,6", "SLURMCluster-3-0") == "4,5,6"
+    assert pinned_devices("4,5,6", "SLURMCluster-3-1") == "5,6,4"
+    assert pinned_devices("4,5,6", "SLURMCluster-3-2") == "6,4,5"
+    assert pinned_devices(None, "job-1") == "1"
+    assert pinned_devices("0,1", "worker") is None
+
+
+def test_cluster_flag_replaces_the_backend():
+    study = study_from_dict(small_study(backend="local", n_workers=1))
+    assert with_cluster(study, None) is study
+    assert with_cluster(study, "local") is study  # same backend: the study's settings stay
+    slurm = with_cluster(study, "slurm").cluster
+    assert slurm.backend == "slurm" and slurm.cores is None  # the rest comes from the Dask config
+    remote = with_cluster(study, "tcp://10.0.0.5:8786").cluster
+    assert remote.backend == "address" and remote.address == "tcp://10.0.0.5:8786"
+    assert with_cluster(study, "slurm").content_hash() == study.content_hash()  # same trials, other place
+    with pytest.raises(ClusterError, match="--cluster 'kubernetes': not a backend"):
+        with_cluster(study, "kubernetes")
+    with pytest.raises(ClusterError, match="a tls:// address needs tls_ca_file"):
+        with_cluster(study, "tls://10.0.0.5:8786")
+
+
+def test_unreachable_scheduler_is_a_clear_error_and_no_store(tmp_path):
+    study = study_from_dict(small_study(backend="address", address="tcp://127.0.0.1:9", start_timeout=2))
+    with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        run_study(study, tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_missing_certificate_file_is_named(tmp_path):
+    settings = ClusterSettings(
+        backend="address",
+        address="tls://127.0.0.1:8786",
+        tls_ca_file=str(tmp_path / "ca.pem"),
+        tls_cert=str(tmp_path / "c.pem"),
+        tls_key=str(tmp_path / "k.pem"),
+    )
+    with pytest.raises(ClusterError, match=r"tls_ca_file = '.*ca.pem': no such file"):
+        with open_cluster(settings):
+            pass
+
+
+@pytest.mark.slow
+def test_tls_scheduler_with_certificate_files(tmp_path):
+    """A study runs on an existing TLS-only scheduler, reached with PEM files named in [cluster]."""
+    pytest.importorskip("cryptography", reason="Security.temporary() needs cryptography")
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    sec = Security.temporary()  # one self-signed certificate; its PEM text, written out as files
+    paths = {}
+    for key, pem in (
+        ("tls_ca_file", sec.tls_ca_file),
+        ("tls_cert", sec.tls_client_cert),
+        ("tls_key", sec.tls_client_key),
+    ):
+        paths[key] = str(tmp_path / f"{key}.pem")
+        with open(paths[key], "w") as fh:
+            fh.write(pem)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, security=sec, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        raw = small_study(backend="address", address=address, **paths)
+        raw["budget"] = {"trials_per_cell": 2, "initial_points": 1}
+        study = study_from_dict(raw)
+        seen = {}
+        summary = run_study(study, tmp_path / "s.zarr", on_client=lambda conn: seen.update(conn=conn))
+        assert summary.complete and summary.n_new == 8
+        assert seen["conn"].slots is None  # an existing scheduler: count its live workers
+        # the same scheduler over plain tcp is refused with a message
+        plain = study_from_dict(small_study(backend="address", address=address.replace("tls", "tcp"), start_timeout=2))
+        with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
+            run_study(plain, tmp_path / "t.zarr")
+
+
+def test_local_cuda_without_a_gpu_says_what_is_missing(monkeypatch):
+    from tomosweep.solvers.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("this machine has a GPU: the local-cuda test runs instead")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(ClusterError, match=r'local-cuda" needs (dask-cuda|a CUDA GPU)'):
+        with open_cluster(ClusterSettings(backend="local-cuda")):
+            pass
+
+
+@pytest.mark.gpu
+def test_local_cuda_runs_trials_one_per_gpu(tmp_path):
+    from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason
+
+    if not gpu_available():
+        pytest.skip(f"no GPU: {gpu_unavailable_reason()}")
+    pytest.importorskip("dask_cuda", reason="dask-cuda is not installed (pip install 'tomosweep[gpu]')")
+    raw = small_study(backend="local-cuda")
+    raw["device"] = "gpu"
+    seen = {}
+    summary = run_study(study_from_dict(raw), tmp_path / "s.zarr", on_client=lambda conn: seen.update(conn=conn))
+    assert summary.complete and summary.n_failed == 0
+    conn = seen["conn"]
+    assert conn.resources == {"GPU": 1} and conn.description.startswith("local CUDA cluster: one worker on each")
+    with SweepStore.open(tmp_path / "s.zarr") as store:
+        records = store.records()
+    assert all(r.device != "cpu" for r in records), {r.device for r in records}
