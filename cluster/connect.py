@@ -24,13 +24,14 @@ def worker_environ() -> dict[str, Any]:
     measured here, one fused trial took 2.28 s instead of 1.45 s (+57 %). A trial's
     arrays are the same size every iteration, so the heap reuses them instead.
     The one-thread BLAS/OpenMP settings stay: one trial per single-threaded process.
+    A value of None tells the nanny to leave a variable unset, also where this dict is
+    merged into a batch job's own Dask config rather than replacing it.
     """
     import dask
     import distributed  # noqa: F401  (registers the distributed config defaults)
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    env.update({"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1})
+    env.update({"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1})
     return env
 
 

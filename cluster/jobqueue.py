@@ -63,8 +63,12 @@ def _first(value: Any, conf: dict[str, Any], key: str) -> Any:
 
 
 def _env_prologue(environ: dict[str, Any]) -> list[str]:
-    """Job-script lines that give the nanny the same worker environment as a local cluster."""
-    literal = json.dumps({k: v for k, v in environ.items()})
+    """Job-script lines that give the nanny the same worker environment as a local cluster.
+
+    Dask parses a ``DASK_*`` variable with ``ast.literal_eval`` and merges the dict into
+    its defaults, so the value is a Python literal and None unsets a default.
+    """
+    literal = "{" + ", ".join(f"{json.dumps(str(k))}: {v!r}" for k, v in environ.items()) + "}"
     return [f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON={shlex.quote(literal)}"]
 
 

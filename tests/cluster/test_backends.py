@@ -40,7 +40,7 @@ def test_pbs_job_script():
     ):
         assert line in text, line
     assert "--nthreads 1" in text and "--nworkers 4" in text  # one single-threaded worker per core
-    assert "MALLOC_TRIM_THRESHOLD_" not in text and '"OMP_NUM_THREADS": 1' in text
+    assert '"MALLOC_TRIM_THRESHOLD_": None' in text and '"OMP_NUM_THREADS": 1' in text  # unset, one BLAS thread
 
 
 def test_lsf_job_script_with_gpus():
