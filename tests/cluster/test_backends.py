@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask
 import pytest
 from conftest import small_study
@@ -191,3 +193,20 @@ def test_local_cuda_runs_trials_one_per_gpu(tmp_path):
     with SweepStore.open(tmp_path / "s.zarr") as store:
         records = store.records()
     assert all(r.device != "cpu" for r in records), {r.device for r in records}
+
+
+def test_examples_validate_and_render(tmp_path):
+    """examples/slurm.toml is a valid study; examples/jobqueue.yaml alone is enough for `backend = "slurm"`."""
+    import yaml
+
+    from tomosweep.sweep.spec import load_study
+
+    examples = Path(__file__).parents[2] / "examples"
+    study = load_study(examples / "slurm.toml")
+    text = job_script(study.cluster, worker_environ())
+    assert "#SBATCH -p compute" in text and "#SBATCH --cpus-per-task=16" in text and "--nworkers 16" in text
+    site = yaml.safe_load((examples / "jobqueue.yaml").read_text())["jobqueue"]["slurm"]
+    with dask.config.set({f"jobqueue.slurm.{key}": value for key, value in site.items()}):  # as if merged from YAML
+        text = script("slurm", interface="lo")  # the study's key wins (this machine has no ib0)
+    assert "#SBATCH -A my-project" in text and "#SBATCH --mem=60G" in text and "--interface lo" in text
+    assert "source $HOME/venvs/tomosweep/bin/activate" in text
