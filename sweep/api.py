@@ -166,17 +166,19 @@ def resume_study(
                         "finish the stored study, or pass --extend to raise the budget or grow the grid."
                     )
                 check_extension(stored, new)
+        new = with_cluster(new, cluster)
+        _check_device(new)
+        # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
+        with _connect(new, client) as conn:
+            if new.content_hash() != stored.content_hash():
                 opened.update_study(
                     spec=new.to_json(),
                     spec_hash=new.content_hash(),
                     n_haadf=new.acquisition.n_haadf,
                     n_chem=new.acquisition.n_chem,
                 )
-        if new.content_hash() == stored.content_hash():
-            opened.rebuild_maps()  # the driver may have died between a commit and its map update
-        new = with_cluster(new, cluster)
-        _check_device(new)
-        with _connect(new, client) as conn:
+            else:
+                opened.rebuild_maps()  # the driver may have died between a commit and its map update
             if on_client:
                 on_client(conn)
             return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn).run()

@@ -210,3 +210,34 @@ def test_examples_validate_and_render(tmp_path):
         text = script("slurm", interface="lo")  # the study's key wins (this machine has no ib0)
     assert "#SBATCH -A my-project" in text and "#SBATCH --mem=60G" in text and "--interface lo" in text
     assert "source $HOME/venvs/tomosweep/bin/activate" in text
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_resume_on_an_unreachable_cluster_leaves_the_store_as_it_was(tmp_path):
+    from tomosweep.results import SweepStore
+    from tomosweep.sweep.api import _elements, resume_study
+
+    raw = small_study(backend="address", address="tcp://127.0.0.1:9", start_timeout=2)
+    study = study_from_dict(raw)
+    path = tmp_path / "s.zarr"
+    SweepStore.create(
+        path,
+        spec=study.to_json(),
+        spec_hash=study.content_hash(),
+        methods=list(study.methods),
+        param_names=study.param_names,
+        elements=_elements(study),
+        n_haadf=study.acquisition.n_haadf,
+        n_chem=study.acquisition.n_chem,
+    ).close()
+    before = _tree(path)
+    bigger = study_from_dict({**raw, "budget": {"trials_per_cell": 8, "initial_points": 2}})
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        resume_study(path, study=bigger, extend=True)  # an extension is written only once the cluster is up
+    after = _tree(path)
+    after.pop(".tomosweep.lock", None)
+    before.pop(".tomosweep.lock", None)
+    assert after == before
