@@ -241,3 +241,34 @@ def test_resume_on_an_unreachable_cluster_leaves_the_store_as_it_was(tmp_path):
     after.pop(".tomosweep.lock", None)
     before.pop(".tomosweep.lock", None)
     assert after == before
+
+
+def test_cli_cluster_failure_is_one_line_exit_2_and_no_store(tmp_path):
+    import subprocess
+    import sys
+
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(
+        '[phantom]\nname = "nanocubes"\nsize = 16\n[acquisition]\nn_haadf = [5]\nn_chem = [3]\n'
+        "[methods.sirt]\nn_iter = {low = 2, high = 30}\n[budget]\ntrials_per_cell = 1\ninitial_points = 1\n"
+        '[cluster]\nbackend = "address"\naddress = "tcp://127.0.0.1:9"\nstart_timeout = 2\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tomosweep.sweep.cli", "run", str(study_file), "--store", str(tmp_path / "s.zarr")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "error: cannot reach the Dask scheduler at tcp://127.0.0.1:9" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "s.zarr").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "tomosweep.sweep.cli", "run", str(study_file), "--store", "x.zarr", "--cluster", "k8s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2 and "--cluster 'k8s': not a backend" in bad.stderr

@@ -140,7 +140,11 @@ def test_cli_runs_on_slurm_through_the_cluster_flag_and_dask_config(slurm, tmp_p
     env = {**os.environ, "DASK_CONFIG": str(tmp_path / "dask")}
     cli = [sys.executable, "-m", "tomosweep.sweep.cli"]
     script = subprocess.run(
-        [*cli, "job-script", str(study_file), "--cluster", "slurm"], env=env, capture_output=True, text=True
+        [*cli, "job-script", str(study_file), "--cluster", "slurm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert script.returncode == 0, script.stderr
     assert "#SBATCH --mem=2G" in script.stdout and "--interface lo" in script.stdout
@@ -150,6 +154,7 @@ def test_cli_runs_on_slurm_through_the_cluster_flag_and_dask_config(slurm, tmp_p
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,  # worker jobs without a log_directory write slurm-<id>.out where they were submitted
     )
     assert done.returncode == 0, done.stderr
     assert "SLURM: 1–1 job(s) of 1 cores, 2GB" in done.stderr
