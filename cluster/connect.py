@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tomosweep.cluster.settings import JOBQUEUE, ClusterSettings
@@ -42,7 +42,8 @@ class Connection:
     ``slots``: worker threads the cluster aims for (a batch cluster's jobs may still be
     queued), or None to count the live ones. ``resources``: what each trial must hold
     on a worker (``{"GPU": 1}`` on GPU clusters). ``cluster``: the cluster object
-    started here, None when connected to an existing scheduler.
+    started here, None when connected to an existing scheduler. ``first_worker_s``:
+    seconds from opening the cluster to its first worker.
     """
 
     client: Any
@@ -51,8 +52,7 @@ class Connection:
     slots: int | None = None
     resources: dict[str, float] | None = None
     cluster: Any = None
-    started_s: float = 0.0
-    first_worker_s: float = field(default=0.0)
+    first_worker_s: float = 0.0
 
     @property
     def dashboard(self) -> str | None:
@@ -138,7 +138,6 @@ def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection
             slots=slots,
             resources={"GPU": 1} if settings.uses_gpus else None,
             cluster=cluster,
-            started_s=t0,
             first_worker_s=time.perf_counter() - t0,
         )
         yield connection
