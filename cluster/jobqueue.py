@@ -90,7 +90,7 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
             + EXAMPLE.format(backend=backend)
         )
     cores = int(cores)
-    processes = settings.processes or settings.gpus or _first(None, conf, "processes") or cores
+    processes = settings.processes or settings.gpus or conf.get("processes") or cores
     if cores % processes:
         raise ClusterError(f"[cluster] cores = {cores} is not a multiple of processes = {processes}")
     kwargs: dict[str, Any] = {"cores": cores, "memory": memory, "processes": processes}
