@@ -136,7 +136,7 @@ def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection
             backend=settings.backend,
             description=text,
             slots=slots,
-            resources={"GPU": 1} if settings.uses_gpus else None,
+            resources=settings.trial_resources,
             cluster=cluster,
             first_worker_s=time.perf_counter() - t0,
         )

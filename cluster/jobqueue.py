@@ -22,7 +22,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from tomosweep.cluster.settings import ClusterSettings
+from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.errors import ClusterError
 
 _CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}
@@ -106,7 +106,8 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     kwargs["job_script_prologue"] = prologue + _env_prologue(environ or {})
     extra_args = list(conf.get("worker-extra-args") or [])
     if settings.gpus:
-        extra_args += ["--resources", "GPU=1"]  # every worker of the job holds one GPU
+        # every worker of the job advertises one GPU
+        extra_args += ["--resources", ",".join(f"{k}={v:g}" for k, v in GPU_RESOURCE.items())]
     kwargs["worker_extra_args"] = extra_args
     options = dict(conf.get("scheduler-options") or {})
     options.setdefault("dashboard_address", "127.0.0.1:0")  # reach it through an ssh tunnel
@@ -114,24 +115,19 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     return kwargs
 
 
-def make_cluster(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> Any:
-    """Create the dask-jobqueue cluster object (its scheduler starts; no job is submitted yet)."""
+def make_cluster(backend: str, kwargs: dict[str, Any]) -> Any:
+    """Create the dask-jobqueue cluster object from :func:`resolve`'s keywords (no job is submitted yet)."""
     import dask_jobqueue
 
-    cls = getattr(dask_jobqueue, _CLASSES[settings.backend])
-    return _construct(cls, settings.backend, resolve(settings, environ))
-
-
-def _construct(cls: Any, backend: str, kwargs: dict[str, Any]) -> Any:
     try:
-        return cls(**kwargs)
+        return getattr(dask_jobqueue, _CLASSES[backend])(**kwargs)
     except Exception as exc:
         raise ClusterError(f"could not set up the {_NAMES[backend]} cluster: {exc}") from None
 
 
 def job_script(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> str:
     """The batch script each worker job would run (nothing is submitted)."""
-    cluster = make_cluster(settings, environ)
+    cluster = make_cluster(settings.backend, resolve(settings, environ))
     try:
         return cluster.job_script()
     finally:
@@ -212,11 +208,9 @@ def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> t
     (unknown partition, account, too many cores or too much memory) stops the run with
     the scheduler's own message instead of a log line in the background.
     """
-    import dask_jobqueue
-
     backend = settings.backend
     kwargs = resolve(settings, environ)
-    cluster = _construct(getattr(dask_jobqueue, _CLASSES[backend]), backend, kwargs)
+    cluster = make_cluster(backend, kwargs)
     min_jobs = settings.min_jobs or 1
     max_jobs = max(settings.max_jobs or min_jobs, min_jobs)
     try:

@@ -6,11 +6,8 @@ import logging
 import os
 from typing import Any
 
-from tomosweep.cluster.settings import ClusterSettings
+from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.errors import ClusterError
-
-#: what every trial holds on a GPU cluster, so that each GPU runs one trial at a time
-GPU_RESOURCE = {"GPU": 1}
 
 
 def visible_devices(settings: ClusterSettings) -> list[str]:
@@ -57,7 +54,7 @@ def start(settings: ClusterSettings) -> tuple[Any, int, str]:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
             memory_limit=settings.memory_limit or "auto",
-            resources=GPU_RESOURCE,
+            resources=dict(GPU_RESOURCE),
             silence_logs=logging.ERROR,
         )
     except Exception as exc:

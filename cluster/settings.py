@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Backend = Literal["local", "local-cuda", "slurm", "pbs", "lsf", "sge", "address"]
 JOBQUEUE: tuple[str, ...] = ("slurm", "pbs", "lsf", "sge")
 BACKENDS: tuple[str, ...] = ("local", "local-cuda", *JOBQUEUE, "address")
+#: what a GPU worker advertises and every trial on a GPU cluster holds, so each GPU runs one trial at a time
+GPU_RESOURCE: dict[str, float] = {"GPU": 1}
 
 # which backends each optional setting applies to (backend and start_timeout: all)
 _APPLIES: dict[str, tuple[str, ...]] = {
@@ -114,5 +116,10 @@ class ClusterSettings(BaseModel):
 
     @property
     def uses_gpus(self) -> bool:
-        """Whether workers advertise a ``GPU`` resource that each trial must hold."""
+        """Whether workers advertise :data:`GPU_RESOURCE`, which each trial must then hold."""
         return self.backend == "local-cuda" or (self.backend in JOBQUEUE and self.gpus > 0)
+
+    @property
+    def trial_resources(self) -> dict[str, float] | None:
+        """The resources each trial is submitted with (None: any worker thread will do)."""
+        return dict(GPU_RESOURCE) if self.uses_gpus else None
