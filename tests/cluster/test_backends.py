@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import small_study
+from cluster_support import small_study
 
 from tomosweep.cluster import ClusterSettings, open_cluster, worker_environ
 from tomosweep.cluster.jobqueue import job_script, pinned_devices, resolve

@@ -9,7 +9,7 @@ from collections import Counter
 import cluster_hooks
 import dask
 import pytest
-from conftest import HERE, my_jobs, slurm_settings, small_study
+from cluster_support import HERE, my_jobs, slurm_settings, small_study
 
 from tomosweep.errors import ClusterError
 from tomosweep.results import SweepStore

@@ -1,36 +1,10 @@
-"""Fixtures for the sweep tests: a tiny study and one 2-process local Dask cluster."""
+"""Fixtures for the sweep tests: one 2-process local Dask cluster."""
 
 from __future__ import annotations
-
-import copy
 
 import cloudpickle
 import pytest
 import trial_hooks
-
-
-def tiny_study(**overrides) -> dict:
-    """A study small enough to run in seconds: 16³ nanocubes, a 2 × 1 grid, cheap methods."""
-    study = {
-        "name": "tiny",
-        "seed": 3,
-        "phantom": {"name": "nanocubes", "size": 16},
-        "acquisition": {"n_haadf": [5, 9], "n_chem": [3]},
-        "methods": {
-            "fused": {
-                "lambda_haadf": {"low": 1e-7, "high": 1e-4, "prior": "log"},
-                "lambda_tv": 1.0,
-                "n_iter": 4,
-            },
-            "sirt": {"n_iter": {"low": 2, "high": 30, "prior": "log"}},
-        },
-        "budget": {"trials_per_cell": 4, "initial_points": 2},
-        "cluster": {"n_workers": 1},
-    }
-    study = copy.deepcopy(study)
-    for key, value in overrides.items():
-        study[key] = value
-    return study
 
 
 @pytest.fixture(scope="session")

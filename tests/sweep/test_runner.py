@@ -11,7 +11,7 @@ import time
 
 import pytest
 import trial_hooks
-from conftest import tiny_study
+from sweep_support import tiny_study
 
 from tomosweep.errors import SpecError, StoreLockedError
 from tomosweep.results import FAILED, OK, SweepStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import tiny_study
+from sweep_support import tiny_study
 
 from tomosweep.errors import SpecError
 from tomosweep.sweep.spec import SearchRange, check_extension, load_study, study_from_dict

@@ -1,0 +1,64 @@
+"""Helpers for the cluster tests: a study factory, SLURM settings on loopback, SLURM state.
+
+A module of its own (not conftest) so tests import it by a name no other test folder uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def small_study(**cluster) -> dict:
+    """16³ nanocubes, a 2 × 1 grid, fused + SIRT, 4 trials per (method, cell), on the given cluster."""
+    return copy.deepcopy(
+        {
+            "name": "cluster-test",
+            "seed": 5,
+            "phantom": {"name": "nanocubes", "size": 16},
+            "acquisition": {"n_haadf": [5, 9], "n_chem": [3]},
+            "methods": {
+                "fused": {"lambda_haadf": {"low": 1e-7, "high": 1e-4, "prior": "log"}, "lambda_tv": 1.0, "n_iter": 4},
+                "sirt": {"n_iter": {"low": 2, "high": 30, "prior": "log"}},
+            },
+            "budget": {"trials_per_cell": 4, "initial_points": 2},
+            "cluster": cluster,
+        }
+    )
+
+
+def slurm_settings(tmp_path, **extra) -> dict:
+    """One-core SLURM worker jobs on loopback, logs under ``tmp_path``."""
+    return {
+        "backend": "slurm",
+        "cores": 1,
+        "memory": "2GB",
+        "walltime": "00:10:00",
+        "interface": "lo",
+        "log_directory": str(tmp_path / "slurm-logs"),
+        "start_timeout": 60,
+        **extra,
+    }
+
+
+def slurm_up() -> str | None:
+    """None when a SLURM controller answers and a node is up; else why not."""
+    if not shutil.which("sbatch"):
+        return "sbatch not found (start one with `bash .ci/slurm.sh start`)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if out.returncode != 0 or not any(s in out.stdout for s in ("idle", "mixed", "allocated")):
+        return f"no SLURM node is up: {(out.stderr or out.stdout).strip()[:200]}"
+    return None
+
+
+def my_jobs(name: str = "dask-worker") -> list[str]:
+    """Ids of queued or running jobs with this name."""
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
