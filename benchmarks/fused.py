@@ -49,7 +49,7 @@ def time_case(n: int, n_el: int, device: str, n_iter: int) -> dict:
             xp.cuda.Device().synchronize()
         stamps.append(time.perf_counter())
 
-    kwargs = dict(lambda_haadf=1e-3, lambda_chem=1.0, lambda_tv=30.0, tv_iter=10)
+    kwargs = dict(lambda_haadf=30.0, lambda_chem=1.0, lambda_tv=10.0, tv_iter=10)
     fused(haadf_op, haadf, chem_op, chem, SYMBOLS[:n_el], n_iter=1, n_init=1, **kwargs)  # warm-up
     t0 = time.perf_counter()
     result = fused(haadf_op, haadf, chem_op, chem, SYMBOLS[:n_el], n_iter=n_iter, callback=clock, **kwargs)

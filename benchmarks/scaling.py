@@ -37,7 +37,7 @@ def study(trials_per_cell: int, cluster: dict, device: str = "cpu") -> dict:
         "acquisition": {"n_haadf": [20, 40], "n_chem": [12]},
         "methods": {
             "fused": {
-                "lambda_haadf": {"low": 1e-8, "high": 1e-3, "prior": "log"},
+                "lambda_haadf": {"low": 0.01, "high": 100.0, "prior": "log"},
                 "lambda_tv": {"low": 0.03, "high": 10.0, "prior": "log"},
                 "n_iter": 40,
             }

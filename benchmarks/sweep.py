@@ -45,7 +45,7 @@ def noop_trial(task: TrialTask) -> TrialRecord:
 def study(budget: int, initial: int, *, seed: int = 0, cells=((40,), (12,)), method: str = "fused") -> dict:
     methods = {
         "fused": {
-            "lambda_haadf": {"low": 1e-8, "high": 1e-3, "prior": "log"},
+            "lambda_haadf": {"low": 0.01, "high": 100.0, "prior": "log"},
             "lambda_tv": {"low": 0.03, "high": 10.0, "prior": "log"},
             "n_iter": 40,
         },
@@ -106,7 +106,7 @@ def throughput(tmp: Path, n_trials: int) -> dict:
     from tomosweep.sweep.optimizer import CellOptimizer
 
     opt = CellOptimizer(
-        {"lambda_haadf": (1e-8, 1e-3, "log", "real"), "lambda_tv": (0.03, 10, "log", "real")},
+        {"lambda_haadf": (0.01, 100.0, "log", "real"), "lambda_tv": (0.03, 10, "log", "real")},
         n_initial=n_trials,
         seed=7,
     )

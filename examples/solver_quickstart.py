@@ -54,7 +54,7 @@ def main() -> None:
         "SIRT (20 it.)": np.stack([sirt(chem_op, c, n_iter=20).volume for c in chem]),
         "Poisson-ML + TV": poisson_ml_tv(chem_op, chem, lambda_tv=10.0, n_iter=150).volume,
         "fused": fused(
-            haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=1e-3, lambda_chem=1.0, lambda_tv=30.0, n_iter=150
+            haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=30.0, lambda_chem=1.0, lambda_tv=10.0, n_iter=150
         ).volume,
     }
     fig, axes = plt.subplots(len(recon) + 1, len(ELEMENTS), figsize=(9, 9), constrained_layout=True)

@@ -51,7 +51,14 @@ from tomosweep import __version__
 from tomosweep.errors import StoreError, StoreLockedError
 
 FORMAT = "tomosweep-sweep-store"
-FORMAT_VERSION = 1
+# 2: the fused method's lambda_haadf became relative to the data's balance point, so a
+# format-1 store's trials answer a different question (their λ1 were absolute).
+FORMAT_VERSION = 2
+_FORMAT_CHANGES = {
+    1: "format 1 stored the fused method's lambda_haadf as an absolute weight; it is now relative "
+    "to the data's balance point, so those trials cannot be continued. Export it with the tomosweep "
+    "that wrote it, or run the study again",
+}
 OK, FAILED = "ok", "failed"
 _STATUS_CODE = {OK: 0, FAILED: 1}
 _STATUS_NAME = {v: k for k, v in _STATUS_CODE.items()}
@@ -273,8 +280,10 @@ class SweepStore:
             raise StoreError(f"{path} is a zarr group but not a tomosweep store (attribute format={fmt!r})")
         version = group.attrs.get("format_version")
         if version != FORMAT_VERSION:
+            why = _FORMAT_CHANGES.get(version, "")
             raise StoreError(
                 f"{path} has store format {version}; this tomosweep ({__version__}) reads format {FORMAT_VERSION}"
+                + (f": {why}" if why else "")
             )
         lock = None
         if writable:

@@ -1,6 +1,6 @@
 """Reconstruction core: projector, SIRT, HEBT, fused multi-modal, TV, metrics, quantification."""
 
-from tomosweep.solvers.fused import fused, poisson_ml, poisson_ml_tv
+from tomosweep.solvers.fused import FusedStart, fused, fused_start, poisson_ml, poisson_ml_tv
 from tomosweep.solvers.hebt import ResponseRatios, hebt, prefilter_chem, response_ratios
 from tomosweep.solvers.metrics import mse, nrmse, scaled_mse, ssim_structure
 from tomosweep.solvers.physics import (
@@ -32,7 +32,9 @@ __all__ = [
     "XrayLine",
     "esf_threshold",
     "f_factor",
+    "FusedStart",
     "fused",
+    "fused_start",
     "hebt",
     "mse",
     "nrmse",

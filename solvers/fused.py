@@ -23,27 +23,43 @@ tests). As printed, eq. 2 carries a leading minus (the descent direction) and fo
 :math:`Z_i^\gamma` into Σ; eq. 3 writes :math:`(A_c x_i - b_i)\oslash(A_c x_i+\varepsilon)`,
 which drops the ε of the numerator — the two agree as ε → 0.
 
-Algorithm (Supp. Alg. 1): initialise from the chemical-only reconstruction
-:math:`x^0 \approx \arg\min \Psi_2` (here ML-EM, see :func:`poisson_ml`), then for
-k = 1…N a gradient step on the smooth terms followed by channel-wise TV:
+Algorithm. Supp. Alg. 1 starts from :math:`x^0 = \arg\min\Psi_2` and takes plain
+gradient steps on the smooth terms, each followed by the channel-wise TV prox (FGP,
+:func:`tomosweep.solvers.tv.tv_prox`). Here the same splitting is accelerated — FISTA
+(Beck & Teboulle 2009) with backtracking and adaptive restart (O'Donoghue & Candès 2015):
 
 .. math::
-    x^{k} = \mathrm{prox}_{t\lambda_3\mathrm{TV} + \iota_{\ge 0}}\Bigl(x^{k-1}
-        - t\bigl(\lambda_1\nabla\Psi_1(x^{k-1}) + \lambda_2\nabla\Psi_2(x^{k-1})\bigr)\Bigr)
+    z &= \mathrm{prox}_{s\lambda_3\mathrm{TV} + \iota_{\ge 0}}\bigl(y^k - s\,\nabla f(y^k)\bigr),
+    \qquad f = \lambda_1\Psi_1 + \lambda_2\Psi_2, \\
+    &\text{accepted once } f(z) \le f(y^k) + \langle\nabla f(y^k), z - y^k\rangle
+        + \tfrac{1}{2s}\lVert z - y^k\rVert^2, \text{ else } s \leftarrow s/2, \\
+    x^{k+1} &= z,\quad t_{k+1} = \tfrac12\bigl(1+\sqrt{1+4t_k^2}\bigr),\quad
+    y^{k+1} = \max\Bigl(0,\; x^{k+1} + \tfrac{t_k-1}{t_{k+1}}(x^{k+1}-x^k)\Bigr),
 
-— proximal gradient descent on eq. 1, with the TV prox evaluated by FGP
-(:func:`tomosweep.solvers.tv.tv_prox`, Beck & Teboulle 2009). Each element *i* takes
-its own step :math:`t_i` (the Methods speak of "step sizes … estimating the Lipschitz
-constant … using the Power method"): :math:`t_i = \theta/(\rho L_i)`, with
-:math:`L_i` the largest eigenvalue of element *i*'s block of the Gauss–Newton Hessian
-of :math:`\lambda_1\Psi_1 + \lambda_2\Psi_2` at :math:`x^0`, ρ that of the Hessian
-preconditioned by :math:`\mathrm{diag}(1/L_i)` (both by the power method), θ = 0.9. A
-single step for all elements is what Supp. Alg. 1 writes; but the HAADF curvature
-scales as :math:`Z_i^{2\gamma}`, so one step sized for Au (Z = 79) leaves O (Z = 8)
-almost still for hundreds of iterations. Because TV and non-negativity act per element,
-the per-element metric keeps the prox exact (a variable-metric forward–backward step
-on the same objective). Steps scale as 1/λ, so multiplying all three λ by one factor
-changes nothing: only their ratios matter, as for the minimiser.
+with the momentum reset (:math:`t = 1`, :math:`y = x^{k+1}`) whenever
+:math:`\langle y^k - x^{k+1}, x^{k+1} - x^k\rangle > 0`. Where it departs from Supp. Alg. 1,
+and why:
+
+- *Momentum and restart*: the plain gradient scheme needs hundreds of iterations to
+  settle at these weights; FISTA with restart settles in ~150 (measured on 48³
+  nanocubes: ⟨NRMSE⟩ 0.207 at 150 iterations, 0.204 at 600).
+- *Step sizes valid by construction*: the first step is :math:`1/(\lambda_1 L_1 + \lambda_2 L_2)`
+  with :math:`L_1, L_2` the power-method curvatures at :math:`x^0` (an upper bound of
+  the Gauss–Newton curvature there); the sufficient-decrease test above halves a step
+  that is too long anywhere else (the Poisson term has no global Lipschitz constant),
+  and each accepted step lets the next try 1.2× longer. One step for all elements, as
+  Supp. Alg. 1: per-element steps (tried before) let light elements (O) absorb the
+  HAADF misfit at heavy-element sites.
+- *The start* is ML-EM run to convergence (50 iterations by default, Shepp & Vardi
+  1982), computed once per acquisition (:func:`fused_start`) and shared by every call.
+- *Extrapolation is clipped at 0*: :math:`x^\gamma` is undefined below zero.
+- *Stopping*: at most ``n_iter`` iterations, earlier once the relative change of the
+  iterate falls below ``tol``.
+
+Weights. Only ratios of the λ matter for the minimiser. ``lambda_haadf`` is relative
+to the data's balance point, the ratio of the mean curvatures of Ψ2 and Ψ1 at the start
+(see :func:`fused`), so that its value
+means the same for any specimen, size, dose and unit of the series.
 
 Layout: inputs and outputs use ``(n_elements, n_y, n_z, n_x)`` volumes and chemical
 tilt series ``(n_elements, n_angles, n_det, n_x)``; internally all elements sit side
@@ -53,20 +69,20 @@ every element of every slice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from tomosweep.errors import InputError
+from tomosweep.errors import DivergenceError, InputError
 from tomosweep.solvers import _checks, backend
 from tomosweep.solvers.elements import atomic_numbers
 from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
 from tomosweep.solvers.tv import tv_norm, tv_prox
 
-RESTEP_EVERY = 20  # iterations between power-method step estimates
 _SPATIAL = (0, 1, 3)  # axes (y, z, ·, x) of the internal (n, n, n_el, n_x) layout
 
 
@@ -182,7 +198,8 @@ def _smooth_terms(
     grad = xp.zeros_like(x) if need_grad else None
     if prob.haadf_op is not None:
         residual = prob.haadf_op.forward_matrix(_haadf_model(prob, x)) - prob.haadf
-        terms["haadf"] = 0.5 * xp.vdot(residual, residual).real
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by CostLog
+            terms["haadf"] = 0.5 * (residual * residual).sum(dtype=xp.float64)
         if need_grad and lam_h:
             back = prob.haadf_op.back_matrix(residual)  # (n·n, n_x)
             xe = x.reshape(-1, prob.n_el, prob.n_x)
@@ -190,82 +207,133 @@ def _smooth_terms(
             g *= back[:, None, :]
             grad += lam_h * g.reshape(x.shape)
     model = prob.chem_op.forward_matrix(x) + prob.eps
-    terms["chem"] = (model - prob.eps).sum() - xp.vdot(prob.chem, xp.log(model)).real
+    terms["chem"] = (model - prob.eps).sum(dtype=xp.float64) - (prob.chem * xp.log(model)).sum(dtype=xp.float64)
     if need_grad and lam_c:
         grad += lam_c * prob.chem_op.back_matrix(1.0 - prob.chem / model)
     return terms, grad
 
 
 def _hessian_apply(prob: _Problem, x: Any, lam_h: float, lam_c: float) -> Any:
-    """``v ↦ H v`` (and its block-diagonal part) for the Gauss–Newton Hessian of λ1Ψ1 + λ2Ψ2 at ``x``."""
+    r"""``v ↦ H v`` for the Gauss–Newton Hessian of λ1Ψ1 + λ2Ψ2 at ``x``.
+
+    :math:`H = \lambda_2 A_c^T \mathrm{diag}\bigl(b \oslash (A_c x + \varepsilon)^2\bigr) A_c
+    + \lambda_1 J^T A_h^T A_h J` with :math:`J = \gamma\,\mathrm{diag}(Z^\gamma x^{\gamma-1})\Sigma^T`
+    — exact for the Poisson term; for the HAADF term the part weighted by the residual is
+    left out (it vanishes at a fit), which the backtracking of :func:`_fista` covers.
+    """
     xp = prob.xp
     weight = prob.chem / (prob.chem_op.forward_matrix(x) + prob.eps) ** 2
     jac = None
     if prob.haadf_op is not None and lam_h:
         jac = (prob.gamma * prob.z_gamma)[None, :, None] * x.reshape(-1, prob.n_el, prob.n_x) ** (prob.gamma - 1.0)
 
-    def apply(v: Any, *, block_diagonal: bool) -> Any:
+    def apply(v: Any) -> Any:
         hv = xp.zeros_like(v)
         if lam_c:  # the Poisson term never couples elements
             hv += lam_c * prob.chem_op.back_matrix(weight * prob.chem_op.forward_matrix(v))
         if jac is not None:
-            jv = jac * v.reshape(jac.shape)
-            if block_diagonal:  # each element's own HAADF curvature: project them side by side
-                ajv = prob.haadf_op.back_matrix(prob.haadf_op.forward_matrix(jv.reshape(v.shape)))
-                hv += lam_h * (jac * ajv.reshape(jac.shape)).reshape(v.shape)
-            else:
-                ajv = prob.haadf_op.back_matrix(prob.haadf_op.forward_matrix(jv.sum(axis=1)))
-                hv += lam_h * (jac * ajv[:, None, :]).reshape(v.shape)
+            jv = (jac * v.reshape(jac.shape)).sum(axis=1)
+            ajv = prob.haadf_op.back_matrix(prob.haadf_op.forward_matrix(jv))
+            hv += lam_h * (jac * ajv[:, None, :]).reshape(v.shape)
         return hv
 
     return apply
 
 
-def _element_steps(prob: _Problem, x: Any, lam_h: float, lam_c: float, n_iter: int, seed: int) -> np.ndarray:
-    r"""Per-element steps :math:`t_i = 1/(
-    ho\,L_i)` by two power methods.
-
-        :math:`L_i` is the largest eigenvalue of element *i*'s diagonal Hessian block; ρ that
-        of the preconditioned Hessian :math:`D^{1/2} H D^{1/2}` with :math:`D = \mathrm{diag}(1/L_i)`
-        (1 ≤ ρ ≤ n_elements), so that :math:`\lVert D^{1/2} H D^{1/2}
-    Vert \le 1` with
-        :math:`D = \mathrm{diag}(t_i)` — the condition for the variable-metric step.
-    """
+def _largest_eigenvalue(apply: Any, prob: _Problem, like: Any, n_iter: int, seed: int) -> float:
+    """Largest eigenvalue of a symmetric positive semi-definite operator (power method)."""
     xp = prob.xp
-    apply = _hessian_apply(prob, x, lam_h, lam_c)
     rng = np.random.default_rng(seed)
-    shape3 = (-1, prob.n_el, prob.n_x)
-
-    def per_element_norm(v: Any) -> Any:
-        return xp.sqrt((v.reshape(shape3) ** 2).sum(axis=(0, 2)))
-
-    v = backend.asarray(rng.random(x.shape), xp, prob.dtype)
-    v = (v.reshape(shape3) / per_element_norm(v)[None, :, None]).reshape(x.shape)
-    block = xp.zeros(prob.n_el, dtype=prob.dtype)
+    v = backend.asarray(rng.random(like.shape), xp, prob.dtype)
+    v /= xp.linalg.norm(v)
+    value = 0.0
     for _ in range(n_iter):
-        hv = apply(v, block_diagonal=True)
-        block = per_element_norm(hv)
-        safe = xp.where(block > 0, block, 1.0)
-        v = (hv.reshape(shape3) / safe[None, :, None]).reshape(x.shape)
-    block = backend.to_numpy(block).astype(np.float64)
-    if not np.all(np.isfinite(block)) or np.all(block <= 0):
-        raise InputError(
-            "the data term has no curvature at the starting point (all-zero data or weights); "
-            "check the tilt series and that lambda_haadf or lambda_chem is > 0"
-        )
-    # an element with no curvature at all (e.g. no counts) takes the largest other step
-    block = np.where(block > 0, block, block[block > 0].min())
-    sqrt_d = backend.asarray(1.0 / np.sqrt(block), xp, prob.dtype)[None, :, None]
-    u = backend.asarray(rng.random(x.shape), xp, prob.dtype)
-    u /= xp.linalg.norm(u)
-    rho = 1.0
-    for _ in range(n_iter):
-        hu = sqrt_d * apply((sqrt_d * u.reshape(shape3)).reshape(x.shape), block_diagonal=False).reshape(shape3)
-        rho = float(xp.linalg.norm(hu))
-        if rho == 0.0:
+        hv = apply(v)
+        value = float(xp.linalg.norm(hv))
+        if not np.isfinite(value) or value == 0.0:
             break
-        u = hu.reshape(x.shape) / rho
-    return 1.0 / (max(rho, 1.0) * block)
+        v = hv / value
+    return value
+
+
+def _total(terms: Mapping[str, Any], lam_h: float, lam_c: float) -> float:
+    return lam_h * float(terms.get("haadf", 0.0)) + lam_c * float(terms["chem"])
+
+
+# A quadratic-bound test on float32 data compares sums of ~10⁶ rounded numbers: allow
+# the rounding, not more, so a step is never refused for noise in the last digits.
+_SLACK = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
+_MAX_BACKTRACKS = 60
+# After each accepted step the next trial step is this much longer: the curvature at
+# the noisy start bounds the first step, and it falls as TV smooths the iterate. A
+# refused step costs one prox; measured at 48³ (nanocubes, λ_rel = 30, 150 iterations)
+# growth 1.2 took ⟨NRMSE⟩ from 0.217 to 0.207 at one backtrack per four iterations.
+_STEP_GROWTH = 1.2
+
+
+def _fista(
+    prob: _Problem,
+    x: Any,
+    *,
+    lam_h: float,
+    lam_c: float,
+    lam_tv: float,
+    n_iter: int,
+    tv_iter: int,
+    tol: float,
+    step: float,
+    log: CostLog,
+) -> tuple[Any, int, dict[str, Any]]:
+    r"""FISTA with backtracking and adaptive restart on eq. 1 (see :func:`fused`)."""
+    xp = prob.xp
+    slack = _SLACK[np.dtype(prob.dtype)]
+    terms, _ = _smooth_terms(prob, x, lam_h, lam_c, need_grad=False)
+    terms["tv"] = tv_norm(prob.as_4d(x), axes=_SPATIAL)
+    stats: dict[str, Any] = {"backtracks": 0, "restarts": 0, "converged": False}
+    if log.record(0, terms, x):
+        return x, 0, {**stats, "last_step": step}
+    y, t, s = x, 1.0, float(step)
+    done = 0
+    for k in range(n_iter):
+        terms_y, grad = _smooth_terms(prob, y, lam_h, lam_c)
+        f_y = _total(terms_y, lam_h, lam_c)
+        for _ in range(_MAX_BACKTRACKS):
+            z = tv_prox(prob.as_4d(y - s * grad), s * lam_tv, n_iter=tv_iter, axes=_SPATIAL)
+            z = xp.ascontiguousarray(z).reshape(x.shape)
+            terms_z, _ = _smooth_terms(prob, z, lam_h, lam_c, need_grad=False)
+            diff = z - y
+            bound = f_y + float(xp.vdot(grad, diff).real) + float(xp.vdot(diff, diff).real) / (2.0 * s)
+            if _total(terms_z, lam_h, lam_c) <= bound + slack * abs(f_y):
+                break
+            s *= 0.5
+            stats["backtracks"] += 1
+        else:
+            raise DivergenceError(
+                f"{log.method}: no step size satisfied the descent condition at iteration {k + 1}; "
+                "the data or weights are extreme (check the tilt series for outliers)"
+            )
+        terms_z["tv"] = tv_norm(prob.as_4d(z), axes=_SPATIAL)
+        move = z - x
+        change = float(xp.linalg.norm(move)) / max(float(xp.linalg.norm(x)), 1e-30)
+        # gradient-based adaptive restart (O'Donoghue & Candès 2015, §3.2): momentum is
+        # dropped when the prox-gradient step points against the last move
+        if float(xp.vdot(y - z, move).real) > 0:
+            t, y = 1.0, z
+            stats["restarts"] += 1
+        else:
+            t_next = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            # x^γ is undefined below 0: the extrapolated point is kept in the domain
+            y = xp.maximum(z + ((t - 1.0) / t_next) * move, 0)
+            t = t_next
+        x = z
+        done = k + 1
+        if log.record(done, terms_z, x):
+            break
+        if change < tol:
+            stats["converged"] = True
+            break
+        s *= _STEP_GROWTH
+    return x, done, {**stats, "last_step": s}
 
 
 def _mlem(prob: _Problem, n_iter: int, log: CostLog | None) -> tuple[Any, int]:
@@ -294,91 +362,154 @@ def _mlem(prob: _Problem, n_iter: int, log: CostLog | None) -> tuple[Any, int]:
     return x, done
 
 
-def _validate_common(n_iter: Any, tv_iter: Any, gamma: Any, step_factor: Any) -> None:
+def _validate_common(n_iter: Any, tv_iter: Any, gamma: Any, tol: Any) -> None:
     _checks.positive_int(n_iter, "n_iter", minimum=0)
     _checks.positive_int(tv_iter, "tv_iter", minimum=1)
     if not 1.0 <= float(gamma) <= 3.0:
         raise InputError(f"gamma must lie in [1, 3] (Schwartz 2024: γ ≈ 1.4–2), got {gamma!r}")
-    if not 0 < float(step_factor) < 2:
-        raise InputError(f"step_factor must lie in (0, 2), got {step_factor!r}")
+    if not 0 <= float(tol) < 1:
+        raise InputError(f"tol must lie in [0, 1) (a relative change of the iterate), got {tol!r}")
 
 
-def _proximal_gradient(
-    prob: _Problem,
-    x: Any,
+@dataclass(frozen=True)
+class FusedStart:
+    r"""What every reconstruction of one acquisition shares, whatever its weights.
+
+    Computed once by :func:`fused_start` (a sweep does it once per cell and worker) and
+    passed to :func:`fused` and :func:`poisson_ml_tv` as ``start``.
+
+    Attributes
+    ----------
+    volume : array
+        :math:`x^0 \approx \arg\min_{x\ge0}\Psi_2`, ``(n_elements, n, n, n_x)`` on the
+        data's device: ML-EM run to convergence (Schwartz 2024 Supp. Alg. 1 line 8).
+    iterations : int
+        ML-EM iterations spent on it.
+    haadf_scale : float
+        Factor ``b_H`` was divided by (1.0 when the HAADF was used as given).
+    chem_curvature, haadf_curvature : float
+        Largest eigenvalues of the Hessian of Ψ2 and of the Gauss–Newton Hessian of Ψ1
+        at :math:`x^0` (power method; they bound the first step); 0 where a term is absent.
+    chem_trace, haadf_trace : float
+        Traces of the same two Hessians (exact): the sum of the curvature over every
+        voxel of every element.
+    """
+
+    volume: Any
+    iterations: int
+    haadf_scale: float
+    chem_curvature: float
+    haadf_curvature: float
+    chem_trace: float
+    haadf_trace: float
+
+    @property
+    def balance(self) -> float:
+        r"""The λ1 at which Ψ1 curves on average as much as Ψ2 (with λ2 = 1) at the start.
+
+        :math:`\mathrm{tr}\,\nabla^2\Psi_2 / \mathrm{tr}\,\nabla^2\Psi_1`. The mean curvature,
+        not the largest: the largest HAADF curvature sits on the heaviest element (Au,
+        Z^{2γ} ≈ 3·10⁶), which would make the balance depend on how much of it a specimen
+        holds. Measured with the best λ1 of 6 slabs (nanocubes and core_shell_cube at
+        n = 32, 48, 64): relative to the trace ratio the optimum spread 0.76 decades,
+        relative to the largest-eigenvalue ratio 1.07.
+        """
+        return self.chem_trace / self.haadf_trace if self.haadf_trace > 0 else 0.0
+
+
+def fused_start(
+    chem_projector: Projector,
+    chem_tilt_series: Any,
     *,
-    lam_h: float,
-    lam_c: float,
-    lam_tv: float,
-    n_iter: int,
-    tv_iter: int,
-    step_factor: float,
-    power_iter: int,
-    log: CostLog,
-) -> tuple[Any, int, np.ndarray]:
+    haadf_projector: Projector | None = None,
+    haadf_tilt_series: Any = None,
+    elements: Sequence[str | float] | None = None,
+    gamma: float = 1.7,
+    eps: float | Sequence[float] = 0.1,
+    n_init: int = 50,
+    haadf_scale: float | str | None = "auto",
+    power_iter: int = 20,
+    device: str | None = None,
+) -> FusedStart:
+    r"""The chemical-only start and the weight balance point of one acquisition.
+
+    ``n_init`` ML-EM iterations give :math:`x^0 \approx \arg\min\Psi_2` (Schwartz 2024
+    Supp. Alg. 1 starts from the minimiser of Ψ2). With a HAADF series, the mean
+    curvatures of Ψ1 and Ψ2 at :math:`x^0` set the balance point that makes
+    ``lambda_haadf`` of :func:`fused` relative (see there), and ``haadf_scale`` puts
+    ``b_H`` on the scale of the model (see :func:`fused`). Nothing here depends on
+    the weights, so every trial of a sweep cell shares one start.
+    """
+    _checks.positive_int(n_init, "n_init", minimum=0)
+    _checks.positive_int(power_iter, "power_iter", minimum=1)
+    if not 1.0 <= float(gamma) <= 3.0:
+        raise InputError(f"gamma must lie in [1, 3] (Schwartz 2024: γ ≈ 1.4–2), got {gamma!r}")
+    prob = _prepare(
+        chem_projector,
+        chem_tilt_series,
+        elements,
+        haadf_projector,
+        haadf_tilt_series,
+        gamma=gamma,
+        eps=eps,
+        device=device,
+    )
+    return _start_of(prob, int(n_init), haadf_scale, int(power_iter))
+
+
+def _start_of(prob: _Problem, n_init: int, haadf_scale: float | str | None, power_iter: int) -> FusedStart:
+    x, done = _mlem(prob, n_init, None)
+    chem_l = _largest_eigenvalue(_hessian_apply(prob, x, 0.0, 1.0), prob, x, power_iter, seed=0)
+    scale, haadf_l = 1.0, 0.0
+    if prob.haadf_op is not None:
+        prob, scale = _rescale_haadf(prob, haadf_scale)
+        haadf_l = _largest_eigenvalue(_hessian_apply(prob, x, 1.0, 0.0), prob, x, power_iter, seed=1)
+        if not haadf_l > 0:
+            raise InputError(
+                "the HAADF term has no curvature at the chemical start (the chemical maps "
+                "reconstruct to zero); check the chemical tilt series"
+            )
+    if not (np.isfinite(chem_l) and chem_l > 0):
+        raise InputError(
+            "the chemical term has no curvature at the start: the chemical tilt series hold no "
+            "counts (all zero); check the data"
+        )
+    chem_trace, haadf_trace = _hessian_traces(prob, x)
+    return FusedStart(
+        volume=prob.to_public(x),
+        iterations=done,
+        haadf_scale=scale,
+        chem_curvature=chem_l,
+        haadf_curvature=haadf_l,
+        chem_trace=chem_trace,
+        haadf_trace=haadf_trace,
+    )
+
+
+def _hessian_traces(prob: _Problem, x: Any) -> tuple[float, float]:
+    r"""Exact traces of the two Hessians of :func:`_hessian_apply` at ``x``.
+
+    :math:`\mathrm{tr}(A_c^T W A_c) = \sum_r w_r \lVert a_r\rVert^2` and
+    :math:`\mathrm{tr}(J^T A_h^T A_h J) = \sum_{j,i} J_{ji}^2 (A_h^T A_h)_{jj}`.
+    """
     xp = prob.xp
-    done = 0
-    steps = np.zeros(prob.n_el)
-    for k in range(n_iter):
-        if k % RESTEP_EVERY == 0:
-            # The HAADF curvature (∝ x^(2γ-2)) is largest at the noisy start and falls as
-            # TV smooths the iterate: steps measured once would stay needlessly small.
-            steps = step_factor * _element_steps(prob, x, lam_h, lam_c, power_iter, seed=k)
-            step = backend.asarray(steps, xp, prob.dtype)[None, :, None]  # over (n·n, n_el, n_x)
-            tv_weight = (lam_tv * step).reshape(1, 1, prob.n_el, 1)  # channel-wise prox weights t_i·λ3
-        terms, grad = _smooth_terms(prob, x, lam_h, lam_c)
-        terms["tv"] = tv_norm(prob.as_4d(x), axes=_SPATIAL)
-        if log.record(k, terms, x):
-            return x, done, steps
-        x = x.reshape(-1, prob.n_el, prob.n_x) - step * grad.reshape(-1, prob.n_el, prob.n_x)
-        x = tv_prox(x.reshape(prob.n, prob.n, prob.n_el, prob.n_x), tv_weight, n_iter=tv_iter, axes=_SPATIAL)
-        x = x.reshape(-1, prob.n_el * prob.n_x)
-        x = xp.ascontiguousarray(x)
-        done = k + 1
-    terms, _ = _smooth_terms(prob, x, lam_h, lam_c, need_grad=False)
-    terms["tv"] = tv_norm(prob.as_4d(x), axes=_SPATIAL)
-    log.record(done, terms, x)
-    return x, done, steps
+    weight = prob.chem / (prob.chem_op.forward_matrix(x) + prob.eps) ** 2
+    chem_trace = float((prob.chem_op.row_sq_sums(xp, prob.dtype)[:, None] * weight).sum(dtype=xp.float64))
+    haadf_trace = 0.0
+    if prob.haadf_op is not None:
+        jac = (prob.gamma * prob.z_gamma)[None, :, None] * x.reshape(-1, prob.n_el, prob.n_x) ** (prob.gamma - 1.0)
+        diag = prob.haadf_op.col_sq_sums(xp, prob.dtype)[:, None, None]
+        haadf_trace = float((jac * jac * diag).sum(dtype=xp.float64))
+    return chem_trace, haadf_trace
 
 
-def _solve(
-    prob: _Problem,
-    x: Any,
-    log: CostLog,
-    *,
-    lam_h: float,
-    lam_c: float,
-    lam_tv: float,
-    n_iter: int,
-    tv_iter: int,
-    step_factor: float,
-    power_iter: int,
-    **info: Any,
-) -> Result:
-    """Run the proximal gradient and package the :class:`Result` (fused and ML+TV alike)."""
-    x, done, steps = _proximal_gradient(
-        prob,
-        x,
-        lam_h=lam_h,
-        lam_c=lam_c,
-        lam_tv=lam_tv,
-        n_iter=n_iter,
-        tv_iter=tv_iter,
-        step_factor=step_factor,
-        power_iter=power_iter,
-        log=log,
-    )
-    eps = backend.to_numpy(prob.eps[0, :: prob.n_x]).astype(np.float64)  # one ε per element
-    return log.result(
-        prob.to_public(x),
-        done,
-        backend.device_name(prob.xp),
-        step=steps.tolist(),
-        lambda_chem=lam_c,
-        lambda_tv=lam_tv,
-        eps=eps.tolist(),
-        **info,
-    )
+def _check_start(prob: _Problem, start: FusedStart) -> Any:
+    want = (prob.n_el, prob.n, prob.n, prob.n_x)
+    if not isinstance(start, FusedStart):
+        raise InputError(f"start must be a FusedStart from fused_start(), got {type(start).__name__}")
+    if tuple(start.volume.shape) != want:
+        raise InputError(f"start.volume has shape {tuple(start.volume.shape)}, the data need {want}")
+    return prob.to_internal(start.volume)
 
 
 def fused(
@@ -392,18 +523,28 @@ def fused(
     lambda_chem: float = 1.0,
     lambda_tv: float = 1.0,
     n_iter: int = 100,
+    tol: float = 1e-3,
     gamma: float = 1.7,
     eps: float | Sequence[float] = 0.1,
     tv_iter: int = 10,
-    n_init: int = 5,
-    step_factor: float = 0.9,
-    power_iter: int = 15,
+    n_init: int = 50,
+    power_iter: int = 20,
     haadf_scale: float | str | None = "auto",
-    x0: Any = None,
+    start: FusedStart | None = None,
     device: str | None = None,
     callback: Callback | None = None,
 ) -> Result:
     r"""Fused multi-modal reconstruction, Schwartz 2024 eq. 1–3 and Supp. Alg. 1.
+
+    Weights. ``lambda_haadf`` is *relative*: the λ1 of eq. 1 is
+    :math:`\lambda_1 = \lambda_{\rm rel}\,\lambda_2\,\mathrm{tr}\nabla^2\Psi_2/\mathrm{tr}\nabla^2\Psi_1`,
+    the ratio of the mean curvatures of Ψ2 and Ψ1 at the chemical-only start
+    (:attr:`FusedStart.balance`), so ``lambda_haadf = 1`` means both modalities pull
+    equally, for any specimen, size,
+    dose, tilt count and unit of the input series. The absolute λ1 is reported in
+    ``info["lambda_haadf_abs"]``. ``lambda_tv`` needs no such balance: scaling the
+    chemical series by *c* scales Ψ2 and TV alike (the minimiser scales by *c*), and
+    with the HAADF balanced as above the whole problem is unit-free.
 
     Parameters
     ----------
@@ -413,10 +554,14 @@ def fused(
         Chemical geometry and counts ``(n_elements, n_chem_tilts, n_det, n_x)`` (≥ 0).
     elements : sequence of str or float
         One chemical symbol (or atomic number Z) per chemical channel.
-    lambda_haadf, lambda_chem, lambda_tv : float
-        λ1, λ2, λ3 of eq. 1 (≥ 0; only their ratios matter, see module docstring).
+    lambda_haadf : float
+        λ1 relative to the balance point (see above).
+    lambda_chem, lambda_tv : float
+        λ2, λ3 of eq. 1 (≥ 0; only the ratio λ3/λ2 matters).
     n_iter : int
-        Outer iterations (Supp. Alg. 1: 100).
+        Largest number of outer iterations (Supp. Alg. 1: 100).
+    tol : float
+        Stop when :math:`\lVert x^{k+1}-x^k\rVert/\lVert x^k\rVert <` ``tol`` (0: never).
     gamma : float
         HAADF Z-contrast exponent γ (≈ 1.7; Schwartz 2024 Results).
     eps : float or sequence of float
@@ -426,23 +571,15 @@ def fused(
         (``Acquisition.background``) so the volume need not explain it.
     tv_iter : int
         FGP iterations per TV prox.
-    n_init : int
-        ML-EM iterations for :math:`x^0 \approx \arg\min\Psi_2` (ignored with ``x0``).
-    step_factor : float
-        θ in :math:`t_i = \theta/(\rho L_i)`.
-    power_iter : int
-        Power-method iterations for L.
-    haadf_scale : "auto", float or None
-        Eq. 1 asks one ``x`` to explain both modalities, so ``b_H`` must be on the scale
-        of :math:`A_h\sum_i(Z_i x_i)^\gamma` for ``x`` in chemical-count units — raw
-        detector intensities rarely are. ``b_H`` is divided by this factor before
-        solving; ``"auto"`` takes the least-squares factor between ``b_H`` and the HAADF
-        model of a smooth 5-iteration ML-EM reconstruction :math:`x^{(5)}`,
-        :math:`s = \langle m, b_H\rangle/\langle m, m\rangle` with
-        :math:`m = A_h\sum_i (Z_i x^{(5)}_i)^\gamma`; None uses ``b_H`` as given.
-        The factor used is reported in ``info["haadf_scale"]``.
-    x0 : array, optional
-        Start ``(n_elements, n, n, n_x)`` instead of the ML-EM initialisation.
+    n_init, power_iter, haadf_scale
+        How the start is computed when ``start`` is not given (see :func:`fused_start`):
+        ML-EM iterations, power-method iterations, and the HAADF scale — ``"auto"`` takes
+        the least-squares factor between ``b_H`` and the HAADF model of a smooth
+        5-iteration ML-EM reconstruction, a number divides ``b_H`` by it, None uses
+        ``b_H`` as given. Eq. 1 asks one ``x`` to explain both modalities, so ``b_H`` must
+        be on the scale of :math:`A_h\sum_i(Z_i x_i)^\gamma` for ``x`` in chemical units.
+    start : FusedStart, optional
+        A start from :func:`fused_start` for this data, shared between calls.
     device : {"cpu", "gpu", "auto"}, optional
         Where to compute; by default where the data live.
     callback : callable, optional
@@ -452,11 +589,12 @@ def fused(
     -------
     Result
         ``volume`` ``(n_elements, n, n, n_x)``; ``costs`` "haadf" (Ψ1), "chem" (Ψ2),
-        "tv" (Σ TV) per iterate; ``info`` per-element steps, HAADF scale, weights.
+        "tv" (Σ TV) per iterate (index 0 = the start); ``info`` absolute weights, HAADF
+        scale, balance, steps, backtracks, restarts, whether ``tol`` was met.
     """
     for name, lam in (("lambda_haadf", lambda_haadf), ("lambda_chem", lambda_chem), ("lambda_tv", lambda_tv)):
         _checks.positive_float(lam, name, allow_zero=True)
-    _validate_common(n_iter, tv_iter, gamma, step_factor)
+    _validate_common(n_iter, tv_iter, gamma, tol)
     prob = _prepare(
         chem_projector,
         chem_tilt_series,
@@ -467,23 +605,81 @@ def fused(
         eps=eps,
         device=device,
     )
-    log = CostLog("fused", callback)
-    x = _start(prob, x0, n_init)
-    prob, scale = _rescale_haadf(prob, haadf_scale)
+    t0 = time.perf_counter()
+    if start is None:
+        _checks.positive_int(n_init, "n_init", minimum=0)
+        _checks.positive_int(power_iter, "power_iter", minimum=1)
+        start = _start_of(prob, int(n_init), haadf_scale, int(power_iter))
+    x = _check_start(prob, start)
+    start_s = time.perf_counter() - t0
+    prob = replace(prob, haadf=prob.haadf / start.haadf_scale)
+    lam_c = float(lambda_chem)
+    lam_h = float(lambda_haadf) * lam_c * start.balance
     return _solve(
         prob,
         x,
-        log,
-        lam_h=float(lambda_haadf),
-        lam_c=float(lambda_chem),
+        CostLog("fused", callback),
+        start,
+        lam_h=lam_h,
+        lam_c=lam_c,
         lam_tv=float(lambda_tv),
         n_iter=int(n_iter),
         tv_iter=int(tv_iter),
-        step_factor=float(step_factor),
-        power_iter=int(power_iter),
-        haadf_scale=scale,
+        tol=float(tol),
         lambda_haadf=float(lambda_haadf),
+        lambda_haadf_abs=lam_h,
+        balance=start.balance,
+        haadf_scale=start.haadf_scale,
         gamma=float(gamma),
+        start_seconds=start_s,
+    )
+
+
+def _solve(
+    prob: _Problem,
+    x: Any,
+    log: CostLog,
+    start: FusedStart,
+    *,
+    lam_h: float,
+    lam_c: float,
+    lam_tv: float,
+    n_iter: int,
+    tv_iter: int,
+    tol: float,
+    **info: Any,
+) -> Result:
+    """Run FISTA from the start and package the :class:`Result` (fused and ML+TV alike)."""
+    # The Gauss–Newton curvature of λ1Ψ1 + λ2Ψ2 at the start is at most λ1·L1 + λ2·L2
+    # (triangle inequality), so 1/(λ1·L1 + λ2·L2) is a valid first step with no further
+    # power iterations per call; backtracking keeps every later step valid.
+    lipschitz = lam_h * start.haadf_curvature + lam_c * start.chem_curvature
+    if not lipschitz > 0:
+        raise InputError("lambda_chem must be > 0 (the chemical term carries the element maps)")
+    x, done, stats = _fista(
+        prob,
+        x,
+        lam_h=lam_h,
+        lam_c=lam_c,
+        lam_tv=lam_tv,
+        n_iter=n_iter,
+        tv_iter=tv_iter,
+        tol=tol,
+        step=1.0 / lipschitz,
+        log=log,
+    )
+    eps = backend.to_numpy(prob.eps[0, :: prob.n_x]).astype(np.float64)  # one ε per element
+    return log.result(
+        prob.to_public(x),
+        done,
+        backend.device_name(prob.xp),
+        lambda_chem=lam_c,
+        lambda_tv=lam_tv,
+        eps=eps.tolist(),
+        first_step=1.0 / lipschitz,
+        start_iterations=start.iterations,
+        **stats,
+        **info,
     )
 
 
@@ -520,18 +716,6 @@ def _rescale_haadf(prob: _Problem, haadf_scale: float | str | None) -> tuple[_Pr
     else:
         scale = _checks.positive_float(haadf_scale, "haadf_scale")
     return replace(prob, haadf=prob.haadf / scale), scale
-
-
-def _start(prob: _Problem, x0: Any, n_init: int) -> Any:
-    if x0 is None:
-        _checks.positive_int(n_init, "n_init", minimum=0)
-        x, _ = _mlem(prob, int(n_init), None)
-        return x
-    x0 = _checks.finite_array(x0, "x0", nonneg=True)
-    want = (prob.n_el, prob.n, prob.n, prob.n_x)
-    if tuple(x0.shape) != want:
-        raise InputError(f"x0 must have shape {want}, got {tuple(x0.shape)}")
-    return prob.to_internal(x0)
 
 
 def poisson_ml(
@@ -571,37 +755,42 @@ def poisson_ml_tv(
     lambda_chem: float = 1.0,
     lambda_tv: float = 1.0,
     n_iter: int = 100,
+    tol: float = 1e-3,
     eps: float | Sequence[float] = 0.1,
     tv_iter: int = 10,
-    n_init: int = 5,
-    step_factor: float = 0.9,
-    power_iter: int = 15,
+    n_init: int = 50,
+    power_iter: int = 20,
+    start: FusedStart | None = None,
     device: str | None = None,
     callback: Callback | None = None,
 ) -> Result:
     r"""Chemical-only Poisson-ML + TV (Schwartz 2024 Supp. Fig. 9a, second-to-last row).
 
     Eq. 1 without the HAADF term, :math:`\min_{x\ge0}\lambda_2\Psi_2 + \lambda_3\sum_i
-    \mathrm{TV}(x_i)`, solved by the same proximal-gradient iteration as :func:`fused`
-    from the same ML-EM start. Costs "chem" and "tv" per iterate.
+    \mathrm{TV}(x_i)`, solved by the same accelerated proximal gradient as :func:`fused`
+    from the same ML-EM start (``start``, or ``n_init`` ML-EM iterations). Costs "chem"
+    and "tv" per iterate.
     """
     _checks.positive_float(lambda_chem, "lambda_chem")
     _checks.positive_float(lambda_tv, "lambda_tv", allow_zero=True)
-    _validate_common(n_iter, tv_iter, 1.0, step_factor)
+    _validate_common(n_iter, tv_iter, 1.0, tol)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
-    log = CostLog("Poisson-ML+TV", callback)
-    x = _start(prob, None, n_init)
+    if start is None:
+        _checks.positive_int(n_init, "n_init", minimum=0)
+        _checks.positive_int(power_iter, "power_iter", minimum=1)
+        start = _start_of(prob, int(n_init), None, int(power_iter))
+    x = _check_start(prob, start)
     return _solve(
         prob,
         x,
-        log,
+        CostLog("Poisson-ML+TV", callback),
+        start,
         lam_h=0.0,
         lam_c=float(lambda_chem),
         lam_tv=float(lambda_tv),
         n_iter=int(n_iter),
         tv_iter=int(tv_iter),
-        step_factor=float(step_factor),
-        power_iter=int(power_iter),
+        tol=float(tol),
     )
 
 

@@ -306,6 +306,14 @@ class Projector:
         """Σ_i a_ij per pixel, shape ``(n·n,)`` (SIRT's C⁻¹)."""
         return backend.asarray(np.asarray(self.matrix.sum(axis=0)).ravel(), xp, dtype)
 
+    def row_sq_sums(self, xp: ModuleType = np, dtype: Any = np.float32) -> Any:
+        """Σ_j a_ij² per ray, shape ``(n_angles·n_det,)``: tr(Aᵀ W A) = Σ_i w_i Σ_j a_ij²."""
+        return backend.asarray(np.asarray(self.matrix.multiply(self.matrix).sum(axis=1)).ravel(), xp, dtype)
+
+    def col_sq_sums(self, xp: ModuleType = np, dtype: Any = np.float32) -> Any:
+        """Σ_i a_ij² per pixel, shape ``(n·n,)``: the diagonal of AᵀA."""
+        return backend.asarray(np.asarray(self.matrix.multiply(self.matrix).sum(axis=0)).ravel(), xp, dtype)
+
     def _check(self, arr: Any, lead: tuple[int, int], name: str) -> Any:
         xp = backend.get_array_module(arr)
         arr = arr if xp is not np else np.asarray(arr)

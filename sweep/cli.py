@@ -201,12 +201,16 @@ def methods() -> None:
     from tomosweep.sweep.methods import METHODS
 
     table = Table(title="methods")
-    for column in ("method", "parameter", "type", "default", "range", "prior", "meaning"):
+    for column in ("method", "parameter", "type", "default", "range", "prior", "empty table", "meaning"):
         table.add_column(column)
     for method in METHODS.values():
         for p in method.params:
-            table.add_row(method.name, p.name, p.kind, f"{p.default:g}", f"{p.low:g}–{p.high:g}", p.prior, p.doc)
+            empty = "searched" if p.searched else "fixed"
+            table.add_row(
+                method.name, p.name, p.kind, f"{p.default:g}", f"{p.low:g}–{p.high:g}", p.prior, empty, p.doc
+            )
     out.print(table)
+    out.print("A method table left empty (e.g. [methods.fused]) searches the parameters marked 'searched'.")
 
 
 @app.command("job-script")

@@ -12,20 +12,33 @@ gets the background-subtracted maps (its best input); Poisson-ML keeps the backg
 in its model. HEBT estimates its own response ratios (Yuan 2021 eq. 15), so the scale
 of its input does not matter.
 
-In these units the HAADF signal is Σ(Z·x)^γ, about 10³ per Au voxel, so its squared
-residual outweighs the chemical likelihood by ~10⁶: good values of λ1 (with λ2 = 1)
-lie around 10⁻⁷ to 10⁻⁴, which is where the default range of ``lambda_haadf`` sits.
+Weights. ``lambda_haadf`` of ``fused`` is relative to the balance point of the data
+(:attr:`tomosweep.solvers.FusedStart.balance`): 1 means the HAADF and chemical terms
+curve equally at the chemical-only start, whatever the units, size or dose, so one
+default range serves every specimen. The start and the balance are computed once per
+cell and worker (:func:`cell_start`) and shared by every fused and Poisson-ML+TV trial
+of the cell; the absolute λ1 is in each trial's record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from tomosweep.solvers import Projector, Result, fused, hebt, poisson_ml, poisson_ml_tv, sirt
+from tomosweep.solvers import (
+    FusedStart,
+    Projector,
+    Result,
+    fused,
+    fused_start,
+    hebt,
+    poisson_ml,
+    poisson_ml_tv,
+    sirt,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class CellData:
     chem_counts: np.ndarray
     eps: np.ndarray  # (n_el,) chemical background, specimen units
     gamma: float
+    # per-worker results derived from this cell's data alone (the solvers' shared start)
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,7 @@ class Param:
     high: float
     prior: Literal["log", "linear"]
     doc: str
+    searched: bool = True  # searched over [low, high] when the study's method table is empty
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,24 @@ class Method:
         return tuple(p.name for p in self.params)
 
 
+def cell_start(cell: CellData, device: str) -> FusedStart:
+    """The chemical-only start and balance point of a cell, computed once per worker and device."""
+    key = f"fused_start/{device}"
+    if key not in cell.derived:
+        cell.derived[key] = fused_start(
+            cell.chem_projector,
+            cell.chem,
+            haadf_projector=cell.haadf_projector,
+            haadf_tilt_series=cell.haadf,
+            elements=cell.elements,
+            gamma=cell.gamma,
+            eps=cell.eps,
+            haadf_scale=None,  # simulated series are in specimen units already
+            device=device,
+        )
+    return cell.derived[key]
+
+
 def _fused(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     return fused(
         cell.haadf_projector,
@@ -88,7 +122,7 @@ def _fused(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
         n_iter=int(p["n_iter"]),
         gamma=cell.gamma,
         eps=cell.eps,
-        haadf_scale=None,
+        start=cell_start(cell, device),
         device=device,
     )
 
@@ -132,6 +166,7 @@ def _poisson_ml_tv(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
         lambda_tv=p["lambda_tv"],
         n_iter=int(p["n_iter"]),
         eps=cell.eps,
+        start=cell_start(cell, device),
         device=device,
     )
 
@@ -142,10 +177,36 @@ METHODS: dict[str, Method] = {
         Method(
             "fused",
             (
-                Param("lambda_haadf", "real", 1e-6, 1e-8, 1e-2, "log", "λ1, weight of the HAADF term (eq. 1)"),
-                Param("lambda_chem", "real", 1.0, 0.1, 10.0, "log", "λ2, weight of the Poisson chemical term"),
-                Param("lambda_tv", "real", 1.0, 1e-2, 10.0, "log", "λ3, weight of the channel-wise TV"),
-                Param("n_iter", "int", 100, 20, 300, "log", "outer proximal-gradient iterations"),
+                Param(
+                    "lambda_haadf",
+                    "real",
+                    0.5,
+                    0.01,
+                    100.0,
+                    "log",
+                    "λ1 of eq. 1 relative to the data's balance point (1: HAADF and chemistry pull equally)",
+                ),
+                Param(
+                    "lambda_chem",
+                    "real",
+                    1.0,
+                    0.1,
+                    10.0,
+                    "log",
+                    "λ2, weight of the Poisson chemical term (only ratios matter: held at 1)",
+                    searched=False,
+                ),
+                Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "λ3, weight of the channel-wise TV"),
+                Param(
+                    "n_iter",
+                    "int",
+                    150,
+                    20,
+                    400,
+                    "log",
+                    "most FISTA iterations (a run stops earlier once converged)",
+                    searched=False,
+                ),
             ),
             _fused,
             "fused multi-modal tomography (Schwartz 2024 eq. 1)",
@@ -174,8 +235,17 @@ METHODS: dict[str, Method] = {
         Method(
             "poisson_ml_tv",
             (
-                Param("lambda_tv", "real", 1.0, 1e-2, 10.0, "log", "TV weight"),
-                Param("n_iter", "int", 100, 20, 300, "log", "proximal-gradient iterations"),
+                Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "TV weight"),
+                Param(
+                    "n_iter",
+                    "int",
+                    150,
+                    20,
+                    400,
+                    "log",
+                    "most FISTA iterations (a run stops earlier once converged)",
+                    searched=False,
+                ),
             ),
             _poisson_ml_tv,
             "chemical-only Poisson likelihood + TV (Schwartz 2024 eq. 1 with λ1 = 0)",

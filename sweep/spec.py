@@ -7,7 +7,8 @@ See ``examples/quickstart.toml`` for a commented example; :func:`load_study` rea
 
 Parameters. In ``[methods.<name>]`` each parameter is either a number (held fixed) or
 a table ``{low = …, high = …, prior = "log" | "linear"}`` (searched). Parameters left
-out are held at the method's default; ``tomosweep methods`` lists them.
+out are held at the method's default; a method table left empty (``[methods.fused]``)
+searches the method's default ranges. ``tomosweep methods`` lists them.
 """
 
 from __future__ import annotations
@@ -178,6 +179,9 @@ class Study(BaseModel):
                 )
             resolved: dict[str, Any] = {}
             for p in method.params:
+                if not params and p.searched:  # an empty table searches the method's default ranges
+                    resolved[p.name] = SearchRange(low=p.low, high=p.high, prior=p.prior)
+                    continue
                 value = params.get(p.name, p.default)
                 if isinstance(value, Mapping):
                     value = _search_range(name, p, value)

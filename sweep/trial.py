@@ -133,6 +133,11 @@ def score(cell: CellData, volumes: Any) -> np.ndarray:
     return np.asarray(nrmse(to_numpy(volumes), cell.truth, channel_axis=0), dtype=float)
 
 
+def _solver_scalars(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The solver's scalar report (absolute weights, balance point, convergence): small JSON."""
+    return {k: v for k, v in info.items() if isinstance(v, bool | int | float | str)}
+
+
 def run_trial(task: TrialTask) -> TrialRecord:
     """Run one trial; never raises for a failing reconstruction (returns a failed record)."""
     t0 = time.perf_counter()
@@ -161,7 +166,7 @@ def run_trial(task: TrialTask) -> TrialRecord:
             wall_time_s=time.perf_counter() - t0,
             device=str(result.device),
             finished_at=time.time(),
-            info={"final_costs": result.final_costs()},
+            info={"final_costs": result.final_costs(), "solver": _solver_scalars(result.info)},
         )
     except Exception as exc:  # a failed trial is data, not a crash of the study
         frames = traceback.extract_tb(exc.__traceback__)

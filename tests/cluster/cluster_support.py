@@ -22,7 +22,7 @@ def small_study(**cluster) -> dict:
             "phantom": {"name": "nanocubes", "size": 16},
             "acquisition": {"n_haadf": [5, 9], "n_chem": [3]},
             "methods": {
-                "fused": {"lambda_haadf": {"low": 1e-7, "high": 1e-4, "prior": "log"}, "lambda_tv": 1.0, "n_iter": 4},
+                "fused": {"lambda_haadf": {"low": 0.1, "high": 10.0, "prior": "log"}, "lambda_tv": 1.0, "n_iter": 4},
                 "sirt": {"n_iter": {"low": 2, "high": 30, "prior": "log"}},
             },
             "budget": {"trials_per_cell": 4, "initial_points": 2},

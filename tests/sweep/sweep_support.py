@@ -14,7 +14,7 @@ def tiny_study(**overrides) -> dict:
         "acquisition": {"n_haadf": [5, 9], "n_chem": [3]},
         "methods": {
             "fused": {
-                "lambda_haadf": {"low": 1e-7, "high": 1e-4, "prior": "log"},
+                "lambda_haadf": {"low": 0.1, "high": 10.0, "prior": "log"},
                 "lambda_tv": 1.0,
                 "n_iter": 4,
             },

@@ -25,7 +25,7 @@ size = 16
 n_haadf = [5, 9]
 n_chem = [3]
 [methods.fused]
-lambda_haadf = { low = 1e-7, high = 1e-4, prior = "log" }
+lambda_haadf = { low = 0.1, high = 10, prior = "log" }
 n_iter = 4
 [methods.sirt]
 n_iter = { low = 2, high = 30, prior = "log" }

@@ -33,7 +33,7 @@ def test_example_files_are_valid():
 def test_resolution_of_fixed_searched_and_default_parameters():
     study = study_from_dict(tiny_study())
     assert set(study.searched("fused")) == {"lambda_haadf"}
-    assert study.searched("fused")["lambda_haadf"] == SearchRange(low=1e-7, high=1e-4, prior="log")
+    assert study.searched("fused")["lambda_haadf"] == SearchRange(low=0.1, high=10.0, prior="log")
     assert study.fixed("fused") == {"lambda_chem": 1.0, "lambda_tv": 1.0, "n_iter": 4}  # lambda_chem by default
     assert study.param_names == ("lambda_haadf", "lambda_chem", "lambda_tv", "n_iter")
     assert study.cells == [(5, 3), (9, 3)]
@@ -146,3 +146,18 @@ def test_extension_allows_only_budget_and_grid():
     noisier["acquisition"]["chem_snr"] = 1.0
     with pytest.raises(SpecError, match="acquisition chem_snr differ"):
         check_extension(stored, study_from_dict(noisier))
+
+
+def test_an_empty_method_table_searches_the_default_ranges():
+    from tomosweep.sweep.methods import METHODS
+
+    study = study_from_dict(tiny_study(methods={"fused": {}, "sirt": {}}))
+    fused = METHODS["fused"]
+    assert set(study.searched("fused")) == {p.name for p in fused.params if p.searched} == {"lambda_haadf", "lambda_tv"}
+    p = fused.param("lambda_haadf")
+    assert study.searched("fused")["lambda_haadf"] == SearchRange(low=p.low, high=p.high, prior=p.prior)
+    assert study.fixed("fused") == {"lambda_chem": 1.0, "n_iter": fused.param("n_iter").default}
+    assert set(study.searched("sirt")) == {"n_iter"}
+    # a table that names parameters but searches none is still a mistake
+    with pytest.raises(SpecError, match="searches nothing"):
+        study_from_dict(tiny_study(methods={"fused": {"lambda_tv": 2.0}}))
