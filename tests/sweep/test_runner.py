@@ -150,3 +150,31 @@ def test_resume_refuses_a_changed_study_unless_extended(tmp_path, client):
     assert SweepStore.open(path).n_haadf == (5, 9, 13)
     # a finished study resumes to nothing new
     assert resume_study(path, client=client).n_new == 0
+
+
+def test_a_cells_start_is_computed_once_and_absolute_weights_are_recorded(monkeypatch):
+    from tomosweep.sweep import methods
+    from tomosweep.sweep.trial import _cell_data_cached
+
+    calls = []
+    real_start = methods.fused_start
+
+    def counting_start(*args, **kwargs):
+        calls.append(1)
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(methods, "fused_start", counting_start)
+    _cell_data_cached.cache_clear()
+    study = study_from_dict(tiny_study(methods={"fused": {}, "poisson_ml_tv": {}}))
+    study_json = json.dumps(study.to_json())
+    records = [
+        run_trial(TrialTask(study_json, "fused", 5, 3, {"lambda_haadf": lam, "lambda_tv": 1.0})) for lam in (0.1, 10.0)
+    ] + [run_trial(TrialTask(study_json, "poisson_ml_tv", 5, 3, {"lambda_tv": 1.0}))]
+    assert [r.status for r in records] == [OK, OK, OK], [r.error for r in records]
+    assert len(calls) == 1  # one start for the cell, shared by both methods' trials
+    solver = [r.info["solver"] for r in records[:2]]
+    assert solver[0]["balance"] == solver[1]["balance"] > 0
+    for lam, info in zip((0.1, 10.0), solver, strict=True):
+        assert info["lambda_haadf"] == lam
+        assert info["lambda_haadf_abs"] == pytest.approx(lam * info["balance"])
+    _cell_data_cached.cache_clear()
