@@ -503,6 +503,17 @@ def _hessian_traces(prob: _Problem, x: Any) -> tuple[float, float]:
     return chem_trace, haadf_trace
 
 
+def _resolve_start(
+    prob: _Problem, start: FusedStart | None, n_init: Any, haadf_scale: float | str | None, power_iter: Any
+) -> tuple[FusedStart, Any]:
+    """The given start checked against the data, or a new one; and its volume in the internal layout."""
+    if start is None:
+        _checks.positive_int(n_init, "n_init", minimum=0)
+        _checks.positive_int(power_iter, "power_iter", minimum=1)
+        start = _start_of(prob, int(n_init), haadf_scale, int(power_iter))
+    return start, _check_start(prob, start)
+
+
 def _check_start(prob: _Problem, start: FusedStart) -> Any:
     want = (prob.n_el, prob.n, prob.n, prob.n_x)
     if not isinstance(start, FusedStart):
@@ -606,11 +617,7 @@ def fused(
         device=device,
     )
     t0 = time.perf_counter()
-    if start is None:
-        _checks.positive_int(n_init, "n_init", minimum=0)
-        _checks.positive_int(power_iter, "power_iter", minimum=1)
-        start = _start_of(prob, int(n_init), haadf_scale, int(power_iter))
-    x = _check_start(prob, start)
+    start, x = _resolve_start(prob, start, n_init, haadf_scale, power_iter)
     start_s = time.perf_counter() - t0
     prob = replace(prob, haadf=prob.haadf / start.haadf_scale)
     lam_c = float(lambda_chem)
@@ -775,11 +782,7 @@ def poisson_ml_tv(
     _checks.positive_float(lambda_tv, "lambda_tv", allow_zero=True)
     _validate_common(n_iter, tv_iter, 1.0, tol)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
-    if start is None:
-        _checks.positive_int(n_init, "n_init", minimum=0)
-        _checks.positive_int(power_iter, "power_iter", minimum=1)
-        start = _start_of(prob, int(n_init), None, int(power_iter))
-    x = _check_start(prob, start)
+    start, x = _resolve_start(prob, start, n_init, None, power_iter)
     return _solve(
         prob,
         x,

@@ -171,6 +171,11 @@ def _poisson_ml_tv(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     )
 
 
+# fused and Poisson-ML+TV share the solver, so they share its iteration cap
+_FISTA_ITERATIONS = Param(
+    "n_iter", "int", 150, 20, 400, "log", "most FISTA iterations (a run stops earlier once converged)", searched=False
+)
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -197,16 +202,7 @@ METHODS: dict[str, Method] = {
                     searched=False,
                 ),
                 Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "λ3, weight of the channel-wise TV"),
-                Param(
-                    "n_iter",
-                    "int",
-                    150,
-                    20,
-                    400,
-                    "log",
-                    "most FISTA iterations (a run stops earlier once converged)",
-                    searched=False,
-                ),
+                _FISTA_ITERATIONS,
             ),
             _fused,
             "fused multi-modal tomography (Schwartz 2024 eq. 1)",
@@ -236,16 +232,7 @@ METHODS: dict[str, Method] = {
             "poisson_ml_tv",
             (
                 Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "TV weight"),
-                Param(
-                    "n_iter",
-                    "int",
-                    150,
-                    20,
-                    400,
-                    "log",
-                    "most FISTA iterations (a run stops earlier once converged)",
-                    searched=False,
-                ),
+                _FISTA_ITERATIONS,
             ),
             _poisson_ml_tv,
             "chemical-only Poisson likelihood + TV (Schwartz 2024 eq. 1 with λ1 = 0)",
