@@ -144,6 +144,12 @@ class Acquisition:
         SNR measured on this realisation, per modality (see module docstring).
     info : dict
         The settings used (gamma, targets, seed, mode).
+    haadf_at_chem : ndarray (n_chem, n, n_x) or None
+        The HAADF signal recorded alongside each chemical map (an EDS/EELS scan
+        records the HAADF detector at the same time), at the HAADF series' dose with
+        its own noise. HEBT (Yuan 2021 eq. 15–17) pairs every chemical projection with
+        a HAADF one at the same tilt; this is that HAADF when a chemical tilt is not
+        one of the HAADF series' tilts. ``None`` without a HAADF series.
     """
 
     haadf: np.ndarray | None
@@ -156,6 +162,7 @@ class Acquisition:
     background: dict[str, float]
     snr: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
+    haadf_at_chem: np.ndarray | None = None
 
     def projectors(self, n: int) -> tuple[Projector | None, Projector]:
         """``(haadf_projector, chem_projector)`` for slices of size ``n`` (cached by geometry)."""
@@ -244,11 +251,13 @@ def simulate(
     dose: dict[str, float] = {}
     snr: dict[str, float] = {}
     bg: dict[str, float] = {}
-    haadf = None
+    haadf = haadf_at_chem = None
     if haadf_op is not None:
         z = np.asarray(specimen.z)[:, None, None, None]
-        clean = haadf_op.forward(((z * specimen.volumes) ** gamma).sum(axis=0))
+        signal = ((z * specimen.volumes) ** gamma).sum(axis=0)
+        clean = haadf_op.forward(signal)
         haadf, dose["haadf"], snr["haadf"] = _poisson_at_snr(clean, haadf_snr, _stream(seed, 0))
+        haadf_at_chem = _stream(seed, _HAADF_AT_CHEM_STREAM).poisson(chem_op.forward(signal) * dose["haadf"]).astype(np.float64)
     chem = np.empty((specimen.n_elements, chem_op.n_angles, specimen.n, specimen.n_x))
     for i, element in enumerate(specimen.elements):
         projection = chem_op.forward(specimen.volumes[i])
@@ -265,6 +274,7 @@ def simulate(
         dose=dose,
         background=bg,
         snr=snr,
+        haadf_at_chem=haadf_at_chem,
         info={
             "mode": "snr",
             "gamma": float(gamma),
@@ -386,8 +396,12 @@ def _seed(rng: int | np.random.Generator | None) -> int:
     return int(rng)
 
 
+# the stream of the HAADF recorded alongside the chemical maps, far from the element streams
+_HAADF_AT_CHEM_STREAM = 10_000
+
+
 def _stream(seed: int, index: int) -> np.random.Generator:
-    """Independent stream ``index`` of ``seed`` (0 = HAADF, i + 1 = element i)."""
+    """Independent stream ``index`` of ``seed`` (0 = HAADF, i + 1 = element i, 10000 = HAADF at chemical tilts)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 

@@ -9,8 +9,10 @@ HAADF series and every chemical series, so, as in the paper's simulations, each
 simulated series is divided by its dose (back to specimen units) and ``ε`` is each
 chemical map's known background in the same units. SIRT, the conventional baseline,
 gets the background-subtracted maps (its best input); Poisson-ML keeps the background
-in its model. HEBT estimates its own response ratios (Yuan 2021 eq. 15), so the scale
-of its input does not matter.
+in its model. HEBT also gets the background-subtracted maps (its regression, Yuan 2021
+eq. 15, has no intercept) and the HAADF recorded alongside each chemical map, so it runs
+on any grid, nested or not; it estimates its own response ratios, so the scale of its
+input does not matter.
 
 Weights. ``lambda_haadf`` of ``fused`` is relative to the balance point of the data
 (:attr:`tomosweep.solvers.FusedStart.balance`): 1 means the HAADF and chemical terms
@@ -28,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tomosweep.errors import InputError
 from tomosweep.solvers import (
     FusedStart,
     Projector,
@@ -55,6 +58,9 @@ class CellData:
     chem_counts: np.ndarray
     eps: np.ndarray  # (n_el,) chemical background, specimen units
     gamma: float
+    # HAADF recorded alongside each chemical map, specimen units (HEBT's pairing, Yuan 2021 eq. 15)
+    haadf_at_chem: np.ndarray | None = None
+    z: tuple[float, ...] = ()  # atomic numbers, in element order
     # per-worker results derived from this cell's data alone (the solvers' shared start)
     derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -127,21 +133,41 @@ def _fused(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     )
 
 
+def _background_subtracted(cell: CellData) -> np.ndarray:
+    """Chemical series in specimen units less the known background, clipped at 0."""
+    return np.maximum(cell.chem - cell.eps[:, None, None, None], 0.0)
+
+
 def _hebt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
-    return hebt(
-        cell.haadf_projector,
-        cell.haadf_counts,
-        cell.chem_projector,
-        cell.chem_counts,
-        alpha=p["alpha"],
-        n_iter=int(p["n_iter"]),
-        device=device,
-    )
+    # HEBT's regression I^H = Σ r_A I_A has no intercept (Yuan 2021 eq. 15): a chemical
+    # background would be read as signal and drive the ratios to zero, so it goes first
+    # (as Yuan's background-subtracted EDS maps, §3.1.1).
+    chem = _background_subtracted(cell)
+    kwargs: dict[str, Any] = {"alpha": p["alpha"], "n_iter": int(p["n_iter"]), "device": device}
+    try:
+        return hebt(
+            cell.haadf_projector,
+            cell.haadf,
+            cell.chem_projector,
+            chem,
+            haadf_at_chem_tilts=cell.haadf_at_chem,
+            **kwargs,
+        )
+    except InputError as exc:
+        if "zero response ratio" not in str(exc) or not cell.z:
+            raise
+    # Elements that always occur together (O in both oxides of the nanocubes) leave the
+    # regression unable to tell their ratios apart at low chemical SNR. The HAADF model
+    # itself (Schwartz 2024 eq. 1, Σ (Z_A x_A)^γ, linearised at x = 1 in specimen units)
+    # then gives the ratios: r_A = Z_A^γ.
+    ratios = np.asarray(cell.z, dtype=float) ** cell.gamma
+    result = hebt(cell.haadf_projector, cell.haadf, cell.chem_projector, chem, response_ratios=ratios, **kwargs)
+    result.info["response_ratios_source"] = "Z^gamma (the regression gave a zero ratio)"
+    return result
 
 
 def _sirt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
-    subtracted = np.maximum(cell.chem - cell.eps[:, None, None, None], 0.0)
-    runs = [sirt(cell.chem_projector, c, n_iter=int(p["n_iter"]), device=device) for c in subtracted]
+    runs = [sirt(cell.chem_projector, c, n_iter=int(p["n_iter"]), device=device) for c in _background_subtracted(cell)]
     first = runs[0]
     volume = np.stack([np.asarray(r.volume) for r in runs])
     costs = {k: np.sum([r.costs[k] for r in runs], axis=0) for k in first.costs}

@@ -107,6 +107,8 @@ def build_cell_data(study: Study, n_haadf: int, n_chem: int) -> CellData:
         chem_counts=acq.chem,
         eps=np.array([acq.background[e] for e in specimen.elements]) / dose,
         gamma=float(study.acquisition.gamma),
+        haadf_at_chem=None if acq.haadf_at_chem is None else acq.haadf_at_chem / acq.dose["haadf"],
+        z=tuple(float(v) for v in specimen.z),
     )
 
 

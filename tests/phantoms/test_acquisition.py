@@ -167,3 +167,16 @@ def test_cached_simulation_is_keyed_by_content():
     assert key != acquisition_key("core_shell_cube", 24, TiltScheme(9, chem_every=2), options={}, chem_snr=2.0, rng=4)
     with pytest.raises(InputError, match="integer seed"):
         simulate_cached("core_shell_cube", 24, scheme, rng=None)
+
+
+def test_the_haadf_recorded_alongside_the_chemical_maps_matches_the_haadf_series():
+    from tomosweep.phantoms import make_specimen
+
+    specimen = make_specimen("nanocubes", 16)
+    acq = simulate(specimen, TiltScheme(9, chem_every=2), rng=4)
+    assert acq.haadf_at_chem.shape == acq.chem.shape[1:]
+    same_tilts = acq.haadf[::2]
+    # same dose and signal, independent noise: equal up to Poisson scatter
+    assert acq.haadf_at_chem.sum() == pytest.approx(same_tilts.sum(), rel=1e-3)
+    assert not np.array_equal(acq.haadf_at_chem, same_tilts)
+    assert simulate(specimen, TiltScheme(9, n_chem=1), haadf_snr=1e3, rng=4).haadf_at_chem.shape[0] == 1

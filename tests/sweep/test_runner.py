@@ -178,3 +178,18 @@ def test_a_cells_start_is_computed_once_and_absolute_weights_are_recorded(monkey
         assert info["lambda_haadf"] == lam
         assert info["lambda_haadf_abs"] == pytest.approx(lam * info["balance"])
     _cell_data_cached.cache_clear()
+
+
+def test_hebt_runs_on_a_grid_whose_chemical_tilts_are_not_haadf_tilts():
+    # 9 HAADF tilts over ±70° and 4 chemical tilts share only the end points: HEBT pairs
+    # each chemical map with the HAADF recorded alongside it, not with a HAADF-series tilt.
+    from tomosweep.sweep.trial import _cell_data_cached
+
+    _cell_data_cached.cache_clear()
+    study = study_from_dict(tiny_study(acquisition={"n_haadf": [9], "n_chem": [4]}, methods={"hebt": {}}))
+    cell = _cell_data_cached(json.dumps(study.to_json()), 9, 4)
+    assert cell.haadf_at_chem.shape == cell.chem.shape[1:]
+    record = run_trial(TrialTask(json.dumps(study.to_json()), "hebt", 9, 4, {"alpha": 0.3, "n_iter": 20}))
+    assert record.status == OK, record.error
+    assert 0 < record.nrmse < 1.5
+    _cell_data_cached.cache_clear()
