@@ -257,7 +257,9 @@ def simulate(
         signal = ((z * specimen.volumes) ** gamma).sum(axis=0)
         clean = haadf_op.forward(signal)
         haadf, dose["haadf"], snr["haadf"] = _poisson_at_snr(clean, haadf_snr, _stream(seed, 0))
-        haadf_at_chem = _stream(seed, _HAADF_AT_CHEM_STREAM).poisson(chem_op.forward(signal) * dose["haadf"]).astype(np.float64)
+        haadf_at_chem = (
+            _stream(seed, _HAADF_AT_CHEM_STREAM).poisson(chem_op.forward(signal) * dose["haadf"]).astype(np.float64)
+        )
     chem = np.empty((specimen.n_elements, chem_op.n_angles, specimen.n, specimen.n_x))
     for i, element in enumerate(specimen.elements):
         projection = chem_op.forward(specimen.volumes[i])

@@ -19,7 +19,13 @@ Layout (see ``DESIGN.md``; the per-method maps and the 2-D ``params`` /
       trials/iterations        int32
       trials/wall_time_s       float64
       trials/meta              string  JSON: worker, device, error, attempts,
-                                       finished_at, task_key, info (final cost terms …)
+                                       finished_at, task_key, proposed_by, info (final
+                                       cost terms …)
+
+``attrs["optimiser"]`` holds each (method, cell) optimiser's own state — GP-Hedge gains,
+its last nominees, its seed counter — as plain JSON numbers, keyed ``method/n_haadf/n_chem``,
+and is written in the same attribute update as ``n_committed``, so the state a resume
+finds is the one that went with the last committed trial.
 
 The row index is the trial id. Rows are appended by the one driver that holds the
 lock; a row counts once ``attrs["n_committed"]`` covers it, and that counter is
@@ -53,7 +59,11 @@ from tomosweep.errors import StoreError, StoreLockedError
 FORMAT = "tomosweep-sweep-store"
 # 2: the fused method's lambda_haadf became relative to the data's balance point, so a
 # format-1 store's trials answer a different question (their λ1 were absolute).
-FORMAT_VERSION = 2
+# 3: per-cell optimiser state (attrs["optimiser"]) and each trial's proposer (meta
+# "proposed_by"). A format-2 store is upgraded when opened for writing: its cells start
+# with fresh GP-Hedge gains, and its trials say "" for the proposer.
+FORMAT_VERSION = 3
+_UPGRADABLE = {2}
 _FORMAT_CHANGES = {
     1: "format 1 stored the fused method's lambda_haadf as an absolute weight; it is now relative "
     "to the data's balance point, so those trials cannot be continued. Export it with the tomosweep "
@@ -104,6 +114,7 @@ class TrialRecord:
     info: Mapping[str, Any] = field(default_factory=dict)
     task_key: str = ""
     trial_id: int = -1
+    proposed_by: str = ""  # EI, LCB, PI (GP-Hedge), random or warm-start
 
     @property
     def ok(self) -> bool:
@@ -245,6 +256,7 @@ class SweepStore:
                     "param_names": list(param_names),
                     "elements": list(elements),
                     "n_committed": 0,
+                    "optimiser": {},
                 }
             )
             group.create_array("grid/n_haadf", data=np.asarray(n_haadf, dtype="int32"))
@@ -279,7 +291,10 @@ class SweepStore:
         if fmt != FORMAT:
             raise StoreError(f"{path} is a zarr group but not a tomosweep store (attribute format={fmt!r})")
         version = group.attrs.get("format_version")
-        if version != FORMAT_VERSION:
+        if version in _UPGRADABLE and writable:
+            group.attrs.update({"format_version": FORMAT_VERSION, "optimiser": {}})
+            version = FORMAT_VERSION
+        if version != FORMAT_VERSION and version not in _UPGRADABLE:
             why = _FORMAT_CHANGES.get(version, "")
             raise StoreError(
                 f"{path} has store format {version}; this tomosweep ({__version__}) reads format {FORMAT_VERSION}"
@@ -331,6 +346,10 @@ class SweepStore:
     def n_committed(self) -> int:
         return self._n_committed
 
+    def optimiser_state(self) -> dict[str, Any]:
+        """Each cell optimiser's committed state, keyed ``method/n_haadf/n_chem``."""
+        return dict(self._attrs.get("optimiser") or {})
+
     def __len__(self) -> int:
         return self._n_committed
 
@@ -349,8 +368,12 @@ class SweepStore:
         if self._lock is None:
             raise StoreError(f"{self.path} was opened read-only; only the driver that holds the lock writes")
 
-    def append(self, record: TrialRecord) -> int:
-        """Append one trial, commit it, and update the maps. Returns its trial id (row)."""
+    def append(self, record: TrialRecord, *, optimiser: Mapping[str, Any] | None = None) -> int:
+        """Append one trial, commit it, and update the maps. Returns its trial id (row).
+
+        ``optimiser`` (plain JSON, keyed ``method/n_haadf/n_chem``) updates the stored
+        optimiser states in the same attribute write as the commit point.
+        """
         self._require_writable()
         if record.method not in self.methods:
             raise StoreError(f"method {record.method!r} is not in this store ({', '.join(self.methods)})")
@@ -375,6 +398,7 @@ class SweepStore:
             "attempts": int(record.attempts),
             "finished_at": float(record.finished_at),
             "task_key": record.task_key,
+            "proposed_by": record.proposed_by,
             "info": _jsonable(record.info),
         }
         writes: list[tuple[Any, Any, Any]] = [
@@ -402,8 +426,11 @@ class SweepStore:
             writes.append((arrays["best_params"], ..., maps["best_params"]))
         _write_concurrently(writes)
         self._n_committed = row + 1
-        self._group.attrs["n_committed"] = self._n_committed  # the commit point
-        self._attrs["n_committed"] = self._n_committed
+        update: dict[str, Any] = {"n_committed": self._n_committed}
+        if optimiser:
+            update["optimiser"] = {**self.optimiser_state(), **_jsonable(optimiser)}
+        self._group.attrs.update(update)  # the commit point
+        self._attrs.update(update)
         return row
 
     def rebuild_maps(self) -> None:
@@ -501,6 +528,7 @@ class SweepStore:
                     info=meta.get("info", {}),
                     task_key=meta.get("task_key", ""),
                     trial_id=r,
+                    proposed_by=meta.get("proposed_by", ""),
                 )
             )
         return out

@@ -91,6 +91,20 @@ def _runner(study: Study, store: SweepStore, conn: Connection, **kwargs: Any) ->
     return Runner(study, store, conn.client, slots=conn.slots, resources=conn.resources, **kwargs)
 
 
+def _earlier_trials(path: PathLike | None, study: Study) -> list[TrialRecord]:
+    """The finished trials of an earlier study's store (``--warm-start``), checked to share a method."""
+    if path is None:
+        return []
+    with SweepStore.open(path) as other:
+        shared = sorted(set(other.methods) & set(study.methods))
+        if not shared:
+            raise StoreError(
+                f"--warm-start {path} has methods {', '.join(other.methods)}, none of this study's "
+                f"({', '.join(study.methods)}); its points cannot start any cell"
+            )
+        return [r for r in other.records() if r.ok and r.method in shared]
+
+
 def run_study(
     study: Study | PathLike,
     store: PathLike,
@@ -100,8 +114,12 @@ def run_study(
     progress: Progress | None = None,
     on_client: Callable[[Connection], None] | None = None,
     trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
+    warm_start: PathLike | None = None,
 ) -> RunSummary:
     """Create ``store`` for ``study`` and run its whole budget.
+
+    ``warm_start``: an earlier study's store whose best points start each cell (see
+    :func:`~tomosweep.sweep.runner.warm_points`).
 
     ``cluster``: a backend name or scheduler address that replaces the study's
     ``[cluster]`` choice (see :func:`with_cluster`). ``client``: an existing
@@ -116,6 +134,7 @@ def run_study(
     if store.exists():
         raise StoreError(f"{store} already exists. Resume it with `tomosweep resume {store}`, or choose a new --store.")
     elements = _elements(study)
+    earlier = _earlier_trials(warm_start, study)
     with _connect(study, client) as conn:
         if on_client:
             on_client(conn)
@@ -129,7 +148,7 @@ def run_study(
             n_haadf=study.acquisition.n_haadf,
             n_chem=study.acquisition.n_chem,
         ) as opened:
-            return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn).run()
+            return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 
 def stored_study(store: SweepStore) -> Study:
@@ -146,6 +165,7 @@ def resume_study(
     progress: Progress | None = None,
     on_client: Callable[[Connection], None] | None = None,
     trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
+    warm_start: PathLike | None = None,
 ) -> RunSummary:
     """Rebuild every optimiser from the stored trials and finish the budget.
 
@@ -168,6 +188,7 @@ def resume_study(
                 check_extension(stored, new)
         new = with_cluster(new, cluster)
         _check_device(new)
+        earlier = _earlier_trials(warm_start, new)
         # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
         with _connect(new, client) as conn:
             if new.content_hash() != stored.content_hash():
@@ -181,7 +202,7 @@ def resume_study(
                 opened.rebuild_maps()  # the driver may have died between a commit and its map update
             if on_client:
                 on_client(conn)
-            return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn).run()
+            return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 
 def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) -> str:

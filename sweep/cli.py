@@ -82,12 +82,27 @@ ClusterOption = Annotated[
 ]
 
 
+WarmStartOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--warm-start",
+        help="an earlier study's store: each cell's first points are the best points of its nearest "
+        "cell there (same method), before random draws",
+    ),
+]
+
+
 def _summary(summary: Any) -> None:
     state = "complete" if summary.complete else "incomplete"
     console.print(
         f"[green]{summary.n_new} new trials[/] in {summary.wall_time_s:.1f} s; store {summary.store} holds "
         f"{summary.n_trials} trials ({summary.n_failed} failed), budget {summary.budget}: {state}."
     )
+    for method, h, c in summary.exhausted:
+        console.print(
+            f"{method} at {h} HAADF × {c} chemical tilts: every point of its search space is evaluated; "
+            "the cell stopped early (the objective is deterministic, so repeating a point teaches nothing)."
+        )
 
 
 def _parse_cell(cell: str) -> tuple[int, int]:
@@ -104,11 +119,19 @@ def run(
     store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
     cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    warm_start: WarmStartOption = None,
 ) -> None:
     """Run a study: create STORE and spend the whole budget."""
     from tomosweep.sweep.api import run_study
 
-    summary = run_study(study, store, cluster=cluster, progress=None if quiet else RichProgress(), on_client=_connected)
+    summary = run_study(
+        study,
+        store,
+        cluster=cluster,
+        progress=None if quiet else RichProgress(),
+        on_client=_connected,
+        warm_start=warm_start,
+    )
     _summary(summary)
 
 
@@ -123,6 +146,7 @@ def resume(
     ] = False,
     cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    warm_start: WarmStartOption = None,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
     from tomosweep.sweep.api import resume_study
@@ -134,6 +158,7 @@ def resume(
         cluster=cluster,
         progress=None if quiet else RichProgress(),
         on_client=_connected,
+        warm_start=warm_start,
     )
     _summary(summary)
 
@@ -206,9 +231,7 @@ def methods() -> None:
     for method in METHODS.values():
         for p in method.params:
             empty = "searched" if p.searched else "fixed"
-            table.add_row(
-                method.name, p.name, p.kind, f"{p.default:g}", f"{p.low:g}–{p.high:g}", p.prior, empty, p.doc
-            )
+            table.add_row(method.name, p.name, p.kind, f"{p.default:g}", f"{p.low:g}–{p.high:g}", p.prior, empty, p.doc)
     out.print(table)
     out.print("A method table left empty (e.g. [methods.fused]) searches the parameters marked 'searched'.")
 

@@ -1,19 +1,38 @@
-"""One Bayesian optimiser per (method, cell), asynchronous by constant liar.
+"""One Bayesian optimiser per (method, cell): GP-Hedge, asynchronous by constant liar.
 
-scikit-optimize's ``Optimizer`` (GP, Matern kernel, ``acq_func="gp_hedge"``) is used
-as a *stateless* proposal function: for every new point a fresh optimiser is told all
-finished results plus, for each trial still running, a constant lie (Ginsbourger et
-al. 2010), in one ``tell(X, Y)``, and asked once. This is deliberate:
+The surrogate is scikit-optimize's Gaussian process (``cook_estimator("GP")``: Matern
+5/2 kernel with a white-noise term, normalised targets, the space scaled to [0, 1]),
+and the acquisition is GP-Hedge (Hoffman, Brochu & de Freitas 2011) as skopt defines
+it for ``acq_func="gp_hedge"``: after every fit each of EI, LCB and PI nominates the
+point that optimises it; one nominee is drawn with probability
+``softmax(eta · gains)``; and when the next model is fitted, each function's gain is
+reduced by that model's mean at the point it nominated (a function whose nominees
+turn out good keeps a high gain). The loop is written here, with skopt's public
+pieces (``cook_estimator``, ``gaussian_ei/lcb/pi``, ``Space``), because a study needs
+what skopt's ``Optimizer`` keeps private:
 
-- skopt's own ``ask(n_points)`` keeps its lies in a throw-away copy, and a plain
-  ``ask()`` without a ``tell`` returns the same cached point; keeping the pending set
-  here and applying the lie per point is what makes asynchronous asks diverse;
-- the zarr store is the source of truth, so resuming is the same call as asking;
-- each fit is O(n³); one fit per ask with ``model_queue_size=1`` keeps the driver lean.
+- **State in plain numbers.** The gains, the last nominees and the seed counter are a
+  small JSON dict (:meth:`CellOptimizer.state`) that the store commits with every
+  trial, so a resumed study continues with the optimiser state it stopped with.
+- **Asynchronous proposals.** Trials still running are told a constant lie
+  (Ginsbourger et al. 2010) for the proposal fit only, so asks made while others are
+  in flight are diverse. The gains are updated only with a model fitted on finished
+  results — a lie would reward the function whose nominee is still running — and only
+  when a result has arrived since the last update; with one trial at a time this is
+  exactly skopt's sequential GP-Hedge.
+- **No repeated points.** The objective is deterministic (every trial of a cell sees
+  the same data), so a point already evaluated or in flight is never proposed again;
+  a space of integers that has been evaluated everywhere is *exhausted* and
+  :meth:`CellOptimizer.ask` says so by returning ``None``.
+- **Warm starts.** The first points of a cell can be given (the best points of the
+  neighbouring cells, or of an earlier study) instead of random draws.
 
 Failed trials are told a penalty, the worst finished NRMSE of the cell (at least
-``PENALTY_FLOOR``, the NRMSE of an uncorrelated guess is √2), so the GP learns to
+``PENALTY_FLOOR``, above the √2 NRMSE of an uncorrelated guess), so the GP learns to
 avoid that region without one huge value flattening the surface.
+
+``sampler="random"`` turns the optimiser into random search over the same space (the
+baseline a user can run on their own problem).
 """
 
 from __future__ import annotations
@@ -22,17 +41,35 @@ import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 PENALTY_FLOOR = 1.5
+ACQ_FUNCS = ("EI", "LCB", "PI")
+_N_CANDIDATES = 10_000  # skopt's n_points
+_N_RESTARTS = 5  # skopt's n_restarts_optimizer for "lbfgs"
+_XI, _KAPPA = 0.01, 1.96  # skopt's defaults
+_SAME = 1e-9  # two points closer than this in the [0, 1] space are the same point
+
+Sampler = Literal["gp", "random"]
+AcqOptimizer = Literal["sampling", "lbfgs"]
 
 
 def derived_seed(*parts: Any) -> int:
     """A stable 32-bit seed from any printable parts (same inputs → same seed, any process)."""
     digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A point to evaluate and what proposed it: ``EI``/``LCB``/``PI`` (the GP-Hedge
+    member drawn), ``random``, or ``warm-start``."""
+
+    params: dict[str, float]
+    by: str
 
 
 class CellOptimizer:
@@ -44,12 +81,23 @@ class CellOptimizer:
         ``name -> (low, high, prior, kind)``, prior ``"log"`` or ``"linear"``, kind
         ``"real"`` or ``"int"``.
     n_initial
-        Random points before the GP takes over.
+        Points before the GP takes over (warm-start points first, then random).
     seed
         Seeds every random draw and every fit: the sequence of points depends only on
-        the seed and the order of results.
+        the seed, the warm-start points and the order of results.
     liar
-        ``cl_min`` (skopt's default), ``cl_mean`` or ``cl_max``.
+        The constant lie for trials in flight: ``cl_min`` (skopt's default), ``cl_mean``
+        or ``cl_max``.
+    sampler
+        ``"gp"`` (GP-Hedge) or ``"random"`` (random search, the baseline).
+    acq_optimizer
+        ``"lbfgs"``: L-BFGS-B from the best of 10 000 random candidates, as skopt's
+        ``"lbfgs"``; ``"sampling"``: the best of the candidates.
+    warm_start
+        Points (dicts of every searched name) to try first, in order; at most
+        ``n_initial - 1`` are used, so each cell draws at least one random point.
+    eta
+        GP-Hedge's learning rate (skopt's default 1).
     """
 
     def __init__(
@@ -59,8 +107,13 @@ class CellOptimizer:
         n_initial: int,
         seed: int,
         liar: Literal["cl_min", "cl_mean", "cl_max"] = "cl_min",
+        sampler: Sampler = "gp",
+        acq_optimizer: AcqOptimizer = "lbfgs",
+        warm_start: Sequence[Mapping[str, float]] = (),
+        eta: float = 1.0,
     ) -> None:
         from skopt.space import Integer, Real, Space
+        from skopt.utils import normalize_dimensions
 
         self.names = tuple(space)
         dims = []
@@ -70,16 +123,23 @@ class CellOptimizer:
                 dims.append(Integer(int(low), int(high), prior=skprior, name=name))
             else:
                 dims.append(Real(float(low), float(high), prior=skprior, name=name))
-        self._space = Space(dims)
-        self._dims = dims
+        self._space = Space(normalize_dimensions(dims))  # transform() maps onto [0, 1]^d
         self._is_int = tuple(isinstance(d, Integer) for d in dims)
+        self._size = math.prod(int(d.high) - int(d.low) + 1 for d in dims) if all(self._is_int) else math.inf
         self.n_initial = int(n_initial)
         self.seed = int(seed)
         self.liar = liar
+        self.sampler = sampler
+        self.acq_optimizer = acq_optimizer
+        self.eta = float(eta)
+        self.warm_start = [self._point(p) for p in warm_start][: max(0, self.n_initial - 1)]
         self.X: list[list[float]] = []
         self.Y: list[float | None] = []  # None = failed trial, told as a penalty
         self.pending: dict[Any, list[float]] = {}
         self.n_asked = 0
+        self.gains = np.zeros(len(ACQ_FUNCS))
+        self.nominees: np.ndarray | None = None  # (3, d) in [0, 1]^d, the last fit's
+        self._rewarded_at = 0  # finished results when the gains were last updated
 
     # ------------------------------------------------------------------ state
 
@@ -89,6 +149,10 @@ class CellOptimizer:
         self.X.append(self._point(params))
         self.Y.append(float(nrmse) if nrmse is not None and math.isfinite(nrmse) else None)
 
+    def set_warm_start(self, points: Sequence[Mapping[str, float]]) -> None:
+        """Replace the warm-start points (at most ``n_initial - 1`` are used)."""
+        self.warm_start = [self._point(p) for p in points][: max(0, self.n_initial - 1)]
+
     def forget(self, key: Any) -> None:
         """Drop a pending point without a result (its trial will be asked again)."""
         self.pending.pop(key, None)
@@ -97,6 +161,11 @@ class CellOptimizer:
     def n_told(self) -> int:
         return len(self.X)
 
+    @property
+    def exhausted(self) -> bool:
+        """Every point of a finite (all-integer) space is evaluated or in flight."""
+        return len(self._taken()) >= self._size
+
     def best(self) -> tuple[dict[str, float], float] | None:
         finished = [(y, x) for x, y in zip(self.X, self.Y, strict=True) if y is not None]
         if not finished:
@@ -104,19 +173,44 @@ class CellOptimizer:
         y, x = min(finished, key=lambda t: t[0])
         return dict(zip(self.names, x, strict=True)), y
 
+    def state(self) -> dict[str, Any]:
+        """The optimiser's own state as plain JSON numbers (the trials are stored apart)."""
+        return {
+            "n_asked": self.n_asked,
+            "gains": [float(g) for g in self.gains],
+            "nominees": None if self.nominees is None else self.nominees.tolist(),
+            "rewarded_at": self._rewarded_at,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state` (after the stored trials have been told)."""
+        self.n_asked = int(state["n_asked"])
+        gains = np.asarray(state["gains"], dtype=float)
+        if gains.shape != (len(ACQ_FUNCS),) or not np.all(np.isfinite(gains)):
+            raise ValueError(f"stored GP-Hedge gains must be {len(ACQ_FUNCS)} finite numbers, got {state['gains']!r}")
+        self.gains = gains
+        nominees = state.get("nominees")
+        self.nominees = None if nominees is None else np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
+        self._rewarded_at = int(state.get("rewarded_at", 0))
+
     def _point(self, params: Mapping[str, float]) -> list[float]:
         return [
             int(round(params[name])) if is_int else float(params[name])
             for name, is_int in zip(self.names, self._is_int, strict=True)
         ]
 
+    def _taken(self) -> set[tuple[float, ...]]:
+        return {tuple(x) for x in self.X} | {tuple(x) for x in self.pending.values()}
+
+    def _finished(self) -> list[float]:
+        return [y for y in self.Y if y is not None]
+
     def _told_values(self) -> list[float]:
-        finished = [y for y in self.Y if y is not None]
-        penalty = max([PENALTY_FLOOR, *finished])
+        penalty = max([PENALTY_FLOOR, *self._finished()])
         return [y if y is not None else penalty for y in self.Y]
 
     def _lie(self, told: Sequence[float]) -> float:
-        finished = [y for y in self.Y if y is not None] or list(told)
+        finished = self._finished() or list(told)
         if self.liar == "cl_min":
             return min(finished)
         if self.liar == "cl_max":
@@ -125,37 +219,143 @@ class CellOptimizer:
 
     # ------------------------------------------------------------------ asking
 
-    def ask(self, key: Any = None) -> dict[str, float]:
-        """A new point; it stays pending under ``key`` until :meth:`tell` or :meth:`forget`."""
+    def ask(self, key: Any = None) -> Proposal | None:
+        """A new point, pending under ``key`` until :meth:`tell` or :meth:`forget`;
+        ``None`` when the space is exhausted."""
+        if self.exhausted:
+            return None
         seed = derived_seed(self.seed, self.n_asked)
         self.n_asked += 1
-        if self.n_told + len(self.pending) < self.n_initial or self.n_told == 0:
-            point = self._space.rvs(n_samples=1, random_state=seed)[0]
-        else:
-            point = self._gp_point(seed)
-        point = [int(v) if is_int else float(v) for v, is_int in zip(point, self._is_int, strict=True)]
+        taken = self._taken()
+        in_start = self.n_told + len(self.pending) < self.n_initial or not self._finished()
+        point, by = None, "random"
+        if in_start:
+            if self.n_told + len(self.pending) < self.n_initial - 1:  # the last initial point is random
+                point = next((p for p in self.warm_start if tuple(p) not in taken), None)
+                by = "warm-start" if point is not None else "random"
+        elif self.sampler == "gp":
+            point, by = self._gp_point(seed, taken)
+        if point is None:
+            point = self._random_point(seed, taken)
         self.pending[key] = point
-        return dict(zip(self.names, point, strict=True))
+        return Proposal(dict(zip(self.names, point, strict=True)), by)
 
-    def _gp_point(self, seed: int) -> list[Any]:
-        from skopt import Optimizer
+    def _cast(self, point: Sequence[Any]) -> list[float]:
+        return [int(round(v)) if is_int else float(v) for v, is_int in zip(point, self._is_int, strict=True)]
 
-        told = self._told_values()
-        lie = self._lie(told)
-        X = self.X + list(self.pending.values())
-        Y = told + [lie] * len(self.pending)
-        opt = Optimizer(
-            self._dims,
-            base_estimator="GP",
-            acq_func="gp_hedge",
-            acq_optimizer="sampling",
-            n_initial_points=0,
-            random_state=seed,
-            model_queue_size=1,
-        )
+    def _random_point(self, seed: int, taken: set[tuple[float, ...]]) -> list[float]:
+        rng = np.random.default_rng(seed)
+        for _ in range(100):
+            draws = self._space.rvs(n_samples=64, random_state=int(rng.integers(2**31)))
+            for draw in draws:
+                point = self._cast(draw)
+                if tuple(point) not in taken:
+                    return point
+        # a nearly exhausted integer space: enumerate what is left
+        return self._cast(self._space.inverse_transform(self._untaken(taken)[:1])[0])
+
+    def _untaken(self, taken: set[tuple[float, ...]]) -> np.ndarray:
+        import itertools
+
+        grid = itertools.product(*(range(int(d.low), int(d.high) + 1) for d in self._space.dimensions))
+        return self._space.transform([list(p) for p in grid if tuple(p) not in taken])
+
+    def _fit(self, X: list[list[float]], Y: list[float], seed: int) -> Any:
+        from skopt.utils import cook_estimator
+
+        model = cook_estimator("GP", space=self._space, random_state=seed)
         with warnings.catch_warnings():
-            # a repeated point ("evaluated before") and GP hyper-parameter convergence
-            # notes are expected on small, noisy data and are not errors
+            # GP hyper-parameter convergence notes are expected on small, noisy data
             warnings.simplefilter("ignore")
-            opt.tell(X, Y)
-            return list(opt.ask())
+            model.fit(self._space.transform(X), Y)
+        return model
+
+    def _reward(self, told: list[float], model: Any | None, seed: int) -> None:
+        """GP-Hedge's gain update, with a model of the finished results only."""
+        n_finished = len(self.Y)
+        if self.nominees is None or n_finished <= self._rewarded_at:
+            return
+        if model is None:
+            model = self._fit(self.X, told, seed)
+        self.gains = self.gains - model.predict(self.nominees)
+        self._rewarded_at = n_finished
+
+    def _gp_point(self, seed: int, taken: set[tuple[float, ...]]) -> tuple[list[float] | None, str]:
+        told = self._told_values()
+        X = self.X + list(self.pending.values())
+        Y = told + [self._lie(told)] * len(self.pending)
+        model = self._fit(X, Y, seed)
+        self._reward(told, None if self.pending else model, derived_seed(seed, "reward"))
+
+        rng = np.random.default_rng(seed)
+        if math.isfinite(self._size) and self._size <= _N_CANDIDATES:
+            candidates = self._untaken(taken)  # a small integer space: every point left
+        else:
+            candidates = self._space.transform(self._space.rvs(_N_CANDIDATES, random_state=int(rng.integers(2**31))))
+        taken_t = self._space.transform([list(p) for p in taken])
+        y_opt = float(np.min(Y))
+        nominees, points = [], []
+        for acq in ACQ_FUNCS:
+            x = self._optimise(acq, model, y_opt, candidates, taken_t)
+            nominees.append(x)
+            points.append(None if x is None else self._cast(self._space.inverse_transform(x[None, :])[0]))
+        valid = [i for i, p in enumerate(points) if p is not None and tuple(p) not in taken]
+        if not valid:
+            return None, "random"
+        # a nominee that could not be placed keeps its slot at the best candidate, so
+        # every function is still scored at the next update
+        fallback = nominees[valid[0]]
+        self.nominees = np.array([x if x is not None else fallback for x in nominees])
+        logits = self.gains - self.gains.max()
+        probs = np.exp(self.eta * logits)
+        probs[[i for i in range(len(ACQ_FUNCS)) if i not in valid]] = 0.0
+        probs /= probs.sum()
+        choice = int(rng.choice(len(ACQ_FUNCS), p=probs))
+        return points[choice], ACQ_FUNCS[choice]
+
+    def _acq_values(self, acq: str, model: Any, y_opt: float, X: np.ndarray, grad: bool = False) -> Any:
+        """The acquisition to *minimise* (skopt's convention: −EI, LCB, −PI)."""
+        from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
+
+        if acq == "LCB":
+            return gaussian_lcb(X, model, kappa=_KAPPA, return_grad=grad)
+        fn = gaussian_ei if acq == "EI" else gaussian_pi
+        out = fn(X, model, y_opt=y_opt, xi=_XI, return_grad=grad)
+        if grad:
+            value, gradient = out
+            return -value, -gradient
+        return -out
+
+    def _optimise(
+        self, acq: str, model: Any, y_opt: float, candidates: np.ndarray, taken: np.ndarray
+    ) -> np.ndarray | None:
+        values = np.asarray(self._acq_values(acq, model, y_opt, candidates), dtype=float)
+        order = np.argsort(values)
+        if self.acq_optimizer == "lbfgs" and not all(self._is_int):
+            from scipy.optimize import fmin_l_bfgs_b
+
+            def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+                value, gradient = self._acq_values(acq, model, y_opt, x[None, :], grad=True)
+                return float(np.ravel(value)[0]), np.ravel(gradient)
+
+            bounds = [(0.0, 1.0)] * candidates.shape[1]
+            runs = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for x0 in candidates[order[:_N_RESTARTS]]:
+                    x, f, _ = fmin_l_bfgs_b(objective, x0, bounds=bounds, maxiter=20)
+                    runs.append((f, np.clip(x, 0.0, 1.0)))
+            for _, x in sorted(runs, key=lambda r: r[0]):
+                if not self._is_taken(x, taken):
+                    return x
+        for index in order:
+            if not self._is_taken(candidates[index], taken):
+                return candidates[index]
+        return None
+
+    def _is_taken(self, x: np.ndarray, taken: np.ndarray) -> bool:
+        if taken.size == 0:
+            return False
+        point = self._cast(self._space.inverse_transform(x[None, :])[0])
+        back = self._space.transform([point])[0]
+        return bool(np.min(np.max(np.abs(taken - back), axis=1)) < _SAME)

@@ -3,7 +3,14 @@
 One :class:`~tomosweep.sweep.optimizer.CellOptimizer` per (method, cell) proposes
 points; the runner submits trials as Dask tasks across all cells at once (the cell
 with the fewest trials asked goes next), and as each finishes it appends the record
-to the store (the commit point), tells the optimiser, and refills the queue.
+to the store together with the optimisers' new state (the commit point), tells the
+optimiser, and refills the queue.
+
+Knowledge shared across cells: while a cell is in its initial phase, its first points
+are the best points of its neighbouring cells of the same method (the 8 around it on
+the tilt grid) that have left their own initial phase, best first, then the best
+points of the nearest cell of an earlier study (``warm_from``); only then random draws
+(``[budget] warm_start``). A cell whose finite space is exhausted stops early.
 
 Failures, in the words of the store:
 
@@ -29,7 +36,7 @@ from typing import Any, Protocol
 from tomosweep.errors import ClusterError
 from tomosweep.results import FAILED, SweepStore, TrialRecord
 from tomosweep.sweep.methods import METHODS
-from tomosweep.sweep.optimizer import CellOptimizer, derived_seed
+from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
 from tomosweep.sweep.trial import TrialTask, run_trial
 
@@ -56,10 +63,12 @@ class RunSummary:
     n_failed: int
     budget: int
     wall_time_s: float
+    exhausted: tuple[Key, ...] = ()  # cells whose whole (finite) space was evaluated
+    exhausted_unused: int = 0  # budget those cells did not need
 
     @property
     def complete(self) -> bool:
-        return self.n_trials >= self.budget
+        return self.n_trials + self.exhausted_unused >= self.budget
 
 
 @dataclass
@@ -68,10 +77,17 @@ class _Ticket:
     params: dict[str, float]
     ask_id: int
     attempt: int = 1
+    proposed_by: str = ""
+
+
+def state_key(key: Key) -> str:
+    """How a cell's optimiser state is keyed in the store (``method/n_haadf/n_chem``)."""
+    return "/".join(str(v) for v in key)
 
 
 def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer]:
-    """One optimiser per (method, cell), told every stored trial of that cell (resume)."""
+    """One optimiser per (method, cell), told every stored trial of that cell and
+    given its stored state (resume)."""
     opts: dict[Key, CellOptimizer] = {}
     for method in study.methods:
         space = {}
@@ -83,14 +99,72 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
                 n_initial=study.budget.initial_points,
                 seed=derived_seed(study.seed, "optimiser", method, h, c),
                 liar=study.budget.liar,
+                sampler=study.budget.sampler,
             )
     for record in store.records():
         opt = opts.get((record.method, record.n_haadf, record.n_chem))
         if opt is not None:
             opt.tell(record.params, record.nrmse if record.ok else None)
-    for opt in opts.values():
-        opt.n_asked = opt.n_told  # continue the seed sequence after the stored trials
+    states = store.optimiser_state()
+    for key, opt in opts.items():
+        state = states.get(state_key(key))
+        if state is None:
+            opt.n_asked = opt.n_told  # a store without state: continue the seed sequence
+            continue
+        try:
+            opt.restore(state)
+        except (KeyError, TypeError, ValueError) as exc:
+            from tomosweep.errors import StoreError
+
+            raise StoreError(
+                f"{store.path}: the stored optimiser state of {state_key(key)} is damaged ({exc}); "
+                "`tomosweep check --repair` resets it"
+            ) from None
     return opts
+
+
+def neighbours(key: Key, cells: list[tuple[int, int]]) -> list[Key]:
+    """The cells of the same method around ``key`` on the tilt grid (8-neighbourhood)."""
+    method, h, c = key
+    hs = sorted({cell[0] for cell in cells})
+    cs = sorted({cell[1] for cell in cells})
+    i, j = hs.index(h), cs.index(c)
+    out = []
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if (di or dj) and 0 <= i + di < len(hs) and 0 <= j + dj < len(cs):
+                out.append((method, hs[i + di], cs[j + dj]))
+    return out
+
+
+def warm_points(
+    key: Key, opts: dict[Key, CellOptimizer], cells: list[tuple[int, int]], earlier: list[TrialRecord]
+) -> list[dict[str, float]]:
+    """The points a cell in its initial phase starts from: its informed neighbours'
+    bests (best first), then the best points of the nearest cell of an earlier study."""
+    bests = []
+    for other in neighbours(key, cells):
+        opt = opts.get(other)
+        if opt is None or opt.n_told < opt.n_initial:
+            continue
+        found = opt.best()
+        if found is not None:
+            bests.append((found[1], found[0]))
+    points = [p for _, p in sorted(bests, key=lambda t: t[0])]
+    method, h, c = key
+    same = [r for r in earlier if r.method == method and r.ok]
+    if same:
+        names = opts[key].names
+        usable = [r for r in same if all(n in r.params for n in names)]
+        if usable:
+            # nearest cell in log tilt counts (a study on another grid maps onto this one)
+            def distance(r: TrialRecord) -> float:
+                return abs(math.log((r.n_haadf + 1) / (h + 1))) + abs(math.log((r.n_chem + 1) / (c + 1)))
+
+            nearest = min(distance(r) for r in usable)
+            cell_records = sorted((r for r in usable if distance(r) == nearest), key=lambda r: r.nrmse)
+            points += [{n: r.params[n] for n in names} for r in cell_records]
+    return points
 
 
 class Runner:
@@ -108,6 +182,7 @@ class Runner:
         queue_extra: int = 1,
         slots: int | None = None,
         resources: dict[str, float] | None = None,
+        warm_from: list[TrialRecord] | None = None,
     ) -> None:
         self.study = study
         self.store = store
@@ -118,6 +193,7 @@ class Runner:
         self.queue_extra = queue_extra
         self.slots = slots
         self.resources = resources
+        self.warm_from = list(warm_from or [])
         self._study_json = json.dumps(study.to_json(), sort_keys=True)
         self._seq = itertools.count()
         self._capacity_at = -math.inf
@@ -163,10 +239,13 @@ class Runner:
 
         active: dict[Any, _Ticket] = {}
         deaths: dict[int, int] = {}
+        exhausted: set[Key] = set()
+        dirty: set[Key] = set()  # cells whose optimiser state changed since the last commit
+        cells = list(study.cells)
         queue = as_completed()
 
         def next_key() -> Key | None:
-            open_keys = [k for k, o in opts.items() if o.n_told + len(o.pending) < budget_per]
+            open_keys = [k for k, o in opts.items() if k not in exhausted and o.n_told + len(o.pending) < budget_per]
             if not open_keys:
                 return None
             return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
@@ -186,9 +265,16 @@ class Runner:
                 if key is None:
                     return
                 ask_id = next(self._seq)
-                searched = opts[key].ask(ask_id)
+                opt = opts[key]
+                if study.budget.warm_start and opt.n_told + len(opt.pending) < opt.n_initial:
+                    opt.set_warm_start(warm_points(key, opts, cells, self.warm_from))
+                proposal: Proposal | None = opt.ask(ask_id)
+                dirty.add(key)
+                if proposal is None:
+                    exhausted.add(key)
+                    continue
                 # the trial and its record carry the full setting; the optimiser reads its own names
-                submit(_Ticket(key, {**self.study.fixed(key[0]), **searched}, ask_id))
+                submit(_Ticket(key, {**self.study.fixed(key[0]), **proposal.params}, ask_id, proposed_by=proposal.by))
 
         try:
             fill()
@@ -199,9 +285,13 @@ class Runner:
                 if record is None:  # resubmitted after a worker death
                     submit(ticket)
                     continue
-                store.append(replace(record, task_key=str(future.key)))
                 opt = opts[ticket.key]
                 opt.tell(ticket.params, record.nrmse if record.ok else None, key=ticket.ask_id)
+                store.append(
+                    replace(record, task_key=str(future.key), proposed_by=ticket.proposed_by),
+                    optimiser={state_key(k): opts[k].state() for k in dirty},
+                )
+                dirty.clear()
                 in_grid += 1
                 failed += 0 if record.ok else 1
                 if record.ok and (best is None or record.nrmse < best):
@@ -221,6 +311,8 @@ class Runner:
             n_failed=failed,
             budget=total,
             wall_time_s=time.perf_counter() - t0,
+            exhausted=tuple(sorted(exhausted)),
+            exhausted_unused=sum(max(0, budget_per - opts[k].n_told) for k in exhausted),
         )
 
     def _outcome(self, future: Any, ticket: _Ticket, deaths: dict[int, int], killed: type) -> TrialRecord | None:

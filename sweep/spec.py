@@ -120,12 +120,20 @@ class AcquisitionSpec(BaseModel):
 
 
 class BudgetSpec(BaseModel):
-    """Trials per (cell, method); the first ``initial_points`` are random, the rest GP-guided."""
+    """Trials per (cell, method) and how they are chosen.
+
+    The first ``initial_points`` come from the best points of the neighbouring cells
+    (``warm_start``, when they have any) and random draws; the rest from GP-Hedge
+    (``sampler = "gp"``) or more random draws (``"random"``, the baseline). ``liar`` is
+    the constant lie told for trials in flight.
+    """
 
     model_config = _FORBID
     trials_per_cell: int = Field(ge=1, le=100000)
     initial_points: int = Field(5, ge=1)
     liar: Literal["cl_min", "cl_mean", "cl_max"] = "cl_min"
+    sampler: Literal["gp", "random"] = "gp"
+    warm_start: bool = True
 
     @model_validator(mode="after")
     def _initial_le_budget(self) -> BudgetSpec:
@@ -353,7 +361,9 @@ def check_extension(stored: Study, new: Study) -> list[str]:
     if {k: v for k, v in budget_a.items() if k != "trials_per_cell"} != {
         k: v for k, v in budget_b.items() if k != "trials_per_cell"
     }:
-        raise SpecError("budget.initial_points and budget.liar must stay as stored; only trials_per_cell may grow")
+        raise SpecError(
+            "budget.initial_points, liar, sampler and warm_start must stay as stored; only trials_per_cell may grow"
+        )
     if budget_b["trials_per_cell"] < budget_a["trials_per_cell"]:
         raise SpecError(
             f"budget.trials_per_cell may only grow (stored {budget_a['trials_per_cell']}, "

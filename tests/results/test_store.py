@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -155,3 +156,32 @@ def test_grid_growth_keeps_trials(tmp_path):
             store.update_study(spec={}, spec_hash="x", n_haadf=[5], n_chem=[3, 6])
     reopened = SweepStore.open(path)
     assert reopened.n_haadf == (5, 9, 12) and reopened.spec_hash == "def" and len(reopened) == 2
+
+
+def test_optimiser_state_commits_with_its_trial_and_the_proposer_is_kept(tmp_path):
+    with new_store(tmp_path / "s.zarr") as store:
+        store.append(replace(record(), proposed_by="EI"), optimiser={"sirt/5/3": {"gains": [0.0, -1.5, 2.0]}})
+        store.append(record(nrmse=0.4), optimiser={"fused/9/3": {"gains": [1.0, 0.0, 0.0]}})
+    reopened = SweepStore.open(tmp_path / "s.zarr")
+    assert reopened.optimiser_state() == {
+        "sirt/5/3": {"gains": [0.0, -1.5, 2.0]},
+        "fused/9/3": {"gains": [1.0, 0.0, 0.0]},
+    }
+    assert [r.proposed_by for r in reopened.records()] == ["EI", ""]
+
+
+def test_a_format_2_store_is_read_and_upgraded_when_opened_for_writing(tmp_path):
+    path = tmp_path / "old.zarr"
+    with new_store(path) as store:
+        store.append(record())
+    group = zarr.open_group(path, mode="r+")
+    group.attrs["format_version"] = 2
+    del group.attrs["optimiser"]
+    assert SweepStore.open(path).optimiser_state() == {}  # read-only: as it is
+    assert zarr.open_group(path, mode="r").attrs["format_version"] == 2
+    with SweepStore.open(path, writable=True) as store:
+        assert len(store.records()) == 1
+    assert zarr.open_group(path, mode="r").attrs["format_version"] == 3
+    group.attrs["format_version"] = 1
+    with pytest.raises(StoreError, match="format 1.*absolute weight"):
+        SweepStore.open(path)

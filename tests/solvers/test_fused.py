@@ -288,14 +288,27 @@ def test_best_relative_lambda_haadf_carries_over_sizes_and_specimens():
         for n in (32, 48, 64):
             elements, truth, haadf_op, haadf, chem_op, chem, eps = _slab_acquisition(name, n)
             start = fused_start(
-                chem_op, chem, haadf_projector=haadf_op, haadf_tilt_series=haadf, elements=elements, eps=eps,
+                chem_op,
+                chem,
+                haadf_projector=haadf_op,
+                haadf_tilt_series=haadf,
+                elements=elements,
+                eps=eps,
                 haadf_scale=None,
             )
             scores = [
                 nrmse(
                     fused(
-                        haadf_op, haadf, chem_op, chem, elements, lambda_haadf=lam, lambda_tv=1.0, n_iter=100,
-                        eps=eps, start=start,
+                        haadf_op,
+                        haadf,
+                        chem_op,
+                        chem,
+                        elements,
+                        lambda_haadf=lam,
+                        lambda_tv=1.0,
+                        n_iter=100,
+                        eps=eps,
+                        start=start,
                     ).volume,
                     truth,
                     channel_axis=0,

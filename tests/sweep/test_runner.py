@@ -193,3 +193,77 @@ def test_hebt_runs_on_a_grid_whose_chemical_tilts_are_not_haadf_tilts():
     assert record.status == OK, record.error
     assert 0 < record.nrmse < 1.5
     _cell_data_cached.cache_clear()
+
+
+def _sequential(study, path, client, **kw):
+    """Run a study one trial at a time (capacity 1), as the GP-Hedge resume contract is stated for."""
+    from tomosweep.sweep.runner import Runner
+
+    spec = study_from_dict(study)
+    opener = SweepStore.open(path, writable=True) if path.exists() else None
+    store = opener or SweepStore.create(
+        path,
+        spec=spec.to_json(),
+        spec_hash=spec.content_hash(),
+        methods=list(spec.methods),
+        param_names=spec.param_names,
+        elements=["Co", "Cu", "O", "Au"],
+        n_haadf=spec.acquisition.n_haadf,
+        n_chem=spec.acquisition.n_chem,
+    )
+    with store:
+        return Runner(spec, store, client, trial_fn=trial_hooks.synthetic_trial, slots=1, queue_extra=0, **kw).run()
+
+
+def _fused_only(budget: int) -> dict:
+    return tiny_study(
+        acquisition={"n_haadf": [9], "n_chem": [3]},
+        methods={"fused": {"lambda_haadf": {"low": 0.1, "high": 10.0}, "lambda_tv": {"low": 0.1, "high": 10.0}}},
+        budget={"trials_per_cell": budget, "initial_points": 3},
+    )
+
+
+def test_a_resumed_study_continues_with_the_same_optimiser_state(tmp_path, client):
+    _sequential(_fused_only(9), tmp_path / "straight.zarr", client)
+    _sequential(_fused_only(5), tmp_path / "split.zarr", client)
+    with SweepStore.open(tmp_path / "split.zarr") as store:
+        state = store.optimiser_state()["fused/9/3"]
+        assert state["n_asked"] == 5 and len(state["gains"]) == 3 and state["nominees"] is not None
+    _sequential(_fused_only(9), tmp_path / "split.zarr", client)  # the extended budget: 4 more
+    straight = SweepStore.open(tmp_path / "straight.zarr")
+    split = SweepStore.open(tmp_path / "split.zarr")
+    assert [r.params for r in split.records()] == [r.params for r in straight.records()]
+    assert [r.proposed_by for r in split.records()] == [r.proposed_by for r in straight.records()]
+    assert split.optimiser_state() == straight.optimiser_state()
+    bys = [r.proposed_by for r in straight.records()]
+    assert bys[:3] == ["random"] * 3 and set(bys[3:]) <= {"EI", "LCB", "PI"}
+
+
+def test_a_cell_whose_space_is_exhausted_stops_early_and_says_so(tmp_path, client):
+    study = tiny_study(
+        acquisition={"n_haadf": [9], "n_chem": [3]},
+        methods={"sirt": {"n_iter": {"low": 2, "high": 4, "prior": "linear"}}},
+        budget={"trials_per_cell": 8, "initial_points": 2},
+    )
+    summary = run_study(
+        study_from_dict(study), tmp_path / "e.zarr", client=client, trial_fn=trial_hooks.synthetic_trial
+    )
+    assert summary.n_trials == 3 and summary.exhausted == (("sirt", 9, 3),) and summary.complete
+    points = sorted(r.params["n_iter"] for r in SweepStore.open(tmp_path / "e.zarr").records())
+    assert points == [2, 3, 4]
+
+
+def test_warm_start_from_an_earlier_study_starts_each_cell_at_its_best_points(tmp_path, client):
+    first = _fused_only(6)
+    run_study(study_from_dict(first), tmp_path / "a.zarr", client=client, trial_fn=trial_hooks.synthetic_trial)
+    earlier = sorted((r for r in SweepStore.open(tmp_path / "a.zarr").records()), key=lambda r: r.nrmse)
+    second = _fused_only(4)
+    second["acquisition"] = {"n_haadf": [9, 12], "n_chem": [3]}  # 12 HAADF tilts: nearest cell is 9 × 3
+    second["seed"] = 11
+    _sequential(second, tmp_path / "b.zarr", client, warm_from=earlier)
+    records = SweepStore.open(tmp_path / "b.zarr").records()
+    for h in (9, 12):
+        cell = [r for r in records if r.n_haadf == h]
+        assert [r.proposed_by for r in cell[:2]] == ["warm-start", "warm-start"]
+        assert [r.params for r in cell[:2]] == [r.params for r in earlier[:2]]
+        assert cell[2].proposed_by == "random"

@@ -47,3 +47,8 @@ def suicidal_trial(task: TrialTask) -> TrialRecord:
     if task.method == "sirt" and task.params["n_iter"] > 20:
         os._exit(1)
     return _synthetic(task)
+
+
+def synthetic_trial(task: TrialTask) -> TrialRecord:
+    """Instant and deterministic: for runner tests that count points, not physics."""
+    return _synthetic(task)
