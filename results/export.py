@@ -1,4 +1,5 @@
-"""Exports of a sweep store: NRMSE heatmaps, best-params table, trials CSV/Parquet, convergence.
+"""Exports of a sweep store: NRMSE heatmaps, best-weights maps, trials CSV/Parquet,
+convergence, and the optimiser's view of one cell's objective.
 
 Everything is read through :class:`~tomosweep.results.store.SweepStore`. The heatmap
 follows Schwartz 2024 Fig. 4a: one panel per method, chemical tilts along x, HAADF
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,8 @@ def trials_frame(store: SweepStore) -> Any:
         frame[name] = cols["params"][:, k] if n else np.array([])
     frame["iterations"] = cols["iterations"]
     frame["wall_time_s"] = cols["wall_time_s"]
-    for field in ("worker", "device", "attempts", "finished_at", "error"):
-        frame[field] = [m.get(field) for m in meta]
+    for field in ("worker", "device", "attempts", "finished_at", "error", "proposed_by"):
+        frame[field] = [m.get(field, "") for m in meta]
     frame["final_costs"] = [json.dumps(m.get("info", {}).get("final_costs", {})) for m in meta]
     return pd.DataFrame(frame)
 
@@ -166,8 +168,96 @@ def convergence_figure(store: SweepStore) -> Any:
     return fig
 
 
-def export(store: SweepStore, out: str | os.PathLike[str]) -> list[Path]:
-    """Write every export of ``store`` into ``out`` (created); return the files written."""
+def searched_ranges(store: SweepStore, method: str) -> dict[str, dict[str, Any]]:
+    """The parameters ``method`` searched in this study, with their stored ranges."""
+    table = store.spec.get("methods", {}).get(method, {})
+    return {name: value for name, value in table.items() if isinstance(value, dict)}
+
+
+def best_weights_figure(store: SweepStore, method: str) -> Any:
+    """One map per searched parameter: the best trial's value in every cell (same layout
+    as the NRMSE heatmap), so a drift of the best weights over the tilt grid shows."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    plt = _pyplot()
+    ranges = searched_ranges(store, method)
+    best = store.maps(method)["best_params"]
+    n_h, n_c = len(store.n_haadf), len(store.n_chem)
+    width = max(3.2, 0.75 * n_c + 1.9)
+    fig, axes = plt.subplots(
+        1,
+        len(ranges),
+        figsize=(width * len(ranges) + 0.5, max(3.2, 0.6 * n_h + 1.8)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, (name, rng) in zip(axes[0], ranges.items(), strict=True):
+        grid = best[:, :, store.param_names.index(name)]
+        low, high = float(rng["low"]), float(rng["high"])
+        norm = LogNorm(low, high) if rng.get("prior") == "log" and low > 0 else Normalize(low, high)
+        image = ax.imshow(grid, origin="lower", cmap="cividis", norm=norm, aspect="auto")
+        for i in range(n_h):
+            for j in range(n_c):
+                value = grid[i, j]
+                text = "–" if not np.isfinite(value) else f"{value:.3g}"
+                light = np.isfinite(value) and sum(image.cmap(norm(value))[:3]) > 1.5
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="k" if light or not np.isfinite(value) else "w",
+                )
+        ax.set_xticks(range(n_c), [str(v) for v in store.n_chem])
+        ax.set_yticks(range(n_h), [str(v) for v in store.n_haadf])
+        ax.set_xlabel("chemical tilts")
+        ax.set_title(name)
+        fig.colorbar(image, ax=ax, shrink=0.85)
+    axes[0, 0].set_ylabel("HAADF tilts")
+    fig.suptitle(f"{method}: best weights over the tilt grid")
+    return fig
+
+
+def objective_figure(result: Any, prior: Mapping[str, str], title: str) -> Any:
+    """The optimiser's view of one cell's objective: skopt's ``plot_objective`` (partial
+    dependence of the GP mean over every pair of searched parameters, the trials as
+    dots, the best as a star) for a fitted skopt ``OptimizeResult``; with one searched
+    parameter, the GP mean along it with the trials."""
+    plt = _pyplot()
+    names = [d.name for d in result.space.dimensions]
+    if len(names) == 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        grid = np.linspace(0.0, 1.0, 200)[:, None]
+        xs = [p[0] for p in result.space.inverse_transform(grid)]
+        ax.plot(xs, result.models[-1].predict(grid), label="GP mean")
+        ax.plot([x[0] for x in result.x_iters], result.func_vals, "k.", label="trials")
+        ax.set_xscale("log" if prior.get(names[0]) == "log" else "linear")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel("mean NRMSE")
+        ax.legend(fontsize=8)
+    else:
+        from skopt.plots import plot_objective
+
+        axes = plot_objective(result, dimensions=names, n_points=30)
+        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+    fig.suptitle(title)
+    return fig
+
+
+def export(
+    store: SweepStore,
+    out: str | os.PathLike[str],
+    *,
+    cell: tuple[int, int] | None = None,
+    surrogates: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write every export of ``store`` into ``out`` (created); return the files written.
+
+    ``surrogates`` maps a method to the fitted skopt result of ``cell`` (see
+    :func:`objective_figure`); the sweep layer builds them, this module only draws.
+    """
     plt = _pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,4 +278,21 @@ def export(store: SweepStore, out: str | os.PathLike[str]) -> list[Path]:
     fig.savefig(out / "convergence.png", dpi=120)
     written.append(out / "convergence.png")
     plt.close(fig)
+    for method in store.methods:
+        if not searched_ranges(store, method):
+            continue
+        fig = best_weights_figure(store, method)
+        fig.savefig(out / f"best_weights_{method}.png", dpi=120)
+        written.append(out / f"best_weights_{method}.png")
+        plt.close(fig)
+        if cell is not None and surrogates and method in surrogates:
+            ranges = searched_ranges(store, method)
+            prior = {name: str(rng.get("prior", "linear")) for name, rng in ranges.items()}
+            n = len(surrogates[method].x_iters)
+            title = f"{method} at {cell[0]} HAADF × {cell[1]} chemical tilts: the GP's view of {n} trials"
+            fig = objective_figure(surrogates[method], prior, title)
+            path = out / f"objective_{method}_{cell[0]}x{cell[1]}.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+            plt.close(fig)
     return written

@@ -229,12 +229,38 @@ def study_status(store: PathLike) -> Any:
     return frame
 
 
-def export_store(store: PathLike, out: PathLike) -> list[Path]:
-    """Write heatmaps (PNG+SVG), best-params table, trials CSV/Parquet and convergence plots."""
+def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
+    """Per method, a GP fitted on one cell's stored trials (what its optimiser sees)."""
+    from tomosweep.sweep.methods import METHODS
+    from tomosweep.sweep.optimizer import CellOptimizer
+
+    store.cell_index(*cell)  # a clear error for a cell off the grid
+    study = stored_study(store)
+    records = store.records()
+    out = {}
+    for method in study.methods:
+        ranges = study.searched(method)
+        space = {n: (r.low, r.high, r.prior, METHODS[method].param(n).kind) for n, r in ranges.items()}
+        opt = CellOptimizer(space, n_initial=1, seed=study.seed)
+        for r in records:
+            if r.method == method and r.cell == tuple(cell):
+                opt.tell(r.params, r.nrmse if r.ok else None)
+        if opt.n_told < 2:
+            raise StoreError(
+                f"{method} has {opt.n_told} trial(s) at {cell[0]} × {cell[1]}; the objective plot needs at least 2"
+            )
+        out[method] = opt.surrogate()
+    return out
+
+
+def export_store(store: PathLike, out: PathLike, *, cell: tuple[int, int] | None = None) -> list[Path]:
+    """Write heatmaps (PNG+SVG), best-weights maps, best-params table, trials CSV/Parquet,
+    convergence plots and, for ``cell``, each method's objective as its GP sees it."""
     from tomosweep.results.export import export
 
     with SweepStore.open(store) as opened:
-        return export(opened, out)
+        surrogates = cell_surrogates(opened, cell) if cell is not None else None
+        return export(opened, out, cell=cell, surrogates=surrogates)
 
 
 def reconstruct_cell(

@@ -197,11 +197,15 @@ def _fmt(value: Any) -> str:
 def export(
     store: Annotated[Path, typer.Argument(help="store to export")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the files")],
+    cell: Annotated[
+        str | None, typer.Option("--cell", help="H,C: also draw this cell's objective as the optimiser sees it")
+    ] = None,
 ) -> None:
-    """Heatmaps (PNG+SVG), best-params table, trials CSV and Parquet, convergence plot."""
+    """Heatmaps (PNG+SVG), best-weights maps, best-params table, trials CSV and Parquet,
+    convergence plot, and with --cell the GP's view of that cell's objective."""
     from tomosweep.sweep.api import export_store
 
-    for path in export_store(store, out_dir):
+    for path in export_store(store, out_dir, cell=_parse_cell(cell) if cell else None):
         out.print(str(path))
 
 

@@ -193,6 +193,17 @@ class CellOptimizer:
         self.nominees = None if nominees is None else np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
         self._rewarded_at = int(state.get("rewarded_at", 0))
 
+    def surrogate(self) -> Any:
+        """The GP fitted on every told trial (failures at their penalty), as an skopt
+        ``OptimizeResult`` that ``skopt.plots.plot_objective`` can draw."""
+        from skopt.utils import create_result
+
+        if self.n_told < 2:
+            raise ValueError(f"a surrogate needs at least 2 trials, this cell has {self.n_told}")
+        told = self._told_values()
+        model = self._fit(self.X, told, self.seed)
+        return create_result(self.X, told, self._space, self.seed, models=[model])
+
     def _point(self, params: Mapping[str, float]) -> list[float]:
         return [
             int(round(params[name])) if is_int else float(params[name])

@@ -7,10 +7,11 @@ to the store together with the optimisers' new state (the commit point), tells t
 optimiser, and refills the queue.
 
 Knowledge shared across cells: while a cell is in its initial phase, its first points
-are the best points of its neighbouring cells of the same method (the 8 around it on
-the tilt grid) that have left their own initial phase, best first, then the best
-points of the nearest cell of an earlier study (``warm_from``); only then random draws
-(``[budget] warm_start``). A cell whose finite space is exhausted stops early.
+are the best points found so far in its neighbouring cells of the same method (the 8
+around it on the tilt grid), best first, then the best points of the nearest cell of
+an earlier study (``warm_from``); only then random draws, and the last initial point is
+always random (``[budget] warm_start``). A cell whose finite space is exhausted stops
+early.
 
 Failures, in the words of the store:
 
@@ -140,12 +141,12 @@ def neighbours(key: Key, cells: list[tuple[int, int]]) -> list[Key]:
 def warm_points(
     key: Key, opts: dict[Key, CellOptimizer], cells: list[tuple[int, int]], earlier: list[TrialRecord]
 ) -> list[dict[str, float]]:
-    """The points a cell in its initial phase starts from: its informed neighbours'
-    bests (best first), then the best points of the nearest cell of an earlier study."""
+    """The points a cell in its initial phase starts from: its neighbours' bests so far
+    (best first), then the best points of the nearest cell of an earlier study."""
     bests = []
     for other in neighbours(key, cells):
         opt = opts.get(other)
-        if opt is None or opt.n_told < opt.n_initial:
+        if opt is None:
             continue
         found = opt.best()
         if found is not None:

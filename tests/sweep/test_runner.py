@@ -13,7 +13,7 @@ import pytest
 import trial_hooks
 from sweep_support import tiny_study
 
-from tomosweep.errors import SpecError, StoreLockedError
+from tomosweep.errors import SpecError, StoreError, StoreLockedError
 from tomosweep.results import FAILED, OK, SweepStore
 from tomosweep.sweep import reconstruct_cell, resume_study, run_study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, run_trial
@@ -267,3 +267,29 @@ def test_warm_start_from_an_earlier_study_starts_each_cell_at_its_best_points(tm
         assert [r.proposed_by for r in cell[:2]] == ["warm-start", "warm-start"]
         assert [r.params for r in cell[:2]] == [r.params for r in earlier[:2]]
         assert cell[2].proposed_by == "random"
+
+
+def test_export_draws_best_weights_and_a_cells_objective(tmp_path, client):
+    import pandas as pd
+
+    from tomosweep.sweep.api import export_store
+
+    study = tiny_study(budget={"trials_per_cell": 5, "initial_points": 2})
+    study["methods"]["fused"]["lambda_tv"] = {"low": 0.1, "high": 10.0}
+    path = tmp_path / "s.zarr"
+    run_study(study_from_dict(study), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    files = {p.name for p in export_store(path, tmp_path / "out", cell=(9, 3))}
+    assert {
+        "best_weights_fused.png",
+        "best_weights_sirt.png",
+        "objective_fused_9x3.png",
+        "objective_sirt_9x3.png",
+    } <= files
+    for name in files:
+        if name.endswith(".png"):
+            assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert set(trials["proposed_by"]) <= {"random", "warm-start", "EI", "LCB", "PI"}
+    assert (trials["proposed_by"] != "random").any()
+    with pytest.raises(StoreError, match="not on this store's grid"):
+        export_store(path, tmp_path / "out2", cell=(9, 4))
