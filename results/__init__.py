@@ -4,6 +4,6 @@ Depends on no other tomosweep package: the store's contract is in
 :mod:`tomosweep.results.store`, and everything here reads through it.
 """
 
-from tomosweep.results.store import FAILED, OK, SweepStore, TrialRecord
+from tomosweep.results.store import FAILED, OK, PRUNED, SweepStore, TrialRecord, pruning_summary
 
-__all__ = ["FAILED", "OK", "SweepStore", "TrialRecord"]
+__all__ = ["FAILED", "OK", "PRUNED", "SweepStore", "TrialRecord", "pruning_summary"]

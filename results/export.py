@@ -32,7 +32,7 @@ def trials_frame(store: SweepStore) -> Any:
         "method": [store.methods[int(m)] for m in cols["method"]],
         "n_haadf": cols["n_haadf"],
         "n_chem": cols["n_chem"],
-        "status": np.where(cols["status"] == 0, "ok", "failed"),
+        "status": [("ok", "failed", "pruned")[int(code)] for code in cols["status"]],
         "nrmse": cols["nrmse"],
     }
     for k, element in enumerate(store.elements):
@@ -51,7 +51,10 @@ def best_params_frame(store: SweepStore) -> Any:
     """One row per (method, cell): best NRMSE, its parameters, trial and failure counts."""
     import pandas as pd
 
+    from tomosweep.results.store import pruning_summary
+
     spec_methods = store.spec.get("methods", {})
+    pruned = pruning_summary(store.records())
     rows = []
     for method in store.methods:
         maps = store.maps(method)
@@ -65,6 +68,8 @@ def best_params_frame(store: SweepStore) -> Any:
                     "best_nrmse": maps["best_nrmse"][i, j],
                     "n_trials": int(maps["n_trials"][i, j]),
                     "n_failed": int(maps["n_failed"][i, j]),
+                    "n_pruned": int(pruned.get((method, h, c), {}).get("n_pruned", 0)),
+                    "solver_s_saved": round(float(pruned.get((method, h, c), {}).get("saved_s", 0.0)), 3),
                 }
                 for name in names:
                     row[name] = maps["best_params"][i, j, store.param_names.index(name)]

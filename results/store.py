@@ -12,7 +12,8 @@ Layout (see ``DESIGN.md``; the per-method maps and the 2-D ``params`` /
       maps/<method>/n_failed    (n_h, n_c)
       trials/method            int8    index into attrs["methods"]
       trials/n_haadf, n_chem   int32   the cell, as tilt counts (not indices)
-      trials/status            int8    0 ok, 1 failed
+      trials/status            int8    0 ok, 1 failed, 2 pruned (stopped early, NRMSE
+                                       at the stop; never a cell's best)
       trials/nrmse             float64 mean NRMSE over elements (NaN when failed)
       trials/nrmse_elements    float64 (rows, n_elements), attrs["elements"] order
       trials/params            float64 (rows, k), NaN for a parameter the method lacks
@@ -69,8 +70,8 @@ _FORMAT_CHANGES = {
     "to the data's balance point, so those trials cannot be continued. Export it with the tomosweep "
     "that wrote it, or run the study again",
 }
-OK, FAILED = "ok", "failed"
-_STATUS_CODE = {OK: 0, FAILED: 1}
+OK, FAILED, PRUNED = "ok", "failed", "pruned"
+_STATUS_CODE = {OK: 0, FAILED: 1, PRUNED: 2}
 _STATUS_NAME = {v: k for k, v in _STATUS_CODE.items()}
 _CHUNK = 256
 _LOCK_NAME = ".tomosweep.lock"
@@ -378,7 +379,7 @@ class SweepStore:
         if record.method not in self.methods:
             raise StoreError(f"method {record.method!r} is not in this store ({', '.join(self.methods)})")
         if record.status not in _STATUS_CODE:
-            raise StoreError(f"trial status must be {OK!r} or {FAILED!r}, not {record.status!r}")
+            raise StoreError(f"trial status must be one of {', '.join(_STATUS_CODE)}, not {record.status!r}")
         i, j = self.cell_index(record.n_haadf, record.n_chem)
         row = self._n_committed
         cols = self._columns
@@ -419,7 +420,7 @@ class SweepStore:
         if record.status == FAILED:
             maps["n_failed"][i, j] += 1
             writes.append((arrays["n_failed"], ..., maps["n_failed"]))
-        elif math.isfinite(record.nrmse) and not record.nrmse >= maps["best_nrmse"][i, j]:
+        elif record.ok and math.isfinite(record.nrmse) and not record.nrmse >= maps["best_nrmse"][i, j]:
             maps["best_nrmse"][i, j] = record.nrmse
             maps["best_params"][i, j] = params
             writes.append((arrays["best_nrmse"], ..., maps["best_nrmse"]))
@@ -448,7 +449,11 @@ class SweepStore:
             maps["n_trials"][i, j] += 1
             if cols["status"][r] == _STATUS_CODE[FAILED]:
                 maps["n_failed"][i, j] += 1
-            elif np.isfinite(cols["nrmse"][r]) and not cols["nrmse"][r] >= maps["best_nrmse"][i, j]:
+            elif (
+                cols["status"][r] == _STATUS_CODE[OK]
+                and np.isfinite(cols["nrmse"][r])
+                and not cols["nrmse"][r] >= maps["best_nrmse"][i, j]
+            ):
                 maps["best_nrmse"][i, j] = cols["nrmse"][r]
                 maps["best_params"][i, j] = cols["params"][r]
         writes = []
@@ -538,6 +543,25 @@ class SweepStore:
         if method not in self._maps:
             raise StoreError(f"method {method!r} is not in this store ({', '.join(self.methods)})")
         return {name: values.copy() for name, values in self._maps[method].items()}
+
+
+def pruning_summary(records: Iterable[TrialRecord]) -> dict[tuple[str, int, int], dict[str, float]]:
+    """Per (method, n_haadf, n_chem): trials pruned and the solver seconds that saved.
+
+    The saving of one pruned trial is estimated as its wall time × (planned iterations /
+    iterations run − 1): an upper bound where the run would have converged early.
+    """
+    out: dict[tuple[str, int, int], dict[str, float]] = {}
+    for r in records:
+        if r.status != PRUNED:
+            continue
+        entry = out.setdefault((r.method, r.n_haadf, r.n_chem), {"n_pruned": 0, "saved_s": 0.0})
+        entry["n_pruned"] += 1
+        pruned = r.info.get("pruned", {}) if isinstance(r.info, Mapping) else {}
+        at, planned = int(pruned.get("at", 0) or 0), int(pruned.get("of", 0) or 0)
+        if at > 0 and planned > at:
+            entry["saved_s"] += r.wall_time_s * (planned / at - 1.0)
+    return out
 
 
 def _empty_maps(n_h: int, n_c: int, k: int) -> dict[str, np.ndarray]:

@@ -594,7 +594,8 @@ def fused(
     device : {"cpu", "gpu", "auto"}, optional
         Where to compute; by default where the data live.
     callback : callable, optional
-        ``callback(k, costs, x)``; return True to stop.
+        ``callback(k, costs, volume)`` after every iteration, ``volume`` the iterate as
+        ``(n_elements, n, n, n_x)``; return True to stop.
 
     Returns
     -------
@@ -625,7 +626,7 @@ def fused(
     return _solve(
         prob,
         x,
-        CostLog("fused", callback),
+        CostLog("fused", callback, view=prob.to_public),
         start,
         lam_h=lam_h,
         lam_c=lam_c,
@@ -750,7 +751,7 @@ def poisson_ml(
     """
     _checks.positive_int(n_iter, "n_iter", minimum=0)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
-    log = CostLog("Poisson-ML", callback)
+    log = CostLog("Poisson-ML", callback, view=prob.to_public)
     x, done = _mlem(prob, int(n_iter), log)
     return log.result(prob.to_public(x), done, backend.device_name(prob.xp), eps=eps_values(eps, prob.n_el).tolist())
 
@@ -786,7 +787,7 @@ def poisson_ml_tv(
     return _solve(
         prob,
         x,
-        CostLog("Poisson-ML+TV", callback),
+        CostLog("Poisson-ML+TV", callback, view=prob.to_public),
         start,
         lam_h=0.0,
         lam_c=float(lambda_chem),

@@ -52,9 +52,10 @@ class Result:
 class CostLog:
     """Collects cost terms per iteration, checks them for divergence, runs the callback."""
 
-    def __init__(self, method: str, callback: Callback | None) -> None:
+    def __init__(self, method: str, callback: Callback | None, *, view: Callable[[Any], Any] | None = None) -> None:
         self.method = method
         self.callback = callback
+        self.view = view  # the solver's internal iterate → the public volume the callback sees
         self.history: dict[str, list[float]] = {}
         self.start = time.perf_counter()
 
@@ -71,7 +72,7 @@ class CostLog:
                 f"or check the input data for extreme values."
             )
         if self.callback is not None:
-            return bool(self.callback(iteration, values, volume))
+            return bool(self.callback(iteration, values, self.view(volume) if self.view else volume))
         return False
 
     def result(self, volume: Any, iterations: int, device: str, **info: Any) -> Result:

@@ -169,11 +169,10 @@ def status(store: Annotated[Path, typer.Argument(help="store to summarise")]) ->
     from tomosweep.sweep.api import study_status
 
     frame = study_status(store)
-    params = [
-        c for c in frame.columns if c not in ("method", "n_haadf", "n_chem", "trials", "budget", "failed", "best_nrmse")
-    ]
+    fixed = ("method", "n_haadf", "n_chem", "trials", "budget", "failed", "n_pruned", "solver_s_saved", "best_nrmse")
+    params = [c for c in frame.columns if c not in fixed]
     table = Table(title=f"{store}")
-    for column in ("method", "HAADF×chem", "trials", "failed", "best NRMSE", *params):
+    for column in ("method", "HAADF×chem", "trials", "failed", "pruned", "best NRMSE", *params):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in frame.to_dict("records"):
         table.add_row(
@@ -181,10 +180,16 @@ def status(store: Annotated[Path, typer.Argument(help="store to summarise")]) ->
             f"{row['n_haadf']}×{row['n_chem']}",
             f"{row['trials']}/{row['budget']}",
             str(row["failed"]),
+            str(row["n_pruned"]),
             _fmt(row["best_nrmse"]),
             *(_fmt(row[p]) for p in params),
         )
     out.print(table)
+    if frame["n_pruned"].sum():
+        out.print(
+            f"{int(frame['n_pruned'].sum())} trials pruned by the median stopping rule, saving about "
+            f"{frame['solver_s_saved'].sum():.0f} s of solver time (an upper bound)."
+        )
 
 
 def _fmt(value: Any) -> str:

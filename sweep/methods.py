@@ -42,6 +42,7 @@ from tomosweep.solvers import (
     poisson_ml_tv,
     sirt,
 )
+from tomosweep.solvers.result import Callback
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,11 @@ class Param:
 class Method:
     name: str
     params: tuple[Param, ...]
-    run: Callable[[CellData, Mapping[str, Any], str], Result]
+    run: Callable[..., Result]  # run(cell, params, device, callback=None)
     doc: str
+    # its solver reports the whole iterate to a callback, so a trial can be scored and
+    # pruned mid-run (SIRT runs one solver per element, HEBT iterates a stacked system)
+    prunable: bool = False
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -115,7 +119,7 @@ def cell_start(cell: CellData, device: str) -> FusedStart:
     return cell.derived[key]
 
 
-def _fused(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
+def _fused(cell: CellData, p: Mapping[str, Any], device: str, callback: Callback | None = None) -> Result:
     return fused(
         cell.haadf_projector,
         cell.haadf,
@@ -130,6 +134,7 @@ def _fused(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
         eps=cell.eps,
         start=cell_start(cell, device),
         device=device,
+        callback=callback,
     )
 
 
@@ -181,11 +186,13 @@ def _sirt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     )
 
 
-def _poisson_ml(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
-    return poisson_ml(cell.chem_projector, cell.chem, n_iter=int(p["n_iter"]), eps=cell.eps, device=device)
+def _poisson_ml(cell: CellData, p: Mapping[str, Any], device: str, callback: Callback | None = None) -> Result:
+    return poisson_ml(
+        cell.chem_projector, cell.chem, n_iter=int(p["n_iter"]), eps=cell.eps, device=device, callback=callback
+    )
 
 
-def _poisson_ml_tv(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
+def _poisson_ml_tv(cell: CellData, p: Mapping[str, Any], device: str, callback: Callback | None = None) -> Result:
     return poisson_ml_tv(
         cell.chem_projector,
         cell.chem,
@@ -194,6 +201,7 @@ def _poisson_ml_tv(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
         eps=cell.eps,
         start=cell_start(cell, device),
         device=device,
+        callback=callback,
     )
 
 
@@ -232,6 +240,7 @@ METHODS: dict[str, Method] = {
             ),
             _fused,
             "fused multi-modal tomography (Schwartz 2024 eq. 1)",
+            prunable=True,
         ),
         Method(
             "hebt",
@@ -253,6 +262,7 @@ METHODS: dict[str, Method] = {
             (Param("n_iter", "int", 20, 2, 200, "log", "ML-EM iterations"),),
             _poisson_ml,
             "chemical-only Poisson maximum likelihood (ML-EM)",
+            prunable=True,
         ),
         Method(
             "poisson_ml_tv",
@@ -262,6 +272,7 @@ METHODS: dict[str, Method] = {
             ),
             _poisson_ml_tv,
             "chemical-only Poisson likelihood + TV (Schwartz 2024 eq. 1 with λ1 = 0)",
+            prunable=True,
         ),
     )
 }

@@ -94,8 +94,8 @@ class CellOptimizer:
         ``"lbfgs"``: L-BFGS-B from the best of 10 000 random candidates, as skopt's
         ``"lbfgs"``; ``"sampling"``: the best of the candidates.
     warm_start
-        Points (dicts of every searched name) to try first, in order; at most
-        ``n_initial - 1`` are used, so each cell draws at least one random point.
+        Points (dicts of every searched name) to try first, in order; only the first
+        ``n_initial - 1`` asks use them, so each cell draws at least one random point.
     eta
         GP-Hedge's learning rate (skopt's default 1).
     """
@@ -132,7 +132,8 @@ class CellOptimizer:
         self.sampler = sampler
         self.acq_optimizer = acq_optimizer
         self.eta = float(eta)
-        self.warm_start = [self._point(p) for p in warm_start][: max(0, self.n_initial - 1)]
+        self.warm_start: list[tuple[float, ...]] = []
+        self.set_warm_start(warm_start)
         self.X: list[list[float]] = []
         self.Y: list[float | None] = []  # None = failed trial, told as a penalty
         self.pending: dict[Any, list[float]] = {}
@@ -150,8 +151,9 @@ class CellOptimizer:
         self.Y.append(float(nrmse) if nrmse is not None and math.isfinite(nrmse) else None)
 
     def set_warm_start(self, points: Sequence[Mapping[str, float]]) -> None:
-        """Replace the warm-start points (at most ``n_initial - 1`` are used)."""
-        self.warm_start = [self._point(p) for p in points][: max(0, self.n_initial - 1)]
+        """Replace the warm-start points (tried in order, repeats dropped; only the first
+        ``n_initial - 1`` asks use them, the last initial point is always random)."""
+        self.warm_start = list(dict.fromkeys(tuple(self._point(p)) for p in points))
 
     def forget(self, key: Any) -> None:
         """Drop a pending point without a result (its trial will be asked again)."""
@@ -242,7 +244,8 @@ class CellOptimizer:
         point, by = None, "random"
         if in_start:
             if self.n_told + len(self.pending) < self.n_initial - 1:  # the last initial point is random
-                point = next((p for p in self.warm_start if tuple(p) not in taken), None)
+                found = next((p for p in self.warm_start if p not in taken), None)
+                point = None if found is None else list(found)
                 by = "warm-start" if point is not None else "random"
         elif self.sampler == "gp":
             point, by = self._gp_point(seed, taken)

@@ -34,12 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import numpy as np
+
 from tomosweep.errors import ClusterError
-from tomosweep.results import FAILED, SweepStore, TrialRecord
+from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
-from tomosweep.sweep.trial import TrialTask, run_trial
+from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
 
@@ -122,6 +124,31 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
                 "`tomosweep check --repair` resets it"
             ) from None
     return opts
+
+
+PRUNE_MIN_TRIALS = 5  # finished trials of a cell before its median says anything
+PRUNE_FIRST = 2 * CHECKPOINT  # no trial is judged on its first few iterations
+
+
+def prune_thresholds(curves: list[list[tuple[int, float]]]) -> dict[int, float]:
+    """The median stopping rule's thresholds (Golovin et al. 2017, §3.2.2).
+
+    ``curves`` are the intermediate NRMSE of a cell's finished trials, ``[(iteration,
+    NRMSE), …]``. At each checkpoint the threshold is the median over those trials of
+    their best-so-far NRMSE there (a trial that stopped earlier, converged, counts with
+    its best). Only checkpoints from ``PRUNE_FIRST`` on, and only with at least
+    ``PRUNE_MIN_TRIALS`` trials.
+    """
+    curves = [c for c in curves if c]
+    if len(curves) < PRUNE_MIN_TRIALS:
+        return {}
+    last = max(k for c in curves for k, _ in c)
+    out = {}
+    for k in range(PRUNE_FIRST, last + 1, CHECKPOINT):
+        bests = [min(v for i, v in c if i <= k) for c in curves if c[0][0] <= k]
+        if len(bests) >= PRUNE_MIN_TRIALS:
+            out[k] = float(np.median(bests))
+    return out
 
 
 def neighbours(key: Key, cells: list[tuple[int, int]]) -> list[Key]:
@@ -241,6 +268,12 @@ class Runner:
         active: dict[Any, _Ticket] = {}
         deaths: dict[int, int] = {}
         exhausted: set[Key] = set()
+        prune = study.budget.prune
+        curves: dict[Key, list[list[tuple[int, float]]]] = {k: [] for k in opts}
+        for r in store.records():
+            key_r = (r.method, r.n_haadf, r.n_chem)
+            if r.status == OK and key_r in curves and r.info.get("curve"):
+                curves[key_r].append([(int(k), float(v)) for k, v in r.info["curve"]])
         dirty: set[Key] = set()  # cells whose optimiser state changed since the last commit
         cells = list(study.cells)
         queue = as_completed()
@@ -253,7 +286,8 @@ class Runner:
 
         def submit(ticket: _Ticket) -> None:
             method, h, c = ticket.key
-            task = TrialTask(self._study_json, method, h, c, ticket.params, ticket.attempt)
+            thresholds = prune_thresholds(curves[ticket.key]) if prune and METHODS[method].prunable else None
+            task = TrialTask(self._study_json, method, h, c, ticket.params, ticket.attempt, prune=thresholds or None)
             name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{derived_seed(time.time_ns())}"
             future = self.client.submit(self.trial_fn, task, key=name, pure=False, resources=self.resources)
             active[future] = ticket
@@ -287,14 +321,18 @@ class Runner:
                     submit(ticket)
                     continue
                 opt = opts[ticket.key]
-                opt.tell(ticket.params, record.nrmse if record.ok else None, key=ticket.ask_id)
+                # a pruned trial is told the NRMSE it had reached: worse than the cell's median
+                known = record.ok or record.status == PRUNED
+                opt.tell(ticket.params, record.nrmse if known else None, key=ticket.ask_id)
+                if record.ok and record.info.get("curve"):
+                    curves[ticket.key].append([(int(k), float(v)) for k, v in record.info["curve"]])
                 store.append(
                     replace(record, task_key=str(future.key), proposed_by=ticket.proposed_by),
                     optimiser={state_key(k): opts[k].state() for k in dirty},
                 )
                 dirty.clear()
                 in_grid += 1
-                failed += 0 if record.ok else 1
+                failed += 1 if record.status == FAILED else 0
                 if record.ok and (best is None or record.nrmse < best):
                     best = record.nrmse
                 if self.progress:

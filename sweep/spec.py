@@ -134,6 +134,7 @@ class BudgetSpec(BaseModel):
     liar: Literal["cl_min", "cl_mean", "cl_max"] = "cl_min"
     sampler: Literal["gp", "random"] = "gp"
     warm_start: bool = True
+    prune: bool = False
 
     @model_validator(mode="after")
     def _initial_le_budget(self) -> BudgetSpec:
@@ -362,7 +363,8 @@ def check_extension(stored: Study, new: Study) -> list[str]:
         k: v for k, v in budget_b.items() if k != "trials_per_cell"
     }:
         raise SpecError(
-            "budget.initial_points, liar, sampler and warm_start must stay as stored; only trials_per_cell may grow"
+            "budget.initial_points, liar, sampler, warm_start and prune must stay as stored; "
+            "only trials_per_cell may grow"
         )
     if budget_b["trials_per_cell"] < budget_a["trials_per_cell"]:
         raise SpecError(

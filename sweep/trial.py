@@ -8,6 +8,13 @@ the final cost terms, iterations, wall time, worker and device.
 
 Every exception and every non-finite result becomes a *failed* record with the error
 text; only the death of the worker process itself escapes (the runner handles it).
+
+Pruning (median stopping rule, Golovin et al. 2017): a prunable method's iterate is
+scored against the ground truth every ``CHECKPOINT`` iterations and the curve kept in
+the record. When the runner sends thresholds — per checkpoint, the median of the
+cell's earlier trials' best-so-far NRMSE there — a trial whose best-so-far NRMSE is
+above the threshold at a checkpoint stops and comes back *pruned*, with the NRMSE it
+had reached.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tomosweep.results import FAILED, OK, TrialRecord
+from tomosweep.results import FAILED, OK, PRUNED, TrialRecord
 from tomosweep.sweep.methods import METHODS, CellData
 from tomosweep.sweep.optimizer import derived_seed
 from tomosweep.sweep.spec import Study
@@ -39,6 +46,34 @@ class TrialTask:
     n_chem: int
     params: Mapping[str, float]
     attempt: int = 1
+    # checkpoint iteration -> NRMSE above which the trial stops (empty: never pruned)
+    prune: Mapping[int, float] | None = None
+
+
+CHECKPOINT = 10  # iterations between two intermediate scores of a prunable trial
+
+
+class _Pruner:
+    """The callback that scores the iterate at each checkpoint and stops a hopeless run."""
+
+    def __init__(self, cell: CellData, thresholds: Mapping[int, float] | None) -> None:
+        self.cell = cell
+        self.thresholds = {int(k): float(v) for k, v in (thresholds or {}).items()}
+        self.curve: list[tuple[int, float]] = []
+        self.best = math.inf
+        self.pruned_at: int | None = None
+
+    def __call__(self, k: int, costs: Mapping[str, float], volume: Any) -> bool:
+        if k == 0 or k % CHECKPOINT:
+            return False
+        value = float(score(self.cell, volume).mean())
+        self.curve.append((k, value))
+        self.best = min(self.best, value)
+        limit = self.thresholds.get(k)
+        if limit is not None and self.best > limit:
+            self.pruned_at = k
+            return True
+        return False
 
 
 @functools.lru_cache(maxsize=4)
@@ -121,9 +156,11 @@ def _worker_name() -> str:
         return "driver"
 
 
-def reconstruct(study: Study, cell: CellData, method: str, params: Mapping[str, float]) -> Any:
+def reconstruct(study: Study, cell: CellData, method: str, params: Mapping[str, float], callback: Any = None) -> Any:
     """Run ``method`` on a cell with ``params`` merged over the study's fixed values."""
     merged = {**study.fixed(method), **params}
+    if callback is not None and METHODS[method].prunable:
+        return METHODS[method].run(cell, merged, study.device, callback=callback)
     return METHODS[method].run(cell, merged, study.device)
 
 
@@ -154,21 +191,34 @@ def run_trial(task: TrialTask) -> TrialRecord:
     try:
         study = study_from_json(task.study_json)
         cell = _cell_data_cached(task.study_json, task.n_haadf, task.n_chem)
-        result = reconstruct(study, cell, task.method, task.params)
+        pruner = _Pruner(cell, task.prune) if METHODS[task.method].prunable else None
+        result = reconstruct(study, cell, task.method, task.params, callback=pruner)
         per_element = score(cell, result.volume)
         mean = float(per_element.mean())
         if not math.isfinite(mean):
             raise FloatingPointError("NRMSE is not finite: the reconstruction is constant or non-finite")
+        info: dict[str, Any] = {"final_costs": result.final_costs(), "solver": _solver_scalars(result.info)}
+        status = OK
+        if pruner is not None:
+            info["curve"] = [[k, v] for k, v in pruner.curve]
+            if pruner.pruned_at is not None:
+                status = PRUNED
+                planned = int({**study.fixed(task.method), **task.params}["n_iter"])
+                info["pruned"] = {
+                    "at": pruner.pruned_at,
+                    "of": planned,
+                    "threshold": pruner.thresholds[pruner.pruned_at],
+                }
         return TrialRecord(
             **base,
-            status=OK,
+            status=status,
             nrmse=mean,
             nrmse_elements=tuple(float(v) for v in per_element),
             iterations=int(result.iterations),
             wall_time_s=time.perf_counter() - t0,
             device=str(result.device),
             finished_at=time.time(),
-            info={"final_costs": result.final_costs(), "solver": _solver_scalars(result.info)},
+            info=info,
         )
     except Exception as exc:  # a failed trial is data, not a crash of the study
         frames = traceback.extract_tb(exc.__traceback__)

@@ -185,3 +185,25 @@ def test_a_format_2_store_is_read_and_upgraded_when_opened_for_writing(tmp_path)
     group.attrs["format_version"] = 1
     with pytest.raises(StoreError, match="format 1.*absolute weight"):
         SweepStore.open(path)
+
+
+def test_a_pruned_trial_is_never_a_cells_best_and_its_saving_is_counted(tmp_path):
+    from tomosweep.results import PRUNED, pruning_summary
+
+    with new_store(tmp_path / "s.zarr") as store:
+        store.append(record(nrmse=0.5))
+        store.append(
+            replace(
+                record(nrmse=0.2, status=OK),
+                status=PRUNED,
+                wall_time_s=2.0,
+                info={"pruned": {"at": 20, "of": 100, "threshold": 0.3}},
+            )
+        )
+        assert store.maps("sirt")["best_nrmse"][0, 0] == 0.5
+        assert store.maps("sirt")["n_trials"][0, 0] == 2 and store.maps("sirt")["n_failed"][0, 0] == 0
+        store.rebuild_maps()
+        assert store.maps("sirt")["best_nrmse"][0, 0] == 0.5
+        records = store.records()
+    assert records[1].status == PRUNED and not records[1].ok
+    assert pruning_summary(records) == {("sirt", 5, 3): {"n_pruned": 1, "saved_s": pytest.approx(8.0)}}

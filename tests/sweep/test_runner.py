@@ -293,3 +293,31 @@ def test_export_draws_best_weights_and_a_cells_objective(tmp_path, client):
     assert (trials["proposed_by"] != "random").any()
     with pytest.raises(StoreError, match="not on this store's grid"):
         export_store(path, tmp_path / "out2", cell=(9, 4))
+
+
+def test_median_stopping_thresholds():
+    from tomosweep.sweep.runner import PRUNE_MIN_TRIALS, prune_thresholds
+
+    curves = [[(10, 0.9 - 0.01 * i), (20, 0.5 + 0.01 * i), (30, 0.4 + 0.01 * i)] for i in range(PRUNE_MIN_TRIALS)]
+    assert prune_thresholds(curves[:-1]) == {}  # too few trials to judge
+    thresholds = prune_thresholds(curves + [[(10, 0.3)]])  # one converged after 10 iterations, at 0.3
+    assert set(thresholds) == {20, 30}  # never at the first checkpoint
+    assert thresholds[20] == pytest.approx(0.515)  # median of 0.50 … 0.54 and 0.3
+    assert thresholds[30] == pytest.approx(0.415)
+
+
+def test_a_trial_over_the_threshold_is_pruned_and_says_where():
+    from tomosweep.results import PRUNED
+    from tomosweep.sweep.trial import _cell_data_cached
+
+    _cell_data_cached.cache_clear()
+    study = study_from_dict(tiny_study(methods={"fused": {"n_iter": 60, "lambda_haadf": {"low": 0.1, "high": 10.0}}}))
+    study_json = json.dumps(study.to_json())
+    params = {"lambda_haadf": 1.0, "lambda_chem": 1.0, "lambda_tv": 1.0, "n_iter": 60}
+    free = run_trial(TrialTask(study_json, "fused", 9, 3, params))
+    assert free.status == OK and [k for k, _ in free.info["curve"]] == list(range(10, free.iterations + 1, 10))
+    stopped = run_trial(TrialTask(study_json, "fused", 9, 3, params, prune={20: 0.0, 30: 0.0}))
+    assert stopped.status == PRUNED and stopped.iterations == 20
+    assert stopped.info["pruned"] == {"at": 20, "of": 60, "threshold": 0.0}
+    assert stopped.nrmse == pytest.approx(free.info["curve"][1][1], rel=1e-9)  # the NRMSE it had reached
+    _cell_data_cached.cache_clear()
