@@ -262,8 +262,37 @@ def _payload(specimen: Specimen) -> tuple[dict[str, np.ndarray], dict[str, str]]
         arrays["weight_fractions"] = np.asarray(specimen.weight_fractions, dtype=np.float64)
     if specimen.density is not None:
         arrays["density"] = np.asarray(specimen.density, dtype=np.float64)
-    text = {"units": specimen.units, "info": json.dumps(specimen.info, default=str)}
+    text = {"units": specimen.units, "info": json.dumps(specimen.info, default=str), _MARK: "tomosweep"}
     return arrays, text
+
+
+# a text entry every specimen file written by save_specimen carries, so overwrite=True
+# replaces only such files, never a sweep store or a user's own data
+_MARK = "written_by"
+
+
+def _what_is_there(path: Path) -> str | None:
+    """``None`` when ``path`` is a specimen file that tomosweep wrote; else what it is."""
+    try:
+        if path.is_dir():
+            zarr = _import("zarr", path)
+            attrs = dict(zarr.open_group(path, mode="r").attrs)
+            if attrs.get("format") == "tomosweep-sweep-store":
+                return "a tomosweep sweep store"
+            return None if attrs.get(_MARK) == "tomosweep" else "a directory that tomosweep did not write"
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                marked = _MARK in archive.files and str(archive[_MARK]) == "tomosweep"
+        elif suffix in (".h5", ".hdf5"):
+            h5py = _import("h5py", path)
+            with h5py.File(path, "r") as f:
+                marked = str(f.attrs.get(_MARK, "")) == "tomosweep"
+        else:
+            marked = False
+    except Exception:  # unreadable as a specimen container: not ours
+        marked = False
+    return None if marked else "a file that tomosweep did not write"
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
@@ -294,6 +323,27 @@ def _write_zarr(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str])
     group.attrs.update(text)
 
 
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse an output path :func:`save_specimen` must not write (call it before the work).
+
+    An existing path is refused without ``overwrite``; with it, only a specimen file
+    that tomosweep wrote may be replaced — never a sweep store, a user's own data or a
+    foreign directory.
+    """
+    path = Path(path)
+    _suffix(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"specimen file {path}: already exists; pass overwrite=True to replace it")
+    if path.exists():
+        found = _what_is_there(path)
+        if found is not None:
+            raise InputError(
+                f"{path} is {found}; overwrite replaces only a specimen file written by tomosweep. "
+                "Choose another output path, or remove it yourself if it really should go"
+            )
+    return path
+
+
 def save_specimen(specimen: Specimen, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write a specimen as ``.npz``, ``.h5``/``.hdf5`` or ``.zarr`` in the format
     :func:`load_specimen` reads (a template for your own ground truth).
@@ -306,7 +356,9 @@ def save_specimen(specimen: Specimen, path: str | os.PathLike[str], *, overwrite
     path : str or path-like
         Destination; the extension picks the container.
     overwrite : bool, optional
-        Replace an existing file; otherwise an existing path is refused.
+        Replace an existing specimen file that tomosweep wrote (it carries a
+        ``written_by`` mark); anything else at ``path`` — a sweep store, a user's
+        own data, a foreign directory — is refused even then.
 
     Returns
     -------
@@ -317,8 +369,7 @@ def save_specimen(specimen: Specimen, path: str | os.PathLike[str], *, overwrite
         raise InputError(f"save_specimen needs a Specimen, got {type(specimen).__name__}")
     path = Path(path)
     suffix = _suffix(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"specimen file {path}: already exists; pass overwrite=True to replace it")
+    check_output(path, overwrite=overwrite)
     writer = {".npz": _write_npz, ".h5": _write_h5, ".hdf5": _write_h5, ".zarr": _write_zarr}[suffix]
     arrays, text = _payload(specimen)
     try:

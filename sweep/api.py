@@ -273,7 +273,9 @@ def reconstruct_cell(
 ) -> tuple[Path, dict[str, float]]:
     """Rerun a cell's best trial and save its volumes (``.npz`` or ``.zarr``) with the NRMSE it gets."""
     from tomosweep.phantoms import Specimen, save_specimen
+    from tomosweep.phantoms.files import check_output
 
+    check_output(out, overwrite=overwrite)  # before any work, and never onto a store
     with SweepStore.open(store) as opened:
         study = stored_study(opened)
         method = method or opened.methods[0]

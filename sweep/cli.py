@@ -124,6 +124,7 @@ def run(
     """Run a study: create STORE and spend the whole budget."""
     from tomosweep.sweep.api import run_study
 
+    _ACTIVE["store"] = store
     summary = run_study(
         study,
         store,
@@ -151,6 +152,7 @@ def resume(
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
     from tomosweep.sweep.api import resume_study
 
+    _ACTIVE["store"] = store
     summary = resume_study(
         store,
         study=study,
@@ -220,7 +222,12 @@ def reconstruct(
     cell: Annotated[str, typer.Option("--cell", help="H,C: HAADF tilts, chemical tilts")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="output .npz or .zarr")],
     method: Annotated[str | None, typer.Option("--method", help="method (default: the study's first)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="replace an existing output written by tomosweep (never a store or another file)"
+        ),
+    ] = False,
 ) -> None:
     """Rerun a cell's best trial and save its element volumes with the NRMSE they get."""
     from tomosweep.sweep.api import reconstruct_cell
@@ -256,21 +263,51 @@ def job_script(
     out.print(worker_job_script(study, cluster=cluster), markup=False, highlight=False, soft_wrap=True)
 
 
+# what a signal handler needs to name in its message (the store of a run or resume)
+_ACTIVE: dict[str, Any] = {}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch system's walltime, `kill`): stop like Ctrl-C, exit 143."""
+    _ACTIVE["terminated"] = True
+    raise KeyboardInterrupt  # click turns it into its Abort, like Ctrl-C
+
+
+def _interrupted(code: int) -> SystemExit:
+    if _ACTIVE.get("terminated"):
+        code = 143
+    store = _ACTIVE.get("store")
+    where = f"tomosweep resume {store}" if store is not None else "tomosweep resume STORE"
+    what = "terminated" if code == 143 else "interrupted"
+    console.print(f"[yellow]{what}[/]: every finished trial is stored; continue with `{where}`", highlight=False)
+    return SystemExit(code)
+
+
 def main() -> None:
-    """Entry point: run the app, turning tomosweep errors and Ctrl-C into clean exits."""
+    """Entry point: run the app, turning tomosweep errors, Ctrl-C and SIGTERM into clean exits.
+
+    Exit status: 0 done, 2 a user error (one ``error:`` line), 130 interrupted by
+    Ctrl-C, 143 stopped by SIGTERM; after 130 or 143 every finished trial is committed.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except TomosweepError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: every finished trial is stored; continue with `tomosweep resume STORE`")
-        raise SystemExit(130) from None
+        raise _interrupted(130) from None
     except _CLICK_ERROR as exc:  # usage errors: a missing option, a bad value
         exc.show()
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
-        raise SystemExit(130) from None
+        raise _interrupted(130) from None
+    # click, outside standalone mode, *returns* the exit status of an interrupted command
+    # (130 after Ctrl-C) instead of raising it: pass it on, or a batch script sees success
+    if isinstance(code, int) and code != 0:
+        raise _interrupted(code) if code in (130, 143) else SystemExit(code)
 
 
 # typer vendors its own click; its usage errors derive from this base class

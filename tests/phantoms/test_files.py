@@ -210,3 +210,42 @@ def test_zarr_bad_values_are_checked_like_npz(tmp_path):
     with pytest.raises(InputError, match="non-negative") as info:
         load_specimen(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5", ".zarr"])
+def test_overwrite_replaces_only_what_tomosweep_wrote(tmp_path, suffix):
+    spec = core_shell_2d(16)
+    ours = save_specimen(spec, tmp_path / f"ours{suffix}")
+    assert save_specimen(spec, ours, overwrite=True) == ours  # our own file: replaced
+    foreign = tmp_path / f"theirs{suffix}"
+    if suffix == ".npz":
+        np.savez(foreign, volumes=spec.volumes, elements=np.asarray(spec.elements))
+    elif suffix == ".h5":
+        with h5py.File(foreign, "w") as f:
+            f.create_dataset("volumes", data=spec.volumes)
+    else:
+        zarr.open_group(foreign, mode="w").create_array("volumes", data=spec.volumes)
+    before = sorted(p.name for p in foreign.rglob("*")) if foreign.is_dir() else foreign.read_bytes()
+    with pytest.raises(InputError, match="tomosweep did not write; overwrite replaces only"):
+        save_specimen(spec, foreign, overwrite=True)
+    after = sorted(p.name for p in foreign.rglob("*")) if foreign.is_dir() else foreign.read_bytes()
+    assert after == before
+
+
+def test_overwrite_never_replaces_a_sweep_store(tmp_path):
+    from tomosweep.results import SweepStore
+
+    store = tmp_path / "S.zarr"
+    SweepStore.create(
+        store,
+        spec={},
+        spec_hash="x",
+        methods=["sirt"],
+        param_names=["n_iter"],
+        elements=["Co"],
+        n_haadf=[5],
+        n_chem=[3],
+    ).close()
+    with pytest.raises(InputError, match="is a tomosweep sweep store"):
+        save_specimen(core_shell_2d(16), store, overwrite=True)
+    assert SweepStore.open(store).n_committed == 0

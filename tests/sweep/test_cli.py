@@ -146,3 +146,56 @@ def test_bad_study_file_message(tmp_path):
     text = " ".join(result.stderr.split())
     assert "invalid study file" in text and "budget.trials_per_cell" in text and "methods.fused.lambda_haadf" in text
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_an_interrupted_run_exits_non_zero_and_names_the_resume_command(tmp_path, signum, code, word):
+    study, store = write_study(tmp_path, 40), tmp_path / "s.zarr"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tomosweep.sweep.cli", "run", study, "--store", str(store), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None:
+        try:
+            if SweepStore.open(store).n_committed >= 3:
+                break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read()
+    driver.send_signal(signum)  # the driver alone, as a batch system's walltime or a `kill` does
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == code, stderr
+    assert f"{word}: every finished trial is stored; continue with `tomosweep resume {store}`" in " ".join(
+        stderr.split()
+    )
+    assert "Traceback" not in stderr
+    committed = SweepStore.open(store).n_committed
+    assert 3 <= committed < 80
+
+
+def test_reconstruct_with_overwrite_onto_the_store_itself_is_refused_and_the_store_kept(tmp_path):
+    store = tmp_path / "S.zarr"
+    SweepStore.create(
+        store,
+        spec={},
+        spec_hash="x",
+        methods=["sirt"],
+        param_names=["n_iter"],
+        elements=["Co"],
+        n_haadf=[5],
+        n_chem=[3],
+    ).close()
+    before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
+    result = tomosweep("reconstruct", str(store), "--cell", "5,3", "--out", str(store), "--overwrite")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error:") and "is a tomosweep sweep store" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr and "wrote" not in result.stdout
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
