@@ -35,13 +35,25 @@ def _check_device(study: Study) -> None:
 
 
 def _elements(study: Study) -> tuple[str, ...]:
+    """The specimen's elements; a ``chem_snr`` table must name exactly these."""
     if study.phantom.name is not None:
         from tomosweep.phantoms import make_specimen
 
-        return tuple(make_specimen(study.phantom.name, 16, **study.phantom.options).elements)
-    from tomosweep.phantoms import load_specimen
+        elements = tuple(make_specimen(study.phantom.name, 16, **study.phantom.options).elements)
+    else:
+        from tomosweep.phantoms import load_specimen
 
-    return tuple(load_specimen(study.phantom.file).elements)
+        elements = tuple(load_specimen(study.phantom.file).elements)
+    table = study.acquisition.chem_snr
+    if isinstance(table, dict) and set(table) != set(elements):
+        missing, unknown = sorted(set(elements) - set(table)), sorted(set(table) - set(elements))
+        raise SpecError(
+            "acquisition.chem_snr must name exactly the specimen's elements "
+            f"({', '.join(elements)})"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; not in the specimen: {', '.join(unknown)}" if unknown else "")
+        )
+    return elements
 
 
 def with_cluster(study: Study, cluster: str | None) -> Study:
@@ -188,6 +200,7 @@ def resume_study(
                 check_extension(stored, new)
         new = with_cluster(new, cluster)
         _check_device(new)
+        _elements(new)
         earlier = _earlier_trials(warm_start, new)
         # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
         with _connect(new, client) as conn:

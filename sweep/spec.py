@@ -26,7 +26,9 @@ from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import SpecError
 from tomosweep.sweep.methods import METHODS
 
-_FORBID = ConfigDict(extra="forbid", frozen=True)
+# allow_inf_nan=False: inf and nan pass float parsing but fail every trial later
+_FORBID = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+_MAX_TILTS = 1000  # per series; the paper's largest is 141
 
 
 class SearchRange(BaseModel):
@@ -88,16 +90,16 @@ class AcquisitionSpec(BaseModel):
     n_haadf: list[int] = Field(min_length=1)
     n_chem: list[int] = Field(min_length=1)
     tilt_range: tuple[float, float] = (-70.0, 70.0)
-    haadf_snr: float = Field(2000.0, gt=0)
+    haadf_snr: float = Field(2000.0, gt=0, le=1e7)
     chem_snr: float | dict[str, float] = 2.5
-    background: float = Field(0.15, ge=0)
-    gamma: float = Field(1.7, gt=0)
+    background: float = Field(0.15, ge=0, lt=10)
+    gamma: float = Field(1.7, ge=1, le=3)  # Z^γ contrast: 1 (mass-thickness) to 3
 
     @field_validator("n_haadf", "n_chem")
     @classmethod
     def _tilt_counts(cls, values: list[int]) -> list[int]:
-        if any(v < 1 for v in values):
-            raise ValueError(f"tilt counts must be ≥ 1 (got {values})")
+        if any(v < 1 or v > _MAX_TILTS for v in values):
+            raise ValueError(f"tilt counts must lie in 1–{_MAX_TILTS} (got {values})")
         if len(set(values)) != len(values):
             raise ValueError(f"tilt counts must be distinct (got {values})")
         return sorted(values)
@@ -114,8 +116,8 @@ class AcquisitionSpec(BaseModel):
     @classmethod
     def _chem_snr(cls, value: float | dict[str, float]) -> float | dict[str, float]:
         values = value.values() if isinstance(value, dict) else [value]
-        if any(v <= 0 for v in values):
-            raise ValueError("chemical SNR must be > 0 (a number, or a table element = SNR)")
+        if any(not 0 < v <= 1e4 for v in values):
+            raise ValueError("chemical SNR must lie in (0, 1e4] (a number, or a table element = SNR)")
         return value
 
 

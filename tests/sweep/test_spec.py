@@ -161,3 +161,37 @@ def test_an_empty_method_table_searches_the_default_ranges():
     # a table that names parameters but searches none is still a mistake
     with pytest.raises(SpecError, match="searches nothing"):
         study_from_dict(tiny_study(methods={"fused": {"lambda_tv": 2.0}}))
+
+
+_GRID = {"n_haadf": [5], "n_chem": [3]}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"acquisition": {**_GRID, "gamma": 0.5}}, "acquisition.gamma: Input should be greater than or equal to 1"),
+        ({"acquisition": {**_GRID, "gamma": float("inf")}}, "acquisition.gamma: Input should be a finite number"),
+        ({"acquisition": {**_GRID, "haadf_snr": float("inf")}}, "haadf_snr: Input should be a finite number"),
+        ({"acquisition": {**_GRID, "chem_snr": {"Co": float("nan")}}}, "Co: Input should be a finite number"),
+        ({"acquisition": {**_GRID, "chem_snr": 0.0}}, "chemical SNR must lie in (0, 1e4]"),
+        ({"acquisition": {**_GRID, "background": 50}}, "background: Input should be less than 10"),
+        ({"acquisition": {"n_haadf": [5, 100000], "n_chem": [3]}}, "tilt counts must lie in 1–1000"),
+        ({"methods": {"sirt": {"n_iter": {"low": 2, "high": float("inf")}}}}, "high: Input should be a finite number"),
+        ({"methods": {"sirt": {"n_iter": {"low": float("nan"), "high": 9}}}}, "low: Input should be a finite number"),
+    ],
+)
+def test_numbers_that_would_fail_every_trial_are_refused_up_front(override, message):
+    with pytest.raises(SpecError) as info:
+        study_from_dict(tiny_study(**override))
+    assert message in str(info.value)
+
+
+def test_a_chem_snr_table_must_name_exactly_the_specimens_elements(tmp_path):
+    from tomosweep.sweep.api import _elements
+
+    partial = study_from_dict(tiny_study(acquisition={**_GRID, "chem_snr": {"Co": 2.0, "Cu": 2.0, "O": 2.0}}))
+    with pytest.raises(SpecError, match="must name exactly the specimen's elements .*; missing Au"):
+        _elements(partial)
+    extra = {"Co": 2.0, "Cu": 2.0, "O": 2.0, "Au": 2.0, "Ag": 1.0}
+    with pytest.raises(SpecError, match="not in the specimen: Ag"):
+        _elements(study_from_dict(tiny_study(acquisition={**_GRID, "chem_snr": extra})))
