@@ -227,8 +227,13 @@ class SweepStore:
         elements: Sequence[str],
         n_haadf: Sequence[int],
         n_chem: Sequence[int],
+        inputs: Mapping[str, Any] | None = None,
     ) -> SweepStore:
-        """Create a new, empty, locked store. An existing path is refused, never overwritten."""
+        """Create a new, empty, locked store. An existing path is refused, never overwritten.
+
+        ``inputs``: what the study read besides its own text (a specimen file's path and
+        content hash), kept so that ``resume`` can refuse a changed input.
+        """
         path = Path(path)
         if path.exists():
             raise StoreError(
@@ -258,6 +263,7 @@ class SweepStore:
                     "elements": list(elements),
                     "n_committed": 0,
                     "optimiser": {},
+                    "inputs": _jsonable(dict(inputs or {})),
                 }
             )
             group.create_array("grid/n_haadf", data=np.asarray(n_haadf, dtype="int32"))
@@ -346,6 +352,11 @@ class SweepStore:
     @property
     def n_committed(self) -> int:
         return self._n_committed
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The inputs recorded at creation (e.g. ``{"phantom.file": {"path", "sha256"}}``)."""
+        return dict(self._attrs.get("inputs") or {})
 
     def optimiser_state(self) -> dict[str, Any]:
         """Each cell optimiser's committed state, keyed ``method/n_haadf/n_chem``."""

@@ -56,6 +56,43 @@ def _elements(study: Study) -> tuple[str, ...]:
     return elements
 
 
+def file_hash(path: PathLike) -> str:
+    """SHA-256 of a file, or of a directory's files (names and contents, sorted): a zarr specimen."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def study_inputs(study: Study) -> dict[str, Any]:
+    """What a study reads besides its own text, with content hashes (stored at creation)."""
+    if study.phantom.file is None:
+        return {}
+    return {"phantom.file": {"path": str(study.phantom.file), "sha256": file_hash(study.phantom.file)}}
+
+
+def _check_inputs(store: SweepStore, study: Study) -> None:
+    """Refuse to resume on inputs that changed since the store was created."""
+    now = study_inputs(study)
+    for name, then in store.inputs.items():
+        if name not in now:
+            continue
+        if now[name]["sha256"] != then.get("sha256"):
+            raise SpecError(
+                f"{name} {now[name]['path']} has changed since {store.path} was created "
+                f"(sha256 then {then.get('sha256', '?')[:16]}…, now {now[name]['sha256'][:16]}…): "
+                "new trials would be scored against another ground truth. Restore the file, "
+                "or start a new study on the new one"
+            )
+
+
 def with_cluster(study: Study, cluster: str | None) -> Study:
     """Apply a ``--cluster`` choice: a backend name, or a ``tcp://`` / ``tls://`` scheduler address.
 
@@ -159,6 +196,7 @@ def run_study(
             elements=elements,
             n_haadf=study.acquisition.n_haadf,
             n_chem=study.acquisition.n_chem,
+            inputs=study_inputs(study),
         ) as opened:
             return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
@@ -201,6 +239,7 @@ def resume_study(
         new = with_cluster(new, cluster)
         _check_device(new)
         _elements(new)
+        _check_inputs(opened, new)
         earlier = _earlier_trials(warm_start, new)
         # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
         with _connect(new, client) as conn:

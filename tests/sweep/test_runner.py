@@ -321,3 +321,23 @@ def test_a_trial_over_the_threshold_is_pruned_and_says_where():
     assert stopped.info["pruned"] == {"at": 20, "of": 60, "threshold": 0.0}
     assert stopped.nrmse == pytest.approx(free.info["curve"][1][1], rel=1e-9)  # the NRMSE it had reached
     _cell_data_cached.cache_clear()
+
+
+def test_resume_refuses_a_specimen_file_that_changed(tmp_path, client):
+    from tomosweep.phantoms import make_specimen, save_specimen
+
+    specimen = make_specimen("nanocubes", 16)
+    path = save_specimen(specimen, tmp_path / "truth.npz")
+    study = tiny_study(phantom={"file": str(path)}, budget={"trials_per_cell": 2, "initial_points": 1})
+    store = tmp_path / "s.zarr"
+    run_study(study_from_dict(study), store, client=client, trial_fn=trial_hooks.synthetic_trial)
+    assert SweepStore.open(store).inputs["phantom.file"]["path"] == str(path)
+    resume_study(store, client=client, trial_fn=trial_hooks.synthetic_trial)  # unchanged: fine
+    volumes = specimen.volumes.copy()
+    volumes[0] *= 2  # same elements, other values
+    changed = type(specimen).from_symbols("changed", specimen.elements, volumes)
+    save_specimen(changed, path, overwrite=True)
+    before = SweepStore.open(store).n_committed
+    with pytest.raises(SpecError, match=r"phantom.file .*truth.npz has changed since .*sha256 then [0-9a-f]{16}…, now"):
+        resume_study(store, client=client, trial_fn=trial_hooks.synthetic_trial)
+    assert SweepStore.open(store).n_committed == before
