@@ -92,6 +92,25 @@ WarmStartOption = Annotated[
 ]
 
 
+def _show_stored_cluster(store: Path) -> None:
+    """Say which stored cluster settings a resume will use: a received store must not
+    reach a scheduler or submit batch jobs (with its own prologue) unseen."""
+    from tomosweep.results import SweepStore
+
+    try:
+        with SweepStore.open(store) as opened:
+            stored = dict(opened.spec.get("cluster") or {})
+    except TomosweepError:
+        return  # resume itself reports the store's problem
+    shown = {k: v for k, v in stored.items() if v not in (None, [], {}, "")}
+    text = ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "backend='local'"
+    console.print(
+        f"using the cluster settings stored in {store}: {escape(text)} "
+        "(pass --cluster or --study to use others)",
+        highlight=False,
+    )
+
+
 def _summary(summary: Any) -> None:
     state = "complete" if summary.complete else "incomplete"
     console.print(
@@ -153,6 +172,8 @@ def resume(
     from tomosweep.sweep.api import resume_study
 
     _ACTIVE["store"] = store
+    if cluster is None and study is None:
+        _show_stored_cluster(store)
     summary = resume_study(
         store,
         study=study,

@@ -199,3 +199,31 @@ def test_reconstruct_with_overwrite_onto_the_store_itself_is_refused_and_the_sto
     assert lines[0].startswith("error:") and "is a tomosweep sweep store" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr and "wrote" not in result.stdout
     assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
+
+
+def test_resume_shows_the_stored_cluster_settings_before_using_them(tmp_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from sweep_support import tiny_study
+
+    from tomosweep.sweep import study_from_dict
+
+    study = study_from_dict(
+        tiny_study(cluster={"backend": "address", "address": "tcp://127.0.0.1:9", "start_timeout": 1})
+    )
+    store = tmp_path / "received.zarr"
+    SweepStore.create(
+        store,
+        spec=study.to_json(),
+        spec_hash=study.content_hash(),
+        methods=list(study.methods),
+        param_names=study.param_names,
+        elements=["Co", "Cu", "O", "Au"],
+        n_haadf=[5, 9],
+        n_chem=[3],
+    ).close()
+    result = tomosweep("resume", str(store), "-q")
+    text = " ".join(result.stderr.split())
+    assert f"using the cluster settings stored in {store}:" in text, text
+    assert "backend='address'" in text and "address='tcp://127.0.0.1:9'" in text
+    assert text.index("using the cluster settings") < text.index("error:")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
