@@ -240,14 +240,15 @@ def objective_figure(result: Any, prior: Mapping[str, str], title: str) -> Any:
         ax.plot([x[0] for x in result.x_iters], result.func_vals, "k.", label="trials")
         ax.set_xscale("log" if prior.get(names[0]) == "log" else "linear")
         ax.set_xlabel(names[0])
-        ax.set_ylabel("mean NRMSE")
+        ax.set_ylabel("log NRMSE")
         ax.legend(fontsize=8)
     else:
         from skopt.plots import plot_objective
 
         axes = plot_objective(result, dimensions=names, n_points=30)
         fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-    fig.suptitle(title)
+        fig.set_size_inches(2.6 * len(names) + 1.5, 2.6 * len(names) + 1.2)
+    fig.suptitle(title, y=1.02)
     return fig
 
 
@@ -294,10 +295,13 @@ def export(
             ranges = searched_ranges(store, method)
             prior = {name: str(rng.get("prior", "linear")) for name, rng in ranges.items()}
             n = len(surrogates[method].x_iters)
-            title = f"{method} at {cell[0]} HAADF × {cell[1]} chemical tilts: the GP's view of {n} trials"
+            title = (
+                f"{method}, {cell[0]} HAADF × {cell[1]} chemical tilts\n"
+                f"the optimiser's GP: mean log NRMSE over {n} trials (partial dependence)"
+            )
             fig = objective_figure(surrogates[method], prior, title)
             path = out / f"objective_{method}_{cell[0]}x{cell[1]}.png"
-            fig.savefig(path, dpi=110)
+            fig.savefig(path, dpi=110, bbox_inches="tight")
             written.append(path)
             plt.close(fig)
     return written

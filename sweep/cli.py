@@ -105,8 +105,7 @@ def _show_stored_cluster(store: Path) -> None:
     shown = {k: v for k, v in stored.items() if v not in (None, [], {}, "")}
     text = ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "backend='local'"
     console.print(
-        f"using the cluster settings stored in {store}: {escape(text)} "
-        "(pass --cluster or --study to use others)",
+        f"using the cluster settings stored in {store}: {escape(text)} (pass --cluster or --study to use others)",
         highlight=False,
     )
 

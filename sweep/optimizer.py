@@ -208,14 +208,16 @@ class CellOptimizer:
 
     def surrogate(self) -> Any:
         """The GP fitted on every told trial (failures at their penalty), as an skopt
-        ``OptimizeResult`` that ``skopt.plots.plot_objective`` can draw."""
+        ``OptimizeResult`` that ``skopt.plots.plot_objective`` can draw; its values are
+        in the GP's units (log NRMSE unless ``warp="none"``)."""
         from skopt.utils import create_result
 
         if self.n_told < 2:
             raise ValueError(f"a surrogate needs at least 2 trials, this cell has {self.n_told}")
         told = self._told_values()
         model = self._fit(self.X, told, self.seed)
-        return create_result(self.X, told, self._space, self.seed, models=[model])
+        # the values in the GP's own units (log NRMSE by default), as its mean is
+        return create_result(self.X, self._warped(told), self._space, self.seed, models=[model])
 
     def _point(self, params: Mapping[str, float]) -> list[float]:
         return [
