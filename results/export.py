@@ -86,9 +86,17 @@ def _pyplot() -> Any:
     return plt
 
 
+def _grid_panels(store: SweepStore, n_panels: int, *, width_per_panel: float, extra: float) -> tuple[Any, Any]:
+    """A row of panels, each sized for the store's tilt grid."""
+    plt = _pyplot()
+    height = max(3.2, 0.6 * len(store.n_haadf) + 1.8)
+    return plt.subplots(
+        1, n_panels, figsize=(width_per_panel * n_panels + extra, height), squeeze=False, layout="constrained"
+    )
+
+
 def heatmap_figure(store: SweepStore) -> Any:
     """The NRMSE map of every method side by side (Schwartz 2024 Fig. 4a style)."""
-    plt = _pyplot()
     methods = store.methods
     grids = [store.maps(m)["best_nrmse"] for m in methods]
     finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
@@ -96,14 +104,7 @@ def heatmap_figure(store: SweepStore) -> Any:
     if vmin == vmax:
         vmax = vmin + 1e-3
     n_h, n_c = len(store.n_haadf), len(store.n_chem)
-    width = max(3.2, 0.75 * n_c + 1.6)
-    fig, axes = plt.subplots(
-        1,
-        len(methods),
-        figsize=(width * len(methods) + 1.2, max(3.2, 0.6 * n_h + 1.8)),
-        squeeze=False,
-        layout="constrained",
-    )
+    fig, axes = _grid_panels(store, len(methods), width_per_panel=max(3.2, 0.75 * n_c + 1.6), extra=1.2)
     image = None
     for ax, method, grid in zip(axes[0], methods, grids, strict=True):
         image = ax.imshow(grid, origin="lower", cmap="viridis_r", vmin=vmin, vmax=vmax, aspect="auto")
@@ -184,18 +185,10 @@ def best_weights_figure(store: SweepStore, method: str) -> Any:
     as the NRMSE heatmap), so a drift of the best weights over the tilt grid shows."""
     from matplotlib.colors import LogNorm, Normalize
 
-    plt = _pyplot()
     ranges = searched_ranges(store, method)
     best = store.maps(method)["best_params"]
     n_h, n_c = len(store.n_haadf), len(store.n_chem)
-    width = max(3.2, 0.75 * n_c + 1.9)
-    fig, axes = plt.subplots(
-        1,
-        len(ranges),
-        figsize=(width * len(ranges) + 0.5, max(3.2, 0.6 * n_h + 1.8)),
-        squeeze=False,
-        layout="constrained",
-    )
+    fig, axes = _grid_panels(store, len(ranges), width_per_panel=max(3.2, 0.75 * n_c + 1.9), extra=0.5)
     for ax, (name, rng) in zip(axes[0], ranges.items(), strict=True):
         grid = best[:, :, store.param_names.index(name)]
         low, high = float(rng["low"]), float(rng["high"])
