@@ -150,7 +150,9 @@ def trials_to_within(values: list[float], target: float) -> int:
     return len(values) + 1
 
 
-def search_study(budget: int, *, seed: int, sampler: str = "gp", cells=((30,), (8,)), warm: bool = True) -> dict:
+def search_study(
+    budget: int, *, seed: int, sampler: str = "gp", cells=((30,), (8,)), warm: bool = True, liar: str = "cl_min"
+) -> dict:
     """The search benchmark's problem: fused on 24³ nanocubes, three searched weights."""
     return {
         "name": "search",
@@ -164,7 +166,13 @@ def search_study(budget: int, *, seed: int, sampler: str = "gp", cells=((30,), (
                 "n_iter": {"low": 5, "high": 100, "prior": "log"},
             }
         },
-        "budget": {"trials_per_cell": budget, "initial_points": 5, "sampler": sampler, "warm_start": warm},
+        "budget": {
+            "trials_per_cell": budget,
+            "initial_points": 5,
+            "sampler": sampler,
+            "warm_start": warm,
+            "liar": liar,
+        },
     }
 
 
@@ -243,6 +251,19 @@ def search_quality(tmp: Path, budget: int, seeds: int) -> dict:
     }
 
 
+def liars(tmp: Path, budget: int, seeds: int) -> dict:
+    """The constant lie for trials in flight (2 workers): best NRMSE at the budget per liar."""
+    best: dict[str, list[float]] = {}
+    with local_client(2) as client:
+        for liar in ("cl_min", "cl_mean", "cl_max"):
+            for seed in range(seeds):
+                path = tmp / f"liar-{liar}-{seed}.zarr"
+                _run(search_study(budget, seed=seed, liar=liar), path, client)
+                best.setdefault(liar, []).append(min(_curve(path)))
+                print(liar, seed, round(best[liar][-1], 4), flush=True)
+    return {"budget": budget, "best": best, "median_best": {k: statistics.median(v) for k, v in best.items()}}
+
+
 def grid_sharing(tmp: Path, budget: int, seeds: int) -> dict:
     """A 3 × 3 grid with and without warm starts from neighbouring cells."""
     cells = ((15, 30, 60), (4, 8, 16))
@@ -317,7 +338,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=20, help="trials per cell in the search benchmarks")
     p.add_argument("--grid-seeds", type=int, default=2)
     p.add_argument("--throughput-trials", type=int, default=16)
-    sections = ("overhead", "throughput", "search", "grid", "pruning")
+    sections = ("overhead", "throughput", "search", "liars", "grid", "pruning")
     p.add_argument("--only", nargs="+", choices=sections, default=list(sections))
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -331,6 +352,8 @@ def main() -> None:
             print("throughput", report["throughput"], flush=True)
         if "search" in args.only:
             report["search"] = search_quality(tmp, args.budget, args.seeds)
+        if "liars" in args.only:
+            report["liars"] = liars(tmp, args.budget, args.seeds)
         if "grid" in args.only:
             report["grid_sharing"] = grid_sharing(tmp, args.budget, args.grid_seeds)
         if "pruning" in args.only:

@@ -245,20 +245,58 @@ def objective_figure(result: Any, prior: Mapping[str, str], title: str) -> Any:
     return fig
 
 
+def export_names(store: SweepStore, cell: tuple[int, int] | None = None) -> list[str]:
+    """The files :func:`export` writes for ``store`` (and ``cell``)."""
+    names = ["trials.csv", "trials.parquet", "best_params.csv", "nrmse_heatmap.png", "nrmse_heatmap.svg"]
+    names.append("convergence.png")
+    for method in store.methods:
+        if searched_ranges(store, method):
+            names.append(f"best_weights_{method}.png")
+            if cell is not None:
+                names.append(f"objective_{method}_{cell[0]}x{cell[1]}.png")
+    return names
+
+
+def check_export_folder(store: SweepStore, out: str | os.PathLike[str], names: list[str], *, overwrite: bool) -> Path:
+    """Refuse an output folder that is a file, inside a store, or holds files export would
+    replace (unless ``overwrite``, which replaces those files and touches nothing else)."""
+    from tomosweep.errors import StoreError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file; export writes a folder of files: choose a folder path")
+    resolved, inside = out.resolve(), Path(store.path).resolve()
+    if resolved == inside or inside in resolved.parents:
+        raise StoreError(f"--out {out} is inside the store {store.path}; write the export next to the store")
+    for folder in (resolved, *resolved.parents):
+        if (folder / "zarr.json").exists():
+            raise StoreError(f"--out {out} is inside the zarr store {folder}; write the export elsewhere")
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        raise StoreError(
+            f"{out} already holds {shown}; pass --overwrite to replace these {len(existing)} files "
+            "(nothing else in the folder is touched), or choose another --out"
+        )
+    return out
+
+
 def export(
     store: SweepStore,
     out: str | os.PathLike[str],
     *,
     cell: tuple[int, int] | None = None,
     surrogates: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write every export of ``store`` into ``out`` (created); return the files written.
 
     ``surrogates`` maps a method to the fitted skopt result of ``cell`` (see
     :func:`objective_figure`); the sweep layer builds them, this module only draws.
+    Files of an earlier export in ``out`` are replaced only with ``overwrite``.
     """
     plt = _pyplot()
-    out = Path(out)
+    out = check_export_folder(store, out, export_names(store, cell), overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     trials = trials_frame(store)

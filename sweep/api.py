@@ -305,14 +305,18 @@ def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
     return out
 
 
-def export_store(store: PathLike, out: PathLike, *, cell: tuple[int, int] | None = None) -> list[Path]:
+def export_store(
+    store: PathLike, out: PathLike, *, cell: tuple[int, int] | None = None, overwrite: bool = False
+) -> list[Path]:
     """Write heatmaps (PNG+SVG), best-weights maps, best-params table, trials CSV/Parquet,
-    convergence plots and, for ``cell``, each method's objective as its GP sees it."""
-    from tomosweep.results.export import export
+    convergence plots and, for ``cell``, each method's objective as its GP sees it.
+    Files of an earlier export in ``out`` are replaced only with ``overwrite``."""
+    from tomosweep.results.export import check_export_folder, export, export_names
 
     with SweepStore.open(store) as opened:
+        check_export_folder(opened, out, export_names(opened, cell), overwrite=overwrite)  # before any work
         surrogates = cell_surrogates(opened, cell) if cell is not None else None
-        return export(opened, out, cell=cell, surrogates=surrogates)
+        return export(opened, out, cell=cell, surrogates=surrogates, overwrite=overwrite)
 
 
 def reconstruct_cell(

@@ -227,12 +227,15 @@ def export(
     cell: Annotated[
         str | None, typer.Option("--cell", help="H,C: also draw this cell's objective as the optimiser sees it")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace the files of an earlier export in --out (nothing else)")
+    ] = False,
 ) -> None:
     """Heatmaps (PNG+SVG), best-weights maps, best-params table, trials CSV and Parquet,
     convergence plot, and with --cell the GP's view of that cell's objective."""
     from tomosweep.sweep.api import export_store
 
-    for path in export_store(store, out_dir, cell=_parse_cell(cell) if cell else None):
+    for path in export_store(store, out_dir, cell=_parse_cell(cell) if cell else None, overwrite=overwrite):
         out.print(str(path))
 
 

@@ -341,3 +341,28 @@ def test_resume_refuses_a_specimen_file_that_changed(tmp_path, client):
     with pytest.raises(SpecError, match=r"phantom.file .*truth.npz has changed since .*sha256 then [0-9a-f]{16}…, now"):
         resume_study(store, client=client, trial_fn=trial_hooks.synthetic_trial)
     assert SweepStore.open(store).n_committed == before
+
+
+def test_export_never_writes_into_a_store_nor_replaces_files_unasked(tmp_path, client):
+    from tomosweep.sweep.api import export_store
+
+    path = tmp_path / "s.zarr"
+    run_study(study_from_dict(tiny_study()), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    with pytest.raises(StoreError, match="is inside the store"):
+        export_store(path, path / "exports")
+    with pytest.raises(StoreError, match="is inside the store"):
+        export_store(path, path)
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(StoreError, match="is a file; export writes a folder"):
+        export_store(path, tmp_path / "a_file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    export_store(path, out)
+    (out / "trials.csv").write_text("edited by hand")
+    with pytest.raises(StoreError, match=r"already holds trials.csv, .*pass --overwrite to replace these \d+ files"):
+        export_store(path, out)
+    assert (out / "trials.csv").read_text() == "edited by hand"
+    export_store(path, out, overwrite=True)
+    assert (out / "trials.csv").read_text() != "edited by hand" and (out / "notes.txt").read_text() == "mine"
+    assert not (path / "exports").exists()
