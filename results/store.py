@@ -190,6 +190,21 @@ def _write_concurrently(writes: Iterable[tuple[Any, Any, Any]]) -> None:
     sync(run())
 
 
+def check_store_location(path: str | os.PathLike[str]) -> Path:
+    """Refuse a new store's path that cannot be created: call it before any work starts."""
+    path = Path(path)
+    if path.exists():
+        raise StoreError(
+            f"{path} already exists. Resume it with `tomosweep resume {path}`, or choose a new --store path."
+        )
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise StoreError(f"cannot create the store {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create the store {path}: {parent} is not writable")
+    return path
+
+
 class SweepStore:
     """A study's zarr store. Use :meth:`create` or :meth:`open`; close (or ``with``) to release the lock.
 
@@ -242,10 +257,13 @@ class SweepStore:
         if not methods or not param_names or not elements or not n_haadf or not n_chem:
             raise StoreError("a store needs at least one method, parameter, element and grid value per axis")
         zarr = _zarr()
+        check_store_location(path)
         try:
             path.mkdir(parents=True)
         except FileExistsError:
             raise StoreError(f"{path} already exists (created just now by another process)") from None
+        except OSError as exc:
+            raise StoreError(f"cannot create the store {path}: {exc.strerror}") from None
         lock = _Lock(path)
         lock.acquire()
         try:

@@ -179,9 +179,9 @@ def run_study(
     """
     study = with_cluster(_as_study(study), cluster)
     _check_device(study)
-    store = Path(store)
-    if store.exists():
-        raise StoreError(f"{store} already exists. Resume it with `tomosweep resume {store}`, or choose a new --store.")
+    from tomosweep.results.store import check_store_location
+
+    store = check_store_location(store)  # before the cluster starts
     elements = _elements(study)
     earlier = _earlier_trials(warm_start, study)
     with _connect(study, client) as conn:

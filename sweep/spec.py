@@ -320,7 +320,12 @@ def load_study(path: str | Path) -> Study:
     """Read and validate a TOML study file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"study file {path} is not UTF-8 text (byte {exc.start}): TOML files are UTF-8; "
+            "save it as UTF-8 or check that it is the study file"
+        ) from None
     except FileNotFoundError:
         raise SpecError(f"study file {path} does not exist") from None
     except OSError as exc:

@@ -131,9 +131,18 @@ def test_run_status_export_reconstruct(tmp_path):
         (("status", "nowhere.zarr"), "no store at nowhere.zarr"),
         (("reconstruct", "nowhere.zarr", "--cell", "9x", "--out", "v.npz"), "--cell must be H,C"),
         (("run", "missing.toml", "--store", "s.zarr"), "study file missing.toml does not exist"),
+        (("run", "latin1.toml", "--store", "s.zarr"), "study file latin1.toml is not UTF-8 text"),
+        (
+            ("run", "ok.toml", "--store", "a_file/s.zarr"),
+            "cannot create the store a_file/s.zarr:",
+        ),
+        (("export", "nowhere.zarr", "--out", "x"), "no store at nowhere.zarr"),
     ],
 )
 def test_user_mistakes_are_one_clear_line(tmp_path, args, expected):
+    (tmp_path / "latin1.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    (tmp_path / "ok.toml").write_text(STUDY.replace("BUDGET", "3"))
+    (tmp_path / "a_file").write_text("not a folder")
     result = tomosweep(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert expected in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
