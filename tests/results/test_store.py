@@ -207,3 +207,21 @@ def test_a_pruned_trial_is_never_a_cells_best_and_its_saving_is_counted(tmp_path
         records = store.records()
     assert records[1].status == PRUNED and not records[1].ok
     assert pruning_summary(records) == {("sirt", 5, 3): {"n_pruned": 1, "saved_s": pytest.approx(8.0)}}
+
+
+def test_a_store_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    import os as _os
+
+    with new_store(tmp_path / "s.zarr") as store:
+        store.append(record())
+    real_open = _os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".tomosweep.lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("tomosweep.results.store.os.open", read_only)
+    with pytest.raises(StoreError, match=r"cannot be written \(Permission denied\): resuming needs write access"):
+        SweepStore.open(tmp_path / "s.zarr", writable=True)
+    assert SweepStore.open(tmp_path / "s.zarr").n_committed == 1  # reading still works
