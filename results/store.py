@@ -232,7 +232,37 @@ class SweepStore:
         self._n_committed = int(attrs.get("n_committed", 0))
         self._columns = {name: group[f"trials/{name}"] for name in (*_COLUMNS_1D, "nrmse_elements", "params", "meta")}
         self._map_arrays = self._open_maps()
-        self._maps = {m: {name: arr[...] for name, arr in arrays.items()} for m, arrays in self._map_arrays.items()}
+        self._validate()
+        try:
+            self._maps = {m: {name: arr[...] for name, arr in arrays.items()} for m, arrays in self._map_arrays.items()}
+        except Exception as exc:  # a deleted or truncated chunk: zarr and its codecs raise many types
+            raise StoreError(
+                f"store {path} is damaged: its maps cannot be read ({type(exc).__name__}: {exc}). "
+                "The maps are derived data: `tomosweep resume` rebuilds them from the trials"
+            ) from None
+
+    def _validate(self) -> None:
+        """Check the attributes and array shapes against each other: a damaged store is one message."""
+        problems = []
+        n = self._attrs.get("n_committed", 0)
+        rows = {name: arr.shape[0] for name, arr in self._columns.items()}
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            problems.append(f"n_committed is {n!r}, not a count of trials")
+        elif any(r < n for r in rows.values()):
+            problems.append(f"n_committed is {n} but the trial columns hold {min(rows.values())} rows")
+        if len(set(rows.values())) > 1:
+            problems.append(f"the trial columns differ in length ({rows})")
+        if self._columns["params"].shape[1:] != (len(self.param_names),):
+            problems.append(f"trials/params has {self._columns['params'].shape[1:]} columns for {self.param_names}")
+        if self._columns["nrmse_elements"].shape[1:] != (len(self.elements),):
+            problems.append(f"trials/nrmse_elements does not match the {len(self.elements)} elements")
+        grid = (len(self.n_haadf), len(self.n_chem))
+        for method, arrays in self._map_arrays.items():
+            shapes = {name: arr.shape[:2] for name, arr in arrays.items()}
+            if any(shape != grid for shape in shapes.values()):
+                problems.append(f"maps/{method} is not on the {grid[0]} × {grid[1]} grid ({shapes})")
+        if problems:
+            raise StoreError(f"store {self.path} is damaged: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ creation / opening
 
@@ -537,14 +567,25 @@ class SweepStore:
     def columns(self) -> dict[str, np.ndarray]:
         """The committed rows of every trial column, as NumPy arrays (``meta`` as str)."""
         n = self._n_committed
-        return {name: np.asarray(arr[:n]) for name, arr in self._columns.items()}
+        try:
+            return {name: np.asarray(arr[:n]) for name, arr in self._columns.items()}
+        except Exception as exc:  # a deleted or truncated chunk: zarr and its codecs raise many types
+            raise StoreError(
+                f"store {self.path} is damaged: its committed trials cannot be read ({type(exc).__name__}: {exc})"
+            ) from None
 
     def records(self) -> list[TrialRecord]:
         """Every committed trial as a :class:`TrialRecord`, in trial-id order."""
         cols = self.columns()
         out = []
         for r in range(self._n_committed):
-            meta = json.loads(str(cols["meta"][r]))
+            try:
+                meta = json.loads(str(cols["meta"][r]))
+            except ValueError:
+                raise StoreError(
+                    f"store {self.path} is damaged: trial {r}'s metadata is missing or not JSON "
+                    "(a deleted or truncated chunk of trials/meta?)"
+                ) from None
             method = self.methods[int(cols["method"][r])]
             params = {
                 name: float(v) for name, v in zip(self.param_names, cols["params"][r], strict=True) if np.isfinite(v)

@@ -120,8 +120,9 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
             from tomosweep.errors import StoreError
 
             raise StoreError(
-                f"{store.path}: the stored optimiser state of {state_key(key)} is damaged ({exc}); "
-                "`tomosweep check --repair` resets it"
+                f"store {store.path} is damaged: the optimiser state of {state_key(key)} is unreadable ({exc}). "
+                'The trials are intact; deleting the "optimiser" attribute in its zarr.json restarts every '
+                "cell's optimiser from them (with fresh GP-Hedge gains)"
             ) from None
     return opts
 

@@ -225,3 +225,21 @@ def test_a_store_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch
     with pytest.raises(StoreError, match=r"cannot be written \(Permission denied\): resuming needs write access"):
         SweepStore.open(tmp_path / "s.zarr", writable=True)
     assert SweepStore.open(tmp_path / "s.zarr").n_committed == 1  # reading still works
+
+
+def test_a_damaged_store_is_one_message_naming_the_damage(tmp_path):
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    with new_store(path) as store:
+        for k in range(3):
+            store.append(record(nrmse=0.5 - 0.1 * k))
+    group = zarr.open_group(path, mode="r+")
+    for bad in (-1, 300, "3"):
+        group.attrs["n_committed"] = bad
+        with pytest.raises(StoreError, match="is damaged: n_committed"):
+            SweepStore.open(path)
+    group.attrs["n_committed"] = 3
+    shutil.rmtree(path / "trials" / "meta" / "c")  # the committed rows' metadata chunk is gone
+    with pytest.raises(StoreError, match="is damaged: trial 0's metadata is missing"):
+        SweepStore.open(path).records()
