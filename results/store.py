@@ -499,6 +499,13 @@ class SweepStore:
         self._attrs.update(update)
         return row
 
+    def reset_optimiser_state(self, keys: Sequence[str]) -> None:
+        """Drop the stored optimiser states of ``keys`` (they restart from the trials)."""
+        self._require_writable()
+        kept = {k: v for k, v in self.optimiser_state().items() if k not in set(keys)}
+        self._group.attrs["optimiser"] = kept
+        self._attrs["optimiser"] = kept
+
     def rebuild_maps(self) -> None:
         """Recompute every map from the committed trials (after a crash, or a grid change)."""
         self._require_writable()

@@ -281,6 +281,56 @@ def study_status(store: PathLike) -> Any:
     return frame
 
 
+def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
+    """A store's health, one finding per line (empty: healthy).
+
+    Opening validates the attributes and array shapes (a damaged store raises
+    :class:`StoreError` naming the damage); then every committed trial is read, the
+    stored study is validated, the maps are compared with a rebuild from the trials, and
+    every optimiser state is checked. ``repair`` rebuilds the maps and drops unreadable
+    optimiser states (derived data); committed trials are never touched.
+    """
+    from tomosweep.sweep.optimizer import CellOptimizer
+
+    findings: list[str] = []
+    with SweepStore.open(store) as opened:
+        records = opened.records()
+        study = stored_study(opened)
+        for method in opened.methods:
+            stored = opened.maps(method)
+            fresh = {"best_nrmse": np.full(stored["best_nrmse"].shape, np.nan), "n_trials": 0 * stored["n_trials"]}
+            for r in records:
+                if r.method != method or r.n_haadf not in opened.n_haadf or r.n_chem not in opened.n_chem:
+                    continue
+                i, j = opened.cell_index(r.n_haadf, r.n_chem)
+                fresh["n_trials"][i, j] += 1
+                if r.ok and not r.nrmse >= fresh["best_nrmse"][i, j]:
+                    fresh["best_nrmse"][i, j] = r.nrmse
+            same = np.array_equal(fresh["n_trials"], stored["n_trials"]) and np.allclose(
+                fresh["best_nrmse"], stored["best_nrmse"], equal_nan=True
+            )
+            if not same:
+                findings.append(f"maps/{method} disagree with the trials (derived data: --repair rebuilds them)")
+        bad_states = []
+        for key, state in opened.optimiser_state().items():
+            method = key.split("/")[0]
+            if method not in study.methods:
+                bad_states.append(key)
+                continue
+            probe = CellOptimizer({"x": (0.0, 1.0, "linear", "real")}, n_initial=1, seed=0)
+            try:
+                probe.restore(state)
+            except (KeyError, TypeError, ValueError) as exc:
+                bad_states.append(key)
+                findings.append(f"optimiser state {key} is unreadable ({exc}); --repair resets it")
+    if repair and (findings or bad_states):
+        with SweepStore.open(store, writable=True) as opened:
+            opened.rebuild_maps()
+            if bad_states:
+                opened.reset_optimiser_state(bad_states)
+    return findings
+
+
 def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
     """Per method, a GP fitted on one cell's stored trials (what its optimiser sees)."""
     from tomosweep.sweep.methods import METHODS

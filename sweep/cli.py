@@ -221,6 +221,28 @@ def _fmt(value: Any) -> str:
 
 
 @app.command()
+def check(
+    store: Annotated[Path, typer.Argument(help="store to check")],
+    repair: Annotated[
+        bool, typer.Option("--repair", help="rebuild the maps and reset unreadable optimiser states (never trials)")
+    ] = False,
+) -> None:
+    """Report a store's health: attributes, shapes, every trial readable, maps, optimiser state."""
+    from tomosweep.sweep.api import check_store
+
+    findings = check_store(store, repair=repair)
+    if not findings:
+        out.print(f"{store}: healthy")
+        return
+    for line in findings:
+        out.print(f"{store}: {line}")
+    if repair:
+        out.print(f"{store}: repaired (maps rebuilt from the trials; committed trials untouched)")
+        return
+    raise typer.Exit(1)
+
+
+@app.command()
 def export(
     store: Annotated[Path, typer.Argument(help="store to export")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the files")],

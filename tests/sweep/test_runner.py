@@ -366,3 +366,32 @@ def test_export_never_writes_into_a_store_nor_replaces_files_unasked(tmp_path, c
     export_store(path, out, overwrite=True)
     assert (out / "trials.csv").read_text() != "edited by hand" and (out / "notes.txt").read_text() == "mine"
     assert not (path / "exports").exists()
+
+
+def test_check_reports_and_repairs_derived_damage_without_touching_trials(tmp_path, client):
+    import subprocess
+    import sys
+
+    import zarr
+
+    from tomosweep.sweep.api import check_store
+
+    path = tmp_path / "s.zarr"
+    run_study(study_from_dict(tiny_study()), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    assert check_store(path) == []
+    trials_before = [(r.params, r.nrmse) for r in SweepStore.open(path).records()]
+    zarr.open_array(path / "maps" / "sirt" / "best_nrmse", mode="r+")[0, 0] = 0.001
+    group = zarr.open_group(path, mode="r+")
+    group.attrs["optimiser"] = {**group.attrs["optimiser"], "fused/5/3": {"n_asked": 2, "gains": [1.0, "x", 0.0]}}
+    findings = check_store(path)
+    assert any("maps/sirt disagree with the trials" in f for f in findings)
+    assert any("optimiser state fused/5/3 is unreadable" in f for f in findings)
+    cli = [sys.executable, "-m", "tomosweep.sweep.cli", "check", str(path)]
+    assert subprocess.run(cli, capture_output=True, text=True).returncode == 1
+    repaired = subprocess.run([*cli, "--repair"], capture_output=True, text=True)
+    assert repaired.returncode == 0 and "repaired" in repaired.stdout
+    assert check_store(path) == []
+    assert [(r.params, r.nrmse) for r in SweepStore.open(path).records()] == trials_before
+    group.attrs["n_committed"] = -1
+    damaged = subprocess.run(cli, capture_output=True, text=True)
+    assert damaged.returncode == 2 and "is damaged: n_committed is -1" in " ".join(damaged.stderr.split())
