@@ -345,7 +345,9 @@ def main() -> None:
     except KeyboardInterrupt:
         raise _interrupted(130) from None
     except _CLICK_ERROR as exc:  # usage errors: a missing option, a bad value
-        exc.show()
+        command = getattr(getattr(exc, "ctx", None), "command_path", None) or "tomosweep"
+        console.print(f"[red]error:[/] {escape(exc.format_message())}", highlight=False)
+        console.print(f"(see `{escape(command)} --help`)", highlight=False)
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         raise _interrupted(130) from None
