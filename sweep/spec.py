@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -203,8 +204,10 @@ class Study(BaseModel):
                     )
                 elif p.kind == "int" and float(value) != int(value):
                     raise ValueError(f"methods.{name}.{p.name} is an integer parameter (got {value})")
-                elif value <= 0:
-                    raise ValueError(f"methods.{name}.{p.name} must be > 0 (got {value})")
+                elif not math.isfinite(value) or value <= 0:
+                    raise ValueError(f"methods.{name}.{p.name} must be a finite number > 0 (got {value})")
+                elif value > _param_limit(p):
+                    raise ValueError(f"methods.{name}.{p.name} = {value:g} is beyond {_param_limit(p):g}")
                 resolved[p.name] = value
             if not any(isinstance(v, SearchRange) for v in resolved.values()):
                 first = method.params[0]
@@ -258,7 +261,16 @@ def _search_range(method: str, p: Any, raw: Mapping[str, Any]) -> SearchRange:
         raise ValueError(f"{key}: low must be > 0 (got {rng.low})")
     if p.kind == "int" and (rng.low != int(rng.low) or rng.high != int(rng.high)):
         raise ValueError(f"{key} is an integer parameter: low and high must be integers")
+    if rng.high > _param_limit(p):
+        raise ValueError(f"{key}: high = {rng.high:g} is beyond {_param_limit(p):g}")
     return rng
+
+
+def _param_limit(p: Any) -> float:
+    """The largest sensible value: 100 000 iterations; a weight of 1e6 (relative or fraction)."""
+    if p.kind == "int":
+        return 100_000.0
+    return 1.0 if p.high <= 1.0 else 1e6
 
 
 def _first_message(exc: ValidationError) -> str:

@@ -178,6 +178,8 @@ _GRID = {"n_haadf": [5], "n_chem": [3]}
         ({"acquisition": {"n_haadf": [5, 100000], "n_chem": [3]}}, "tilt counts must lie in 1–1000"),
         ({"methods": {"sirt": {"n_iter": {"low": 2, "high": float("inf")}}}}, "high: Input should be a finite number"),
         ({"methods": {"sirt": {"n_iter": {"low": float("nan"), "high": 9}}}}, "low: Input should be a finite number"),
+        ({"methods": {"sirt": {"n_iter": {"low": 2, "high": 10**9}}}}, "high = 1e+09 is beyond 100000"),
+        ({"methods": {"hebt": {"alpha": 1.5, "n_iter": {"low": 2, "high": 9}}}}, "hebt.alpha = 1.5 is beyond 1"),
     ],
 )
 def test_numbers_that_would_fail_every_trial_are_refused_up_front(override, message):
