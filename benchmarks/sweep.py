@@ -251,11 +251,11 @@ def search_quality(tmp: Path, budget: int, seeds: int) -> dict:
     }
 
 
-def liars(tmp: Path, budget: int, seeds: int) -> dict:
+def liars(tmp: Path, budget: int, seeds: int, which=("cl_min", "cl_mean", "cl_max", "kb")) -> dict:
     """The constant lie for trials in flight (2 workers): best NRMSE at the budget per liar."""
     best: dict[str, list[float]] = {}
     with local_client(2) as client:
-        for liar in ("cl_min", "cl_mean", "cl_max"):
+        for liar in which:
             for seed in range(seeds):
                 path = tmp / f"liar-{liar}-{seed}.zarr"
                 _run(search_study(budget, seed=seed, liar=liar), path, client)
@@ -340,6 +340,7 @@ def main() -> None:
     p.add_argument("--throughput-trials", type=int, default=16)
     sections = ("overhead", "throughput", "search", "liars", "grid", "pruning")
     p.add_argument("--only", nargs="+", choices=sections, default=list(sections))
+    p.add_argument("--liars", nargs="+", default=["cl_min", "cl_mean", "cl_max", "kb"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -353,7 +354,7 @@ def main() -> None:
         if "search" in args.only:
             report["search"] = search_quality(tmp, args.budget, args.seeds)
         if "liars" in args.only:
-            report["liars"] = liars(tmp, args.budget, args.seeds)
+            report["liars"] = liars(tmp, args.budget, args.seeds, args.liars)
         if "grid" in args.only:
             report["grid_sharing"] = grid_sharing(tmp, args.budget, args.grid_seeds)
         if "pruning" in args.only:

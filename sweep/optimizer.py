@@ -93,8 +93,9 @@ class CellOptimizer:
         Seeds every random draw and every fit: the sequence of points depends only on
         the seed, the warm-start points and the order of results.
     liar
-        The constant lie for trials in flight: ``cl_min`` (skopt's default), ``cl_mean``
-        or ``cl_max``.
+        What trials in flight are told: a constant lie, ``cl_min`` (skopt's default),
+        ``cl_mean`` or ``cl_max``, or ``kb`` (kriging believer: the GP's own prediction
+        from the finished results).
     sampler
         ``"gp"`` (GP-Hedge) or ``"random"`` (random search, the baseline).
     acq_optimizer
@@ -115,7 +116,7 @@ class CellOptimizer:
         *,
         n_initial: int,
         seed: int,
-        liar: Literal["cl_min", "cl_mean", "cl_max"] = "cl_min",
+        liar: Literal["cl_min", "cl_mean", "cl_max", "kb"] = "cl_min",
         sampler: Sampler = "gp",
         acq_optimizer: AcqOptimizer = "lbfgs",
         warm_start: Sequence[Mapping[str, float]] = (),
@@ -316,10 +317,18 @@ class CellOptimizer:
 
     def _gp_point(self, seed: int, taken: set[tuple[float, ...]]) -> tuple[list[float] | None, str]:
         told = self._told_values()
+        believed = None  # a model of the finished results alone, when trials are in flight
+        if self.pending and self.liar == "kb":
+            # kriging believer: each running trial is told the GP's own prediction there
+            believed = self._fit(self.X, told, derived_seed(seed, "reward"))
+            predicted = believed.predict(self._space.transform(list(self.pending.values())))
+            lies = [math.exp(v) if self.warp == "log" else float(v) for v in predicted]
+        else:
+            lies = [self._lie(told)] * len(self.pending)
         X = self.X + list(self.pending.values())
-        Y = told + [self._lie(told)] * len(self.pending)
+        Y = told + lies
         model = self._fit(X, Y, seed)
-        self._reward(told, None if self.pending else model, derived_seed(seed, "reward"))
+        self._reward(told, believed if self.pending else model, derived_seed(seed, "reward"))
 
         rng = np.random.default_rng(seed)
         if math.isfinite(self._size) and self._size <= _N_CANDIDATES:

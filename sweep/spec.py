@@ -134,7 +134,7 @@ class BudgetSpec(BaseModel):
     model_config = _FORBID
     trials_per_cell: int = Field(ge=1, le=100000)
     initial_points: int = Field(5, ge=1)
-    liar: Literal["cl_min", "cl_mean", "cl_max"] = "cl_min"
+    liar: Literal["cl_min", "cl_mean", "cl_max", "kb"] = "cl_min"
     sampler: Literal["gp", "random"] = "gp"
     warm_start: bool = True
     prune: bool = False

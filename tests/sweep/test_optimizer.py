@@ -73,7 +73,7 @@ def test_hedge_gains_change_with_results_and_only_with_results():
 
 
 def test_asynchronous_asks_are_diverse_under_the_constant_liar():
-    for liar in ("cl_min", "cl_mean", "cl_max"):
+    for liar in ("cl_min", "cl_mean", "cl_max", "kb"):
         opt = CellOptimizer(SPACE, n_initial=3, seed=3, liar=liar)
         run(opt, 5)
         pending = [opt.ask(("p", i)).params for i in range(4)]
