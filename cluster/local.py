@@ -10,6 +10,18 @@ from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import ClusterError
 
 
+def worker_log_level() -> int:
+    """The level below which Dask's own log lines are dropped in a local cluster's processes.
+
+    ``ERROR`` by default; ``tomosweep run``/``resume`` raise it to ``CRITICAL`` unless
+    ``--verbose`` (through ``TOMOSWEEP_DASK_LOG_LEVEL``), so a worker's transient
+    connection messages — e.g. a heartbeat racing the cluster's shutdown — do not reach
+    the terminal; the driver's own Dask messages go to the study's log file then.
+    """
+    name = os.environ.get("TOMOSWEEP_DASK_LOG_LEVEL", "ERROR").upper()
+    return int(getattr(logging, name, logging.ERROR))
+
+
 def start(settings: ClusterSettings) -> tuple[Any, int, str]:
     """Start the cluster; return it, its worker threads and a one-line description.
 
@@ -29,7 +41,7 @@ def start(settings: ClusterSettings) -> tuple[Any, int, str]:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
             memory_limit=settings.memory_limit or "auto",
-            silence_logs=logging.ERROR,
+            silence_logs=worker_log_level(),
         )
     except Exception as exc:
         raise ClusterError(f"could not start the local Dask cluster ({n} workers): {exc}") from None

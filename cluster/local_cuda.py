@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
+from tomosweep.cluster.local import worker_log_level
 from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.errors import ClusterError
 
@@ -55,7 +55,7 @@ def start(settings: ClusterSettings) -> tuple[Any, int, str]:
             dashboard_address="127.0.0.1:0",
             memory_limit=settings.memory_limit or "auto",
             resources=dict(GPU_RESOURCE),
-            silence_logs=logging.ERROR,
+            silence_logs=worker_log_level(),
         )
     except Exception as exc:
         raise ClusterError(f"could not start the local CUDA cluster on GPUs {','.join(devices)}: {exc}") from None

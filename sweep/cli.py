@@ -7,6 +7,7 @@ stops the driver, keeps every finished trial and says how to resume (exit 130).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,7 +66,37 @@ class RichProgress:
         self._bar.stop()
 
 
+def _dask_logs(verbose: bool) -> None:
+    """Unless ``--verbose``: Dask's log lines stay out of the terminal (local workers drop
+    everything below CRITICAL; see :func:`tomosweep.cluster.local.worker_log_level`)."""
+    if not verbose:
+        os.environ["TOMOSWEEP_DASK_LOG_LEVEL"] = "CRITICAL"
+    _ACTIVE["verbose"] = verbose
+
+
+def _log_to_file() -> None:
+    """Send the driver's Dask messages (warnings and worse) to ``<store>.log``, not the terminal.
+
+    Called once the cluster is up: starting a local cluster resets the level of every
+    stream handler of the ``distributed`` logger, a file handler included.
+    """
+    import logging
+
+    store = _ACTIVE.get("store")
+    if _ACTIVE.get("verbose", True) or store is None:
+        return
+    logger = logging.getLogger("distributed")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+    handler = logging.FileHandler(f"{store}.log", delay=True)  # created only when there is something to say
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+
+
 def _connected(conn: Any) -> None:
+    _log_to_file()
     console.print(f"[bold]{conn.description}[/] — first worker after {conn.first_worker_s:.1f} s")
     link = conn.dashboard
     console.print(f"Dask scheduler {conn.client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
@@ -137,12 +168,16 @@ def run(
     store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
     cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="show Dask's own log lines (default: into STORE.log)")
+    ] = False,
     warm_start: WarmStartOption = None,
 ) -> None:
     """Run a study: create STORE and spend the whole budget."""
     from tomosweep.sweep.api import run_study
 
     _ACTIVE["store"] = store
+    _dask_logs(verbose)
     summary = run_study(
         study,
         store,
@@ -165,12 +200,16 @@ def resume(
     ] = False,
     cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="show Dask's own log lines (default: into STORE.log)")
+    ] = False,
     warm_start: WarmStartOption = None,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
     from tomosweep.sweep.api import resume_study
 
     _ACTIVE["store"] = store
+    _dask_logs(verbose)
     if cluster is None and study is None:
         _show_stored_cluster(store)
     summary = resume_study(

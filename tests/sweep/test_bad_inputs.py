@@ -112,6 +112,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 def folder(tmp_path, monkeypatch):
     """A working folder with a valid store, files and folders to point the CLI at."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOMOSWEEP_DASK_LOG_LEVEL", "ERROR")  # `run` raises it in-process; restored after
     (tmp_path / "garbage.npz").write_bytes(b"not an archive")
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "latin1.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))

@@ -96,6 +96,7 @@ def test_run_status_export_reconstruct(tmp_path):
     result = tomosweep("run", study, "--store", str(store))
     assert result.returncode == 0, result.stderr
     assert "12 new trials" in result.stderr and "complete" in result.stderr
+    assert "distributed." not in result.stderr and "Traceback" not in result.stderr  # Dask's logs stay out
 
     again = tomosweep("run", study, "--store", str(store))
     assert again.returncode == 2 and "already exists. Resume it with `tomosweep resume" in again.stderr
