@@ -23,6 +23,8 @@ Layout (see ``DESIGN.md``; the per-method maps and the 2-D ``params`` /
                                        finished_at, task_key, proposed_by, info (final
                                        cost terms …)
 
+``attrs["inputs"]`` records what the study read besides its own text (a specimen file's
+path and SHA-256), so that ``resume`` can refuse a changed input.
 ``attrs["optimiser"]`` holds each (method, cell) optimiser's own state — GP-Hedge gains,
 its last nominees, its seed counter — as plain JSON numbers, keyed ``method/n_haadf/n_chem``,
 and is written in the same attribute update as ``n_committed``, so the state a resume
