@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from tomosweep.cluster.settings import ClusterSettings
@@ -33,6 +37,27 @@ def start(settings: ClusterSettings) -> tuple[Any, int, str]:
     from distributed import LocalCluster
 
     n = settings.n_workers or max(1, os.cpu_count() or 1)
+    with _workers_ignore_ctrl_c():
+        return _start(LocalCluster, settings, n)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (an ignored signal stays ignored across
+    exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C in a terminal
+    reaches the whole process group, and only the driver should act on it — it stops the
+    study cleanly and closes the cluster — instead of every worker printing a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start(LocalCluster: Any, settings: ClusterSettings, n: int) -> tuple[Any, int, str]:  # noqa: N803
     try:
         cluster = LocalCluster(
             n_workers=n,

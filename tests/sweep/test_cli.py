@@ -180,7 +180,10 @@ def test_an_interrupted_run_exits_non_zero_and_names_the_resume_command(tmp_path
             pass
         time.sleep(0.05)
     assert driver.poll() is None, driver.stderr.read()
-    driver.send_signal(signum)  # the driver alone, as a batch system's walltime or a `kill` does
+    if signum == signal.SIGINT:
+        os.killpg(driver.pid, signum)  # Ctrl-C in a terminal: the whole process group, workers too
+    else:
+        driver.send_signal(signum)  # the driver alone, as a batch system's walltime or a `kill` does
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == code, stderr
     assert f"{word}: every finished trial is stored; continue with `tomosweep resume {store}`" in " ".join(
