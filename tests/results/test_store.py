@@ -243,3 +243,19 @@ def test_a_damaged_store_is_one_message_naming_the_damage(tmp_path):
     shutil.rmtree(path / "trials" / "meta" / "c")  # the committed rows' metadata chunk is gone
     with pytest.raises(StoreError, match="is damaged: trial 0's metadata is missing"):
         SweepStore.open(path).records()
+
+
+def test_a_truncated_chunk_is_one_damaged_message(tmp_path):
+    path = tmp_path / "s.zarr"
+    with new_store(path) as store:
+        for k in range(3):
+            store.append(record(nrmse=0.5 - 0.1 * k))
+    chunk = path / "trials" / "nrmse" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:5])
+    with pytest.raises(StoreError, match="is damaged: its committed trials cannot be read"):
+        SweepStore.open(path).records()
+    maps_chunk = next((path / "maps" / "sirt" / "best_nrmse" / "c").rglob("*"))
+    maps_chunk = maps_chunk if maps_chunk.is_file() else next(maps_chunk.rglob("*"))
+    maps_chunk.write_bytes(b"\x00\x01")
+    with pytest.raises(StoreError, match="is damaged: its maps cannot be read"):
+        SweepStore.open(path)
