@@ -39,7 +39,8 @@ def _elements(study: Study) -> tuple[str, ...]:
     if study.phantom.name is not None:
         from tomosweep.phantoms import make_specimen
 
-        elements = tuple(make_specimen(study.phantom.name, 16, **study.phantom.options).elements)
+        # at the study's own size: an option valid there (a radius in voxels, say) may not be at 16³
+        elements = tuple(make_specimen(study.phantom.name, study.phantom.size, **study.phantom.options).elements)
     else:
         from tomosweep.phantoms import load_specimen
 

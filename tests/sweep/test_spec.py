@@ -197,3 +197,13 @@ def test_a_chem_snr_table_must_name_exactly_the_specimens_elements(tmp_path):
     extra = {"Co": 2.0, "Cu": 2.0, "O": 2.0, "Au": 2.0, "Ag": 1.0}
     with pytest.raises(SpecError, match="not in the specimen: Ag"):
         _elements(study_from_dict(tiny_study(acquisition={**_GRID, "chem_snr": extra})))
+
+
+def test_element_names_come_from_the_specimen_at_the_studys_size():
+    # an option valid at 64³ (a thin tube wall) cannot be built at 16³
+    from tomosweep.sweep.api import _elements
+
+    study = study_from_dict(
+        tiny_study(phantom={"name": "conio_composite", "size": 64, "options": {"inner_radius": 0.25}})
+    )
+    assert _elements(study) == ("Co", "Ni", "O")
