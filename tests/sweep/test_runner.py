@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 import trial_hooks
 from sweep_support import tiny_study
@@ -395,3 +396,26 @@ def test_check_reports_and_repairs_derived_damage_without_touching_trials(tmp_pa
     group.attrs["n_committed"] = -1
     damaged = subprocess.run(cli, capture_output=True, text=True)
     assert damaged.returncode == 2 and "is damaged: n_committed is -1" in " ".join(damaged.stderr.split())
+
+
+def test_the_heatmap_shows_each_cells_best_nrmse_in_its_place(tmp_path, client):
+    from tomosweep.results.export import best_weights_figure, heatmap_figure
+
+    study = tiny_study(acquisition={"n_haadf": [5, 9], "n_chem": [3, 4]})
+    path = tmp_path / "s.zarr"
+    run_study(study_from_dict(study), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    with SweepStore.open(path) as store:
+        fig = heatmap_figure(store)
+        for ax, method in zip(fig.axes, store.methods, strict=False):
+            image = ax.get_images()[0]
+            grid = store.maps(method)["best_nrmse"]
+            assert np.array_equal(np.asarray(image.get_array()), grid)  # rows = HAADF, columns = chemical
+            assert image.origin == "lower"
+            assert [t.get_text() for t in ax.get_yticklabels()] == ["5", "9"]
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "4"]
+            texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+            assert texts[(1, 0)] == f"{grid[1, 0]:.2f}"  # 9 HAADF × 3 chemical tilts
+        weights = best_weights_figure(store, "fused")
+        shown = np.asarray(weights.axes[0].get_images()[0].get_array())
+        names = store.param_names
+        assert np.array_equal(shown, store.maps("fused")["best_params"][:, :, names.index("lambda_haadf")])
