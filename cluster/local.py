@@ -34,9 +34,10 @@ def start(settings: ClusterSettings) -> tuple[Any, int, str]:
     the dashboard bind to 127.0.0.1, the dashboard on a free port so two studies on
     one machine never clash.
     """
+    from dask.system import CPU_COUNT  # respects cgroup and affinity limits, unlike os.cpu_count()
     from distributed import LocalCluster
 
-    n = settings.n_workers or max(1, os.cpu_count() or 1)
+    n = settings.n_workers or max(1, CPU_COUNT)
     with _workers_ignore_ctrl_c():
         return _start(LocalCluster, settings, n)
 

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -289,7 +290,7 @@ class Runner:
             method, h, c = ticket.key
             thresholds = prune_thresholds(curves[ticket.key]) if prune and METHODS[method].prunable else None
             task = TrialTask(self._study_json, method, h, c, ticket.params, ticket.attempt, prune=thresholds or None)
-            name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{derived_seed(time.time_ns())}"
+            name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{uuid.uuid4().hex[:12]}"
             future = self.client.submit(self.trial_fn, task, key=name, pure=False, resources=self.resources)
             active[future] = ticket
             queue.add(future)
