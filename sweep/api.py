@@ -233,8 +233,9 @@ def resume_study(
             if new.content_hash() != stored.content_hash():
                 if not extend:
                     raise SpecError(
-                        f"the study file differs from the one stored in {store}. Resume without a study file to "
-                        "finish the stored study, or pass --extend to raise the budget or grow the grid."
+                        f"the study file differs from the one stored in {store} (content hash "
+                        f"{new.content_hash()[:12]}… against {stored.content_hash()[:12]}… stored). Resume without a "
+                        "study file to finish the stored study, or pass --extend to raise the budget or grow the grid."
                     )
                 check_extension(stored, new)
         new = with_cluster(new, cluster)
