@@ -119,7 +119,7 @@ def throughput(tmp: Path, n_trials: int) -> dict:
     )
     spec_json = json.dumps(spec.to_json(), sort_keys=True)
     for k in range(n_trials):
-        params = {**spec.fixed("fused"), **opt.ask(k)}
+        params = {**spec.fixed("fused"), **opt.ask(k).params}
         serial_tasks.append(TrialTask(spec_json, "fused", 40, 12, params))
     run_trial(serial_tasks[0])  # build the cell's data and projectors once, as a worker does
     t0 = time.perf_counter()

@@ -113,6 +113,10 @@ class _Problem:
         v = x.reshape(self.n, self.n, self.n_el, self.n_x)
         return self.xp.ascontiguousarray(self.xp.moveaxis(v, 2, 0))
 
+    def public_view(self, x: Any) -> Any:
+        """``x`` seen as ``(n_elements, n, n, n_x)`` without a copy (what a callback reads)."""
+        return self.xp.moveaxis(x.reshape(self.n, self.n, self.n_el, self.n_x), 2, 0)
+
     def as_4d(self, x: Any) -> Any:
         return x.reshape(self.n, self.n, self.n_el, self.n_x)
 
@@ -595,7 +599,7 @@ def fused(
         Where to compute; by default where the data live.
     callback : callable, optional
         ``callback(k, costs, volume)`` after every iteration, ``volume`` the iterate as
-        ``(n_elements, n, n, n_x)``; return True to stop.
+        a read-only ``(n_elements, n, n, n_x)`` view (no copy); return True to stop.
 
     Returns
     -------
@@ -626,7 +630,7 @@ def fused(
     return _solve(
         prob,
         x,
-        CostLog("fused", callback, view=prob.to_public),
+        CostLog("fused", callback, view=prob.public_view),
         start,
         lam_h=lam_h,
         lam_c=lam_c,
@@ -751,7 +755,7 @@ def poisson_ml(
     """
     _checks.positive_int(n_iter, "n_iter", minimum=0)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
-    log = CostLog("Poisson-ML", callback, view=prob.to_public)
+    log = CostLog("Poisson-ML", callback, view=prob.public_view)
     x, done = _mlem(prob, int(n_iter), log)
     return log.result(prob.to_public(x), done, backend.device_name(prob.xp), eps=eps_values(eps, prob.n_el).tolist())
 
@@ -787,7 +791,7 @@ def poisson_ml_tv(
     return _solve(
         prob,
         x,
-        CostLog("Poisson-ML+TV", callback, view=prob.to_public),
+        CostLog("Poisson-ML+TV", callback, view=prob.public_view),
         start,
         lam_h=0.0,
         lam_c=float(lambda_chem),
