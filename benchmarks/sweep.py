@@ -188,19 +188,10 @@ def _run(spec: dict, path: Path, client, *, sequential: bool = False) -> None:
     if not sequential:
         run_study(study_obj, path, client=client)
         return
-    from tomosweep.sweep.api import _elements
+    from tomosweep.sweep.api import create_store
     from tomosweep.sweep.runner import Runner
 
-    with SweepStore.create(
-        path,
-        spec=study_obj.to_json(),
-        spec_hash=study_obj.content_hash(),
-        methods=list(study_obj.methods),
-        param_names=study_obj.param_names,
-        elements=_elements(study_obj),
-        n_haadf=study_obj.acquisition.n_haadf,
-        n_chem=study_obj.acquisition.n_chem,
-    ) as store:
+    with create_store(study_obj, path) as store:
         Runner(study_obj, store, client, slots=1, queue_extra=0).run()
 
 

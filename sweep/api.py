@@ -155,6 +155,21 @@ def _earlier_trials(path: PathLike | None, study: Study) -> list[TrialRecord]:
         return [r for r in other.records() if r.ok and r.method in shared]
 
 
+def create_store(study: Study, path: PathLike, *, elements: tuple[str, ...] | None = None) -> SweepStore:
+    """A new, locked, empty store for ``study``: its spec, grid, methods and input hashes."""
+    return SweepStore.create(
+        path,
+        spec=study.to_json(),
+        spec_hash=study.content_hash(),
+        methods=list(study.methods),
+        param_names=study.param_names,
+        elements=elements if elements is not None else _elements(study),
+        n_haadf=study.acquisition.n_haadf,
+        n_chem=study.acquisition.n_chem,
+        inputs=study_inputs(study),
+    )
+
+
 def run_study(
     study: Study | PathLike,
     store: PathLike,
@@ -188,17 +203,7 @@ def run_study(
     with _connect(study, client) as conn:
         if on_client:
             on_client(conn)
-        with SweepStore.create(
-            store,
-            spec=study.to_json(),
-            spec_hash=study.content_hash(),
-            methods=list(study.methods),
-            param_names=study.param_names,
-            elements=elements,
-            n_haadf=study.acquisition.n_haadf,
-            n_chem=study.acquisition.n_chem,
-            inputs=study_inputs(study),
-        ) as opened:
+        with create_store(study, store, elements=elements) as opened:
             return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 

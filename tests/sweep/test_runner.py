@@ -198,20 +198,11 @@ def test_hebt_runs_on_a_grid_whose_chemical_tilts_are_not_haadf_tilts():
 
 def _sequential(study, path, client, **kw):
     """Run a study one trial at a time (capacity 1), as the GP-Hedge resume contract is stated for."""
+    from tomosweep.sweep.api import create_store
     from tomosweep.sweep.runner import Runner
 
     spec = study_from_dict(study)
-    opener = SweepStore.open(path, writable=True) if path.exists() else None
-    store = opener or SweepStore.create(
-        path,
-        spec=spec.to_json(),
-        spec_hash=spec.content_hash(),
-        methods=list(spec.methods),
-        param_names=spec.param_names,
-        elements=["Co", "Cu", "O", "Au"],
-        n_haadf=spec.acquisition.n_haadf,
-        n_chem=spec.acquisition.n_chem,
-    )
+    store = SweepStore.open(path, writable=True) if path.exists() else create_store(spec, path)
     with store:
         return Runner(spec, store, client, trial_fn=trial_hooks.synthetic_trial, slots=1, queue_extra=0, **kw).run()
 
