@@ -50,7 +50,7 @@ class CellData:
     """Everything a method needs for one grid cell, built once per worker and cell."""
 
     elements: tuple[str, ...]
-    truth: np.ndarray  # (n_el, n, n, n_x) ground truth
+    truth: np.ndarray | None  # (n_el, n, n, n_x) ground truth; None for measured data
     haadf_projector: Projector
     chem_projector: Projector
     haadf: np.ndarray  # (n_haadf, n_det, n_x), specimen units
@@ -62,6 +62,9 @@ class CellData:
     # HAADF recorded alongside each chemical map, specimen units (HEBT's pairing, Yuan 2021 eq. 15)
     haadf_at_chem: np.ndarray | None = None
     z: tuple[float, ...] = ()  # atomic numbers, in element order
+    # the HAADF's unit: None when it is in specimen units already (simulated), "auto" to fit
+    # its scale to the chemical start (measured data, see tomosweep.solvers.fused)
+    haadf_scale: float | str | None = None
     # per-worker results derived from this cell's data alone (the solvers' shared start)
     derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -113,7 +116,7 @@ def cell_start(cell: CellData, device: str) -> FusedStart:
             elements=cell.elements,
             gamma=cell.gamma,
             eps=cell.eps,
-            haadf_scale=None,  # simulated series are in specimen units already
+            haadf_scale=cell.haadf_scale,
             device=device,
         )
     return cell.derived[key]

@@ -1,0 +1,16 @@
+"""Measured tilt series: read a data file, validate it, align it (the way back from the microscope)."""
+
+from tomosweep.series.align import Alignment, align_series, apply_shifts
+from tomosweep.series.files import DataFile, MeasuredSeries, load_series, read_stack, write_mrc, write_rawtlt
+
+__all__ = [
+    "Alignment",
+    "DataFile",
+    "MeasuredSeries",
+    "align_series",
+    "apply_shifts",
+    "load_series",
+    "read_stack",
+    "write_mrc",
+    "write_rawtlt",
+]

@@ -1,0 +1,478 @@
+"""From a study back to the microscope: reconstruct a measured tilt series with a study's weights.
+
+:func:`reconstruct_data` reads a data file (:mod:`tomosweep.series`), aligns the HAADF
+series and carries its shifts to the chemical maps, takes the weights of the study cell
+nearest the data's tilt counts (or the data file's own ``[weights]``), reconstructs with
+the chosen method, and writes the element volumes (OME-Zarr, ``.npz``, one ``.tif`` per
+element), orthogonal slices and the cost histories as PNG, the alignment plot, and a
+``reconstruction.json`` that records every choice.
+
+Weights carry over because every weight a study searches is relative to a balance point
+the solver computes from the data (DESIGN): the measured chemical maps go in as counts
+with their flat background as ε, and the HAADF scale is fitted to the chemical start
+(``haadf_scale = "auto"`` of :func:`tomosweep.solvers.fused`).
+
+Without a ground truth, the check is a held-out one: every k-th HAADF tilt is left out,
+the series is reconstructed from the rest with the same weights, and the relative error
+of the predicted HAADF projections :math:`s\\,A_h\\sum_i (Z_i x_i)^\\gamma` (``s`` fitted by
+least squares) against the measured ones is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tomosweep.errors import InputError, StoreError
+from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
+from tomosweep.series.align import Alignment, alignment_figure
+from tomosweep.sweep.methods import METHODS, CellData
+
+_MARK = "reconstruction.json"  # written last; an output folder holding it is tomosweep's
+
+DEFAULT_GAMMA = 1.7
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights a reconstruction used and where they came from."""
+
+    method: str
+    params: dict[str, float]
+    source: str  # "data file" or "S.zarr cell H×C"
+    cell: tuple[int, int] | None = None
+    study_nrmse: float | None = None
+    gamma: float | None = None
+
+
+@dataclass
+class DataReconstruction:
+    """What :func:`reconstruct_data` did (also written as ``reconstruction.json``)."""
+
+    out: Path
+    weights: Weights
+    elements: tuple[str, ...]
+    shape: tuple[int, ...]
+    alignment: dict[str, Any] | None
+    heldout: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
+    """A measured series in the form every method takes (chemical maps in counts, ε = background)."""
+    from tomosweep.solvers import Projector
+    from tomosweep.solvers.elements import atomic_numbers
+
+    n_det = series.shape[0]
+    haadf_op = Projector(n_det, series.haadf_angles) if series.n_haadf else None
+    chem_op = Projector(n_det, series.chem_angles)
+    # Schwartz 2024 eq. 1 asks one set of maps x to explain every modality, so each element's
+    # counts go to a common concentration unit through its sensitivity (as a simulated series is
+    # divided by its dose); the Poisson term is then weighted by 1/k per element, as in a sweep
+    k = np.ones(len(series.elements)) if series.sensitivity is None else np.asarray(series.sensitivity, dtype=float)
+    chem = series.chem / k[:, None, None, None]
+    haadf_at_chem = None
+    if series.haadf is not None:
+        idx = [int(np.argmin(np.abs(series.haadf_angles - a))) for a in series.chem_angles]
+        if np.allclose(series.haadf_angles[idx], series.chem_angles, atol=0.05):
+            haadf_at_chem = series.haadf[idx]
+    return CellData(
+        elements=series.elements,
+        truth=None,
+        haadf_projector=haadf_op,
+        chem_projector=chem_op,
+        haadf=series.haadf,
+        chem=chem,
+        haadf_counts=series.haadf,
+        chem_counts=series.chem,
+        eps=np.asarray(series.chem_background, dtype=float) / k,
+        gamma=float(gamma),
+        haadf_at_chem=haadf_at_chem,
+        z=atomic_numbers(series.elements),
+        haadf_scale=series.haadf_scale,
+    )
+
+
+def nearest_cell(cells: list[tuple[int, int]], n_haadf: int, n_chem: int) -> tuple[int, int]:
+    """The grid cell nearest ``(n_haadf, n_chem)`` in log tilt counts (ties: fewer tilts)."""
+
+    def distance(cell: tuple[int, int]) -> tuple[float, int, int]:
+        h, c = cell
+        dh = math.log(max(h, 1) / max(n_haadf, 1))
+        dc = math.log(max(c, 1) / max(n_chem, 1))
+        return (round(dh * dh + dc * dc, 12), c, h)
+
+    return min(cells, key=distance)
+
+
+def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int, n_chem: int) -> Weights:
+    """The best weights of the stored cell nearest the data's tilt counts, merged over the study's fixed ones."""
+    from tomosweep.results import SweepStore
+    from tomosweep.sweep.api import stored_study
+
+    with SweepStore.open(store_path) as store:
+        study = stored_study(store)
+        if method not in store.methods:
+            raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
+        maps = store.maps(method)
+        done = [
+            (h, c)
+            for i, h in enumerate(store.n_haadf)
+            for j, c in enumerate(store.n_chem)
+            if np.isfinite(maps["best_nrmse"][i, j])
+        ]
+        if not done:
+            raise StoreError(f"{store_path}: no finished {method} trial to take weights from; run the study first")
+        h, c = nearest_cell(done, n_haadf, n_chem)
+        i, j = store.cell_index(h, c)
+        names = [p for p in store.param_names if p in METHODS[method].param_names]
+        best = {p: float(maps["best_params"][i, j, store.param_names.index(p)]) for p in names}
+        best = {k: v for k, v in best.items() if math.isfinite(v)}
+        params = {**study.fixed(method), **best}
+        return Weights(
+            method=method,
+            params={k: float(v) for k, v in params.items()},
+            source=f"{Path(store_path).name} cell {h}×{c}",
+            cell=(h, c),
+            study_nrmse=float(maps["best_nrmse"][i, j]),
+            gamma=float(study.acquisition.gamma),
+        )
+
+
+def file_weights(series: MeasuredSeries, method: str | None) -> Weights:
+    """Weights given in the data file's ``[weights]`` table (method defaults fill the rest)."""
+    table = dict(series.weights or {})
+    name = str(table.pop("method", method or "fused"))
+    if method is not None and name != method:
+        raise InputError(f"the data file's [weights] are for {name!r}, but --method {method} was asked for")
+    if name not in METHODS:
+        raise InputError(f"[weights] method {name!r} is unknown; allowed: {', '.join(METHODS)}")
+    m = METHODS[name]
+    unknown = sorted(set(table) - set(m.param_names))
+    if unknown:
+        raise InputError(f"[weights]: {name} has no parameter {unknown}; allowed: {', '.join(m.param_names)}")
+    params = {p.name: float(table.get(p.name, p.default)) for p in m.params}
+    return Weights(method=name, params=params, source="data file [weights]")
+
+
+def _predicted_haadf(volumes: np.ndarray, projector: Any, z: tuple[float, ...], gamma: float) -> np.ndarray:
+    """``A_h Σ_i (Z_i x_i)^γ`` (Schwartz 2024 eq. 1) for volumes ``(n_el, n, n, n_x)``."""
+    model = np.einsum("e...,e->...", np.maximum(volumes, 0.0) ** gamma, np.asarray(z, dtype=float) ** gamma)
+    return np.asarray(projector.forward(model.astype(np.float32)), dtype=float)
+
+
+def heldout_indices(n: int, fraction: float) -> np.ndarray:
+    """Every k-th interior tilt, ``k ≈ 1/fraction`` (the two end tilts always stay in)."""
+    if not 0 < fraction < 0.5:
+        raise InputError(f"the held-out fraction must lie in (0, 0.5), got {fraction:g}")
+    k = max(2, int(round(1 / fraction)))
+    idx = np.arange(k // 2, n - 1, k)
+    return idx[(idx > 0) & (idx < n - 1)]
+
+
+def _run(cell: CellData, weights: Weights, device: str, on_iteration: Callable[[int], None] | None) -> Any:
+    method = METHODS[weights.method]
+    if on_iteration is not None and method.prunable:
+
+        def callback(k: int, costs: Mapping[str, float], volume: Any) -> bool:
+            on_iteration(k)
+            return False
+
+        return method.run(cell, weights.params, device, callback=callback)
+    return method.run(cell, weights.params, device)
+
+
+def heldout_check(
+    series: MeasuredSeries, weights: Weights, gamma: float, *, fraction: float, device: str
+) -> dict[str, Any] | None:
+    """Leave out every k-th HAADF tilt, reconstruct from the rest, predict the left-out projections."""
+    if series.haadf is None or series.n_haadf < 6:
+        return None
+    left_out = heldout_indices(series.n_haadf, fraction)
+    if left_out.size == 0:
+        return None
+    keep = np.setdiff1d(np.arange(series.n_haadf), left_out)
+    reduced = replace(series, haadf=series.haadf[keep], haadf_angles=series.haadf_angles[keep])
+    cell = measured_cell(reduced, gamma=gamma)
+    result = _run(cell, weights, device, None)
+    from tomosweep.solvers import Projector
+    from tomosweep.solvers.backend import to_numpy
+
+    projector = Projector(series.shape[0], series.haadf_angles[left_out])
+    predicted = _predicted_haadf(to_numpy(result.volume), projector, cell.z, gamma)
+    measured = series.haadf[left_out]
+    scale = float(np.vdot(predicted, measured) / max(np.vdot(predicted, predicted), 1e-300))
+    error = float(np.linalg.norm(scale * predicted - measured) / max(np.linalg.norm(measured), 1e-300))
+    return {
+        "left_out_angles": [float(a) for a in series.haadf_angles[left_out]],
+        "relative_error": error,
+        "scale": scale,
+        "what": "relative L2 error of the left-out HAADF projections predicted from the rest",
+    }
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def check_out_folder(out: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """An output folder that is new, empty, or (with ``overwrite``) an earlier reconstruct-data output."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / _MARK).is_file():
+            raise InputError(f"--out {out}: exists and holds files tomosweep did not write; choose an empty folder")
+        if not overwrite:
+            raise InputError(f"--out {out}: holds an earlier reconstruction; pass --overwrite to replace it")
+    return out
+
+
+def write_ome_zarr(path: Path, volumes: np.ndarray, elements: tuple[str, ...], pixel_size_nm: float | None) -> Path:
+    """Element volumes ``(n_el, n_y, n_z, n_x)`` as OME-NGFF 0.4 (zarr v2 layout, ``c, z, y, x``; opens in napari).
+
+    Axes: x along the tilt axis, y across it in the detector plane, z along the beam at 0°.
+    """
+    import zarr
+
+    data = np.ascontiguousarray(volumes.transpose(0, 2, 1, 3), dtype=np.float32)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    chunks = (1, *(min(s, 64) for s in data.shape[1:]))
+    root.create_array(
+        "0", shape=data.shape, dtype="float32", chunks=chunks, chunk_key_encoding={"name": "v2", "separator": "/"}
+    )[...] = data
+    unit = {"unit": "nanometer"} if pixel_size_nm else {}
+    step = float(pixel_size_nm or 1.0)
+    colours = ["FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF", "FFFFFF"]
+    root.attrs.update(
+        {
+            "multiscales": [
+                {
+                    "version": "0.4",
+                    "name": "tomosweep reconstruction",
+                    "axes": [{"name": "c", "type": "channel"}]
+                    + [{"name": a, "type": "space", **unit} for a in ("z", "y", "x")],
+                    "datasets": [
+                        {
+                            "path": "0",
+                            "coordinateTransformations": [{"type": "scale", "scale": [1.0, step, step, step]}],
+                        }
+                    ],
+                }
+            ],
+            "omero": {
+                "channels": [
+                    {
+                        "label": e,
+                        "color": colours[i % len(colours)],
+                        "active": True,
+                        "window": {
+                            "min": float(data[i].min()),
+                            "max": float(data[i].max()),
+                            "start": float(data[i].min()),
+                            "end": float(data[i].max()),
+                        },
+                    }
+                    for i, e in enumerate(elements)
+                ],
+                "rdefs": {"model": "color"},
+            },
+        }
+    )
+    return path
+
+
+def slices_figure(volumes: np.ndarray, elements: tuple[str, ...]) -> Any:
+    """Central orthogonal slices of each element volume ``(n_el, n_y, n_z, n_x)``."""
+    from matplotlib.figure import Figure
+
+    n_el = len(elements)
+    fig = Figure(figsize=(8, 2.6 * n_el), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(n_el, 3))
+    n_y, n_z, n_x = volumes.shape[1:]
+    for i, e in enumerate(elements):
+        v = volumes[i]
+        views = [
+            (v[:, n_z // 2, :], "y–x (beam-normal)"),
+            (v[n_y // 2, :, :], "z–x (along the beam)"),
+            (v[:, :, n_x // 2], "y–z (across the axis)"),
+        ]
+        for ax, (img, title) in zip(axes[i], views, strict=True):
+            ax.imshow(img, cmap="magma", origin="lower")
+            ax.set_title(f"{e}: {title}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def costs_figure(costs: Mapping[str, np.ndarray], title: str) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, values in costs.items():
+        values = np.asarray(values, dtype=float)
+        if values.size and np.all(values > 0):
+            ax.semilogy(values, label=name)
+        elif values.size:
+            ax.plot(values, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cost term")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _write_outputs(out: Path, volumes: np.ndarray, series: MeasuredSeries, result: Any, weights: Weights) -> list[str]:
+    import tifffile
+
+    files = []
+    write_ome_zarr(out / "volumes.ome.zarr", volumes, series.elements, series.pixel_size_nm)
+    files.append("volumes.ome.zarr")
+    with open(out / "volumes.npz", "wb") as f:
+        np.savez_compressed(
+            f,
+            volumes=volumes.astype(np.float32),
+            elements=np.asarray(series.elements),
+            pixel_size_nm=np.asarray(series.pixel_size_nm or np.nan),
+            layout=np.asarray("(element, y across the tilt axis, z along the beam, x along the tilt axis)"),
+        )
+    files.append("volumes.npz")
+    for i, e in enumerate(series.elements):
+        name = f"{e}.tif"
+        metadata = {"axes": "ZYX", "unit": "nm", "spacing": series.pixel_size_nm} if series.pixel_size_nm else {}
+        tifffile.imwrite(out / name, volumes[i].transpose(1, 0, 2).astype(np.float32), imagej=True, metadata=metadata)
+        files.append(name)
+    slices_figure(volumes, series.elements).savefig(out / "slices.png", dpi=110)
+    costs_figure(result.costs, f"{weights.method}: cost terms").savefig(out / "costs.png", dpi=110)
+    files += ["slices.png", "costs.png"]
+    return files
+
+
+def reconstruct_data(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    weights_store: str | os.PathLike[str] | None = None,
+    method: str | None = None,
+    device: str = "cpu",
+    holdout: float | None = 0.1,
+    overwrite: bool = False,
+    on_iteration: Callable[[int], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> DataReconstruction:
+    """Read, align, reconstruct and write a measured series (module docstring)."""
+    t0 = time.perf_counter()
+    say = on_stage or (lambda _text: None)
+    out = check_out_folder(out, overwrite=overwrite)
+    series = load_series(data)
+    notes: list[str] = []
+    if weights_store is not None:
+        weights = study_weights(weights_store, method or "fused", series.n_haadf, series.n_chem)
+        say(
+            f"weights: {weights.method} from {weights.source}, the cell nearest the data's "
+            f"{series.n_haadf} HAADF × {series.n_chem} chemical tilts (study NRMSE {weights.study_nrmse:.3f})"
+        )
+    else:
+        weights = file_weights(series, method)
+        say(f"weights: {weights.method} from the data file")
+    gamma = series.gamma if series.gamma is not None else (weights.gamma or DEFAULT_GAMMA)
+    if series.sensitivity is None and len(series.elements) > 1:
+        notes.append(
+            "no [chem.sensitivity] given: every element is assumed to give the same counts per unit "
+            "concentration; give relative k-factors (or cross-section × detector efficiency) for quantitative maps"
+        )
+    if weights.method in ("fused", "hebt") and series.haadf is None:
+        raise InputError(f"{weights.method} needs a HAADF series; the data file has none ([haadf] file = …)")
+
+    alignment: Alignment | None = None
+    if series.align.method != "none" and series.haadf is not None:
+        alignment = align_series(
+            series.haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift
+        )
+        chem_shifts, interpolated = alignment.at(series.chem_angles)
+        if interpolated:
+            notes.append(
+                f"{interpolated} chemical tilt(s) have no HAADF projection at their angle: their shifts are "
+                "interpolated between the neighbouring HAADF tilts"
+            )
+        series = replace(
+            series,
+            haadf=apply_shifts(series.haadf, alignment.shifts),
+            chem=np.stack([apply_shifts(c, chem_shifts) for c in series.chem]),
+        )
+        largest = float(np.abs(alignment.shifts).max())
+        say(
+            f"aligned ({alignment.method}): largest shift {largest:.2f} px, tilt axis {alignment.tilt_axis_offset:+.2f} px"
+        )
+
+    cell = measured_cell(series, gamma=gamma)
+    say(f"reconstructing {len(series.elements)} elements on a {series.shape[0]}² × {series.shape[1]} grid")
+    result = _run(cell, weights, device, on_iteration)
+    from tomosweep.solvers.backend import to_numpy
+
+    volumes = np.asarray(to_numpy(result.volume), dtype=np.float64)
+    if volumes.ndim == 3:
+        volumes = volumes[None]
+    if not np.all(np.isfinite(volumes)):
+        raise InputError("the reconstruction is not finite; the weights do not suit these data")
+
+    heldout = None
+    if holdout:
+        say("held-out check: reconstructing again without every k-th HAADF tilt")
+        heldout = heldout_check(series, weights, gamma, fraction=holdout, device=device)
+        if heldout is None:
+            notes.append("held-out check skipped: it needs a HAADF series of 6 tilts or more")
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_outputs(out, volumes, series, result, weights)
+    if alignment is not None:
+        alignment_figure(alignment).savefig(out / "alignment.png", dpi=110)
+        files.append("alignment.png")
+    summary = DataReconstruction(
+        out=out,
+        weights=weights,
+        elements=series.elements,
+        shape=tuple(volumes.shape),
+        alignment=None if alignment is None else alignment.as_dict(),
+        heldout=heldout,
+        notes=notes,
+        files=files,
+        wall_time_s=time.perf_counter() - t0,
+    )
+    record = {
+        "written_by": "tomosweep",
+        "data": str(Path(data)),
+        "sources": series.sources,
+        "method": weights.method,
+        "weights": weights.params,
+        "weights_from": weights.source,
+        "study_cell": weights.cell,
+        "study_nrmse": weights.study_nrmse,
+        "gamma": gamma,
+        "elements": list(series.elements),
+        "chem_background_counts": list(series.chem_background),
+        "sensitivity": None if series.sensitivity is None else list(series.sensitivity),
+        "haadf_scale": result.info.get("haadf_scale", series.haadf_scale),
+        "haadf_background": series.haadf_background,
+        "volume_shape": list(volumes.shape),
+        "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
+        "iterations": int(result.iterations),
+        "alignment": summary.alignment,
+        "heldout": heldout,
+        "notes": notes,
+        "files": files,
+        "wall_time_s": summary.wall_time_s,
+    }
+    (out / _MARK).write_text(json.dumps(record, indent=2, default=float))
+    summary.files.append(_MARK)
+    return summary
