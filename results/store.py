@@ -508,6 +508,17 @@ class SweepStore:
         self._group.attrs["optimiser"] = kept
         self._attrs["optimiser"] = kept
 
+    def replicates(self) -> dict[str, Any]:
+        """Reruns of cells' best weights under new noise seeds, keyed ``method/n_haadf/n_chem``."""
+        return dict(self._attrs.get("replicates") or {})
+
+    def record_replicates(self, key: str, entry: Mapping[str, Any]) -> None:
+        """Store one cell's replicates (JSON: params, noise seeds, NRMSE per seed); replaces an earlier entry."""
+        self._require_writable()
+        merged = {**self.replicates(), key: _jsonable(dict(entry))}
+        self._group.attrs["replicates"] = merged
+        self._attrs["replicates"] = merged
+
     def rebuild_maps(self) -> None:
         """Recompute every map from the committed trials (after a crash, or a grid change)."""
         self._require_writable()

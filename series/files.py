@@ -439,6 +439,10 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
             problems.add(f"{what}: {exc}")
             return None
         sources[str(file)] = file_hash(file)
+        spec_used = entry.angles if entry.angles is not None else angle_spec
+        angle_file = spec_used.file if isinstance(spec_used, AngleFile) else spec_used
+        if isinstance(angle_file, str) and angle_file != "header":
+            sources[str(_resolve(base, angle_file))] = file_hash(_resolve(base, angle_file))
         _check_angles(angles, data.shape[0], what, problems)
         return data, angles
 

@@ -1,4 +1,5 @@
-"""The ``tomosweep`` command: run, resume, status, export, reconstruct, methods.
+"""The ``tomosweep`` command: run, resume, status, view, export, reconstruct, methods (and plan,
+replicate, reconstruct-data from :mod:`tomosweep.sweep.cli_microscope`).
 
 Every user mistake ends in one red line (exit status 2), never a traceback; Ctrl-C
 stops the driver, keeps every finished trial and says how to resume (exit 130).
@@ -100,6 +101,11 @@ def _connected(conn: Any) -> None:
     console.print(f"[bold]{conn.description}[/] — first worker after {conn.first_worker_s:.1f} s")
     link = conn.dashboard
     console.print(f"Dask scheduler {conn.client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
+    if _ACTIVE.get("view") is not None:
+        try:
+            console.print(f"live view {_ACTIVE['view'].url()} (read-only; `tomosweep view` serves it after the run)")
+        except TomosweepError as exc:  # the study goes on without its page
+            console.print(f"[yellow]warning:[/] {escape(str(exc))}", highlight=False)
 
 
 ClusterOption = Annotated[
@@ -111,6 +117,24 @@ ClusterOption = Annotated[
         "its settings then come from the Dask config), or on the scheduler at a tcp:// or tls:// address",
     ),
 ]
+
+
+ViewOption = Annotated[
+    bool, typer.Option("--view", help="serve the live page of the store alongside the run (see `tomosweep view`)")
+]
+
+
+def _study_with_view(view: bool, store: Path, call: Any) -> Any:
+    """Run ``call()`` with `tomosweep view STORE` serving beside it (``--view``), stopped after."""
+    if not view:
+        return call()
+    from tomosweep.sweep.view import ViewProcess
+
+    _ACTIVE["view"] = ViewProcess(store)
+    try:
+        return call()
+    finally:
+        _ACTIVE.pop("view").stop()
 
 
 WarmStartOption = Annotated[
@@ -172,19 +196,24 @@ def run(
         bool, typer.Option("--verbose", "-v", help="show Dask's own log lines (default: into STORE.log)")
     ] = False,
     warm_start: WarmStartOption = None,
+    view: ViewOption = False,
 ) -> None:
     """Run a study: create STORE and spend the whole budget."""
     from tomosweep.sweep.api import run_study
 
     _ACTIVE["store"] = store
     _dask_logs(verbose)
-    summary = run_study(
-        study,
+    summary = _study_with_view(
+        view,
         store,
-        cluster=cluster,
-        progress=None if quiet else RichProgress(),
-        on_client=_connected,
-        warm_start=warm_start,
+        lambda: run_study(
+            study,
+            store,
+            cluster=cluster,
+            progress=None if quiet else RichProgress(),
+            on_client=_connected,
+            warm_start=warm_start,
+        ),
     )
     _summary(summary)
 
@@ -204,6 +233,7 @@ def resume(
         bool, typer.Option("--verbose", "-v", help="show Dask's own log lines (default: into STORE.log)")
     ] = False,
     warm_start: WarmStartOption = None,
+    view: ViewOption = False,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
     from tomosweep.sweep.api import resume_study
@@ -212,14 +242,18 @@ def resume(
     _dask_logs(verbose)
     if cluster is None and study is None:
         _show_stored_cluster(store)
-    summary = resume_study(
+    summary = _study_with_view(
+        view,
         store,
-        study=study,
-        extend=extend,
-        cluster=cluster,
-        progress=None if quiet else RichProgress(),
-        on_client=_connected,
-        warm_start=warm_start,
+        lambda: resume_study(
+            store,
+            study=study,
+            extend=extend,
+            cluster=cluster,
+            progress=None if quiet else RichProgress(),
+            on_client=_connected,
+            warm_start=warm_start,
+        ),
     )
     _summary(summary)
 
@@ -257,6 +291,36 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "–" if not math.isfinite(value) else f"{value:.4g}"
     return str(value)
+
+
+@app.command()
+def view(
+    store: Annotated[Path, typer.Argument(help="store to watch, read-only (no lock: safe while a driver writes)")],
+    port: Annotated[int, typer.Option("--port", help="port to listen on (default: a free one)")] = 0,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    refresh: Annotated[float, typer.Option("--refresh", help="seconds between two reads of the store")] = 3.0,
+    wait: Annotated[bool, typer.Option("--wait", help="serve before the store exists (a run is creating it)")] = False,
+) -> None:
+    """Serve a live page of a study: NRMSE heatmaps, per-cell trials and curves, progress, workers.
+
+    Prints the page's address on stdout; Ctrl-C stops it."""
+    import threading
+
+    from tomosweep.sweep.view import serve_view
+
+    server = serve_view(store, host=host, port=port, refresh_s=refresh, wait=wait)
+    try:
+        out.print(server.url, markup=False, highlight=False, soft_wrap=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]warning:[/] listening on {escape(host)}: whoever reaches it can read the study")
+        console.print(f"serving {escape(str(store))} read-only; Ctrl-C stops", highlight=False)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 @app.command()
@@ -365,6 +429,10 @@ def _interrupted(code: int) -> SystemExit:
     what = "terminated" if code == 143 else "interrupted"
     console.print(f"[yellow]{what}[/]: every finished trial is stored; continue with `{where}`", highlight=False)
     return SystemExit(code)
+
+
+# plan, replicate and reconstruct-data register themselves on ``app``
+from tomosweep.sweep import cli_microscope  # noqa: E402,F401
 
 
 def main() -> None:

@@ -412,7 +412,8 @@ def reconstruct_data(
         )
         largest = float(np.abs(alignment.shifts).max())
         say(
-            f"aligned ({alignment.method}): largest shift {largest:.2f} px, tilt axis {alignment.tilt_axis_offset:+.2f} px"
+            f"aligned ({alignment.method}): largest shift {largest:.2f} px, "
+            f"tilt axis {alignment.tilt_axis_offset:+.2f} px"
         )
 
     cell = measured_cell(series, gamma=gamma)
@@ -476,3 +477,71 @@ def reconstruct_data(
     (out / _MARK).write_text(json.dumps(record, indent=2, default=float))
     summary.files.append(_MARK)
     return summary
+
+
+# --- plan and replicate ---------------------------------------------------------------
+
+
+def replicate_cells(
+    store_path: str | os.PathLike[str],
+    *,
+    method: str = "fused",
+    cells: list[tuple[int, int]] | None = None,
+    seeds: int = 4,
+    cluster: str | None = None,
+    on_result: Callable[[Any], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Rerun the best weights of ``cells`` (default: every finished cell) under ``seeds`` fresh
+    noise realisations and store each cell's NRMSE per seed (``attrs["replicates"]``)."""
+    from tomosweep.results import SweepStore
+    from tomosweep.results.plan import replicate_key
+    from tomosweep.sweep.api import _connect, stored_study, with_cluster
+    from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
+
+    if seeds < 2:
+        raise InputError(f"--seeds must be at least 2 to give a spread, got {seeds}")
+    with SweepStore.open(store_path, writable=True) as store:
+        study = with_cluster(stored_study(store), cluster)
+        if method not in store.methods:
+            raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
+        maps = store.maps(method)
+        finished = [
+            (h, c)
+            for i, h in enumerate(store.n_haadf)
+            for j, c in enumerate(store.n_chem)
+            if np.isfinite(maps["best_nrmse"][i, j])
+        ]
+        chosen = finished if cells is None else [tuple(c) for c in cells]
+        for cell in chosen:
+            if cell not in finished:
+                raise StoreError(f"cell {cell[0]}×{cell[1]} has no finished {method} trial to replicate")
+        study_json = json.dumps(study.to_json(), sort_keys=True)
+        tasks = []
+        for h, c in chosen:
+            i, j = store.cell_index(h, c)
+            params = {
+                p: float(maps["best_params"][i, j, store.param_names.index(p)])
+                for p in study.searched(method)
+                if p in store.param_names
+            }
+            tasks += [TrialTask(study_json, method, h, c, params, replicate=k) for k in range(1, seeds + 1)]
+        with _connect(study, None) as conn:
+            futures = conn.client.map(run_trial, tasks, pure=False)
+            records = []
+            for future in futures:
+                record = future.result()
+                records.append(record)
+                if on_result is not None:
+                    on_result(record)
+        out: dict[str, dict[str, Any]] = {}
+        for h, c in chosen:
+            mine = [(t, r) for t, r in zip(tasks, records, strict=True) if (t.n_haadf, t.n_chem) == (h, c)]
+            entry = {
+                "params": dict(mine[0][0].params),
+                "noise_seeds": [noise_seed(study, h, c, t.replicate) for t, _ in mine],
+                "nrmse": [r.nrmse if r.ok else None for _, r in mine],
+                "failed": [r.error for _, r in mine if not r.ok],
+            }
+            store.record_replicates(replicate_key(method, h, c), entry)
+            out[replicate_key(method, h, c)] = entry
+        return out

@@ -48,6 +48,8 @@ class TrialTask:
     attempt: int = 1
     # checkpoint iteration -> NRMSE above which the trial stops (empty: never pruned)
     prune: Mapping[int, float] | None = None
+    # 0: the cell's own noise; k > 0: the k-th fresh noise realisation (tomosweep replicate)
+    replicate: int = 0
 
 
 CHECKPOINT = 10  # iterations between two intermediate scores of a prunable trial
@@ -81,8 +83,11 @@ def study_from_json(study_json: str) -> Study:
     return Study.model_validate(json.loads(study_json))
 
 
-def noise_seed(study: Study, n_haadf: int, n_chem: int) -> int:
-    """The fixed noise seed of one cell (every trial of the cell sees the same data)."""
+def noise_seed(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> int:
+    """The fixed noise seed of one cell (every trial of the cell sees the same data), or of its
+    ``replicate``-th fresh realisation."""
+    if replicate:
+        return derived_seed(study.seed, "noise-replicate", n_haadf, n_chem, replicate)
     return derived_seed(study.seed, "noise", n_haadf, n_chem)
 
 
@@ -93,7 +98,8 @@ def _file_specimen(path: str, mtime: float) -> Any:
     return load_specimen(path)
 
 
-def _specimen_and_acquisition(study: Study, n_haadf: int, n_chem: int) -> tuple[Any, Any]:
+def simulate_cell(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> tuple[Any, Any]:
+    """The specimen and the simulated acquisition every trial of a cell sees (or its replicate's)."""
     from tomosweep.phantoms import TiltScheme, simulate, simulate_cached
     from tomosweep.phantoms.specimens import specimen_options
 
@@ -104,7 +110,7 @@ def _specimen_and_acquisition(study: Study, n_haadf: int, n_chem: int) -> tuple[
         "chem_snr": acq.chem_snr,
         "background": acq.background,
         "gamma": acq.gamma,
-        "rng": noise_seed(study, n_haadf, n_chem),
+        "rng": noise_seed(study, n_haadf, n_chem, replicate),
     }
     phantom = study.phantom
     if phantom.name is not None:
@@ -122,13 +128,13 @@ def _specimen_and_acquisition(study: Study, n_haadf: int, n_chem: int) -> tuple[
 # 16 cells: a 3 × 3 or 4 × 4 grid is fed round-robin without thrashing this cache; a
 # larger grid at large n rebuilds cells (no worker affinity yet), which costs a simulation.
 @functools.lru_cache(maxsize=16)
-def _cell_data_cached(study_json: str, n_haadf: int, n_chem: int) -> CellData:
-    return build_cell_data(study_from_json(study_json), n_haadf, n_chem)
+def _cell_data_cached(study_json: str, n_haadf: int, n_chem: int, replicate: int = 0) -> CellData:
+    return build_cell_data(study_from_json(study_json), n_haadf, n_chem, replicate)
 
 
-def build_cell_data(study: Study, n_haadf: int, n_chem: int) -> CellData:
+def build_cell_data(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> CellData:
     """Simulate one cell's acquisition and bring it to the form every method uses."""
-    specimen, acq = _specimen_and_acquisition(study, n_haadf, n_chem)
+    specimen, acq = simulate_cell(study, n_haadf, n_chem, replicate)
     haadf_op, chem_op = acq.projectors(specimen.n)
     dose = np.array([acq.dose[e] for e in specimen.elements])
     return CellData(
@@ -190,7 +196,7 @@ def run_trial(task: TrialTask) -> TrialRecord:
     }
     try:
         study = study_from_json(task.study_json)
-        cell = _cell_data_cached(task.study_json, task.n_haadf, task.n_chem)
+        cell = _cell_data_cached(task.study_json, task.n_haadf, task.n_chem, task.replicate)
         pruner = _Pruner(cell, task.prune) if METHODS[task.method].prunable else None
         result = reconstruct(study, cell, task.method, task.params, callback=pruner)
         per_element = score(cell, result.volume)
