@@ -431,8 +431,10 @@ def _interrupted(code: int) -> SystemExit:
     return SystemExit(code)
 
 
-# plan, replicate and reconstruct-data register themselves on ``app``
-from tomosweep.sweep import cli_microscope  # noqa: E402,F401
+# plan, replicate and reconstruct-data
+from tomosweep.sweep.cli_microscope import register as _register_microscope  # noqa: E402
+
+_register_microscope(app)
 
 
 def main() -> None:

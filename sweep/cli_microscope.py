@@ -1,7 +1,8 @@
 """``tomosweep plan``, ``replicate`` and ``reconstruct-data``: from a study to the microscope and back.
 
-Registered on the one ``tomosweep`` app (:mod:`tomosweep.sweep.cli`); errors end in one
-red line there like every other command's.
+:func:`register` adds them to the one ``tomosweep`` app (:mod:`tomosweep.sweep.cli`,
+which also runs as ``python -m``, so the app is handed over rather than imported); errors
+end in one red line there like every other command's.
 """
 
 from __future__ import annotations
@@ -10,13 +11,27 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tomosweep.sweep.cli import _parse_cell, app, console, out
+console = Console(stderr=True)
+out = Console()
 
 
-@app.command()
+def _parse_cell(cell: str) -> tuple[int, int]:
+    from tomosweep.sweep.cli import _parse_cell as parse
+
+    return parse(cell)
+
+
+def register(app: typer.Typer) -> None:
+    """Add plan, replicate and reconstruct-data to ``app``."""
+    app.command()(plan)
+    app.command()(replicate)
+    app.command("reconstruct-data")(reconstruct_data)
+
+
 def plan(
     store: Annotated[Path, typer.Argument(help="study store")],
     target: Annotated[float, typer.Option("--target", help="⟨NRMSE⟩ to reach")],
@@ -63,7 +78,6 @@ def plan(
     out.print(f"frontier figure: {path}")
 
 
-@app.command()
 def replicate(
     store: Annotated[Path, typer.Argument(help="study store")],
     method: Annotated[str, typer.Option("--method")] = "fused",
@@ -95,7 +109,6 @@ def replicate(
     out.print(table)
 
 
-@app.command("reconstruct-data")
 def reconstruct_data(
     data: Annotated[Path, typer.Argument(help="data file (TOML) naming the measured series")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the volumes and figures")],

@@ -489,6 +489,7 @@ def replicate_cells(
     cells: list[tuple[int, int]] | None = None,
     seeds: int = 4,
     cluster: str | None = None,
+    client: Any = None,
     on_result: Callable[[Any], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Rerun the best weights of ``cells`` (default: every finished cell) under ``seeds`` fresh
@@ -525,7 +526,7 @@ def replicate_cells(
                 if p in store.param_names
             }
             tasks += [TrialTask(study_json, method, h, c, params, replicate=k) for k in range(1, seeds + 1)]
-        with _connect(study, None) as conn:
+        with _connect(study, client) as conn:
             futures = conn.client.map(run_trial, tasks, pure=False)
             records = []
             for future in futures:
