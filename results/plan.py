@@ -56,16 +56,34 @@ def parse_cost(text: str | None) -> dict[str, float] | None:
     return {"chem": out.get("chem", 0.0), "haadf": out.get("haadf", 0.0)}
 
 
-def replicate_key(method: str, n_haadf: int, n_chem: int) -> str:
-    return f"{method}/{n_haadf}/{n_chem}"
+def replicate_key(method: str, n_haadf: int, n_chem: int, chem_snr_scale: float = 1.0) -> str:
+    """``method/H/C`` at the study's chemical SNR, ``method/H/C/snr×F`` at F times it."""
+    key = f"{method}/{n_haadf}/{n_chem}"
+    return key if chem_snr_scale == 1.0 else f"{key}/snr×{chem_snr_scale:g}"
 
 
 def plan(
-    store: SweepStore, target: float, *, method: str = "fused", cost: dict[str, float] | None = None
+    store: SweepStore,
+    target: float,
+    *,
+    method: str = "fused",
+    cost: dict[str, float] | None = None,
+    chem_snr_scale: float = 1.0,
 ) -> list[PlanRow]:
-    """Every cell of ``method`` with a finished trial, cheapest first (module docstring)."""
+    """Every cell of ``method`` with a finished trial, cheapest first (module docstring).
+
+    At a ``chem_snr_scale`` other than 1 only cells replicated at that chemical SNR
+    (``tomosweep replicate --chem-snr-scale``) are listed, and a chemical tilt costs the
+    dose: ``chem × scale²`` (Poisson: SNR grows as the square root of the dose).
+    """
     if not (math.isfinite(target) and target > 0):
         raise InputError(f"--target must be a positive NRMSE, got {target}")
+    if chem_snr_scale != 1.0 and not any(k.endswith(f"/snr×{chem_snr_scale:g}") for k in store.replicates()):
+        raise InputError(
+            f"no replicates at {chem_snr_scale:g}× the study's chemical SNR; run "
+            f"tomosweep replicate {store.path} --chem-snr-scale {chem_snr_scale:g}"
+        )
+    dose = chem_snr_scale**2
     maps = store.maps(method)
     replicates = store.replicates()
     rows = []
@@ -79,7 +97,9 @@ def plan(
                 for k, name in enumerate(store.param_names)
                 if math.isfinite(float(maps["best_params"][i, j, k]))
             }
-            rep = replicates.get(replicate_key(method, h, c))
+            rep = replicates.get(replicate_key(method, h, c, chem_snr_scale))
+            if chem_snr_scale != 1.0 and not rep:
+                continue
             mean = spread = None
             n_rep = 0
             value = best
@@ -91,7 +111,7 @@ def plan(
                     mean = float(values.mean())
                     spread = float(values.std(ddof=1)) if values.size > 1 else 0.0
                     value = mean + spread
-            key = (c, h) if cost is None else (cost["chem"] * c + cost["haadf"] * h, c, h)
+            key = (c * dose, h) if cost is None else (cost["chem"] * c * dose + cost["haadf"] * h, c, h)
             rows.append(
                 PlanRow(
                     n_haadf=int(h),
@@ -101,7 +121,7 @@ def plan(
                     spread=spread,
                     n_replicates=n_rep,
                     value=value,
-                    cost=float(key[0]) if cost is not None else float(c),
+                    cost=float(key[0]),
                     meets=value <= target,
                     weights=weights,
                 )
@@ -131,5 +151,40 @@ def frontier_figure(store: SweepStore, rows: list[PlanRow], target: float, metho
     ax.set_xlabel("chemical tilts")
     ax.set_ylabel("⟨NRMSE⟩ (replicate mean ± 1 s.d., else best)")
     ax.set_title(f"{method}: what each acquisition reaches")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def snr_figure(store: SweepStore, method: str) -> Any | None:
+    """NRMSE against chemical SNR for every replicated cell (Schwartz 2024 Supp. Fig. 21), or None
+    when no cell was replicated at more than one SNR."""
+    from matplotlib.figure import Figure
+
+    study_snr = store.spec["acquisition"].get("chem_snr", 2.5)
+    base = float(np.mean(list(study_snr.values()))) if isinstance(study_snr, dict) else float(study_snr)
+    curves: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+    for key, entry in store.replicates().items():
+        parts = key.split("/")
+        if parts[0] != method:
+            continue
+        values = np.asarray([v for v in entry["nrmse"] if v is not None], dtype=float)
+        if values.size < 2:
+            continue
+        scale = float(entry.get("chem_snr_scale", 1.0))
+        curves.setdefault((int(parts[1]), int(parts[2])), []).append(
+            (base * scale, float(values.mean()), float(values.std(ddof=1)))
+        )
+    curves = {k: sorted(v) for k, v in curves.items() if len(v) > 1}
+    if not curves:
+        return None
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (h, c), points in sorted(curves.items()):
+        x, y, e = zip(*points, strict=True)
+        ax.errorbar(x, y, yerr=e, marker="o", ms=4, capsize=3, label=f"{h} HAADF × {c} chemical")
+    ax.set_xscale("log")
+    ax.set_xlabel("chemical SNR (mean over elements)")
+    ax.set_ylabel("⟨NRMSE⟩, replicate mean ± 1 s.d.")
+    ax.set_title(f"{method}: accuracy against chemical dose")
     ax.legend(fontsize=8)
     return fig

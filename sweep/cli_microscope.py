@@ -44,18 +44,26 @@ def plan(
         Path | None, typer.Option("--figure", help="frontier PNG (default: STORE's name + _plan_METHOD.png beside it)")
     ] = None,
     show: Annotated[int, typer.Option("--show", help="rows to print")] = 10,
+    chem_snr_scale: Annotated[
+        float, typer.Option("--chem-snr-scale", help="plan at this multiple of the study's chemical SNR (replicated)")
+    ] = 1.0,
 ) -> None:
     """The cheapest acquisitions of the study's grid that reach --target, with the weights to use."""
     from tomosweep.results import SweepStore
-    from tomosweep.results.plan import frontier_figure, parse_cost
+    from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
     from tomosweep.results.plan import plan as plan_rows
 
     with SweepStore.open(store) as opened:
-        rows = plan_rows(opened, target, method=method, cost=parse_cost(cost))
+        rows = plan_rows(opened, target, method=method, cost=parse_cost(cost), chem_snr_scale=chem_snr_scale)
         path = figure or store.with_name(f"{store.name.removesuffix('.zarr')}_plan_{method}.png")
         if path.resolve().is_relative_to(store.resolve()):
             raise typer.BadParameter("--figure must not lie inside the store")
         frontier_figure(opened, rows, target, method).savefig(path, dpi=120)
+        dose_figure = snr_figure(opened, method)
+        if dose_figure is not None:
+            snr_path = path.with_name(path.name.replace("_plan_", "_snr_") if "_plan_" in path.name else "snr.png")
+            dose_figure.savefig(snr_path, dpi=120)
+            out.print(f"NRMSE against chemical SNR: {snr_path}")
     meeting = [r for r in rows if r.meets]
     table = Table(title=f"{method}: cells reaching ⟨NRMSE⟩ ≤ {target:g}, cheapest first")
     for column in ("HAADF", "chem", "best", "replicates mean ± s.d.", "value", "cost", "weights"):
@@ -83,18 +91,33 @@ def replicate(
     method: Annotated[str, typer.Option("--method")] = "fused",
     cell: Annotated[list[str] | None, typer.Option("--cell", help="H,C (repeatable; default: all)")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="fresh noise realisations per cell")] = 4,
+    chem_snr_scale: Annotated[
+        str | None, typer.Option("--chem-snr-scale", help="e.g. 0.5,1,2: also at these multiples of the chemical SNR")
+    ] = None,
     cluster: Annotated[str | None, typer.Option("--cluster", help="cluster backend (default: the study's)")] = None,
 ) -> None:
     """Rerun cells' best weights under new noise seeds and store the spread (plan uses it)."""
     from tomosweep.sweep.microscope import replicate_cells
 
     cells = [_parse_cell(c) for c in cell] if cell else None
+    try:
+        scales = [float(v) for v in chem_snr_scale.split(",")] if chem_snr_scale else None
+    except ValueError:
+        raise typer.BadParameter(
+            f"--chem-snr-scale must be numbers separated by commas, got {chem_snr_scale!r}"
+        ) from None
     with Progress(
         TextColumn("replicates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:
         task = bar.add_task("replicates", total=None)
         result = replicate_cells(
-            store, method=method, cells=cells, seeds=seeds, cluster=cluster, on_result=lambda _r: bar.advance(task)
+            store,
+            method=method,
+            cells=cells,
+            seeds=seeds,
+            chem_snr_scales=scales,
+            cluster=cluster,
+            on_result=lambda _r: bar.advance(task),
         )
     table = Table(title=f"{method}: best weights under {seeds} fresh noise seeds")
     for column in ("cell", "NRMSE per seed", "mean ± s.d."):
@@ -104,8 +127,12 @@ def replicate(
     for key, entry in result.items():
         values = np.array([v for v in entry["nrmse"] if v is not None], dtype=float)
         summary = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if values.size > 1 else "—"
-        _, h, c = key.split("/")
-        table.add_row(f"{h}×{c}", ", ".join("failed" if v is None else f"{v:.3f}" for v in entry["nrmse"]), summary)
+        _, h, c, *snr = key.split("/")
+        table.add_row(
+            f"{h}×{c}" + (f" ({snr[0]})" if snr else ""),
+            ", ".join("failed" if v is None else f"{v:.3f}" for v in entry["nrmse"]),
+            summary,
+        )
     out.print(table)
 
 

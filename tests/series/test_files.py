@@ -143,3 +143,14 @@ def test_mismatched_sizes_and_tilts_between_elements(tmp_path):
     with pytest.raises(InputError) as err:
         load_series(tmp_path / "data.toml")
     assert "same size" in str(err.value) and "Co 8×8, O 8×6" in str(err.value)
+
+
+def test_the_commented_example_is_a_valid_data_file():
+    import tomllib
+    from pathlib import Path
+
+    from tomosweep.series import DataFile
+
+    example = Path(__file__).parents[2] / "examples" / "measured_data.toml"
+    spec = DataFile.model_validate(tomllib.loads(example.read_text()))
+    assert set(spec.chem.elements) == {"Co", "Cu", "O"} and spec.align.method == "xcorr"

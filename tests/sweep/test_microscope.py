@@ -117,3 +117,21 @@ def test_reconstruct_data_cli_errors_are_one_line(tmp_path):
     assert "fused has no parameter ['lambda_x']" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_chemical_snr_axis_answers_at_what_dose(store, client, tmp_path):
+    from tomosweep.results.plan import snr_figure
+
+    result = replicate_cells(store, method="sirt", cells=[(5, 3)], seeds=2, chem_snr_scales=[0.5, 2.0], client=client)
+    assert set(result) == {"sirt/5/3/snr×0.5", "sirt/5/3/snr×2"}
+    low, high = (np.mean(result[f"sirt/5/3/snr×{f}"]["nrmse"]) for f in ("0.5", "2"))
+    assert high < low, "four times the chemical SNR must help SIRT"
+    with SweepStore.open(store) as opened:
+        rows = plan(opened, 10.0, method="sirt", chem_snr_scale=2.0)
+        assert [(r.n_haadf, r.n_chem, r.cost) for r in rows] == [(5, 3, 12.0)]  # 3 tilts at 4× the dose
+        with pytest.raises(InputError, match="no replicates at 3× the study's chemical SNR"):
+            plan(opened, 10.0, method="sirt", chem_snr_scale=3.0)
+        figure = snr_figure(opened, "sirt")
+    assert figure is not None
+    figure.savefig(tmp_path / "snr.png")
+    assert (tmp_path / "snr.png").stat().st_size > 1000
