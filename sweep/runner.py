@@ -43,6 +43,7 @@ from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
+from tomosweep.sweep.view import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
 
@@ -279,6 +280,8 @@ class Runner:
         dirty: set[Key] = set()  # cells whose optimiser state changed since the last commit
         cells = list(study.cells)
         queue = as_completed()
+        heartbeat = Heartbeat(store.path, self.client, budget=total).start()  # for `tomosweep view`
+        finished = False
 
         def next_key() -> Key | None:
             open_keys = [k for k, o in opts.items() if k not in exhausted and o.n_told + len(o.pending) < budget_per]
@@ -294,6 +297,7 @@ class Runner:
             future = self.client.submit(self.trial_fn, task, key=name, pure=False, resources=self.resources)
             active[future] = ticket
             queue.add(future)
+            heartbeat.set_running(state_key(t.key) for t in active.values())
 
         def fill() -> None:
             capacity = self._capacity()
@@ -317,6 +321,7 @@ class Runner:
             fill()
             for future in queue:
                 ticket = active.pop(future)
+                heartbeat.set_running(state_key(t.key) for t in active.values())
                 record = self._outcome(future, ticket, deaths, KilledWorker)
                 future.release()
                 if record is None:  # resubmitted after a worker death
@@ -340,7 +345,9 @@ class Runner:
                 if self.progress:
                     self.progress.update(record, done=in_grid, failed=failed, best=best)
                 fill()
+            finished = True
         finally:
+            heartbeat.stop(finished=finished)
             for future in active:
                 future.cancel()
             if self.progress:
