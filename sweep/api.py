@@ -137,6 +137,21 @@ def _connect(study: Study, client: Any) -> Iterator[Connection]:
         yield opened
 
 
+def _check_memory(study: Study, conn: Connection, elements: tuple[str, ...]) -> None:
+    """Refuse a study whose largest trial cannot fit on the workers (see :mod:`tomosweep.sweep.memory`)."""
+    from tomosweep.sweep import memory
+
+    if study.phantom.name is not None:
+        n, n_el = study.phantom.size, len(elements)
+    else:
+        from tomosweep.phantoms import load_specimen
+
+        shape = load_specimen(study.phantom.file).volumes.shape
+        n, n_el = int(shape[1]), int(shape[0])
+    gpu = study.device != "cpu" and bool(conn.resources and "GPU" in conn.resources)
+    memory.check_fits(memory.largest_trials(study, n, n_el), memory.worker_budget(conn.client, gpu=gpu))
+
+
 def _runner(study: Study, store: SweepStore, conn: Connection, **kwargs: Any) -> Runner:
     return Runner(study, store, conn.client, slots=conn.slots, resources=conn.resources, **kwargs)
 
@@ -201,6 +216,7 @@ def run_study(
     elements = _elements(study)
     earlier = _earlier_trials(warm_start, study)
     with _connect(study, client) as conn:
+        _check_memory(study, conn, elements)  # before the store exists: a refused study leaves nothing behind
         if on_client:
             on_client(conn)
         with create_store(study, store, elements=elements) as opened:
@@ -245,11 +261,12 @@ def resume_study(
                 check_extension(stored, new)
         new = with_cluster(new, cluster)
         _check_device(new)
-        _elements(new)
+        elements = _elements(new)
         _check_inputs(opened, new)
         earlier = _earlier_trials(warm_start, new)
         # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
         with _connect(new, client) as conn:
+            _check_memory(new, conn, elements)
             if new.content_hash() != stored.content_hash():
                 opened.update_study(
                     spec=new.to_json(),

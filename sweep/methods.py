@@ -92,6 +92,9 @@ class Method:
     # its solver reports the whole iterate to a callback, so a trial can be scored and
     # pruned mid-run (SIRT runs one solver per element, HEBT iterates a stacked system)
     prunable: bool = False
+    # peak working set in element volumes (n³ × n_elements values), measured with tracemalloc
+    # at n = 32 … 64 and rounded up (tomosweep.sweep.memory)
+    memory_volumes: float = 24.0
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -253,12 +256,14 @@ METHODS: dict[str, Method] = {
             ),
             _hebt,
             "HAADF-EDS bimodal tomography (Yuan 2021 eq. 15-17)",
+            memory_volumes=10.0,
         ),
         Method(
             "sirt",
             (Param("n_iter", "int", 20, 2, 200, "log", "SIRT iterations per element map"),),
             _sirt,
             "conventional chemical-only SIRT per element (Yuan 2021 eq. 11)",
+            memory_volumes=4.0,
         ),
         Method(
             "poisson_ml",
@@ -266,6 +271,7 @@ METHODS: dict[str, Method] = {
             _poisson_ml,
             "chemical-only Poisson maximum likelihood (ML-EM)",
             prunable=True,
+            memory_volumes=5.0,
         ),
         Method(
             "poisson_ml_tv",
