@@ -103,7 +103,10 @@ def _connected(conn: Any) -> None:
     console.print(f"Dask scheduler {conn.client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
     if _ACTIVE.get("view") is not None:
         try:
-            console.print(f"live view {_ACTIVE['view'].url()} (read-only; `tomosweep view` serves it after the run)")
+            console.print(
+                f"live view {_ACTIVE['view'].url()} (read-only; `tomosweep view` serves it after the run)",
+                soft_wrap=True,
+            )
         except TomosweepError as exc:  # the study goes on without its page
             console.print(f"[yellow]warning:[/] {escape(str(exc))}", highlight=False)
 
@@ -315,7 +318,7 @@ def view(
         out.print(server.url, markup=False, highlight=False, soft_wrap=True)
         if host not in ("127.0.0.1", "localhost", "::1"):
             console.print(f"[yellow]warning:[/] listening on {escape(host)}: whoever reaches it can read the study")
-        console.print(f"serving {escape(str(store))} read-only; Ctrl-C stops", highlight=False)
+        console.print(f"serving {escape(str(store))} read-only; Ctrl-C stops", highlight=False, soft_wrap=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

@@ -43,12 +43,12 @@ class Heartbeat:
     """
 
     def __init__(
-        self, store: str | os.PathLike[str], client: Any, *, budget: int, interval_s: float = HEARTBEAT_S
+        self, store: str | os.PathLike[str], client: Any, *, budget: int, interval_s: float | None = None
     ) -> None:
         self.store = Path(store)
         self.client = client
         self.budget = budget
-        self.interval_s = interval_s
+        self.interval_s = HEARTBEAT_S if interval_s is None else interval_s
         self._running: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
