@@ -1,0 +1,108 @@
+"""The price of a paper-scale map: one cell of ``examples/paper_scale.toml`` end to end.
+
+Runs the fused method on the four corner cells of the paper-scale grid (15 and 180
+HAADF × 3 and 25 chemical tilts, at the study's 256³ and its budget of 50 trials per
+cell) through the real sweep — simulation, shared start, BO, store — on one worker with
+the study's device, fits a trial's seconds as ``a + b × projections`` over the corners
+(each trial's own wall time, from the store), and adds up the whole 12 × 12 map.
+Schwartz 2024 report about 1078 GPU-hours per map; the target is ≤ 11 (1 %).
+
+On a CPU machine run it small (``--n 32 --trials 6``) to check the script; its hours
+are CPU-core hours at that size, not the paper's.
+
+    python benchmarks/paper_scale.py [--n 256] [--trials 50] [--device gpu]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+from _common import machine, parser, write
+
+from tomosweep.results import SweepStore
+from tomosweep.sweep.api import run_study
+from tomosweep.sweep.memory import trial_bytes
+from tomosweep.sweep.spec import study_from_dict
+
+PAPER_GPU_HOURS = 1078.0
+STUDY = Path(__file__).parents[1] / "examples" / "paper_scale.toml"
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0], "paper_scale.json")
+    p.add_argument("--n", type=int, default=None, help="phantom size (default: the study's 256)")
+    p.add_argument("--trials", type=int, default=None, help="trials per cell (default: the study's budget)")
+    p.add_argument("--device", default=None, help="cpu, gpu or auto (default: the study's)")
+    p.add_argument("--store", type=Path, default=None, help="keep the store here (default: a temporary one)")
+    args = p.parse_args()
+
+    raw = tomllib.loads(STUDY.read_text())
+    grid_h, grid_c = raw["acquisition"]["n_haadf"], raw["acquisition"]["n_chem"]
+    # the grid's corners: a trial's cost is fitted as a + b·(projections) over them
+    corners_h, corners_c = [min(grid_h), max(grid_h)], [min(grid_c), max(grid_c)]
+    raw["acquisition"]["n_haadf"], raw["acquisition"]["n_chem"] = corners_h, corners_c
+    raw["methods"] = {"fused": raw["methods"]["fused"]}
+    budget = args.trials or raw["budget"]["trials_per_cell"]
+    raw["budget"] = {"trials_per_cell": budget, "initial_points": min(raw["budget"]["initial_points"], budget)}
+    if args.n:
+        raw["phantom"]["size"] = args.n
+    if args.device:
+        raw["device"] = args.device
+    raw["cluster"] = {"backend": "local-cuda" if raw["device"] == "gpu" else "local", "n_workers": 1}
+    study = study_from_dict(raw)
+    n = study.phantom.size
+    n_el = 4
+    if args.store is not None and args.store.exists():
+        raise SystemExit(f"{args.store} exists; remove it or pass another --store")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.store or Path(tmp) / "corners.zarr"
+        t0 = time.perf_counter()
+        summary = run_study(study, path)
+        wall = time.perf_counter() - t0
+        with SweepStore.open(path) as store:
+            records = [r for r in store.records() if r.method == "fused"]
+    per_cell = {}
+    for h in corners_h:
+        for c in corners_c:
+            mine = [r.wall_time_s for r in records if (r.n_haadf, r.n_chem) == (h, c)]
+            per_cell[(h, c)] = float(np.mean(mine))
+    rays = np.array([h + n_el * c for h, c in per_cell])
+    seconds = np.array(list(per_cell.values()))
+    b, a = np.polyfit(rays, seconds, 1)
+    map_s = sum(budget * max(a + b * (hh + n_el * cc), 0.0) for hh in grid_h for cc in grid_c)
+    hours = map_s / 3600
+    largest = (max(grid_h), max(grid_c))
+    report = {
+        "machine": machine(),
+        "device": study.device,
+        "n": n,
+        "trials_per_cell": budget,
+        "trials": summary.n_new,
+        "failed": summary.n_failed,
+        "wall_seconds": round(wall, 1),
+        "seconds_per_trial": {f"{h}x{c}": round(v, 2) for (h, c), v in per_cell.items()},
+        "fit_seconds": {"fixed": round(float(a), 3), "per_projection": round(float(b), 5)},
+        "map_device_hours": round(hours, 2),
+        "paper_gpu_hours": PAPER_GPU_HOURS,
+        "fraction_of_paper": round(hours / PAPER_GPU_HOURS, 4),
+        "target_hours": PAPER_GPU_HOURS / 100,
+        "peak_memory_estimate_gb": round(
+            trial_bytes("fused", n=n, n_elements=n_el, n_haadf=largest[0], n_chem=largest[1]) / 1e9, 2
+        ),
+        "note": "device-hours with one trial at a time per device; every cell's trial time from the corners' fit",
+    }
+    write(args.out, report)
+    print(
+        f"{n}³: {', '.join(f'{k} {v:.1f} s' for k, v in report['seconds_per_trial'].items())} per trial; "
+        f"the 12 × 12 map at {budget} trials per cell ≈ {hours:.1f} device-hours "
+        f"({100 * hours / PAPER_GPU_HOURS:.2f} % of the paper's ~1078)"
+    )
+
+
+if __name__ == "__main__":
+    main()
