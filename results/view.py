@@ -460,6 +460,7 @@ class _Page:
         self.grid: tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]] | None = None
         self.snap: Snapshot | None = None
         self._landscape_for: tuple[int, int] | None = None
+        self._shown: tuple | None = None  # what the heatmaps and tables show: (trials, trials in flight)
         self._syncing = False
         from bokeh.models import Div
 
@@ -681,14 +682,19 @@ class _Page:
             return  # the store does not exist yet (``--wait``), or cannot be read: keep waiting
         if self.grid != (snap.n_haadf, snap.n_chem, snap.methods):
             self._build(snap)  # first read, or a grid grown by `resume --extend`
+            self._shown = None
         self.snap = snap
+        self.header.text = status_html(snap)
+        shown = (snap.n_committed, tuple(sorted(snap.running().items())))
+        if shown == self._shown:
+            return  # nothing new: the browser keeps what it drew (and a selection in progress)
+        self._shown = shown
         table = cell_table(snap)
         scale = colour_scale(table["best_nrmse"])
         self.mapper.update(low=scale[0], high=scale[1])
         for method, source in self.heat_sources.items():
             source.data = self._heat_data(snap, method, table, scale)
         self.cells_source.data = self._cells_data(snap, table)
-        self.header.text = status_html(snap)
         if self.cell is not None:
             self._show_cell(self.cell, draw_landscape=False)
 

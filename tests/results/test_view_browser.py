@@ -128,10 +128,12 @@ def heatmaps(driver, methods) -> dict[str, dict[tuple[int, int], str]]:
         # a tick label sits level with a row (left of the cells) or under a column (below them)
         y_ticks = [(int(t), y) for t, x, y in unique if t.isdigit() and x < left and y < bottom + 3]
         x_ticks = [(int(t), x) for t, x, y in unique if t.isdigit() and y > bottom and x > left - 3]
-        out[method] = {
-            (min(y_ticks, key=lambda k: abs(k[1] - y))[0], min(x_ticks, key=lambda k: abs(k[1] - x))[0]): t
+        cell_at = {
+            (t, x, y): (min(y_ticks, key=lambda k: abs(k[1] - y))[0], min(x_ticks, key=lambda k: abs(k[1] - x))[0])
             for t, x, y in values
         }
+        out[method] = {cell: t for (t, _, _), cell in cell_at.items()}
+        out[f"{method}:at"] = {cell: (x, y) for (_, x, y), cell in cell_at.items()}
         out[f"{method}:ticks"] = {"y": sorted(y_ticks, key=lambda k: k[1]), "x": sorted(x_ticks, key=lambda k: k[1])}
     return out
 
@@ -184,7 +186,7 @@ def _record(entry):
 
 
 def test_the_page_follows_a_store_being_written(browser, tmp_path):
-    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
     store = new_store(tmp_path / "s.zarr")  # held open for writing, locked: the test is the driver
     for entry in SEQUENCE[:4]:
@@ -255,13 +257,12 @@ def test_the_page_follows_a_store_being_written(browser, tmp_path):
             value = maps["best_nrmse"][i, j]
             assert best == ("–" if math.isnan(value) else f"{value:.4f}")
 
-        # selecting a cell in a heatmap shows its trials, of every method
-        target = next(
-            e
-            for e in browser.execute_script(_DEEP + "return deep(document, 'svg text');")
-            if e.text == expected["fused"][(9, 3)]
-        )
-        ActionChains(browser).move_to_element(target).click().perform()
+        # selecting a cell in a heatmap (a click where its number is drawn) shows its trials, of every method
+        x, y = drawn["fused:at"][(9, 3)]
+        click = ActionBuilder(browser)
+        click.pointer_action.move_to_location(round(x), round(y))
+        click.pointer_action.click()
+        click.perform()
         wait_for(
             lambda: any("9 HAADF × 3 chemical tilts" in t for t in browser.execute_script(_SELECTED)),
             what="the selected cell",

@@ -150,12 +150,11 @@ def test_run_with_view_serves_the_page_alongside_and_stops_it_after(tmp_path):
                 url = line.split()[2]
                 assert "<title>tomosweep view" in _get(url)  # served while the study runs
                 break
-        rest, _ = run.communicate(timeout=240)
+        _, rest = run.communicate(timeout=240)
     finally:
         if run.poll() is None:
             run.kill()
-    stderr = "".join(lines) + run.stderr.read() if run.stderr and not run.stderr.closed else "".join(lines)
-    assert run.returncode == 0, stderr
+    assert run.returncode == 0, "".join(lines) + rest
     assert any(line.startswith("live view http://127.0.0.1:") for line in lines)
     assert read_live(store)["state"] == "finished"
     with pytest.raises(urllib.error.URLError):
