@@ -23,6 +23,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
+from tomosweep.compat import submit_first_job
 from tomosweep.errors import ClusterError
 
 _CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}
@@ -214,9 +215,7 @@ def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> t
     min_jobs = settings.min_jobs or 1
     max_jobs = max(settings.max_jobs or min_jobs, min_jobs)
     try:
-        # what cluster.scale(jobs=1) does, but awaited here so the submit command's error is raised
-        cluster.worker_spec.update(cluster.new_worker_spec())
-        cluster.sync(cluster._correct_state)
+        submit_first_job(cluster)  # what cluster.scale(jobs=1) does, but the submit command's error is raised
     except Exception as exc:
         _close_after_refusal(cluster)
         raise ClusterError(

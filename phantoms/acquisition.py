@@ -56,10 +56,10 @@ element does not change the others' noise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -433,10 +433,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot key {type(value).__name__}")
 
 
-_CACHE: OrderedDict[str, tuple[Specimen, Acquisition]] = OrderedDict()
-_CACHE_SIZE = 8
-
-
 def simulate_cached(
     specimen: str,
     n: int,
@@ -452,18 +448,21 @@ def simulate_cached(
     :func:`acquisition_key`; everything is deterministic, so a cache hit returns exactly
     what a rebuild would.
     """
-    from tomosweep.phantoms.specimens import make_specimen
-
     options = dict(specimen_options or {})
     if isinstance(settings.get("rng"), np.random.Generator) or settings.get("rng", 0) is None:
         raise InputError("simulate_cached needs an integer seed (rng=<int>) so the data can be keyed")
     key = acquisition_key(specimen, n, scheme, options=options, **settings)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    built = make_specimen(specimen, n, **options)
-    entry = (built, simulate(built, scheme, **settings))
-    _CACHE[key] = entry
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return entry
+    arguments = json.dumps({"options": options, "settings": settings}, sort_keys=True, default=_jsonable)
+    return _simulate_keyed(key, specimen, int(n), scheme, arguments)
+
+
+@functools.lru_cache(maxsize=8)
+def _simulate_keyed(
+    key: str, specimen: str, n: int, scheme: TiltScheme, arguments: str
+) -> tuple[Specimen, Acquisition]:
+    """The cache behind :func:`simulate_cached`: ``key`` decides, the rest rebuilds on a miss."""
+    from tomosweep.phantoms.specimens import make_specimen
+
+    given = json.loads(arguments)
+    built = make_specimen(specimen, n, **given["options"])
+    return built, simulate(built, scheme, **given["settings"])

@@ -77,22 +77,21 @@ def best_params_frame(store: SweepStore) -> Any:
     return pd.DataFrame(rows)
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _release(fig: Any) -> None:
+    """Free a figure that pyplot manages (skopt's plots); the others are plain ``Figure`` objects."""
+    if getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+        plt.close(fig)
 
 
 def _grid_panels(store: SweepStore, n_panels: int, *, width_per_panel: float, extra: float) -> tuple[Any, Any]:
-    """A row of panels, each sized for the store's tilt grid."""
-    plt = _pyplot()
+    """A row of panels, each sized for the store's tilt grid (a ``Figure``: no pyplot, no backend)."""
+    from matplotlib.figure import Figure
+
     height = max(3.2, 0.6 * len(store.n_haadf) + 1.8)
-    return plt.subplots(
-        1, n_panels, figsize=(width_per_panel * n_panels + extra, height), squeeze=False, layout="constrained"
-    )
+    fig = Figure(figsize=(width_per_panel * n_panels + extra, height), layout="constrained")
+    return fig, fig.subplots(1, n_panels, squeeze=False)
 
 
 def heatmap_figure(store: SweepStore) -> Any:
@@ -129,16 +128,16 @@ def heatmap_figure(store: SweepStore) -> Any:
 
 def convergence_figure(store: SweepStore) -> Any:
     """Best-so-far mean NRMSE against trial number, one panel per cell, one line per method."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     n_h, n_c = len(store.n_haadf), len(store.n_chem)
-    fig, axes = plt.subplots(
+    fig = Figure(figsize=(2.4 * n_c + 1.4, 1.9 * n_h + 1), layout="constrained")
+    axes = fig.subplots(
         n_h,
         n_c,
-        figsize=(2.4 * n_c + 1.4, 1.9 * n_h + 1),
         squeeze=False,
         sharex=True,
         sharey=True,
-        layout="constrained",
     )
     cols = store.columns()
     for i, h in enumerate(store.n_haadf):
@@ -223,10 +222,12 @@ def objective_figure(result: Any, prior: Mapping[str, str], title: str) -> Any:
     dependence of the GP mean over every pair of searched parameters, the trials as
     dots, the best as a star) for a fitted skopt ``OptimizeResult``; with one searched
     parameter, the GP mean along it with the trials."""
-    plt = _pyplot()
     names = [d.name for d in result.space.dimensions]
     if len(names) == 1:
-        fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5, 3.5), layout="constrained")
+        ax = fig.subplots()
         grid = np.linspace(0.0, 1.0, 200)[:, None]
         xs = [p[0] for p in result.space.inverse_transform(grid)]
         ax.plot(xs, result.models[-1].predict(grid), label="GP mean")
@@ -236,6 +237,14 @@ def objective_figure(result: Any, prior: Mapping[str, str], title: str) -> Any:
         ax.set_ylabel("log NRMSE")
         ax.legend(fontsize=8)
     else:
+        import sys
+
+        import matplotlib
+
+        if "matplotlib.pyplot" not in sys.modules:
+            # skopt draws through pyplot; a library must not open a GUI backend (the live
+            # view draws this from a server thread), but a session's own pyplot is left alone
+            matplotlib.use("Agg")
         from skopt.plots import plot_objective
 
         axes = plot_objective(result, dimensions=names, n_points=30)
@@ -295,7 +304,6 @@ def export(
     :func:`objective_figure`); the sweep layer builds them, this module only draws.
     Files of an earlier export in ``out`` are replaced only with ``overwrite``.
     """
-    plt = _pyplot()
     out = check_export_folder(store, out, export_names(store, cell), overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -310,18 +318,18 @@ def export(
     for suffix in (".png", ".svg"):
         fig.savefig(out / f"nrmse_heatmap{suffix}", dpi=150)
         written.append(out / f"nrmse_heatmap{suffix}")
-    plt.close(fig)
+    _release(fig)
     fig = convergence_figure(store)
     fig.savefig(out / "convergence.png", dpi=120)
     written.append(out / "convergence.png")
-    plt.close(fig)
+    _release(fig)
     for method in store.methods:
         if not searched_ranges(store, method):
             continue
         fig = best_weights_figure(store, method)
         fig.savefig(out / f"best_weights_{method}.png", dpi=120)
         written.append(out / f"best_weights_{method}.png")
-        plt.close(fig)
+        _release(fig)
         if cell is not None and surrogates and method in surrogates:
             ranges = searched_ranges(store, method)
             prior = {name: str(rng.get("prior", "linear")) for name, rng in ranges.items()}
@@ -334,5 +342,5 @@ def export(
             path = out / f"objective_{method}_{cell[0]}x{cell[1]}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             written.append(path)
-            plt.close(fig)
+            _release(fig)
     return written

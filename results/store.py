@@ -42,7 +42,6 @@ Only JSON attributes and numeric / UTF-8 string arrays are stored; no pickles.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import fcntl
 import json
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from tomosweep import __version__
+from tomosweep.compat import zarr_write_many
 from tomosweep.errors import StoreError, StoreLockedError
 
 FORMAT = "tomosweep-sweep-store"
@@ -181,21 +181,6 @@ def _zarr() -> Any:
     import zarr
 
     return zarr
-
-
-def _write_concurrently(writes: Iterable[tuple[Any, Any, Any]]) -> None:
-    """``array[index] = value`` for many arrays in one event-loop pass.
-
-    zarr's synchronous API runs one coroutine per call (~1 ms each); a row touches
-    ten arrays, so the writes are gathered to keep the commit well under the 20 ms
-    per-trial overhead target.
-    """
-    from zarr.core.sync import sync
-
-    async def run() -> None:
-        await asyncio.gather(*(arr._async_array.setitem(index, value) for arr, index, value in writes))
-
-    sync(run())
 
 
 def check_store_location(path: str | os.PathLike[str]) -> Path:
@@ -492,7 +477,7 @@ class SweepStore:
             maps["best_params"][i, j] = params
             writes.append((arrays["best_nrmse"], ..., maps["best_nrmse"]))
             writes.append((arrays["best_params"], ..., maps["best_params"]))
-        _write_concurrently(writes)
+        zarr_write_many(writes)
         self._n_committed = row + 1
         update: dict[str, Any] = {"n_committed": self._n_committed}
         if optimiser:
@@ -545,7 +530,7 @@ class SweepStore:
         for method, maps in fresh.items():
             for name, values in maps.items():
                 writes.append((self._map_arrays[method][name], ..., values))
-        _write_concurrently(writes)
+        zarr_write_many(writes)
         self._maps = fresh
 
     def update_study(

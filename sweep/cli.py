@@ -456,21 +456,18 @@ def main() -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise _interrupted(130) from None
-    except _CLICK_ERROR as exc:  # usage errors: a missing option, a bad value
+    except typer.TyperException as exc:  # usage errors (click's, vendored by typer): a missing option, a bad value
         command = getattr(getattr(exc, "ctx", None), "command_path", None) or "tomosweep"
-        console.print(f"[red]error:[/] {escape(exc.format_message())}", highlight=False)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        console.print(f"[red]error:[/] {escape(message)}", highlight=False)
         console.print(f"(see `{escape(command)} --help`)", highlight=False)
-        raise SystemExit(exc.exit_code) from None
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
     except typer.Abort:
         raise _interrupted(130) from None
     # click, outside standalone mode, *returns* the exit status of an interrupted command
     # (130 after Ctrl-C) instead of raising it: pass it on, or a batch script sees success
     if isinstance(code, int) and code != 0:
         raise _interrupted(code) if code in (130, 143) else SystemExit(code)
-
-
-# typer vendors its own click; its usage errors derive from this base class
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 if __name__ == "__main__":

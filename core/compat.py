@@ -1,0 +1,40 @@
+"""Workarounds where a dependency offers no public way yet, each pinned by ``tests/core/test_compat.py``.
+
+Everything else in tomosweep uses its dependencies' public APIs only. When upstream
+grows the public way named below, the workaround here is replaced by it and its test
+tells whether the old behaviour is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+
+def zarr_write_many(writes: Iterable[tuple[Any, Any, Any]]) -> None:
+    """``array[index] = value`` for many zarr arrays in one pass of zarr's event loop.
+
+    zarr's synchronous ``Array.__setitem__`` runs one coroutine per call (about 1 ms each);
+    a store row touches ten arrays, so the writes are gathered. ``Array.async_array`` is
+    public (zarr-python PR #3556), but running a gathered coroutine on zarr's own loop has
+    no public entry point: ``zarr.core.sync.sync`` was left private (zarr-python issue #2909).
+    """
+    from zarr.core.sync import sync
+
+    async def run() -> None:
+        await asyncio.gather(*(arr.async_array.setitem(index, value) for arr, index, value in writes))
+
+    sync(run())
+
+
+def submit_first_job(cluster: Any) -> None:
+    """Submit one job of a dask-jobqueue cluster now and raise if the submit command fails.
+
+    ``cluster.scale(jobs=1)`` only schedules ``SpecCluster._correct_state`` on the cluster's
+    loop; a refused ``sbatch``/``qsub`` then surfaces as "Task exception was never retrieved"
+    in a log (dask-jobqueue issue #619), never to the caller. Awaiting the private coroutine
+    is the only way to get the scheduler's own refusal message.
+    """
+    cluster.worker_spec.update(cluster.new_worker_spec())
+    cluster.sync(cluster._correct_state)
