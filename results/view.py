@@ -544,6 +544,7 @@ class _Page:
                 text_baseline="middle",
                 text_font_size="11pt",
                 text_color="colour",
+                nonselection_text_alpha=1.0,  # a selected cell is outlined; the others stay readable
             )
             fig.add_tools(
                 TapTool(renderers=[cells]),
@@ -799,7 +800,7 @@ def _trial_column(name: str, snap: Snapshot) -> Any:
     if name == "nrmse":
         formatter = NumberFormatter(format="0.0000", nan_format="–")
     elif name in snap.param_names or name == "wall_time_s":
-        formatter = NumberFormatter(format="0.000[00]", nan_format="–")
+        formatter = NumberFormatter(format="0.[00000]", nan_format="–")
     else:
         formatter = StringFormatter()
     return TableColumn(
