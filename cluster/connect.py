@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tomosweep.cluster.backends import BACKENDS
 from tomosweep.cluster.settings import JOBQUEUE, ClusterSettings
 from tomosweep.errors import ClusterError
 
 #: seconds to wait for the first worker when the study does not say (batch jobs may queue)
-DEFAULT_START_TIMEOUT = {"local": 60.0, "local-cuda": 120.0, "address": 15.0, **{b: 600.0 for b in JOBQUEUE}}
+log = logging.getLogger(__name__)
+
 
 
 def worker_environ() -> dict[str, Any]:
@@ -60,21 +64,15 @@ class Connection:
 
 
 def _start(settings: ClusterSettings, stack: contextlib.ExitStack) -> tuple[Any, int | None, str]:
-    if settings.backend == "local":
-        from tomosweep.cluster import local
-
-        cluster, slots, text = local.start(settings)
-    elif settings.backend == "local-cuda":
-        from tomosweep.cluster import local_cuda
-
-        cluster, slots, text = local_cuda.start(settings)
-    elif settings.backend in JOBQUEUE:
-        from tomosweep.cluster import jobqueue
-
-        cluster, slots, text = jobqueue.start(settings, worker_environ())
-    else:
+    """Start the registered backend's cluster (see :mod:`tomosweep.cluster.backends`)."""
+    backend = BACKENDS[settings.backend]
+    if backend.start is None:
         return None, None, f"scheduler at {settings.address}"
+    module, _, function = backend.start.partition(":")
+    start = getattr(importlib.import_module(module), function)
+    cluster, slots, text = start(settings, worker_environ()) if backend.batch else start(settings)
     stack.enter_context(cluster)  # closed (jobs cancelled) on the way out, also on errors
+    log.info("started %s", text)
     return cluster, slots, text
 
 
@@ -105,7 +103,7 @@ def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection
     from distributed import Client
 
     settings = settings or ClusterSettings()
-    timeout = settings.start_timeout or DEFAULT_START_TIMEOUT[settings.backend]
+    timeout = settings.start_timeout or BACKENDS[settings.backend].start_timeout
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # for the cluster's whole life, so a restarted worker gets the same environment

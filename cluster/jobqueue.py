@@ -22,23 +22,18 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from tomosweep.cluster.backends import BACKENDS, BatchSystem
 from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.compat import submit_first_job
 from tomosweep.errors import ClusterError
 
-_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster", "sge": "SGECluster"}
-_NAMES = {"slurm": "SLURM", "pbs": "PBS", "lsf": "LSF", "sge": "SGE"}
-# how each scheduler is asked for GPUs; sites differ, so job_directives can say it instead
-_GPU_DIRECTIVE = {"slurm": "--gres=gpu:{n}", "pbs": "-l ngpus={n}", "lsf": '-gpu "num={n}"', "sge": "-l gpu={n}"}
-# dask-jobqueue's names where a scheduler calls a setting something else
-_KWARG = {("lsf", "account"): "project", ("sge", "account"): "project"}
-# how to ask a scheduler about jobs, for the message when none starts
-_STATUS = {
-    "slurm": ["squeue", "-h", "-o", "%i %T %r", "-j"],
-    "pbs": ["qstat"],
-    "lsf": ["bjobs"],
-    "sge": ["qstat", "-j"],
-}
+
+def _system(backend: str) -> BatchSystem:
+    system = BACKENDS[backend].batch
+    if system is None:
+        raise ClusterError(f"{backend!r} is not a batch backend")
+    return system
+
 
 EXAMPLE = """[cluster]
 backend = "{backend}"
@@ -98,10 +93,10 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     for key in ("queue", "account", "walltime", "interface", "log_directory", "python"):
         value = getattr(settings, key)
         if value is not None:
-            kwargs[_KWARG.get((backend, key), key)] = value
+            kwargs[_system(backend).renames.get(key, key)] = value
     directives = list(conf.get("job-extra-directives") or []) + list(settings.job_directives)
     if settings.gpus:
-        directives.append(_GPU_DIRECTIVE[backend].format(n=settings.gpus))
+        directives.append(_system(backend).gpu_directive.format(n=settings.gpus))
     kwargs["job_extra_directives"] = directives
     prologue = list(conf.get("job-script-prologue") or []) + list(settings.prologue)
     kwargs["job_script_prologue"] = prologue + _env_prologue(environ or {})
@@ -121,9 +116,9 @@ def make_cluster(backend: str, kwargs: dict[str, Any]) -> Any:
     import dask_jobqueue
 
     try:
-        return getattr(dask_jobqueue, _CLASSES[backend])(**kwargs)
+        return getattr(dask_jobqueue, _system(backend).cluster_class)(**kwargs)
     except Exception as exc:
-        raise ClusterError(f"could not set up the {_NAMES[backend]} cluster: {exc}") from None
+        raise ClusterError(f"could not set up the {_system(backend).label} cluster: {exc}") from None
 
 
 def job_script(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> str:
@@ -149,7 +144,8 @@ def jobs_state(cluster: Any, backend: str) -> str:
     ids = [str(job.job_id) for job in getattr(cluster, "workers", {}).values() if getattr(job, "job_id", None)]
     if not ids:
         return "no job was submitted"
-    command = _STATUS[backend] + ([",".join(ids)] if backend == "slurm" else ids)
+    system = _system(backend)
+    command = list(system.status_command) + ([",".join(ids)] if system.ids_joined else ids)
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
@@ -219,7 +215,7 @@ def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> t
     except Exception as exc:
         _close_after_refusal(cluster)
         raise ClusterError(
-            f"{_NAMES[backend]} refused the worker job: {_refusal(exc)}. "
+            f"{_system(backend).label} refused the worker job: {_refusal(exc)}. "
             "Check queue, account, cores, memory and walltime in [cluster]."
         ) from None
     # minimum >= 1 (settings check it): with 0, the adaptive loop could cancel the first job while it waits
@@ -230,7 +226,7 @@ def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> t
     queue = _first(settings.queue, conf, "queue")
     gpus = f", {settings.gpus} GPU(s)" if settings.gpus else ""
     text = (
-        f"{_NAMES[backend]}: {min_jobs}–{max_jobs} job(s) of {cores} cores, {kwargs['memory']}{gpus}, "
+        f"{_system(backend).label}: {min_jobs}–{max_jobs} job(s) of {cores} cores, {kwargs['memory']}{gpus}, "
         f"{f'queue {queue}' if queue else 'default queue'}, walltime {_first(settings.walltime, conf, 'walltime')}"
     )
     return cluster, max_jobs * per_job, text

@@ -9,13 +9,13 @@ silently ignored line.
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tomosweep.cluster.backends import BACKENDS as _REGISTRY
+from tomosweep.cluster.backends import batch_backends
 
-Backend = Literal["local", "local-cuda", "slurm", "pbs", "lsf", "sge", "address"]
-JOBQUEUE: tuple[str, ...] = ("slurm", "pbs", "lsf", "sge")
-BACKENDS: tuple[str, ...] = ("local", "local-cuda", *JOBQUEUE, "address")
+JOBQUEUE: tuple[str, ...] = batch_backends()
+BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 #: what a GPU worker advertises and every trial on a GPU cluster holds, so each GPU runs one trial at a time
 GPU_RESOURCE: dict[str, float] = {"GPU": 1}
 
@@ -65,7 +65,7 @@ class ClusterSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Backend = "local"
+    backend: str = "local"
     start_timeout: float | None = Field(None, gt=0)
     # local, local-cuda
     n_workers: int | None = Field(None, ge=1)
@@ -91,6 +91,13 @@ class ClusterSettings(BaseModel):
     interface: str | None = None
     log_directory: str | None = None
     python: str | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in _REGISTRY:
+            raise ValueError(f"must be {', '.join(repr(b) for b in _REGISTRY)} (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSettings:

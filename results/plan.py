@@ -13,6 +13,7 @@ target as a line and each line's error bars from the replicates.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ import numpy as np
 
 from tomosweep.errors import InputError
 from tomosweep.results.store import SweepStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,14 @@ def plan(
         rows.sort(key=lambda r: (r.n_chem, r.n_haadf))
     else:
         rows.sort(key=lambda r: (r.cost, r.n_chem, r.n_haadf))
+    log.info(
+        "%s: %d of %d cells reach ⟨NRMSE⟩ ≤ %g (%d replicated)",
+        method,
+        sum(r.meets for r in rows),
+        len(rows),
+        target,
+        sum(r.n_replicates > 0 for r in rows),
+    )
     return rows
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import logging
 import math
 import os
 import socket
@@ -65,6 +66,8 @@ FORMAT = "tomosweep-sweep-store"
 # 3: per-cell optimiser state (attrs["optimiser"]) and each trial's proposer (meta
 # "proposed_by"). A format-2 store is upgraded when opened for writing: its cells start
 # with fresh GP-Hedge gains, and its trials say "" for the proposer.
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 3
 _UPGRADABLE = {2}
 _FORMAT_CHANGES = {
@@ -341,6 +344,7 @@ class SweepStore:
         version = group.attrs.get("format_version")
         if version in _UPGRADABLE and writable:
             group.attrs.update({"format_version": FORMAT_VERSION, "optimiser": {}})
+            log.info("%s: store format %s upgraded to %s", path, version, FORMAT_VERSION)
             version = FORMAT_VERSION
         if version != FORMAT_VERSION and version not in _UPGRADABLE:
             why = _FORMAT_CHANGES.get(version, "")
@@ -506,6 +510,7 @@ class SweepStore:
 
     def rebuild_maps(self) -> None:
         """Recompute every map from the committed trials (after a crash, or a grid change)."""
+        log.info("%s: rebuilding the maps from %d committed trials", self.path, self._n_committed)
         self._require_writable()
         fresh = {m: _empty_maps(len(self.n_haadf), len(self.n_chem), len(self.param_names)) for m in self.methods}
         cols = self.columns()

@@ -34,12 +34,15 @@ the one above, and a test checks shifts modulo that freedom.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tomosweep.errors import InputError
+
+log = logging.getLogger(__name__)
 
 METHODS = ("xcorr", "com", "none")
 
@@ -209,6 +212,14 @@ def align_series(
     else:
         offset = 0.0
     aligned_com = com[:, 0] - shifts[:, 0]  # reported in angle order
+    log.info(
+        "aligned %d projections (%s): shifts up to %.2f px across and %.2f px along the axis, axis at %+.2f px",
+        n,
+        method,
+        float(np.abs(shifts[:, 0]).max(initial=0.0)),
+        float(np.abs(shifts[:, 1]).max(initial=0.0)),
+        offset,
+    )
     return Alignment(
         angles=angles,
         shifts=shifts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
 
 PathLike = str | os.PathLike[str]
+
+
+log = logging.getLogger(__name__)
 
 
 def _as_study(study: Study | PathLike) -> Study:
@@ -220,6 +224,7 @@ def run_study(
         if on_client:
             on_client(conn)
         with create_store(study, store, elements=elements) as opened:
+            log.info("created %s for study %s (%s)", store, study.name, conn.description)
             return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 
@@ -278,6 +283,7 @@ def resume_study(
                 opened.rebuild_maps()  # the driver may have died between a commit and its map update
             if on_client:
                 on_client(conn)
+            log.info("resuming %s: %d trials stored (%s)", store, opened.n_committed, conn.description)
             return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 

@@ -31,6 +31,20 @@ console = Console(stderr=True)
 out = Console()
 
 
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="tomosweep's log on the terminal (-vv: debug)")
+    ] = 0,
+    log_file: Annotated[
+        Path | None,
+        typer.Option("--log-file", help="append tomosweep's log to this file (run/resume: instead of STORE.log)"),
+    ] = None,
+) -> None:
+    """Bayesian hyperparameter sweeps for fused chemical electron tomography."""
+    _setup_logging(verbose, log_file)
+
+
 class RichProgress:
     """A live bar: trials done/total, failed, best NRMSE so far, ETA."""
 
@@ -72,11 +86,48 @@ def _dask_logs(verbose: bool) -> None:
     everything below CRITICAL; see :func:`tomosweep.cluster.local.worker_log_level`)."""
     if not verbose:
         os.environ["TOMOSWEEP_DASK_LOG_LEVEL"] = "CRITICAL"
+    elif not _ACTIVE.get("terminal_log"):
+        _setup_logging(1, None)  # `run -v` shows tomosweep's own lines with Dask's
     _ACTIVE["verbose"] = verbose
 
 
+_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+def _setup_logging(verbose: int, log_file: Path | None) -> None:
+    """tomosweep's own loggers: INFO (``-v``) or DEBUG (``-vv``) on the terminal, and the
+    whole INFO record to ``--log-file`` (a study's driver also logs beside its store)."""
+    import logging
+
+    logger = logging.getLogger("tomosweep")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    if verbose:
+        _ACTIVE["terminal_log"] = True
+        terminal = logging.StreamHandler()
+        terminal.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        terminal.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(terminal)
+    if log_file is not None:
+        _ACTIVE["log_file"] = log_file
+        _add_file_handler(logger, log_file, logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def _add_file_handler(logger: Any, path: Path | str, level: int) -> None:
+    import logging
+
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(Path(path).resolve()):
+            return
+    handler = logging.FileHandler(path, delay=True)  # created only when there is something to say
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    logger.addHandler(handler)
+
+
 def _log_to_file() -> None:
-    """Send the driver's Dask messages (warnings and worse) to ``<store>.log``, not the terminal.
+    """The driver's log beside its store (``STORE.log``, or the global ``--log-file``): tomosweep's
+    own INFO lines and Dask's warnings; Dask's lines leave the terminal unless ``--verbose``.
 
     Called once the cluster is up: starting a local cluster resets the level of every
     stream handler of the ``distributed`` logger, a file handler included.
@@ -84,16 +135,16 @@ def _log_to_file() -> None:
     import logging
 
     store = _ACTIVE.get("store")
-    if _ACTIVE.get("verbose", True) or store is None:
+    if store is None:
         return
-    logger = logging.getLogger("distributed")
-    for handler in list(logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            logger.removeHandler(handler)
-    handler = logging.FileHandler(f"{store}.log", delay=True)  # created only when there is something to say
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    logger.addHandler(handler)
+    path = _ACTIVE.get("log_file") or f"{store}.log"
+    _add_file_handler(logging.getLogger("tomosweep"), path, logging.INFO)
+    distributed = logging.getLogger("distributed")
+    if not _ACTIVE.get("verbose", True):
+        for handler in list(distributed.handlers):
+            if type(handler) is logging.StreamHandler:
+                distributed.removeHandler(handler)
+    _add_file_handler(distributed, path, logging.WARNING)
 
 
 def _connected(conn: Any) -> None:
@@ -196,7 +247,7 @@ def run(
     cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="show Dask's own log lines (default: into STORE.log)")
+        bool, typer.Option("--verbose", "-v", help="show tomosweep's and Dask's log lines (default: into STORE.log)")
     ] = False,
     warm_start: WarmStartOption = None,
     view: ViewOption = False,
@@ -233,7 +284,7 @@ def resume(
     cluster: ClusterOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="show Dask's own log lines (default: into STORE.log)")
+        bool, typer.Option("--verbose", "-v", help="show tomosweep's and Dask's log lines (default: into STORE.log)")
     ] = False,
     warm_start: WarmStartOption = None,
     view: ViewOption = False,

@@ -285,3 +285,11 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
+
+
+def register(method: Method) -> Method:
+    """Add a reconstruction method: a study file can then name it (see the README, "Extending")."""
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method

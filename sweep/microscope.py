@@ -21,6 +21,7 @@ least squares) against the measured ones is reported.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from tomosweep.errors import InputError, StoreError
 from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
 from tomosweep.sweep.methods import METHODS, CellData
+
+log = logging.getLogger(__name__)
 
 _MARK = "reconstruction.json"  # written last; an output folder holding it is tomosweep's
 
@@ -372,7 +375,12 @@ def reconstruct_data(
 ) -> DataReconstruction:
     """Read, align, reconstruct and write a measured series (module docstring)."""
     t0 = time.perf_counter()
-    say = on_stage or (lambda _text: None)
+
+    def say(text: str) -> None:
+        log.info(text)
+        if on_stage is not None:
+            on_stage(text)
+
     out = check_out_folder(out, overwrite=overwrite)
     series = load_series(data)
     notes: list[str] = []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import time
 import uuid
@@ -46,6 +47,9 @@ from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.sweep.view import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
+
+
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -253,115 +257,8 @@ class Runner:
         return self._capacity_cached
 
     def run(self) -> RunSummary:
-        from distributed import as_completed
-        from distributed.scheduler import KilledWorker
-
-        t0 = time.perf_counter()
-        study, store = self.study, self.store
-        opts = build_optimisers(study, store)
-        budget_per = study.budget.trials_per_cell
-        total = budget_per * len(opts)
-        in_grid = sum(min(o.n_told, budget_per) for o in opts.values())
-        failed = sum(1 for o in opts.values() for y in o.Y if y is None)
-        n_start = store.n_committed
-        best = self._best(opts)
-        if self.progress:
-            self.progress.start(total=total, done=in_grid, failed=failed, best=best)
-
-        active: dict[Any, _Ticket] = {}
-        deaths: dict[int, int] = {}
-        exhausted: set[Key] = set()
-        prune = study.budget.prune
-        curves: dict[Key, list[list[tuple[int, float]]]] = {k: [] for k in opts}
-        for r in store.records():
-            key_r = (r.method, r.n_haadf, r.n_chem)
-            if r.status == OK and key_r in curves and r.info.get("curve"):
-                curves[key_r].append([(int(k), float(v)) for k, v in r.info["curve"]])
-        dirty: set[Key] = set()  # cells whose optimiser state changed since the last commit
-        cells = list(study.cells)
-        queue = as_completed()
-        heartbeat = Heartbeat(store.path, self.client, budget=total).start()  # for `tomosweep view`
-        finished = False
-
-        def next_key() -> Key | None:
-            open_keys = [k for k, o in opts.items() if k not in exhausted and o.n_told + len(o.pending) < budget_per]
-            if not open_keys:
-                return None
-            return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
-
-        def submit(ticket: _Ticket) -> None:
-            method, h, c = ticket.key
-            thresholds = prune_thresholds(curves[ticket.key]) if prune and METHODS[method].prunable else None
-            task = TrialTask(self._study_json, method, h, c, ticket.params, ticket.attempt, prune=thresholds or None)
-            name = f"trial-{method}-{h}x{c}-{next(self._seq)}-{uuid.uuid4().hex[:12]}"
-            future = self.client.submit(self.trial_fn, task, key=name, pure=False, resources=self.resources)
-            active[future] = ticket
-            queue.add(future)
-            heartbeat.set_running(state_key(t.key) for t in active.values())
-
-        def fill() -> None:
-            capacity = self._capacity()
-            while len(active) < capacity:
-                key = next_key()
-                if key is None:
-                    return
-                ask_id = next(self._seq)
-                opt = opts[key]
-                if study.budget.warm_start and opt.n_told + len(opt.pending) < opt.n_initial:
-                    opt.set_warm_start(warm_points(key, opts, cells, self.warm_from))
-                proposal: Proposal | None = opt.ask(ask_id)
-                dirty.add(key)
-                if proposal is None:
-                    exhausted.add(key)
-                    continue
-                # the trial and its record carry the full setting; the optimiser reads its own names
-                submit(_Ticket(key, {**self.study.fixed(key[0]), **proposal.params}, ask_id, proposed_by=proposal.by))
-
-        try:
-            fill()
-            for future in queue:
-                ticket = active.pop(future)
-                heartbeat.set_running(state_key(t.key) for t in active.values())
-                record = self._outcome(future, ticket, deaths, KilledWorker)
-                future.release()
-                if record is None:  # resubmitted after a worker death
-                    submit(ticket)
-                    continue
-                opt = opts[ticket.key]
-                # a pruned trial is told the NRMSE it had reached: worse than the cell's median
-                known = record.ok or record.status == PRUNED
-                opt.tell(ticket.params, record.nrmse if known else None, key=ticket.ask_id)
-                if record.ok and record.info.get("curve"):
-                    curves[ticket.key].append([(int(k), float(v)) for k, v in record.info["curve"]])
-                store.append(
-                    replace(record, task_key=str(future.key), proposed_by=ticket.proposed_by),
-                    optimiser={state_key(k): opts[k].state() for k in dirty},
-                )
-                dirty.clear()
-                in_grid += 1
-                failed += 1 if record.status == FAILED else 0
-                if record.ok and (best is None or record.nrmse < best):
-                    best = record.nrmse
-                if self.progress:
-                    self.progress.update(record, done=in_grid, failed=failed, best=best)
-                fill()
-            finished = True
-        finally:
-            heartbeat.stop(finished=finished)
-            for future in active:
-                future.cancel()
-            if self.progress:
-                self.progress.close()
-        return RunSummary(
-            store=str(store.path),
-            n_trials=store.n_committed,
-            n_new=store.n_committed - n_start,
-            n_failed=failed,
-            budget=total,
-            wall_time_s=time.perf_counter() - t0,
-            exhausted=tuple(sorted(exhausted)),
-            exhausted_unused=sum(max(0, budget_per - opts[k].n_told) for k in exhausted),
-        )
+        """Spend the study's remaining budget; return what this run did."""
+        return _Pass(self).run()
 
     def _outcome(self, future: Any, ticket: _Ticket, deaths: dict[int, int], killed: type) -> TrialRecord | None:
         method, h, c = ticket.key
@@ -399,3 +296,147 @@ class Runner:
     def _best(opts: dict[Key, CellOptimizer]) -> float | None:
         values = [y for o in opts.values() for y in o.Y if y is not None and math.isfinite(y)]
         return min(values) if values else None
+
+
+class _Pass:
+    """One run of the driver loop: the optimisers, the trials in flight, and what was committed."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        study, store = runner.study, runner.store
+        self.opts = build_optimisers(study, store)
+        self.budget_per = study.budget.trials_per_cell
+        self.total = self.budget_per * len(self.opts)
+        self.in_grid = sum(min(o.n_told, self.budget_per) for o in self.opts.values())
+        self.failed = sum(1 for o in self.opts.values() for y in o.Y if y is None)
+        self.n_start = store.n_committed
+        self.best = runner._best(self.opts)
+        self.active: dict[Any, _Ticket] = {}
+        self.deaths: dict[int, int] = {}
+        self.exhausted: set[Key] = set()
+        self.curves: dict[Key, list[list[tuple[int, float]]]] = {k: [] for k in self.opts}
+        for r in store.records():
+            key = (r.method, r.n_haadf, r.n_chem)
+            if r.status == OK and key in self.curves and r.info.get("curve"):
+                self.curves[key].append([(int(k), float(v)) for k, v in r.info["curve"]])
+        self.dirty: set[Key] = set()  # cells whose optimiser state changed since the last commit
+        self.cells = list(study.cells)
+        self.queue: Any = None
+        self.heartbeat: Any = None
+
+    def run(self) -> RunSummary:
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        runner, store = self.runner, self.runner.store
+        t0 = time.perf_counter()
+        if runner.progress:
+            runner.progress.start(total=self.total, done=self.in_grid, failed=self.failed, best=self.best)
+        log.info(
+            "study %s: %d of %d trials done, %d cells", runner.study.name, self.in_grid, self.total, len(self.opts)
+        )
+        self.queue = as_completed()
+        self.heartbeat = Heartbeat(store.path, runner.client, budget=self.total).start()  # for `tomosweep view`
+        finished = False
+        try:
+            self.fill()
+            for future in self.queue:
+                self.finish(future, KilledWorker)
+            finished = True
+        finally:
+            self.heartbeat.stop(finished=finished)
+            for future in self.active:
+                future.cancel()
+            if runner.progress:
+                runner.progress.close()
+        summary = RunSummary(
+            store=str(store.path),
+            n_trials=store.n_committed,
+            n_new=store.n_committed - self.n_start,
+            n_failed=self.failed,
+            budget=self.total,
+            wall_time_s=time.perf_counter() - t0,
+            exhausted=tuple(sorted(self.exhausted)),
+            exhausted_unused=sum(max(0, self.budget_per - self.opts[k].n_told) for k in self.exhausted),
+        )
+        log.info("run finished: %d new trials, %d failed, %.1f s", summary.n_new, self.failed, summary.wall_time_s)
+        return summary
+
+    def next_key(self) -> Key | None:
+        """The open cell with the fewest trials asked (fewest first keeps the grid even)."""
+        opts = self.opts
+        open_keys = [
+            k for k, o in opts.items() if k not in self.exhausted and o.n_told + len(o.pending) < self.budget_per
+        ]
+        if not open_keys:
+            return None
+        return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
+
+    def submit(self, ticket: _Ticket) -> None:
+        runner = self.runner
+        method, h, c = ticket.key
+        prune = runner.study.budget.prune and METHODS[method].prunable
+        thresholds = prune_thresholds(self.curves[ticket.key]) if prune else None
+        task = TrialTask(runner._study_json, method, h, c, ticket.params, ticket.attempt, prune=thresholds or None)
+        name = f"trial-{method}-{h}x{c}-{next(runner._seq)}-{uuid.uuid4().hex[:12]}"
+        future = runner.client.submit(runner.trial_fn, task, key=name, pure=False, resources=runner.resources)
+        self.active[future] = ticket
+        self.queue.add(future)
+        self.heartbeat.set_running(state_key(t.key) for t in self.active.values())
+        log.debug("submitted %s (%s): %s", name, ticket.proposed_by, ticket.params)
+
+    def fill(self) -> None:
+        """Ask the optimisers for points until every slot of the cluster has a trial."""
+        runner, study = self.runner, self.runner.study
+        capacity = runner._capacity()
+        while len(self.active) < capacity:
+            key = self.next_key()
+            if key is None:
+                return
+            ask_id = next(runner._seq)
+            opt = self.opts[key]
+            if study.budget.warm_start and opt.n_told + len(opt.pending) < opt.n_initial:
+                opt.set_warm_start(warm_points(key, self.opts, self.cells, runner.warm_from))
+            proposal: Proposal | None = opt.ask(ask_id)
+            self.dirty.add(key)
+            if proposal is None:
+                self.exhausted.add(key)
+                log.info("%s: every point of its finite space is evaluated; the cell stops", state_key(key))
+                continue
+            # the trial and its record carry the full setting; the optimiser reads its own names
+            params = {**study.fixed(key[0]), **proposal.params}
+            self.submit(_Ticket(key, params, ask_id, proposed_by=proposal.by))
+
+    def finish(self, future: Any, killed: type) -> None:
+        """Commit a finished trial (or resubmit it after a worker death), tell its optimiser, refill."""
+        runner, store = self.runner, self.runner.store
+        ticket = self.active.pop(future)
+        self.heartbeat.set_running(state_key(t.key) for t in self.active.values())
+        record = runner._outcome(future, ticket, self.deaths, killed)
+        future.release()
+        if record is None:  # resubmitted after a worker death
+            log.warning("%s: its worker died; resubmitted (attempt %d)", state_key(ticket.key), ticket.attempt)
+            self.submit(ticket)
+            return
+        opt = self.opts[ticket.key]
+        # a pruned trial is told the NRMSE it had reached: worse than the cell's median
+        known = record.ok or record.status == PRUNED
+        opt.tell(ticket.params, record.nrmse if known else None, key=ticket.ask_id)
+        if record.ok and record.info.get("curve"):
+            self.curves[ticket.key].append([(int(k), float(v)) for k, v in record.info["curve"]])
+        store.append(
+            replace(record, task_key=str(future.key), proposed_by=ticket.proposed_by),
+            optimiser={state_key(k): self.opts[k].state() for k in self.dirty},
+        )
+        self.dirty.clear()
+        self.in_grid += 1
+        self.failed += 1 if record.status == FAILED else 0
+        if record.status == FAILED:
+            log.warning("%s: trial failed: %s", state_key(ticket.key), record.error)
+        else:
+            log.info("%s: %s NRMSE %.4f (%s)", state_key(ticket.key), record.status, record.nrmse, ticket.proposed_by)
+        if record.ok and (self.best is None or record.nrmse < self.best):
+            self.best = record.nrmse
+        if runner.progress:
+            runner.progress.update(record, done=self.in_grid, failed=self.failed, best=self.best)
+        self.fill()

@@ -272,3 +272,19 @@ def test_cli_cluster_failure_is_one_line_exit_2_and_no_store(tmp_path):
         cwd=tmp_path,
     )
     assert bad.returncode == 2 and "--cluster 'k8s': not a backend" in bad.stderr
+
+
+def test_a_backend_is_one_module_and_one_registration_line():
+    from tomosweep.cluster import open_cluster
+    from tomosweep.cluster.backends import BACKENDS, Backend, register
+    from tomosweep.cluster.settings import ClusterSettings
+
+    register(Backend("inprocess", "inprocess_backend:start", 10.0))
+    try:
+        with open_cluster(ClusterSettings(backend="inprocess")) as conn:
+            assert conn.client.submit(sum, [1, 2, 3]).result() == 6
+            assert "in-process" in conn.description
+    finally:
+        del BACKENDS["inprocess"]
+    with pytest.raises(ValueError, match="must be 'local', 'local-cuda', 'slurm'"):
+        ClusterSettings(backend="inprocess")

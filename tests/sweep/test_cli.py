@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -97,9 +98,17 @@ def test_run_status_export_reconstruct(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "12 new trials" in result.stderr and "complete" in result.stderr
     assert "distributed." not in result.stderr and "Traceback" not in result.stderr  # Dask's logs stay out
+    driver_log = Path(f"{store}.log").read_text()  # ... and the driver's own log lands beside the store
+    assert "tomosweep.sweep.api INFO: created" in driver_log
+    assert driver_log.count("tomosweep.sweep.runner INFO: fused/") == 6, driver_log
 
     again = tomosweep("run", study, "--store", str(store))
     assert again.returncode == 2 and "already exists. Resume it with `tomosweep resume" in again.stderr
+
+    own_log = tmp_path / "plan.log"
+    planned = tomosweep("-v", "--log-file", str(own_log), "plan", str(store), "--target", "5", "--method", "sirt")
+    assert planned.returncode == 0, planned.stderr
+    assert own_log.is_file()
 
     status = tomosweep("status", str(store))
     assert status.returncode == 0 and "3/3" in status.stdout and "9×3" in status.stdout

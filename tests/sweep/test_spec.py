@@ -207,3 +207,22 @@ def test_element_names_come_from_the_specimen_at_the_studys_size():
         tiny_study(phantom={"name": "conio_composite", "size": 64, "options": {"inner_radius": 0.25}})
     )
     assert _elements(study) == ("Co", "Ni", "O")
+
+
+def test_a_method_is_one_adapter_and_one_registration_line():
+    from tomosweep.solvers import sirt
+    from tomosweep.sweep.methods import METHODS, Method, Param, register
+
+    def first_element_sirt(cell, params, device):
+        return sirt(cell.chem_projector, cell.chem[0], n_iter=int(params["n_iter"]), device=device)
+
+    register(
+        Method("sirt_first", (Param("n_iter", "int", 10, 2, 50, "log", "SIRT iterations"),), first_element_sirt, "toy")
+    )
+    try:
+        study = study_from_dict(tiny_study(methods={"sirt_first": {}}))
+        assert "n_iter" in study.searched("sirt_first")
+        with pytest.raises(ValueError, match="registered already"):
+            register(METHODS["sirt_first"])
+    finally:
+        del METHODS["sirt_first"]
