@@ -718,10 +718,9 @@ class _Page:
         self.cell = cell
         self._syncing = True
         try:
-            for source in self.heat_sources.values():
-                hit = [k for k, (x, y) in enumerate(zip(source.data["x"], source.data["y"], strict=True))]
-                hit = [k for k in hit if (int(source.data["y"][k]), int(source.data["x"][k])) == cell]
-                source.selected.indices = hit
+            for source in self.heat_sources.values():  # the cell is outlined in every method's map
+                at = zip(source.data["y"], source.data["x"], strict=True)
+                source.selected.indices = [k for k, (h, c) in enumerate(at) if (int(h), int(c)) == cell]
         finally:
             self._syncing = False
         self._show_cell(cell, draw_landscape=True)
