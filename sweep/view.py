@@ -125,12 +125,11 @@ def landscape_pngs(store: Path, cell: tuple[int, int]) -> list[tuple[str, bytes]
             ranges = searched_ranges(opened, method)
             prior = {name: str(rng.get("prior", "linear")) for name, rng in ranges.items()}
             title = f"{method}, {cell[0]} HAADF × {cell[1]} chemical tilts ({len(result.x_iters)} trials)"
-            fig = objective_figure(result, prior, title)  # selects matplotlib's Agg backend first
-            import matplotlib.pyplot as plt
-
+            fig = objective_figure(result, prior, title)
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-            plt.close(fig)
+            if "matplotlib.pyplot" in sys.modules:  # skopt draws through pyplot, which keeps its figures
+                sys.modules["matplotlib.pyplot"].close(fig)
             images.append(
                 (f"{method}: the GP's mean log NRMSE (partial dependence), trials as dots", buffer.getvalue())
             )
