@@ -18,7 +18,6 @@ from tomosweep.errors import ClusterError
 log = logging.getLogger(__name__)
 
 
-
 def worker_environ() -> dict[str, Any]:
     """Environment for worker processes: distributed's defaults minus ``MALLOC_TRIM_THRESHOLD_``.
 

@@ -68,7 +68,7 @@ import numpy as np
 
 from tomosweep.errors import InputError
 from tomosweep.phantoms.specimen import Specimen
-from tomosweep.solvers import Projector, _checks
+from tomosweep.solvers import Projector, validation
 from tomosweep.solvers.physics import XrayLine, f_factor, yuan_table2, z_factor
 
 AVOGADRO = 6.02214076e23  # 1/mol (SI 2019 exact)
@@ -101,15 +101,15 @@ class TiltScheme:
         if not (-90.0 <= lo < hi <= 90.0):
             raise InputError(f"tilt_range must satisfy -90 ≤ first < last ≤ 90 degrees, got {self.tilt_range}")
         object.__setattr__(self, "tilt_range", (lo, hi))
-        object.__setattr__(self, "n_haadf", _checks.positive_int(self.n_haadf, "n_haadf", minimum=0))
+        object.__setattr__(self, "n_haadf", validation.positive_int(self.n_haadf, "n_haadf", minimum=0))
         if (self.n_chem is None) == (self.chem_every is None):
             raise InputError("give exactly one of n_chem (free chemical tilts) or chem_every (every k-th HAADF tilt)")
         if self.chem_every is not None:
-            object.__setattr__(self, "chem_every", _checks.positive_int(self.chem_every, "chem_every"))
+            object.__setattr__(self, "chem_every", validation.positive_int(self.chem_every, "chem_every"))
             if self.n_haadf < 1:
                 raise InputError("chem_every needs HAADF tilts to pick from (n_haadf ≥ 1); use n_chem instead")
         else:
-            object.__setattr__(self, "n_chem", _checks.positive_int(self.n_chem, "n_chem"))
+            object.__setattr__(self, "n_chem", validation.positive_int(self.n_chem, "n_chem"))
 
     @property
     def haadf_angles(self) -> np.ndarray:
@@ -243,8 +243,7 @@ def simulate(
     chem_snrs = _per_element(chem_snr, specimen.elements, "chem_snr")
     if not (0.0 <= float(background) < 10.0):
         raise InputError(f"background must be a fraction ≥ 0 of the map maximum, got {background!r}")
-    if not 1.0 <= float(gamma) <= 3.0:
-        raise InputError(f"gamma must lie in [1, 3], got {gamma!r}")
+    validation.gamma_exponent(gamma)
     seed = _seed(rng)
     haadf_op, chem_op = _projectors(specimen.n, scheme)
 

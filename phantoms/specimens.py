@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from tomosweep.errors import InputError
 from tomosweep.phantoms.specimen import Specimen
-from tomosweep.solvers import _checks
+from tomosweep.solvers import validation
 
 #: Bulk densities (g/cm³) of the pure metals of Yuan's Ag-Au particle (CRC Handbook).
 DENSITY_G_CM3: dict[str, float] = {"Ag": 10.49, "Au": 19.30}
@@ -62,15 +62,7 @@ _MAX_PLACEMENT_TRIES = 5000
 
 
 def _check_fraction(name: str, value: Any, *, low: float, high: float, low_open: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    below = v <= low if low_open else v < low
-    if not np.isfinite(v) or below or v > high:
-        bracket = "(" if low_open else "["
-        raise InputError(f"{name} must lie in {bracket}{low}, {high}], got {value!r}")
-    return v
+    return validation.number_in(value, name, low, high, low_open=low_open)
 
 
 def _check_range(name: str, value: Any, *, high: float) -> tuple[float, float]:
@@ -276,7 +268,7 @@ def core_shell_2d(
         Elements ``("Ag", "Au")``, volumes ``(2, n, n, 1)``, ``units="g/cm^3"``, with
         ``weight_fractions`` (C_A) and ``density`` (ρ) filled.
     """
-    n = _checks.positive_int(n, "n", minimum=_MIN_N)
+    n = validation.positive_int(n, "n", minimum=_MIN_N)
     y, z, _ = _grid_3d(n)
     radius = np.sqrt(y[..., :1] ** 2 + z[..., :1] ** 2)
     return _ag_au_core_shell(
@@ -309,7 +301,7 @@ def core_shell_sphere(
     Specimen
         Elements ``("Ag", "Au")``, volumes ``(2, n, n, n)``, ``units="g/cm^3"``.
     """
-    n = _checks.positive_int(n, "n", minimum=_MIN_N)
+    n = validation.positive_int(n, "n", minimum=_MIN_N)
     y, z, x = _grid_3d(n)
     radius = np.sqrt(y**2 + z**2 + x**2)
     return _ag_au_core_shell(
@@ -418,14 +410,14 @@ def nanocubes(
         Elements ``("Co", "Cu", "O", "Au")``, volumes ``(4, n, n, n)``,
         ``units="atomic fraction"``; ``info["cubes"]`` records each cube.
     """
-    n = _checks.positive_int(n, "n", minimum=_MIN_N)
-    n_coo = _checks.positive_int(n_coo, "n_coo", minimum=0)
-    n_cuo = _checks.positive_int(n_cuo, "n_cuo", minimum=0)
+    n = validation.positive_int(n, "n", minimum=_MIN_N)
+    n_coo = validation.positive_int(n_coo, "n_coo", minimum=0)
+    n_cuo = validation.positive_int(n_cuo, "n_cuo", minimum=0)
     if n_coo + n_cuo == 0:
         raise InputError("nanocubes needs at least one cube: n_coo + n_cuo must be ≥ 1")
     edge_range = _check_range("cube_edge", cube_edge, high=0.5)
     gold_range = _check_range("gold_radius", gold_radius, high=0.1)
-    gold_per_cube = _checks.positive_int(gold_per_cube, "gold_per_cube", minimum=0)
+    gold_per_cube = validation.positive_int(gold_per_cube, "gold_per_cube", minimum=0)
     seed = _seed_info(rng)
     generator = np.random.default_rng(rng)
 
@@ -509,14 +501,14 @@ def conio_composite(
         Elements ``("Co", "Ni", "O")``, volumes ``(3, n, n, n)``,
         ``units="atomic fraction"``; ``info["particles"]`` records each particle.
     """
-    n = _checks.positive_int(n, "n", minimum=_MIN_N)
+    n = validation.positive_int(n, "n", minimum=_MIN_N)
     outer = _check_fraction("outer_radius", outer_radius, low=0.0, high=0.5 - 1 / n)
     inner = _check_fraction("inner_radius", inner_radius, low=0.0, high=0.5, low_open=False)
     if inner >= outer:
         raise InputError(f"inner_radius ({inner}) must be smaller than outer_radius ({outer})")
     tube_length = _check_fraction("length", length, low=0.0, high=1.0)
     radius_range = _check_range("particle_radius", particle_radius, high=0.25)
-    n_particles = _checks.positive_int(n_particles, "n_particles", minimum=0)
+    n_particles = validation.positive_int(n_particles, "n_particles", minimum=0)
     wall = (outer - inner) * n
     if max(radius_range[0] * n, 1.0) > wall / 2:
         raise InputError(
@@ -624,7 +616,7 @@ def core_shell_cube(
         Elements ``("Co", "Mn", "O")``, volumes ``(3, n, n, n)``,
         ``units="atomic fraction"``.
     """
-    n = _checks.positive_int(n, "n", minimum=_MIN_N)
+    n = validation.positive_int(n, "n", minimum=_MIN_N)
     edge = _check_fraction("core_edge", core_edge, low=1 / n, high=1.0)
     thickness = _face_thicknesses(shell_thickness)
     lower = [-edge / 2 - t for t in thickness[0::2]]

@@ -419,58 +419,85 @@ def _load_toml(path: Path) -> DataFile:
         raise InputError(f"data file {path}: {len(lines)} problem(s)\n" + "\n".join(lines)) from None
 
 
-def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
-    """Read and validate a data file and every series it names (module docstring)."""
-    from tomosweep.solvers.elements import ATOMIC_NUMBER
+class _Reader:
+    """Reads the stacks a data file names, noting every problem and every input's hash."""
 
-    path = Path(path)
-    spec = _load_toml(path)
-    base = path.parent
-    problems = _Problems(path)
-    sources: dict[str, str] = {}
-    geometry = {"tilt_axis": spec.tilt_axis, "tilt_axis_angle": spec.tilt_axis_angle, "binning": spec.bin}
+    def __init__(self, path: Path, spec: DataFile) -> None:
+        self.base = path.parent
+        self.problems = _Problems(path)
+        self.sources: dict[str, str] = {}
+        self.geometry = {"tilt_axis": spec.tilt_axis, "tilt_axis_angle": spec.tilt_axis_angle, "binning": spec.bin}
 
-    def stack_of(entry: SeriesFile, what: str, angle_spec: Any) -> tuple[np.ndarray, np.ndarray] | None:
-        file = _resolve(base, entry.file)
+    def stack(
+        self, entry: SeriesFile, what: str, angle_spec: Any, *, counts: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stack in tomosweep's layout and its angles, or None (the problem is noted)."""
+        file = _resolve(self.base, entry.file)
+        used = entry.angles if entry.angles is not None else angle_spec
         try:
             data, header = read_stack(file, entry.dataset)
-            angles = read_angles(entry.angles if entry.angles is not None else angle_spec, base, header, what)
+            angles = read_angles(used, self.base, header, what)
         except InputError as exc:
-            problems.add(f"{what}: {exc}")
+            self.problems.add(f"{what}: {exc}")
             return None
-        sources[str(file)] = file_hash(file)
-        spec_used = entry.angles if entry.angles is not None else angle_spec
-        angle_file = spec_used.file if isinstance(spec_used, AngleFile) else spec_used
+        self.sources[str(file)] = file_hash(file)
+        angle_file = used.file if isinstance(used, AngleFile) else used
         if isinstance(angle_file, str) and angle_file != "header":
-            sources[str(_resolve(base, angle_file))] = file_hash(_resolve(base, angle_file))
-        _check_angles(angles, data.shape[0], what, problems)
-        return data, angles
+            self.sources[str(_resolve(self.base, angle_file))] = file_hash(_resolve(self.base, angle_file))
+        _check_angles(angles, data.shape[0], what, self.problems)
+        if not _check_values(data, what, self.problems, counts=counts):
+            return None
+        return to_layout(data, **self.geometry), angles
 
-    haadf = haadf_angles = None
-    haadf_background = 0.0
-    if spec.haadf is not None:
-        got = stack_of(spec.haadf, "HAADF", spec.haadf.angles)
-        if got is not None and _check_values(got[0], "HAADF", problems, counts=False):
-            haadf = to_layout(got[0], **geometry)
-            haadf_angles = got[1]
-            haadf_background = border_level(haadf) if spec.haadf.background == "auto" else spec.haadf.background
-            haadf = np.maximum(haadf - haadf_background, 0.0)
+    def haadf(self, section: HaadfSection | None) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+        """The HAADF series less its vacuum level, sorted by angle; its angles; the level."""
+        if section is None:
+            return None, None, 0.0
+        got = self.stack(section, "HAADF", section.angles, counts=False)
+        if got is None:
+            return None, None, 0.0
+        haadf, angles = got
+        level = border_level(haadf) if section.background == "auto" else float(section.background)
+        order = np.argsort(angles)
+        return np.maximum(haadf - level, 0.0)[order], angles[order], level
 
-    elements = tuple(spec.chem.elements)
-    for e in elements:
-        if e not in ATOMIC_NUMBER:
-            hint = f" (did you mean {e.capitalize()!r}?)" if e.capitalize() in ATOMIC_NUMBER else ""
-            problems.add(f"chem.elements: unknown element symbol {e!r}{hint}")
-    chem: list[np.ndarray] = []
-    chem_angles: list[np.ndarray] = []
-    for e, entry in spec.chem.elements.items():
-        entry = SeriesFile(file=entry) if isinstance(entry, str) else entry
-        got = stack_of(entry, f"chemical map {e}", spec.chem.angles)
-        if got is not None and _check_values(got[0], f"chemical map {e}", problems, counts=True):
-            chem.append(to_layout(got[0], **geometry))
-            chem_angles.append(got[1])
-    problems.raise_if_any()
+    def chem(self, section: ChemSection) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        from tomosweep.solvers.elements import ATOMIC_NUMBER
 
+        for e in section.elements:
+            if e not in ATOMIC_NUMBER:
+                hint = f" (did you mean {e.capitalize()!r}?)" if e.capitalize() in ATOMIC_NUMBER else ""
+                self.problems.add(f"chem.elements: unknown element symbol {e!r}{hint}")
+        maps, angles = [], []
+        for e, entry in section.elements.items():
+            entry = SeriesFile(file=entry) if isinstance(entry, str) else entry
+            got = self.stack(entry, f"chemical map {e}", section.angles, counts=True)
+            if got is not None:
+                maps.append(got[0])
+                angles.append(got[1])
+        return maps, angles
+
+
+def _check_per_element(table: Any, elements: tuple[str, ...], name: str, problems: _Problems, *, zero: bool) -> None:
+    """A per-element table names each element once, with finite values (> 0, or ≥ 0 with ``zero``)."""
+    if isinstance(table, dict):
+        missing, extra = sorted(set(elements) - set(table)), sorted(set(table) - set(elements))
+        if missing or extra:
+            problems.add(f"{name}: give one value per element (missing {missing}, unknown {extra})")
+        bad = {k: v for k, v in table.items() if not (math.isfinite(v) and (v >= 0 if zero else v > 0))}
+        if bad:
+            problems.add(f"{name}: values must be finite and {'≥ 0' if zero else '> 0'}, got {bad}")
+    elif isinstance(table, float | int) and table < 0:
+        problems.add(f"{name}: counts must be ≥ 0, got {table:g}")
+
+
+def _check_consistency(
+    haadf: np.ndarray | None,
+    chem: list[np.ndarray],
+    chem_angles: list[np.ndarray],
+    elements: tuple[str, ...],
+    problems: _Problems,
+) -> None:
     shapes = {"HAADF": haadf.shape[1:]} if haadf is not None else {}
     shapes.update({e: c.shape[1:] for e, c in zip(elements, chem, strict=True)})
     if len(set(shapes.values())) > 1:
@@ -481,32 +508,12 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         problems.add(f"every element needs a map at the same tilts; numbers of maps: {counts}")
     elif any(not np.allclose(a, chem_angles[0], atol=0.05) for a in chem_angles):
         problems.add("every element needs a map at the same tilts; the angles differ between elements")
-    background = spec.chem.background
-    if isinstance(background, dict):
-        missing = sorted(set(elements) - set(background))
-        extra = sorted(set(background) - set(elements))
-        if missing or extra:
-            problems.add(f"chem.background: give one value per element (missing {missing}, unknown {extra})")
-        bad = {k: v for k, v in background.items() if not (math.isfinite(v) and v >= 0)}
-        if bad:
-            problems.add(f"chem.background: counts must be finite and ≥ 0, got {bad}")
-    elif background != "auto" and background < 0:
-        problems.add(f"chem.background: counts must be ≥ 0, got {background:g}")
-    sensitivity = spec.chem.sensitivity
-    if sensitivity is not None:
-        missing = sorted(set(elements) - set(sensitivity))
-        extra = sorted(set(sensitivity) - set(elements))
-        if missing or extra:
-            problems.add(f"chem.sensitivity: give one value per element (missing {missing}, unknown {extra})")
-        bad = {k: v for k, v in sensitivity.items() if not (math.isfinite(v) and v > 0)}
-        if bad:
-            problems.add(f"chem.sensitivity: values must be finite and > 0, got {bad}")
     if haadf is not None and haadf.max() <= 0:
         problems.add("HAADF: the series is empty after subtracting its vacuum level; set haadf.background")
-    problems.raise_if_any()
 
-    order = np.argsort(chem_angles[0])
-    stacked = np.stack([c[order] for c in chem])
+
+def _background_levels(stacked: np.ndarray, elements: tuple[str, ...], background: Any) -> tuple[float, ...]:
+    """ε per element in counts: the detector border ("auto"), a table or one number; never 0."""
     floor = 1e-3 * max(float(stacked.mean()), 1e-12)  # a Poisson model needs ε > 0
     levels = []
     for i, e in enumerate(elements):
@@ -517,16 +524,35 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         else:
             level = float(background)
         levels.append(max(level, floor))
-    if haadf is not None:
-        h_order = np.argsort(haadf_angles)
-        haadf, haadf_angles = haadf[h_order], haadf_angles[h_order]
+    return tuple(levels)
+
+
+def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
+    """Read and validate a data file and every series it names (module docstring)."""
+    path = Path(path)
+    spec = _load_toml(path)
+    reader = _Reader(path, spec)
+    haadf, haadf_angles, haadf_background = reader.haadf(spec.haadf)
+    chem, chem_angles = reader.chem(spec.chem)
+    problems = reader.problems
+    problems.raise_if_any()
+    elements = tuple(spec.chem.elements)
+    _check_consistency(haadf, chem, chem_angles, elements, problems)
+    _check_per_element(spec.chem.background, elements, "chem.background", problems, zero=True)
+    if spec.chem.sensitivity is not None:
+        _check_per_element(spec.chem.sensitivity, elements, "chem.sensitivity", problems, zero=False)
+    problems.raise_if_any()
+
+    order = np.argsort(chem_angles[0])
+    stacked = np.stack([c[order] for c in chem])
+    sensitivity = spec.chem.sensitivity
     return MeasuredSeries(
         haadf=haadf,
         haadf_angles=np.zeros(0) if haadf_angles is None else np.asarray(haadf_angles, dtype=float),
         chem=stacked,
         chem_angles=np.asarray(chem_angles[0][order], dtype=float),
         elements=elements,
-        chem_background=tuple(levels),
+        chem_background=_background_levels(stacked, elements, spec.chem.background),
         haadf_background=float(haadf_background),
         haadf_scale="auto" if spec.haadf is None else spec.haadf.scale,
         sensitivity=None if sensitivity is None else tuple(float(sensitivity[e]) for e in elements),
@@ -534,7 +560,7 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         pixel_size_nm=None if spec.pixel_size_nm is None else spec.pixel_size_nm * spec.bin,
         align=spec.align,
         weights=spec.weights,
-        sources=sources,
+        sources=reader.sources,
     )
 
 

@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import DivergenceError, InputError
-from tomosweep.solvers import _checks, backend
+from tomosweep.solvers import backend, validation
 from tomosweep.solvers.elements import atomic_numbers
 from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
@@ -132,13 +132,13 @@ def _prepare(
     eps: Any,
     device: str | None,
 ) -> _Problem:
-    chem_tilt_series = _checks.finite_array(chem_tilt_series, "chem_tilt_series", nonneg=True)
+    chem_tilt_series = validation.finite_array(chem_tilt_series, "chem_tilt_series", nonneg=True)
     if chem_tilt_series.ndim != 4:
         raise InputError(
             f"chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); got {tuple(chem_tilt_series.shape)}"
         )
     n_el = int(chem_tilt_series.shape[0])
-    n_x = _checks.tilt_series_shape(chem_tilt_series, chem_projector, "chem_tilt_series", lead=(n_el,))
+    n_x = validation.tilt_series_shape(chem_tilt_series, chem_projector, "chem_tilt_series", lead=(n_el,))
     xp = backend.choose_xp(chem_tilt_series, haadf_tilt_series, device=device)
     dtype = np.float64 if chem_tilt_series.dtype == np.float64 else np.float32
     chem = backend.asarray(chem_tilt_series, xp, dtype)
@@ -147,15 +147,15 @@ def _prepare(
     haadf = None
     z_gamma = xp.ones(n_el, dtype=dtype)
     if haadf_projector is not None:
-        _checks.same_projector_size(chem_projector, haadf_projector)
+        validation.same_projector_size(chem_projector, haadf_projector)
         if elements is None or len(elements) != n_el:
             raise InputError(
                 f"elements must list one symbol or atomic number per chemical channel ({n_el}), got {elements!r}"
             )
         z = np.asarray(atomic_numbers(elements), dtype=np.float64)
         z_gamma = backend.asarray(z**gamma, xp, dtype)
-        haadf_tilt_series = _checks.finite_array(haadf_tilt_series, "haadf_tilt_series")
-        n_x_h = _checks.tilt_series_shape(haadf_tilt_series, haadf_projector, "haadf_tilt_series")
+        haadf_tilt_series = validation.finite_array(haadf_tilt_series, "haadf_tilt_series")
+        n_x_h = validation.tilt_series_shape(haadf_tilt_series, haadf_projector, "haadf_tilt_series")
         if n_x_h != n_x:
             raise InputError(
                 f"HAADF and chemical tilt series must have the same number of slices n_x; got {n_x_h} and {n_x}"
@@ -367,10 +367,9 @@ def _mlem(prob: _Problem, n_iter: int, log: CostLog | None) -> tuple[Any, int]:
 
 
 def _validate_common(n_iter: Any, tv_iter: Any, gamma: Any, tol: Any) -> None:
-    _checks.positive_int(n_iter, "n_iter", minimum=0)
-    _checks.positive_int(tv_iter, "tv_iter", minimum=1)
-    if not 1.0 <= float(gamma) <= 3.0:
-        raise InputError(f"gamma must lie in [1, 3] (Schwartz 2024: γ ≈ 1.4–2), got {gamma!r}")
+    validation.positive_int(n_iter, "n_iter", minimum=0)
+    validation.positive_int(tv_iter, "tv_iter", minimum=1)
+    validation.gamma_exponent(gamma)
     if not 0 <= float(tol) < 1:
         raise InputError(f"tol must lie in [0, 1) (a relative change of the iterate), got {tol!r}")
 
@@ -444,10 +443,9 @@ def fused_start(
     ``b_H`` on the scale of the model (see :func:`fused`). Nothing here depends on
     the weights, so every trial of a sweep cell shares one start.
     """
-    _checks.positive_int(n_init, "n_init", minimum=0)
-    _checks.positive_int(power_iter, "power_iter", minimum=1)
-    if not 1.0 <= float(gamma) <= 3.0:
-        raise InputError(f"gamma must lie in [1, 3] (Schwartz 2024: γ ≈ 1.4–2), got {gamma!r}")
+    validation.positive_int(n_init, "n_init", minimum=0)
+    validation.positive_int(power_iter, "power_iter", minimum=1)
+    validation.gamma_exponent(gamma)
     prob = _prepare(
         chem_projector,
         chem_tilt_series,
@@ -512,8 +510,8 @@ def _resolve_start(
 ) -> tuple[FusedStart, Any]:
     """The given start checked against the data, or a new one; and its volume in the internal layout."""
     if start is None:
-        _checks.positive_int(n_init, "n_init", minimum=0)
-        _checks.positive_int(power_iter, "power_iter", minimum=1)
+        validation.positive_int(n_init, "n_init", minimum=0)
+        validation.positive_int(power_iter, "power_iter", minimum=1)
         start = _start_of(prob, int(n_init), haadf_scale, int(power_iter))
     return start, _check_start(prob, start)
 
@@ -609,7 +607,7 @@ def fused(
         scale, balance, steps, backtracks, restarts, whether ``tol`` was met.
     """
     for name, lam in (("lambda_haadf", lambda_haadf), ("lambda_chem", lambda_chem), ("lambda_tv", lambda_tv)):
-        _checks.positive_float(lam, name, allow_zero=True)
+        validation.positive_float(lam, name, allow_zero=True)
     _validate_common(n_iter, tv_iter, gamma, tol)
     prob = _prepare(
         chem_projector,
@@ -726,7 +724,7 @@ def _rescale_haadf(prob: _Problem, haadf_scale: float | str | None) -> tuple[_Pr
                 "check that both come from the same specimen and tilt geometry"
             )
     else:
-        scale = _checks.positive_float(haadf_scale, "haadf_scale")
+        scale = validation.positive_float(haadf_scale, "haadf_scale")
     return replace(prob, haadf=prob.haadf / scale), scale
 
 
@@ -753,7 +751,7 @@ def poisson_ml(
     Returns a :class:`Result` with ``volume`` ``(n_elements, n, n, n_x)`` and
     ``costs["chem"]`` (Ψ2) per iterate.
     """
-    _checks.positive_int(n_iter, "n_iter", minimum=0)
+    validation.positive_int(n_iter, "n_iter", minimum=0)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     log = CostLog("Poisson-ML", callback, view=prob.public_view)
     x, done = _mlem(prob, int(n_iter), log)
@@ -783,8 +781,8 @@ def poisson_ml_tv(
     from the same ML-EM start (``start``, or ``n_init`` ML-EM iterations). Costs "chem"
     and "tv" per iterate.
     """
-    _checks.positive_float(lambda_chem, "lambda_chem")
-    _checks.positive_float(lambda_tv, "lambda_tv", allow_zero=True)
+    validation.positive_float(lambda_chem, "lambda_chem")
+    validation.positive_float(lambda_tv, "lambda_tv", allow_zero=True)
     _validate_common(n_iter, tv_iter, 1.0, tol)
     prob = _prepare(chem_projector, chem_tilt_series, None, None, None, gamma=1.0, eps=eps, device=device)
     start, x = _resolve_start(prob, start, n_init, None, power_iter)

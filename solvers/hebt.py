@@ -34,7 +34,7 @@ import scipy.ndimage
 import scipy.optimize
 
 from tomosweep.errors import InputError
-from tomosweep.solvers import _checks, backend
+from tomosweep.solvers import backend, validation
 from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
 from tomosweep.solvers.sirt import safe_inverse, sirt_iterate
@@ -56,7 +56,7 @@ def _as_stack(chem: Any) -> Any:
 
 
 def _check_counts(arr: Any, name: str) -> Any:
-    return _checks.finite_array(arr, name, nonneg=True)
+    return validation.finite_array(arr, name, nonneg=True)
 
 
 def prefilter_chem(chem_tilt_series: Any, sigma: float = 0.8) -> np.ndarray:
@@ -160,15 +160,10 @@ def _matching_tilts(haadf_projector: Projector, chem_projector: Projector) -> np
 
 
 def _ratio_fraction(value: Any, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not 0.0 < v < 1.0:
-        raise InputError(
-            f"{name} must lie strictly between 0 and 1 (the HAADF weight of Yuan 2021 eq. 17); got {value!r}"
-        )
-    return v
+    """α of Yuan 2021 eq. 17, strictly between 0 and 1."""
+    return validation.number_in(
+        value, name, 0.0, 1.0, high_open=True, why="strictly between 0 and 1: the HAADF weight of Yuan 2021 eq. 17"
+    )
 
 
 def hebt(
@@ -268,130 +263,30 @@ def hebt(
         ``alpha`` and ``gaussian_sigma``.
     """
     alpha = _ratio_fraction(alpha, "alpha")
-    n_iter = _checks.positive_int(n_iter, "n_iter", minimum=0)
-    if not 0 < float(relaxation) < 2:
-        raise InputError(f"relaxation must lie in (0, 2), got {relaxation!r}")
-    sigma = 0.0 if gaussian_sigma is None else _checks.positive_float(gaussian_sigma, "gaussian_sigma", allow_zero=True)
-    _checks.same_projector_size(haadf_projector, chem_projector)
+    n_iter = validation.positive_int(n_iter, "n_iter", minimum=0)
+    validation.relaxation(relaxation)
+    sigma = (
+        0.0 if gaussian_sigma is None else validation.positive_float(gaussian_sigma, "gaussian_sigma", allow_zero=True)
+    )
+    validation.same_projector_size(haadf_projector, chem_projector)
 
     xp = backend.choose_xp(chem_tilt_series, haadf_tilt_series, device=device)
-    haadf = _check_counts(_as_stack(haadf_tilt_series), "haadf_tilt_series")
-    chem = _check_counts(_as_stack(chem_tilt_series), "chem_tilt_series")
-    if chem.ndim != 4:
-        raise InputError(
-            f"chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); got {tuple(chem.shape)}"
-        )
-    n_el = int(chem.shape[0])
-    if n_el < 1:
-        raise InputError("chem_tilt_series holds no element")
-    n_x = _checks.tilt_series_shape(chem, chem_projector, "chem_tilt_series", lead=(n_el,))
-    if _checks.tilt_series_shape(haadf, haadf_projector, "haadf_tilt_series") != n_x:
-        raise InputError(
-            f"haadf_tilt_series has {haadf.shape[-1]} slices (n_x) but chem_tilt_series "
-            f"has {n_x}; both must cover the same slices"
-        )
-
+    haadf, chem, n_el, n_x = _checked_series(haadf_tilt_series, chem_tilt_series, haadf_projector, chem_projector)
     chem_np = prefilter_chem(chem, sigma)
-
-    haadf_matched = None
-    if haadf_at_chem_tilts is not None:
-        haadf_matched = _check_counts(_as_stack(haadf_at_chem_tilts), "haadf_at_chem_tilts")
-        _checks.tilt_series_shape(haadf_matched, chem_projector, "haadf_at_chem_tilts")
-        if haadf_matched.shape[-1] != n_x:
-            raise InputError(f"haadf_at_chem_tilts has {haadf_matched.shape[-1]} slices but chem_tilt_series has {n_x}")
-        haadf_matched = backend.to_numpy(haadf_matched)
-    else:
-        index = _matching_tilts(haadf_projector, chem_projector)
-        if index is not None:
-            haadf_matched = backend.to_numpy(haadf)[index]
-
-    if response_ratios is None:
-        if haadf_matched is None:
-            raise InputError(
-                "estimating the response ratios needs the HAADF at the chemical tilts, but "
-                "not every chemical tilt is a HAADF tilt; pass haadf_at_chem_tilts= (the "
-                "HAADF projections at the chemical tilts) or response_ratios= (one per element)"
-            )
-        fit = _fit_response_ratios(np.asarray(haadf_matched, dtype=np.float64).ravel(), chem_np.reshape(n_el, -1))
-        if not np.all(fit.ratios > 0):
-            zero = np.flatnonzero(fit.ratios <= 0).tolist()
-            raise InputError(
-                f"the regression of the HAADF on the EDS signals gave a zero response ratio "
-                f"for element(s) at index {zero}: their EDS signal does not help explain the "
-                f"HAADF. Check the element list and the HAADF/EDS alignment, or pass "
-                f"response_ratios= explicitly"
-            )
-        ratios, r_squared, estimated = fit.ratios, fit.r_squared, True
-    else:
-        try:
-            ratios = np.asarray(backend.to_numpy(response_ratios), dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(f"response_ratios must be a sequence of numbers, got {response_ratios!r}") from None
-        if ratios.shape != (n_el,):
-            raise InputError(f"response_ratios must hold one value per element ({n_el}); got shape {ratios.shape}")
-        if not np.all(np.isfinite(ratios)) or np.any(ratios <= 0):
-            raise InputError(f"response_ratios must be finite and > 0, got {ratios.tolist()}")
-        r_squared = None
-        if haadf_matched is not None:
-            h = np.asarray(haadf_matched, dtype=np.float64).ravel()
-            resid = h - ratios @ chem_np.reshape(n_el, -1)
-            ss_tot = float(((h - h.mean()) ** 2).sum())
-            r_squared = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else None
-        estimated = False
+    haadf_matched = _haadf_at_chem(haadf, haadf_at_chem_tilts, haadf_projector, chem_projector, n_x)
+    ratios, r_squared, estimated = _response_ratios(response_ratios, haadf_matched, chem_np)
 
     dtype = np.float64 if np.result_type(chem.dtype, haadf.dtype) == np.float64 else np.float32
-    n_pix = chem_projector.shape[1]
-    m_chem, m_haadf = chem_projector.shape[0], haadf_projector.shape[0]
-    n_chem_rows = m_chem * n_el * n_x
-    keep = 1.0 - alpha
-
-    # Measurement space: one flat vector, the chemical block laid out (angle·det, el, x)
-    # as W_c @ X produces it, followed by the HAADF block (angle·det, x).
-    scaled_chem = np.moveaxis(chem_np * ratios[:, None, None, None], 0, 2)
-    data = backend.asarray(
-        np.concatenate(
-            [
-                keep * scaled_chem.ravel(),
-                alpha * np.asarray(backend.to_numpy(haadf), dtype=np.float64).ravel(),
-            ]
-        ),
-        xp,
-        dtype,
-    )
-
-    row_chem = chem_projector.row_sums(xp, dtype) * keep
-    row_haadf = haadf_projector.row_sums(xp, dtype) * (alpha * n_el)
-    inv_row = xp.concatenate(
-        [
-            xp.repeat(safe_inverse(xp, row_chem), n_el * n_x),
-            xp.repeat(safe_inverse(xp, row_haadf), n_x),
-        ]
-    )
-    col = keep * chem_projector.col_sums(xp, dtype) + alpha * haadf_projector.col_sums(xp, dtype)
-    inv_col = safe_inverse(xp, col)[:, None]
-
-    def forward(x: Any) -> Any:
-        chem_proj = chem_projector.forward_matrix(x)
-        haadf_proj = haadf_projector.forward_matrix(x.reshape(n_pix, n_el, n_x).sum(axis=1))
-        return xp.concatenate([keep * chem_proj.ravel(), alpha * haadf_proj.ravel()])
-
-    def back(y: Any) -> Any:
-        out = chem_projector.back_matrix(y[:n_chem_rows].reshape(m_chem, n_el * n_x))
-        out *= keep
-        haadf_back = haadf_projector.back_matrix(y[n_chem_rows:].reshape(m_haadf, n_x))
-        per_element = out.reshape(n_pix, n_el, n_x)
-        per_element += alpha * haadf_back[:, None, :]
-        return out
-
-    x0 = xp.zeros((n_pix, n_el * n_x), dtype=dtype)
+    system = _StackedSystem(xp, dtype, haadf_projector, chem_projector, n_el, n_x, alpha)
+    data = system.data(chem_np * ratios[:, None, None, None], haadf)
     log = CostLog("HEBT", callback)
     x, done = sirt_iterate(
-        forward,
-        back,
+        system.forward,
+        system.back,
         data,
-        inv_row,
-        inv_col,
-        x0,
+        system.inv_row,
+        system.inv_col,
+        xp.zeros((system.n_pix, n_el * n_x), dtype=dtype),
         n_iter=n_iter,
         relaxation=float(relaxation),
         nonneg=nonneg,
@@ -410,3 +305,122 @@ def hebt(
         alpha=alpha,
         gaussian_sigma=sigma if sigma > 0 else None,
     )
+
+
+def _checked_series(
+    haadf_tilt_series: Any, chem_tilt_series: Any, haadf_projector: Projector, chem_projector: Projector
+) -> tuple[Any, Any, int, int]:
+    """The HAADF and chemical stacks checked against their projectors and each other."""
+    haadf = _check_counts(_as_stack(haadf_tilt_series), "haadf_tilt_series")
+    chem = _check_counts(_as_stack(chem_tilt_series), "chem_tilt_series")
+    if chem.ndim != 4:
+        raise InputError(
+            f"chem_tilt_series must have shape (n_elements, n_angles, n_det, n_x); got {tuple(chem.shape)}"
+        )
+    n_el = int(chem.shape[0])
+    if n_el < 1:
+        raise InputError("chem_tilt_series holds no element")
+    n_x = validation.tilt_series_shape(chem, chem_projector, "chem_tilt_series", lead=(n_el,))
+    if validation.tilt_series_shape(haadf, haadf_projector, "haadf_tilt_series") != n_x:
+        raise InputError(
+            f"haadf_tilt_series has {haadf.shape[-1]} slices (n_x) but chem_tilt_series "
+            f"has {n_x}; both must cover the same slices"
+        )
+    return haadf, chem, n_el, n_x
+
+
+def _haadf_at_chem(
+    haadf: Any, haadf_at_chem_tilts: Any, haadf_projector: Projector, chem_projector: Projector, n_x: int
+) -> np.ndarray | None:
+    """The HAADF paired with each chemical projection (given, or picked from a nested series), or None."""
+    if haadf_at_chem_tilts is not None:
+        matched = _check_counts(_as_stack(haadf_at_chem_tilts), "haadf_at_chem_tilts")
+        validation.tilt_series_shape(matched, chem_projector, "haadf_at_chem_tilts")
+        if matched.shape[-1] != n_x:
+            raise InputError(f"haadf_at_chem_tilts has {matched.shape[-1]} slices but chem_tilt_series has {n_x}")
+        return backend.to_numpy(matched)
+    index = _matching_tilts(haadf_projector, chem_projector)
+    return None if index is None else backend.to_numpy(haadf)[index]
+
+
+def _response_ratios(
+    given: Any, haadf_matched: np.ndarray | None, chem_np: np.ndarray
+) -> tuple[np.ndarray, float | None, bool]:
+    """``(ratios, R², estimated)``: eq. 15's regression, or the given ratios with their R² where it can be had."""
+    n_el = chem_np.shape[0]
+    if given is None:
+        if haadf_matched is None:
+            raise InputError(
+                "estimating the response ratios needs the HAADF at the chemical tilts, but "
+                "not every chemical tilt is a HAADF tilt; pass haadf_at_chem_tilts= (the "
+                "HAADF projections at the chemical tilts) or response_ratios= (one per element)"
+            )
+        fit = _fit_response_ratios(np.asarray(haadf_matched, dtype=np.float64).ravel(), chem_np.reshape(n_el, -1))
+        if not np.all(fit.ratios > 0):
+            zero = np.flatnonzero(fit.ratios <= 0).tolist()
+            raise InputError(
+                f"the regression of the HAADF on the EDS signals gave a zero response ratio "
+                f"for element(s) at index {zero}: their EDS signal does not help explain the "
+                f"HAADF. Check the element list and the HAADF/EDS alignment, or pass "
+                f"response_ratios= explicitly"
+            )
+        return fit.ratios, fit.r_squared, True
+    try:
+        ratios = np.asarray(backend.to_numpy(given), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"response_ratios must be a sequence of numbers, got {given!r}") from None
+    if ratios.shape != (n_el,):
+        raise InputError(f"response_ratios must hold one value per element ({n_el}); got shape {ratios.shape}")
+    if not np.all(np.isfinite(ratios)) or np.any(ratios <= 0):
+        raise InputError(f"response_ratios must be finite and > 0, got {ratios.tolist()}")
+    r_squared = None
+    if haadf_matched is not None:
+        h = np.asarray(haadf_matched, dtype=np.float64).ravel()
+        resid = h - ratios @ chem_np.reshape(n_el, -1)
+        ss_tot = float(((h - h.mean()) ** 2).sum())
+        r_squared = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else None
+    return ratios, r_squared, False
+
+
+class _StackedSystem:
+    """Eq. 17's stacked system ``[(1−α) W_c; α W_h Σ]`` with SIRT's row and column weights.
+
+    Measurement space is one flat vector: the chemical block laid out (angle·det, el, x)
+    as ``W_c @ X`` produces it, followed by the HAADF block (angle·det, x).
+    """
+
+    def __init__(
+        self, xp: Any, dtype: Any, haadf_op: Projector, chem_op: Projector, n_el: int, n_x: int, alpha: float
+    ) -> None:
+        self.xp, self.dtype, self.haadf_op, self.chem_op = xp, dtype, haadf_op, chem_op
+        self.n_el, self.n_x, self.alpha, self.keep = n_el, n_x, alpha, 1.0 - alpha
+        self.n_pix = chem_op.shape[1]
+        self.m_chem, self.m_haadf = chem_op.shape[0], haadf_op.shape[0]
+        self.n_chem_rows = self.m_chem * n_el * n_x
+        row_chem = chem_op.row_sums(xp, dtype) * self.keep
+        row_haadf = haadf_op.row_sums(xp, dtype) * (alpha * n_el)
+        self.inv_row = xp.concatenate(
+            [xp.repeat(safe_inverse(xp, row_chem), n_el * n_x), xp.repeat(safe_inverse(xp, row_haadf), n_x)]
+        )
+        col = self.keep * chem_op.col_sums(xp, dtype) + alpha * haadf_op.col_sums(xp, dtype)
+        self.inv_col = safe_inverse(xp, col)[:, None]
+
+    def data(self, scaled_chem: np.ndarray, haadf: Any) -> Any:
+        """The weighted measurements: ``(1−α) r_A I_A`` for every element, then ``α I^H``."""
+        chem_block = np.moveaxis(scaled_chem, 0, 2).ravel()
+        haadf_block = np.asarray(backend.to_numpy(haadf), dtype=np.float64).ravel()
+        flat = np.concatenate([self.keep * chem_block, self.alpha * haadf_block])
+        return backend.asarray(flat, self.xp, self.dtype)
+
+    def forward(self, x: Any) -> Any:
+        chem_proj = self.chem_op.forward_matrix(x)
+        haadf_proj = self.haadf_op.forward_matrix(x.reshape(self.n_pix, self.n_el, self.n_x).sum(axis=1))
+        return self.xp.concatenate([self.keep * chem_proj.ravel(), self.alpha * haadf_proj.ravel()])
+
+    def back(self, y: Any) -> Any:
+        out = self.chem_op.back_matrix(y[: self.n_chem_rows].reshape(self.m_chem, self.n_el * self.n_x))
+        out *= self.keep
+        haadf_back = self.haadf_op.back_matrix(y[self.n_chem_rows :].reshape(self.m_haadf, self.n_x))
+        per_element = out.reshape(self.n_pix, self.n_el, self.n_x)
+        per_element += self.alpha * haadf_back[:, None, :]
+        return out

@@ -34,6 +34,7 @@ from importlib import resources
 from typing import Any
 
 from tomosweep.errors import InputError
+from tomosweep.solvers import validation
 from tomosweep.solvers.elements import atomic_number
 
 _TABLE2_RESOURCE = ("data", "yuan2021_table2.json")
@@ -89,13 +90,7 @@ class XrayLine:
 
 
 def _positive(value: Any, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise InputError(f"{name} must be finite and > 0, got {value!r}")
-    return v
+    return validation.positive_float(value, name)
 
 
 def xray_line(

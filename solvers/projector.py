@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse
 
 from tomosweep.errors import InputError
-from tomosweep.solvers import _checks, backend
+from tomosweep.solvers import backend, validation
 
 _FORMAT_VERSION = 1  # bump when the matrix definition changes, to invalidate disk caches
 _ANGLE_CHUNK = 8  # angles built at once: bounds the temporary memory to ~8·n_det·n entries
@@ -151,8 +151,8 @@ def _pairs(ia, wa, ib, wb):
 
 
 def _validate_sizes(n: Any, n_det: Any) -> tuple[int, int]:
-    n = _checks.positive_int(n, "slice size n", minimum=2)
-    return n, n if n_det is None else _checks.positive_int(n_det, "n_det")
+    n = validation.positive_int(n, "slice size n", minimum=2)
+    return n, n if n_det is None else validation.positive_int(n_det, "n_det")
 
 
 def _cache_key(n: int, n_det: int, angles: np.ndarray) -> str:

@@ -26,7 +26,7 @@ import scipy.optimize
 import scipy.special
 
 from tomosweep.errors import InputError
-from tomosweep.solvers import _checks, backend
+from tomosweep.solvers import backend, validation
 
 _OTSU_BINS = 256
 
@@ -85,7 +85,7 @@ class Quantification:
 
 def _check_maps_factors(maps: Any, factors: Any) -> tuple[Any, Any, Any]:
     xp = backend.get_array_module(maps)
-    maps = _checks.finite_array(maps, "maps")
+    maps = validation.finite_array(maps, "maps")
     if maps.ndim < 2:
         raise InputError(f"maps must have shape (n_elements, ...) with one map per element; got {tuple(maps.shape)}")
     try:
@@ -144,7 +144,7 @@ def weight_fractions(maps: Any, factors: Any, *, threshold: float | None = None)
         :math:`C_A` on the maps' device; sums to 1 inside the particle, 0 outside.
     """
     xp, maps, f = _check_maps_factors(maps, factors)
-    t = 0.0 if threshold is None else _checks.positive_float(threshold, "threshold", allow_zero=True)
+    t = 0.0 if threshold is None else validation.positive_float(threshold, "threshold", allow_zero=True)
     scaled, total = _scaled_maps(xp, maps, f)
     inside = total > t
     safe_total = xp.where(inside, total, 1)
@@ -214,8 +214,8 @@ def esf_threshold(total_map: Any, *, n_thresholds: int = 100) -> EsfThreshold:
     -------
     EsfThreshold
     """
-    n_thresholds = _checks.positive_int(n_thresholds, "n_thresholds", minimum=8)
-    values = np.asarray(backend.to_numpy(_checks.finite_array(total_map, "total_map")), dtype=np.float64).ravel()
+    n_thresholds = validation.positive_int(n_thresholds, "n_thresholds", minimum=8)
+    values = np.asarray(backend.to_numpy(validation.finite_array(total_map, "total_map")), dtype=np.float64).ravel()
     if values.size < 2:
         raise InputError(f"total_map needs at least 2 voxels, got {values.size}")
     low, high = float(values.min()), float(values.max())
@@ -303,5 +303,5 @@ def quantify(maps: Any, factors: Any, *, threshold: str | float | None = "esf") 
     elif threshold is None:
         value = None
     else:
-        value = _checks.positive_float(threshold, "threshold", allow_zero=True)
+        value = validation.positive_float(threshold, "threshold", allow_zero=True)
     return Quantification(weight_fractions(maps, f, threshold=value), value, esf)

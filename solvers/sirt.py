@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tomosweep.solvers import _checks, backend
+from tomosweep.solvers import backend, validation
 from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
 
@@ -108,20 +108,19 @@ def sirt(
     Result
         ``volume`` of shape ``(n, n, n_x)``; ``costs["data"]`` = ‖I − WX‖² per iterate.
     """
-    n_iter = _checks.positive_int(n_iter, "n_iter", minimum=0)
-    if not 0 < float(relaxation) < 2:
-        raise _checks.InputError(f"relaxation must lie in (0, 2), got {relaxation!r}")
+    n_iter = validation.positive_int(n_iter, "n_iter", minimum=0)
+    validation.relaxation(relaxation)
     xp = backend.choose_xp(tilt_series, device=device)
-    tilt_series = _checks.finite_array(tilt_series, "tilt_series")
-    n_x = _checks.tilt_series_shape(tilt_series, projector, "tilt_series")
+    tilt_series = validation.finite_array(tilt_series, "tilt_series")
+    n_x = validation.tilt_series_shape(tilt_series, projector, "tilt_series")
     dtype = np.float64 if tilt_series.dtype == np.float64 else np.float32
     b = backend.asarray(tilt_series, xp, dtype).reshape(projector.shape[0], n_x)
     if x0 is None:
         x = xp.zeros((projector.shape[1], n_x), dtype=dtype)
     else:
-        x0 = _checks.finite_array(x0, "x0")
+        x0 = validation.finite_array(x0, "x0")
         if tuple(x0.shape) != (projector.n, projector.n, n_x):
-            raise _checks.InputError(f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}")
+            raise validation.InputError(f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}")
         x = backend.asarray(x0, xp, dtype).reshape(projector.shape[1], n_x).copy()
     inv_row = safe_inverse(xp, projector.row_sums(xp, dtype))[:, None]
     inv_col = safe_inverse(xp, projector.col_sums(xp, dtype))[:, None]

@@ -1,4 +1,10 @@
-"""Input validation shared by the solvers: plain messages, raised before any work."""
+"""The one validation module: every check of a number or an array, with one plain message each.
+
+Used by the solvers, the phantoms, the measured series and the sweep alike, so a
+"positive number" or "γ in [1, 3]" is checked — and worded — the same everywhere. Each
+check raises :class:`~tomosweep.errors.InputError` before any work is done and returns
+the value converted (``float``, ``int`` or the array).
+"""
 
 from __future__ import annotations
 
@@ -63,3 +69,36 @@ def same_projector_size(*projectors: Any) -> None:
     sizes = {(p.n, p.n_det) for p in projectors}
     if len(sizes) > 1:
         raise InputError(f"all projectors must share slice size and detector width; got (n, n_det) = {sorted(sizes)}")
+
+
+def number_in(
+    value: Any,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = True,
+    high_open: bool = False,
+    why: str = "",
+) -> float:
+    """``value`` as a float inside the interval, e.g. ``(0, 1]``; ``why`` is added to the message."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    below = v <= low if low_open else v < low
+    above = v >= high if high_open else v > high
+    if not np.isfinite(v) or below or above:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise InputError(f"{name} must lie in {interval}{f' ({why})' if why else ''}, got {value!r}")
+    return v
+
+
+def gamma_exponent(value: Any) -> float:
+    """The HAADF Z-contrast exponent γ of Schwartz 2024 eq. 1: 1 (mass-thickness) to 3."""
+    return number_in(value, "gamma", 1.0, 3.0, low_open=False, why="Schwartz 2024: γ ≈ 1.4–2")
+
+
+def relaxation(value: Any) -> float:
+    """SIRT's relaxation factor, in (0, 2) for convergence (Yuan 2021 eq. 11)."""
+    return number_in(value, "relaxation", 0.0, 2.0, high_open=True)

@@ -361,6 +361,75 @@ def _write_outputs(out: Path, volumes: np.ndarray, series: MeasuredSeries, resul
     return files
 
 
+def _weights_for(
+    series: MeasuredSeries, store: str | os.PathLike[str] | None, method: str | None, say: Callable[[str], None]
+) -> Weights:
+    if store is None:
+        weights = file_weights(series, method)
+        say(f"weights: {weights.method} from the data file")
+        return weights
+    weights = study_weights(store, method or "fused", series.n_haadf, series.n_chem)
+    say(
+        f"weights: {weights.method} from {weights.source}, the cell nearest the data's "
+        f"{series.n_haadf} HAADF × {series.n_chem} chemical tilts (study NRMSE {weights.study_nrmse:.3f})"
+    )
+    return weights
+
+
+def _aligned(
+    series: MeasuredSeries, notes: list[str], say: Callable[[str], None]
+) -> tuple[MeasuredSeries, Alignment | None]:
+    """The series with the HAADF's shifts applied to it and to the chemical maps (module docstring)."""
+    if series.align.method == "none" or series.haadf is None:
+        return series, None
+    alignment = align_series(
+        series.haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift
+    )
+    chem_shifts, interpolated = alignment.at(series.chem_angles)
+    if interpolated:
+        notes.append(
+            f"{interpolated} chemical tilt(s) have no HAADF projection at their angle: their shifts are "
+            "interpolated between the neighbouring HAADF tilts"
+        )
+    aligned = replace(
+        series,
+        haadf=apply_shifts(series.haadf, alignment.shifts),
+        chem=np.stack([apply_shifts(c, chem_shifts) for c in series.chem]),
+    )
+    largest = float(np.abs(alignment.shifts).max())
+    say(f"aligned ({alignment.method}): largest shift {largest:.2f} px, tilt axis {alignment.tilt_axis_offset:+.2f} px")
+    return aligned, alignment
+
+
+def _record(data: Any, series: MeasuredSeries, summary: DataReconstruction, result: Any, gamma: float) -> dict:
+    """``reconstruction.json``: every choice the reconstruction made, and what it read."""
+    weights = summary.weights
+    return {
+        "written_by": "tomosweep",
+        "data": str(Path(data)),
+        "sources": series.sources,
+        "method": weights.method,
+        "weights": weights.params,
+        "weights_from": weights.source,
+        "study_cell": weights.cell,
+        "study_nrmse": weights.study_nrmse,
+        "gamma": gamma,
+        "elements": list(series.elements),
+        "chem_background_counts": list(series.chem_background),
+        "sensitivity": None if series.sensitivity is None else list(series.sensitivity),
+        "haadf_scale": result.info.get("haadf_scale", series.haadf_scale),
+        "haadf_background": series.haadf_background,
+        "volume_shape": list(summary.shape),
+        "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
+        "iterations": int(result.iterations),
+        "alignment": summary.alignment,
+        "heldout": summary.heldout,
+        "notes": summary.notes,
+        "files": summary.files,
+        "wall_time_s": summary.wall_time_s,
+    }
+
+
 def reconstruct_data(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -384,15 +453,7 @@ def reconstruct_data(
     out = check_out_folder(out, overwrite=overwrite)
     series = load_series(data)
     notes: list[str] = []
-    if weights_store is not None:
-        weights = study_weights(weights_store, method or "fused", series.n_haadf, series.n_chem)
-        say(
-            f"weights: {weights.method} from {weights.source}, the cell nearest the data's "
-            f"{series.n_haadf} HAADF × {series.n_chem} chemical tilts (study NRMSE {weights.study_nrmse:.3f})"
-        )
-    else:
-        weights = file_weights(series, method)
-        say(f"weights: {weights.method} from the data file")
+    weights = _weights_for(series, weights_store, method, say)
     gamma = series.gamma if series.gamma is not None else (weights.gamma or DEFAULT_GAMMA)
     if series.sensitivity is None and len(series.elements) > 1:
         notes.append(
@@ -401,28 +462,7 @@ def reconstruct_data(
         )
     if weights.method in ("fused", "hebt") and series.haadf is None:
         raise InputError(f"{weights.method} needs a HAADF series; the data file has none ([haadf] file = …)")
-
-    alignment: Alignment | None = None
-    if series.align.method != "none" and series.haadf is not None:
-        alignment = align_series(
-            series.haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift
-        )
-        chem_shifts, interpolated = alignment.at(series.chem_angles)
-        if interpolated:
-            notes.append(
-                f"{interpolated} chemical tilt(s) have no HAADF projection at their angle: their shifts are "
-                "interpolated between the neighbouring HAADF tilts"
-            )
-        series = replace(
-            series,
-            haadf=apply_shifts(series.haadf, alignment.shifts),
-            chem=np.stack([apply_shifts(c, chem_shifts) for c in series.chem]),
-        )
-        largest = float(np.abs(alignment.shifts).max())
-        say(
-            f"aligned ({alignment.method}): largest shift {largest:.2f} px, "
-            f"tilt axis {alignment.tilt_axis_offset:+.2f} px"
-        )
+    series, alignment = _aligned(series, notes, say)
 
     cell = measured_cell(series, gamma=gamma)
     say(f"reconstructing {len(series.elements)} elements on a {series.shape[0]}² × {series.shape[1]} grid")
@@ -430,11 +470,9 @@ def reconstruct_data(
     from tomosweep.solvers.backend import to_numpy
 
     volumes = np.asarray(to_numpy(result.volume), dtype=np.float64)
-    if volumes.ndim == 3:
-        volumes = volumes[None]
+    volumes = volumes[None] if volumes.ndim == 3 else volumes
     if not np.all(np.isfinite(volumes)):
         raise InputError("the reconstruction is not finite; the weights do not suit these data")
-
     heldout = None
     if holdout:
         say("held-out check: reconstructing again without every k-th HAADF tilt")
@@ -458,31 +496,7 @@ def reconstruct_data(
         files=files,
         wall_time_s=time.perf_counter() - t0,
     )
-    record = {
-        "written_by": "tomosweep",
-        "data": str(Path(data)),
-        "sources": series.sources,
-        "method": weights.method,
-        "weights": weights.params,
-        "weights_from": weights.source,
-        "study_cell": weights.cell,
-        "study_nrmse": weights.study_nrmse,
-        "gamma": gamma,
-        "elements": list(series.elements),
-        "chem_background_counts": list(series.chem_background),
-        "sensitivity": None if series.sensitivity is None else list(series.sensitivity),
-        "haadf_scale": result.info.get("haadf_scale", series.haadf_scale),
-        "haadf_background": series.haadf_background,
-        "volume_shape": list(volumes.shape),
-        "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
-        "iterations": int(result.iterations),
-        "alignment": summary.alignment,
-        "heldout": heldout,
-        "notes": notes,
-        "files": files,
-        "wall_time_s": summary.wall_time_s,
-    }
-    (out / _MARK).write_text(json.dumps(record, indent=2, default=float))
+    (out / _MARK).write_text(json.dumps(_record(data, series, summary, result, gamma), indent=2, default=float))
     summary.files.append(_MARK)
     return summary
 

@@ -191,7 +191,7 @@ def test_hebt_float64_input_gives_float64_volume(geometry, data):
 def test_hebt_rejects_alpha_outside_the_open_unit_interval(geometry, data, alpha):
     haadf_proj, chem_proj = geometry
     haadf, chem = data
-    with pytest.raises(InputError, match="alpha must lie strictly between 0 and 1"):
+    with pytest.raises(InputError, match=r"alpha must lie in \(0, 1\) \(strictly between 0 and 1"):
         hebt(haadf_proj, haadf, chem_proj, chem, alpha=alpha)
 
 
