@@ -480,22 +480,38 @@ class _Page:
     # -------------------------------------------------------------- layout
 
     def _build(self, snap: Snapshot) -> None:
+        """Lay the page out for this store's grid and methods (rebuilt when they change)."""
         from bokeh.layouts import column, row
+        from bokeh.models import Div
+
+        figures = self._build_heatmaps(snap)
+        cells_table = self._build_cells_table(snap)
+        self._build_selected_cell(snap)
+        self.layout = column(
+            self.title,
+            self.header,
+            self.heat_title,
+            row(*figures),
+            Div(text="<h3>per cell</h3>"),
+            cells_table,
+            Div(text="<h3>selected cell</h3>"),
+            row(self.cell_div, self.curve),
+            self.trials_table,
+            self.landscape_div,
+            sizing_mode="stretch_width",
+        )
+        self.doc.clear()
+        self.doc.add_root(self.layout)
+
+    def _build_heatmaps(self, snap: Snapshot) -> list[Any]:
+        """One NRMSE map per method, drawn as the export draws them, with one shared colour bar."""
         from bokeh.models import (
             ColorBar,
-            ColumnDataSource,
-            DataTable,
             Div,
-            FactorRange,
-            HoverTool,
             LinearColorMapper,
-            NumberFormatter,
             PrintfTickFormatter,
-            TableColumn,
-            TapTool,
         )
-        from bokeh.palettes import Category10_10, Viridis256
-        from bokeh.plotting import figure
+        from bokeh.palettes import Viridis256
 
         self.grid = (snap.n_haadf, snap.n_chem, snap.methods)
         self.doc.title = f"tomosweep view — {snap.name}"
@@ -503,69 +519,10 @@ class _Page:
         # reversed viridis, as matplotlib's viridis_r in the export: low (good) NRMSE is yellow
         self.mapper = LinearColorMapper(palette=list(reversed(Viridis256)), low=0.0, high=1.0, nan_color="white")
         self.heat_sources: dict[str, Any] = {}
-        figures = []
         x_factors = [str(c) for c in snap.n_chem]
         y_factors = [str(h) for h in snap.n_haadf]  # a y FactorRange starts at the bottom: origin="lower"
         side = max(220, 60 * len(x_factors) + 90)
-        for k, method in enumerate(snap.methods):
-            source = ColumnDataSource(
-                self._heat_data(snap, method, cell_table(snap), (0.0, 1.0)), name=f"heat-{method}"
-            )
-            fig = figure(
-                title=method,
-                name=f"heatmap-{method}",
-                x_range=FactorRange(*x_factors),
-                y_range=FactorRange(*y_factors),
-                width=side + (70 if k == 0 else 0),
-                height=max(220, 50 * len(y_factors) + 90),
-                tools="",
-                toolbar_location=None,
-                output_backend="svg",  # each cell's value is a <text> a person (and a test) can read
-            )
-            cells = fig.rect(
-                x="x",
-                y="y",
-                width=1,
-                height=1,
-                source=source,
-                fill_color={"field": "nrmse", "transform": self.mapper},
-                line_color="white",
-                selection_line_color="red",
-                selection_line_width=3,
-                nonselection_fill_alpha=1.0,
-                nonselection_line_color="white",
-            )
-            fig.text(
-                x="x",
-                y="y",
-                text="label",
-                source=source,
-                text_align="center",
-                text_baseline="middle",
-                text_font_size="11pt",
-                text_color="colour",
-                nonselection_text_alpha=1.0,  # a selected cell is outlined; the others stay readable
-            )
-            fig.add_tools(
-                TapTool(renderers=[cells]),
-                HoverTool(
-                    renderers=[cells],
-                    tooltips=[
-                        ("cell", "@y HAADF × @x chemical tilts"),
-                        ("best NRMSE", "@label"),
-                        ("trials", "@done of @budget (@failed failed, @pruned pruned, @running running)"),
-                        ("best weights", "@weights"),
-                    ],
-                ),
-            )
-            fig.xaxis.axis_label = "chemical tilts"
-            if k == 0:
-                fig.yaxis.axis_label = "HAADF tilts"
-            fig.grid.visible = False
-            fig.outline_line_color = None
-            source.selected.on_change("indices", self._on_heat_select)
-            self.heat_sources[method] = source
-            figures.append(fig)
+        figures = [self._heatmap(snap, k, method, x_factors, y_factors, side) for k, method in enumerate(snap.methods)]
         # one colour bar for every panel, as the export's (its scale is shared)
         bar = ColorBar(
             color_mapper=self.mapper,
@@ -576,6 +533,75 @@ class _Page:
         figures[-1].add_layout(bar, "right")
         figures[-1].width += 110
         self.heat_title = Div(text=f"<h3>{html.escape(snap.name)}: best NRMSE over the tilt grid</h3>")
+        return figures
+
+    def _heatmap(
+        self, snap: Snapshot, k: int, method: str, x_factors: list[str], y_factors: list[str], side: int
+    ) -> Any:
+        """One method's map: cells coloured on the shared scale, each value written in its cell."""
+        from bokeh.models import ColumnDataSource, FactorRange, HoverTool, TapTool
+        from bokeh.plotting import figure
+
+        source = ColumnDataSource(self._heat_data(snap, method, cell_table(snap), (0.0, 1.0)), name=f"heat-{method}")
+        fig = figure(
+            title=method,
+            name=f"heatmap-{method}",
+            x_range=FactorRange(*x_factors),
+            y_range=FactorRange(*y_factors),
+            width=side + (70 if k == 0 else 0),
+            height=max(220, 50 * len(y_factors) + 90),
+            tools="",
+            toolbar_location=None,
+            output_backend="svg",  # each cell's value is a <text> a person (and a test) can read
+        )
+        cells = fig.rect(
+            x="x",
+            y="y",
+            width=1,
+            height=1,
+            source=source,
+            fill_color={"field": "nrmse", "transform": self.mapper},
+            line_color="white",
+            selection_line_color="red",
+            selection_line_width=3,
+            nonselection_fill_alpha=1.0,
+            nonselection_line_color="white",
+        )
+        fig.text(
+            x="x",
+            y="y",
+            text="label",
+            source=source,
+            text_align="center",
+            text_baseline="middle",
+            text_font_size="11pt",
+            text_color="colour",
+            nonselection_text_alpha=1.0,  # a selected cell is outlined; the others stay readable
+        )
+        fig.add_tools(
+            TapTool(renderers=[cells]),
+            HoverTool(
+                renderers=[cells],
+                tooltips=[
+                    ("cell", "@y HAADF × @x chemical tilts"),
+                    ("best NRMSE", "@label"),
+                    ("trials", "@done of @budget (@failed failed, @pruned pruned, @running running)"),
+                    ("best weights", "@weights"),
+                ],
+            ),
+        )
+        fig.xaxis.axis_label = "chemical tilts"
+        if k == 0:
+            fig.yaxis.axis_label = "HAADF tilts"
+        fig.grid.visible = False
+        fig.outline_line_color = None
+        source.selected.on_change("indices", self._on_heat_select)
+        self.heat_sources[method] = source
+        return fig
+
+    def _build_cells_table(self, snap: Snapshot) -> Any:
+        """Per cell: trials done / failed / pruned / running, best NRMSE and weights; a row selects the cell."""
+        from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
 
         number = NumberFormatter(format="0.0000", nan_format="–")
         self.cells_source = ColumnDataSource(self._cells_data(snap), name="cells")
@@ -599,6 +625,13 @@ class _Page:
             height=min(420, 28 * (len(self.cells_source.data["method"]) + 1) + 8),
             sortable=True,
         )
+        return cells_table
+
+    def _build_selected_cell(self, snap: Snapshot) -> None:
+        """The selected cell's best-so-far curve, trials table and landscape (empty until a selection)."""
+        from bokeh.models import ColumnDataSource, DataTable, Div
+        from bokeh.palettes import Category10_10
+        from bokeh.plotting import figure
 
         palette = {m: Category10_10[k % 10] for k, m in enumerate(snap.methods)}
         self.curve = figure(
@@ -624,21 +657,6 @@ class _Page:
             source=self.trials_source, columns=[], index_position=None, width=1100, height=260
         )
         self.landscape_div = Div(text="", sizing_mode="stretch_width")
-        self.layout = column(
-            self.title,
-            self.header,
-            self.heat_title,
-            row(*figures),
-            Div(text="<h3>per cell</h3>"),
-            cells_table,
-            Div(text="<h3>selected cell</h3>"),
-            row(self.cell_div, self.curve),
-            self.trials_table,
-            self.landscape_div,
-            sizing_mode="stretch_width",
-        )
-        self.doc.clear()
-        self.doc.add_root(self.layout)
 
     # -------------------------------------------------------------- data
 

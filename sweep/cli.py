@@ -173,6 +173,10 @@ ClusterOption = Annotated[
 ]
 
 
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+DriverVerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="show tomosweep's and Dask's log lines (default: into STORE.log)")
+]
 ViewOption = Annotated[
     bool, typer.Option("--view", help="serve the live page of the store alongside the run (see `tomosweep view`)")
 ]
@@ -245,10 +249,8 @@ def run(
     study: Annotated[Path, typer.Argument(help="study file (TOML)")],
     store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
     cluster: ClusterOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="show tomosweep's and Dask's log lines (default: into STORE.log)")
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: DriverVerboseOption = False,
     warm_start: WarmStartOption = None,
     view: ViewOption = False,
 ) -> None:
@@ -282,10 +284,8 @@ def resume(
         bool, typer.Option("--extend", help="accept a study file that raises trials_per_cell or grows the grid")
     ] = False,
     cluster: ClusterOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="show tomosweep's and Dask's log lines (default: into STORE.log)")
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: DriverVerboseOption = False,
     warm_start: WarmStartOption = None,
     view: ViewOption = False,
 ) -> None:

@@ -118,6 +118,20 @@ def nearest_cell(cells: list[tuple[int, int]], n_haadf: int, n_chem: int) -> tup
     return min(cells, key=distance)
 
 
+def _finished_cells(store: Any, store_path: Any, method: str) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+    """The method's maps and the cells with a finished trial (a clear error for a method not searched)."""
+    if method not in store.methods:
+        raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
+    maps = store.maps(method)
+    finished = [
+        (h, c)
+        for i, h in enumerate(store.n_haadf)
+        for j, c in enumerate(store.n_chem)
+        if np.isfinite(maps["best_nrmse"][i, j])
+    ]
+    return maps, finished
+
+
 def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int, n_chem: int) -> Weights:
     """The best weights of the stored cell nearest the data's tilt counts, merged over the study's fixed ones."""
     from tomosweep.results import SweepStore
@@ -125,15 +139,7 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
 
     with SweepStore.open(store_path) as store:
         study = stored_study(store)
-        if method not in store.methods:
-            raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
-        maps = store.maps(method)
-        done = [
-            (h, c)
-            for i, h in enumerate(store.n_haadf)
-            for j, c in enumerate(store.n_chem)
-            if np.isfinite(maps["best_nrmse"][i, j])
-        ]
+        maps, done = _finished_cells(store, store_path, method)
         if not done:
             raise StoreError(f"{store_path}: no finished {method} trial to take weights from; run the study first")
         h, c = nearest_cell(done, n_haadf, n_chem)
@@ -532,15 +538,7 @@ def replicate_cells(
         raise InputError(f"--seeds must be at least 2 to give a spread, got {seeds}")
     with SweepStore.open(store_path, writable=True) as store:
         study = with_cluster(stored_study(store), cluster)
-        if method not in store.methods:
-            raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
-        maps = store.maps(method)
-        finished = [
-            (h, c)
-            for i, h in enumerate(store.n_haadf)
-            for j, c in enumerate(store.n_chem)
-            if np.isfinite(maps["best_nrmse"][i, j])
-        ]
+        maps, finished = _finished_cells(store, store_path, method)
         chosen = finished if cells is None else [tuple(c) for c in cells]
         for cell in chosen:
             if cell not in finished:

@@ -27,3 +27,21 @@ def tiny_study(**overrides) -> dict:
     for key, value in overrides.items():
         study[key] = value
     return study
+
+
+# the same tiny study as a TOML file, SIRT only: what the command-line tests write to disk
+TINY_SIRT_TOML = """
+name = "tiny-sirt"
+seed = 1
+[phantom]
+name = "nanocubes"
+size = 16
+[acquisition]
+n_haadf = [5, 9]
+n_chem = [3]
+[methods.sirt]
+n_iter = { low = 2, high = 30, prior = "log" }
+[budget]
+trials_per_cell = 3
+initial_points = 2
+"""

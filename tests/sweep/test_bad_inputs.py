@@ -13,25 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from sweep_support import TINY_SIRT_TOML
 
 from tomosweep.results import SweepStore
 from tomosweep.sweep import study_from_dict
 
-GOOD = """
-name = "bad-inputs"
-seed = 1
-[phantom]
-name = "nanocubes"
-size = 16
-[acquisition]
-n_haadf = [5, 9]
-n_chem = [3]
-[methods.sirt]
-n_iter = { low = 2, high = 30, prior = "log" }
-[budget]
-trials_per_cell = 3
-initial_points = 2
-"""
+GOOD = TINY_SIRT_TOML
 
 
 def variant(old: str, new: str) -> str:

@@ -225,7 +225,6 @@ def test_reconstruct_with_overwrite_onto_the_store_itself_is_refused_and_the_sto
 
 
 def test_resume_shows_the_stored_cluster_settings_before_using_them(tmp_path):
-    sys.path.insert(0, os.path.dirname(__file__))
     from sweep_support import tiny_study
 
     from tomosweep.sweep import study_from_dict

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 import trial_hooks
-from sweep_support import tiny_study
+from sweep_support import TINY_SIRT_TOML, tiny_study
 
 from tomosweep.results import SweepStore
 from tomosweep.results.view import StoreReader, progress, read_live
@@ -114,23 +114,7 @@ def test_view_prints_its_address_serves_the_page_and_stops_on_ctrl_c(tmp_path):
     assert "Traceback" not in missing.stderr and missing.stdout == ""
 
 
-STUDY = """
-name = "run-view"
-seed = 1
-[phantom]
-name = "nanocubes"
-size = 16
-[acquisition]
-n_haadf = [5, 9]
-n_chem = [3]
-[methods.sirt]
-n_iter = { low = 2, high = 30, prior = "log" }
-[budget]
-trials_per_cell = 3
-initial_points = 2
-[cluster]
-n_workers = 1
-"""
+STUDY = TINY_SIRT_TOML + "[cluster]\nn_workers = 1\n"
 
 
 def test_run_with_view_serves_the_page_alongside_and_stops_it_after(tmp_path):
