@@ -29,7 +29,7 @@ import numpy as np
 from _common import machine, parser, write
 
 from tomosweep.phantoms import TiltScheme, core_shell_2d, simulate_yuan
-from tomosweep.solvers import hebt, prefilter_chem, sirt, ssim_structure
+from tomosweep.solvers import hebt, prefilter_chem, sirt_per_element, ssim_structure
 
 PAPER_CHEM_SNR = {"Co": 1.92, "Cu": 2.89, "O": 2.69, "Au": 1.96}
 PAPER_HAADF_SNR = 2208.67
@@ -155,7 +155,7 @@ def yuan_claim(n: int) -> dict:
     eds = {}
     filtered = prefilter_chem(acq.chem, 0.8)  # as HEBT does internally (Yuan §3.1.1)
     for n_iter in (20, 50, 100):
-        maps = np.stack([sirt(chem_op, c, n_iter=n_iter).volume[..., 0] for c in filtered])
+        maps = sirt_per_element(chem_op, filtered, n_iter=n_iter).volume[..., 0]
         eds[n_iter] = ssim(maps)
     best_eds = [max(eds[k][e] for k in eds) for e in range(len(specimen.elements))]
     hebt_runs: dict[float, dict[int, list[float]]] = {}

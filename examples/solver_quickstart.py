@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tomosweep.solvers import Projector, fused, nrmse, poisson_ml_tv, sirt  # noqa: E402
+from tomosweep.solvers import Projector, fused, nrmse, poisson_ml_tv, sirt_per_element  # noqa: E402
 
 ELEMENTS = ("Co", "Cu", "O", "Au")
 Z = np.array([27.0, 29.0, 8.0, 79.0])
@@ -51,7 +51,7 @@ def main() -> None:
     chem = rng.poisson(np.stack([chem_op.forward(t) for t in truth]) * 0.05).astype(float)
 
     recon = {
-        "SIRT (20 it.)": np.stack([sirt(chem_op, c, n_iter=20).volume for c in chem]),
+        "SIRT (20 it.)": sirt_per_element(chem_op, chem, n_iter=20).volume,
         "Poisson-ML + TV": poisson_ml_tv(chem_op, chem, lambda_tv=10.0, n_iter=150).volume,
         "fused": fused(
             haadf_op, haadf, chem_op, chem, ELEMENTS, lambda_haadf=30.0, lambda_chem=1.0, lambda_tv=10.0, n_iter=150

@@ -471,16 +471,8 @@ class SweepStore:
             (cols["meta"], row, json.dumps(meta)),
         ]
         maps, arrays = self._maps[record.method], self._map_arrays[record.method]
-        maps["n_trials"][i, j] += 1
-        writes.append((arrays["n_trials"], ..., maps["n_trials"]))
-        if record.status == FAILED:
-            maps["n_failed"][i, j] += 1
-            writes.append((arrays["n_failed"], ..., maps["n_failed"]))
-        elif record.ok and math.isfinite(record.nrmse) and not record.nrmse >= maps["best_nrmse"][i, j]:
-            maps["best_nrmse"][i, j] = record.nrmse
-            maps["best_params"][i, j] = params
-            writes.append((arrays["best_nrmse"], ..., maps["best_nrmse"]))
-            writes.append((arrays["best_params"], ..., maps["best_params"]))
+        changed = _count_into(maps, i, j, _STATUS_CODE[record.status], float(record.nrmse), params)
+        writes += [(arrays[name], ..., maps[name]) for name in changed]
         zarr_write_many(writes)
         self._n_committed = row + 1
         update: dict[str, Any] = {"n_committed": self._n_committed}
@@ -520,17 +512,7 @@ class SweepStore:
                 i, j = self.cell_index(cols["n_haadf"][r], cols["n_chem"][r])
             except StoreError:
                 continue  # a cell dropped from the grid keeps its trials, not its map entry
-            maps = fresh[method]
-            maps["n_trials"][i, j] += 1
-            if cols["status"][r] == _STATUS_CODE[FAILED]:
-                maps["n_failed"][i, j] += 1
-            elif (
-                cols["status"][r] == _STATUS_CODE[OK]
-                and np.isfinite(cols["nrmse"][r])
-                and not cols["nrmse"][r] >= maps["best_nrmse"][i, j]
-            ):
-                maps["best_nrmse"][i, j] = cols["nrmse"][r]
-                maps["best_params"][i, j] = cols["params"][r]
+            _count_into(fresh[method], i, j, int(cols["status"][r]), float(cols["nrmse"][r]), cols["params"][r])
         writes = []
         for method, maps in fresh.items():
             for name, values in maps.items():
@@ -648,6 +630,23 @@ def pruning_summary(records: Iterable[TrialRecord]) -> dict[tuple[str, int, int]
         if at > 0 and planned > at:
             entry["saved_s"] += r.wall_time_s * (planned / at - 1.0)
     return out
+
+
+def _count_into(maps: dict[str, np.ndarray], i: int, j: int, status: int, nrmse: float, params: Any) -> list[str]:
+    """Count one committed trial into a method's maps; return the maps it changed.
+
+    Every trial counts; a failed one also counts as failed; a finished one below the
+    cell's best becomes the best (a pruned trial is never a cell's best).
+    """
+    maps["n_trials"][i, j] += 1
+    if status == _STATUS_CODE[FAILED]:
+        maps["n_failed"][i, j] += 1
+        return ["n_trials", "n_failed"]
+    if status == _STATUS_CODE[OK] and math.isfinite(nrmse) and not nrmse >= maps["best_nrmse"][i, j]:
+        maps["best_nrmse"][i, j] = nrmse
+        maps["best_params"][i, j] = params
+        return ["n_trials", "best_nrmse", "best_params"]
+    return ["n_trials"]
 
 
 def _empty_maps(n_h: int, n_c: int, k: int) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from tomosweep.solvers.quantify import (
     weight_fractions,
 )
 from tomosweep.solvers.result import Result
-from tomosweep.solvers.sirt import sirt
+from tomosweep.solvers.sirt import sirt, sirt_per_element
 
 __all__ = [
     "EsfThreshold",
@@ -46,6 +46,7 @@ __all__ = [
     "response_ratios",
     "scaled_mse",
     "sirt",
+    "sirt_per_element",
     "ssim_structure",
     "table2_line",
     "weight_fractions",

@@ -40,7 +40,7 @@ from tomosweep.solvers import (
     hebt,
     poisson_ml,
     poisson_ml_tv,
-    sirt,
+    sirt_per_element,
 )
 from tomosweep.solvers.result import Callback
 
@@ -178,18 +178,9 @@ def _hebt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
 
 
 def _sirt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
-    runs = [sirt(cell.chem_projector, c, n_iter=int(p["n_iter"]), device=device) for c in _background_subtracted(cell)]
-    first = runs[0]
-    volume = np.stack([np.asarray(r.volume) for r in runs])
-    costs = {k: np.sum([r.costs[k] for r in runs], axis=0) for k in first.costs}
-    return Result(
-        volume=volume,
-        costs=costs,
-        iterations=first.iterations,
-        wall_time_s=sum(r.wall_time_s for r in runs),
-        device=first.device,
-        info={"input": "background-subtracted chemical maps, one SIRT per element"},
-    )
+    result = sirt_per_element(cell.chem_projector, _background_subtracted(cell), n_iter=int(p["n_iter"]), device=device)
+    result.info["input"] = "background-subtracted chemical maps, one SIRT per element"
+    return result
 
 
 def _poisson_ml(cell: CellData, p: Mapping[str, Any], device: str, callback: Callback | None = None) -> Result:
