@@ -68,7 +68,8 @@ def _read_npz(path: Path) -> dict[str, Any]:
 
 
 def _read_h5(path: Path) -> dict[str, Any]:
-    h5py = _import("h5py", path)
+    import h5py
+
     try:
         with h5py.File(path, "r") as f:
             raw: dict[str, Any] = {key: f.attrs[key] for key in _TEXT_KEYS if key in f.attrs}
@@ -84,7 +85,8 @@ def _read_h5(path: Path) -> dict[str, Any]:
 
 
 def _read_zarr(path: Path) -> dict[str, Any]:
-    zarr = _import("zarr", path)
+    import zarr
+
     try:
         group = zarr.open_group(path, mode="r")
         raw: dict[str, Any] = {key: group.attrs[key] for key in (*_TEXT_KEYS, "elements") if key in group.attrs}
@@ -95,13 +97,6 @@ def _read_zarr(path: Path) -> dict[str, Any]:
         return raw
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"specimen file {path}: cannot be read as zarr (a zarr v3 group: {exc})") from None
-
-
-def _import(module: str, path: Path) -> Any:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise InputError(f"specimen file {path}: reading or writing it needs {module}; pip install {module}") from None
 
 
 # ---------------------------------------------------------------- validation: raw dict → Specimen
@@ -275,7 +270,8 @@ def _what_is_there(path: Path) -> str | None:
     """``None`` when ``path`` is a specimen file that tomosweep wrote; else what it is."""
     try:
         if path.is_dir():
-            zarr = _import("zarr", path)
+            import zarr
+
             attrs = dict(zarr.open_group(path, mode="r").attrs)
             if attrs.get("format") == "tomosweep-sweep-store":
                 return "a tomosweep sweep store"
@@ -285,7 +281,8 @@ def _what_is_there(path: Path) -> str | None:
             with np.load(path, allow_pickle=False) as archive:
                 marked = _MARK in archive.files and str(archive[_MARK]) == "tomosweep"
         elif suffix in (".h5", ".hdf5"):
-            h5py = _import("h5py", path)
+            import h5py
+
             with h5py.File(path, "r") as f:
                 marked = str(f.attrs.get(_MARK, "")) == "tomosweep"
         else:
@@ -301,7 +298,8 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) 
 
 
 def _write_h5(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
-    h5py = _import("h5py", path)
+    import h5py
+
     with h5py.File(path, "w") as f:
         for key, value in arrays.items():
             if key == "elements":
@@ -312,7 +310,8 @@ def _write_h5(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -
 
 
 def _write_zarr(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
-    zarr = _import("zarr", path)
+    import zarr
+
     group = zarr.open_group(path, mode="w")
     for key, value in arrays.items():
         if key == "elements":

@@ -15,8 +15,8 @@ import pytest
 import zarr
 from sweep_support import TINY_SIRT_TOML
 
-from tomosweep.results import SweepStore
 from tomosweep.sweep import study_from_dict
+from tomosweep.sweep.api import create_store
 
 GOOD = TINY_SIRT_TOML
 
@@ -109,16 +109,7 @@ def folder(tmp_path, monkeypatch):
     zarr.open_group(tmp_path / "other.zarr", mode="w").attrs["what"] = "someone else's data"
     study = study_from_dict(__import__("tomllib").loads(GOOD))
     for name in ("s.zarr", "old.zarr", "damaged.zarr"):
-        SweepStore.create(
-            tmp_path / name,
-            spec=study.to_json(),
-            spec_hash=study.content_hash(),
-            methods=list(study.methods),
-            param_names=study.param_names,
-            elements=["Co", "Cu", "O", "Au"],
-            n_haadf=[5, 9],
-            n_chem=[3],
-        ).close()
+        create_store(study, tmp_path / name).close()
     zarr.open_group(tmp_path / "old.zarr", mode="r+").attrs["format_version"] = 1
     zarr.open_group(tmp_path / "damaged.zarr", mode="r+").attrs["n_committed"] = -1
     np.save(tmp_path / "keep.npy", np.arange(3))

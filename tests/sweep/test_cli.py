@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from tomosweep.results import SweepStore
+from tomosweep.sweep.api import create_store
 
 STUDY = """
 name = "cli"
@@ -233,16 +234,7 @@ def test_resume_shows_the_stored_cluster_settings_before_using_them(tmp_path):
         tiny_study(cluster={"backend": "address", "address": "tcp://127.0.0.1:9", "start_timeout": 1})
     )
     store = tmp_path / "received.zarr"
-    SweepStore.create(
-        store,
-        spec=study.to_json(),
-        spec_hash=study.content_hash(),
-        methods=list(study.methods),
-        param_names=study.param_names,
-        elements=["Co", "Cu", "O", "Au"],
-        n_haadf=[5, 9],
-        n_chem=[3],
-    ).close()
+    create_store(study, store).close()
     result = tomosweep("resume", str(store), "-q")
     text = " ".join(result.stderr.split())
     assert f"using the cluster settings stored in {store}:" in text, text
