@@ -268,7 +268,9 @@ def export_names(store: SweepStore, cell: tuple[int, int] | None = None) -> list
 
 def check_export_folder(store: SweepStore, out: str | os.PathLike[str], names: list[str], *, overwrite: bool) -> Path:
     """Refuse an output folder that is a file, inside a store, or holds files export would
-    replace (unless ``overwrite``, which replaces those files and touches nothing else)."""
+    replace (unless ``overwrite``, which replaces those files and touches nothing else), or whose
+    disk is read-only or full. A file of those names that tomosweep did not write (or that
+    was changed since: see :mod:`tomosweep.results.outputs`) is never replaced."""
     from tomosweep.errors import StoreError
 
     out = Path(out)
@@ -280,13 +282,10 @@ def check_export_folder(store: SweepStore, out: str | os.PathLike[str], names: l
     for folder in (resolved, *resolved.parents):
         if (folder / "zarr.json").exists():
             raise StoreError(f"--out {out} is inside the zarr store {folder}; write the export elsewhere")
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not overwrite:
-        shown = ", ".join(existing[:4]) + (f" and {len(existing) - 4} more" if len(existing) > 4 else "")
-        raise StoreError(
-            f"{out} already holds {shown}; pass --overwrite to replace these {len(existing)} files "
-            "(nothing else in the folder is touched), or choose another --out"
-        )
+    from tomosweep.results.outputs import check_replaceable, check_space
+
+    check_replaceable(out, names, overwrite=overwrite, error=StoreError)
+    check_space(out)
     return out
 
 
@@ -304,8 +303,19 @@ def export(
     :func:`objective_figure`); the sweep layer builds them, this module only draws.
     Files of an earlier export in ``out`` are replaced only with ``overwrite``.
     """
+    from tomosweep.results.outputs import StagedOutput
+
     out = check_export_folder(store, out, export_names(store, cell), overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    # written beside the folder and moved in at the end: an interrupted export changes nothing
+    with StagedOutput(out, command="export") as staged:
+        written = _write_export(store, staged.stage, cell=cell, surrogates=surrogates)
+        staged.commit()
+    return [out / path.name for path in written]
+
+
+def _write_export(
+    store: SweepStore, out: Path, *, cell: tuple[int, int] | None, surrogates: Mapping[str, Any] | None
+) -> list[Path]:
     written = []
     trials = trials_frame(store)
     for path in (out / "trials.csv", out / "trials.parquet"):

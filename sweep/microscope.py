@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.results.outputs import check_out_folder
 from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
 from tomosweep.sweep.methods import METHODS, CellData
@@ -231,19 +232,6 @@ def heldout_check(
 
 
 # --- writing ------------------------------------------------------------------------
-
-
-def check_out_folder(out: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """An output folder that is new, empty, or (with ``overwrite``) an earlier reconstruct-data output."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / _MARK).is_file():
-            raise InputError(f"--out {out}: exists and holds files tomosweep did not write; choose an empty folder")
-        if not overwrite:
-            raise InputError(f"--out {out}: holds an earlier reconstruction; pass --overwrite to replace it")
-    return out
 
 
 def write_ome_zarr(path: Path, volumes: np.ndarray, elements: tuple[str, ...], pixel_size_nm: float | None) -> Path:
@@ -507,88 +495,5 @@ def reconstruct_data(
     return summary
 
 
-# --- plan and replicate ---------------------------------------------------------------
-
-
-def replicate_cells(
-    store_path: str | os.PathLike[str],
-    *,
-    method: str = "fused",
-    cells: list[tuple[int, int]] | None = None,
-    seeds: int = 4,
-    chem_snr_scales: list[float] | None = None,
-    cluster: str | None = None,
-    client: Any = None,
-    on_result: Callable[[Any], None] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Rerun the best weights of ``cells`` (default: every finished cell) under ``seeds`` fresh
-    noise realisations and store each cell's NRMSE per seed (``attrs["replicates"]``).
-
-    ``chem_snr_scales`` adds the dose axis (Schwartz 2024 Supp. Fig. 21, NRMSE against
-    chemical SNR): each factor multiplies every element's chemical SNR of the study, and
-    the same seeds are rerun there (the weights stay those found at the study's SNR, so a
-    lower dose is judged conservatively). 1 is the study's own SNR.
-    """
-    from tomosweep.results import SweepStore
-    from tomosweep.results.plan import replicate_key
-    from tomosweep.sweep.api import _connect, stored_study, with_cluster
-    from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
-
-    if seeds < 2:
-        raise InputError(f"--seeds must be at least 2 to give a spread, got {seeds}")
-    with SweepStore.open(store_path, writable=True) as store:
-        study = with_cluster(stored_study(store), cluster)
-        maps, finished = _finished_cells(store, store_path, method)
-        chosen = finished if cells is None else [tuple(c) for c in cells]
-        for cell in chosen:
-            if cell not in finished:
-                raise StoreError(f"cell {cell[0]}×{cell[1]} has no finished {method} trial to replicate")
-        scales = [1.0] if not chem_snr_scales else [float(v) for v in chem_snr_scales]
-        for scale in scales:
-            if not (math.isfinite(scale) and 0 < scale <= 100):
-                raise InputError(f"--chem-snr-scale factors must lie in (0, 100], got {scale:g}")
-        tasks = []
-        for scale in scales:
-            study_json = json.dumps(_scaled_chem_snr(study, scale).to_json(), sort_keys=True)
-            for h, c in chosen:
-                i, j = store.cell_index(h, c)
-                params = {
-                    p: float(maps["best_params"][i, j, store.param_names.index(p)])
-                    for p in study.searched(method)
-                    if p in store.param_names
-                }
-                tasks += [TrialTask(study_json, method, h, c, params, replicate=k) for k in range(1, seeds + 1)]
-        with _connect(study, client) as conn:
-            futures = conn.client.map(run_trial, tasks, pure=False)
-            records = []
-            for future in futures:
-                record = future.result()
-                records.append(record)
-                if on_result is not None:
-                    on_result(record)
-        out: dict[str, dict[str, Any]] = {}
-        per_scale = len(chosen) * seeds
-        for n, scale in enumerate(scales):
-            block = list(zip(tasks, records, strict=True))[n * per_scale : (n + 1) * per_scale]
-            for h, c in chosen:
-                mine = [(t, r) for t, r in block if (t.n_haadf, t.n_chem) == (h, c)]
-                entry = {
-                    "params": dict(mine[0][0].params),
-                    "chem_snr_scale": scale,
-                    "noise_seeds": [noise_seed(study, h, c, t.replicate) for t, _ in mine],
-                    "nrmse": [r.nrmse if r.ok else None for _, r in mine],
-                    "failed": [r.error for _, r in mine if not r.ok],
-                }
-                key = replicate_key(method, h, c, scale)
-                store.record_replicates(key, entry)
-                out[key] = entry
-        return out
-
-
-def _scaled_chem_snr(study: Any, scale: float) -> Any:
-    """The study with every element's chemical SNR multiplied by ``scale``."""
-    if scale == 1.0:
-        return study
-    snr = study.acquisition.chem_snr
-    scaled = {k: v * scale for k, v in snr.items()} if isinstance(snr, dict) else snr * scale
-    return study.model_copy(update={"acquisition": study.acquisition.model_copy(update={"chem_snr": scaled})})
+# replicate_cells lives in tomosweep.sweep.replicates (kept importable from here)
+from tomosweep.sweep.replicates import replicate_cells  # noqa: E402, F401

@@ -351,12 +351,13 @@ def test_export_never_writes_into_a_store_nor_replaces_files_unasked(tmp_path, c
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     export_store(path, out)
-    (out / "trials.csv").write_text("edited by hand")
     with pytest.raises(StoreError, match=r"already holds trials.csv, .*pass --overwrite to replace these \d+ files"):
         export_store(path, out)
-    assert (out / "trials.csv").read_text() == "edited by hand"
     export_store(path, out, overwrite=True)
-    assert (out / "trials.csv").read_text() != "edited by hand" and (out / "notes.txt").read_text() == "mine"
+    (out / "trials.csv").write_text("edited by hand")
+    with pytest.raises(StoreError, match=r"holds trials.csv, not written by tomosweep \(or changed since\): never"):
+        export_store(path, out, overwrite=True)  # an edited file is the user's now
+    assert (out / "trials.csv").read_text() == "edited by hand" and (out / "notes.txt").read_text() == "mine"
     assert not (path / "exports").exists()
 
 
