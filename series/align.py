@@ -1,35 +1,45 @@
-r"""Coarse alignment of a multi-modal tilt series (Schwartz 2024 Methods, "Multi-modal tilt series alignment").
+r"""Alignment of a multi-modal tilt series (Schwartz 2024 Methods, "Multi-modal tilt series alignment").
 
 The paper aligns the HAADF series coarsely by cross-correlation or by centre of mass
-(CoM) and applies the measured translations to the chemical maps recorded at the same
-tilts. Both are here; projection matching (their fine alignment) is not.
+(CoM), refines it by projection matching, and applies the measured translations to the
+chemical maps recorded at the same tilts. All three are here.
 
 Convention: ``shifts[i] = (s_det, s_x)`` in pixels says where projection *i* sits
 relative to its aligned place, ``raw_i(p) = aligned_i(p − s_i)``; :func:`apply_shifts`
 moves it back by ``−s_i``. The tilt axis is x (DESIGN), so ``s_x`` runs along the axis and
-``s_det`` across it.
+``s_det`` across it. Shifts are in the pixels of the series as given to :func:`align_series`.
 
-``xcorr`` (default; any field of view):
+``xcorr`` (any field of view):
 
 1. the shift between each pair of successive projections (sorted by angle) is the
    peak of their cross-correlation, refined to sub-pixel by a parabola through the peak
-   and its neighbours; the shifts accumulate outwards from the projection nearest 0°;
+   and its neighbours; the shifts accumulate outwards from the projection nearest 0°,
+   and each inner projection is then re-measured against the mean of its two neighbours;
 2. the tilt axis is then found from the centres of mass. A series consistent with a
    rotation about an axis at detector position :math:`c` has
    :math:`m(\theta) = c + y\cos\theta - z\sin\theta` for the mass centre
    :math:`(y, z)` of the specimen (mass is conserved in a parallel projection), so a
    least-squares fit of :math:`(c, y, z)` to the measured :math:`m(\theta)` gives the
-   axis, and every projection moves by :math:`c - c_0` to put it at the detector centre
-   :math:`c_0`. Along x nothing needs a reference: the series keeps the zero-tilt
-   projection's position.
+   axis, and every projection moves by :math:`c` to put it at the detector centre.
 
 ``com`` (an isolated specimen, whose projected mass is the same at every tilt): the
-centre of mass of each projection goes to the detector centre across the axis and to
-the series' mean along it — exact for an isolated object, whatever its shape, and the
-reconstruction is centred on its mass.
+centre of mass of each projection is its shift, across the axis and along it.
 
-A reconstruction is defined up to a translation of the specimen; these methods pick
-the one above, and a test checks shifts modulo that freedom.
+``projmatch`` (default): ``xcorr``, then projection matching (Schwartz 2024 Methods; the
+fine alignment IMOD, tomviz and ETSpy offer): reconstruct the aligned series with SIRT
+(:func:`tomosweep.solvers.sirt`), reproject it at every tilt, register each projection to
+its own reprojection, and repeat. A wrong tilt axis smears the reconstruction into arcs
+that no shift of one projection explains, so the axis is refined with the shifts.
+
+**No net translation.** A reconstruction is defined up to a translation of the specimen:
+shifts :math:`s(\theta) + y\cos\theta - z\sin\theta` across the axis, and any constant
+along it, align a series equally well. Every method ends by removing that part (the
+:math:`y, z` of a least-squares fit of :math:`c + y\cos\theta - z\sin\theta` to the
+shifts across, and the mean along), so applying the shifts leaves the specimen where the
+raw series has it on average; the reported shifts are the ones applied, and the reported
+axis offset is the fitted :math:`c`. The chain of pairwise ``xcorr`` shifts or the CoM
+alone would otherwise move the specimen by several voxels (the chain's reference, the
+specimen's own mass centre).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from tomosweep.errors import InputError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("xcorr", "com", "none")
+METHODS = ("projmatch", "xcorr", "com", "none")
 
 
 @dataclass(frozen=True)
@@ -156,18 +166,91 @@ def _refine(stack: np.ndarray, shifts: np.ndarray, limit: float, passes: int = 3
     return shifts
 
 
+def _rigid_design(angles: np.ndarray) -> np.ndarray:
+    """Columns ``1, cos θ, −sin θ``: the axis position and a translation ``(y, z)`` of the specimen."""
+    t = np.radians(angles)
+    return np.stack([np.ones_like(t), np.cos(t), -np.sin(t)], axis=1)
+
+
 def _axis_fit(angles: np.ndarray, com_det: np.ndarray) -> float:
     """The axis position ``c`` of ``m(θ) = c + y cos θ − z sin θ`` (least squares)."""
-    t = np.radians(angles)
-    design = np.stack([np.ones_like(t), np.cos(t), -np.sin(t)], axis=1)
+    design = _rigid_design(angles)
     if np.linalg.matrix_rank(design) < 3:
         raise InputError('cannot find the tilt axis from fewer than three distinct tilts; use align.method = "com"')
     coef, *_ = np.linalg.lstsq(design, com_det, rcond=None)
     return float(coef[0])
 
 
+def without_translation(angles: np.ndarray, shifts: np.ndarray) -> tuple[np.ndarray, float]:
+    """``shifts`` less the translation of the specimen they hold (module docstring), and the axis ``c``.
+
+    Across the axis the ``y cos θ − z sin θ`` part of a least-squares fit of
+    ``c + y cos θ − z sin θ`` is removed (``c`` stays: it is where the axis is); along the
+    axis the mean. With fewer than three distinct tilts only the mean across is kept as ``c``.
+    """
+    shifts = np.array(shifts, dtype=float)
+    design = _rigid_design(angles)
+    if angles.size >= 3 and np.linalg.matrix_rank(design) == 3:
+        coef, *_ = np.linalg.lstsq(design, shifts[:, 0], rcond=None)
+        shifts[:, 0] -= design[:, 1:] @ coef[1:]
+        offset = float(coef[0])
+    else:
+        offset = float(shifts[:, 0].mean())
+    shifts[:, 1] -= shifts[:, 1].mean()
+    return shifts, offset
+
+
+def _xcorr_chain(stack: np.ndarray, angles: np.ndarray, limit: float) -> np.ndarray:
+    n = angles.size
+    shifts = np.zeros((n, 2))
+    ref = int(np.argmin(np.abs(angles)))
+    for i in range(ref + 1, n):
+        shifts[i] = shifts[i - 1] + relative_shift(stack[i - 1], stack[i], max_shift=limit)
+    for i in range(ref - 1, -1, -1):
+        shifts[i] = shifts[i + 1] + relative_shift(stack[i + 1], stack[i], max_shift=limit)
+    return _refine(stack, shifts, limit)
+
+
+def projection_matching(
+    stack: np.ndarray,
+    angles: np.ndarray,
+    shifts: np.ndarray,
+    *,
+    rounds: int = 4,
+    sirt_iter: int = 30,
+    limit: float = 3.0,
+) -> np.ndarray:
+    """Refine ``shifts`` by registering each projection to the reprojection of a SIRT reconstruction.
+
+    Every round reconstructs the series aligned by the current shifts (non-negative SIRT,
+    Yuan 2021 §2.1, with this project's projector), reprojects it at the series' own tilts,
+    measures each aligned projection's shift against its reprojection
+    (:func:`relative_shift`, at most ``limit`` px) and adds it. The reconstruction is
+    consistent with all tilts at once, so unlike a neighbour it holds no drift of its own;
+    the specimen's translation is removed after every round (:func:`without_translation`).
+    """
+    from tomosweep.solvers import Projector, sirt
+
+    projector = Projector(stack.shape[1], angles)
+    shifts = np.array(shifts, dtype=float)
+    for _ in range(rounds):
+        aligned = apply_shifts(stack, shifts)
+        volume = sirt(projector, aligned.astype(np.float32), n_iter=sirt_iter).volume
+        reprojected = np.asarray(projector.forward(volume), dtype=float)
+        step = np.array([relative_shift(r, a, max_shift=limit) for r, a in zip(reprojected, aligned, strict=True)])
+        shifts, _ = without_translation(angles, shifts + step)
+        if np.abs(step).max(initial=0.0) < 0.02:
+            break
+    return shifts
+
+
 def align_series(
-    haadf: np.ndarray, angles: np.ndarray, *, method: str = "xcorr", max_shift: float | None = None
+    haadf: np.ndarray,
+    angles: np.ndarray,
+    *,
+    method: str = "projmatch",
+    max_shift: float | None = None,
+    rounds: int = 4,
 ) -> Alignment:
     """Align a HAADF series ``(n, n_det, n_x)`` whose vacuum level is 0 (module docstring).
 
@@ -177,10 +260,17 @@ def align_series(
         The series, sorted by angle or not.
     angles : ndarray
         Tilts in degrees.
-    method : {"xcorr", "com", "none"}
+    method : {"projmatch", "xcorr", "com", "none"}
     max_shift : float, optional
         Largest shift between successive projections searched by ``xcorr``, pixels
         (default: a quarter of the projection).
+    rounds : int
+        Projection-matching rounds (``projmatch``).
+
+    Returns
+    -------
+    Alignment
+        In angle order; shifts without a net translation of the specimen (module docstring).
     """
     if method not in METHODS:
         raise InputError(f"align.method must be one of {METHODS}, got {method!r}")
@@ -195,22 +285,18 @@ def align_series(
     com = _centre_of_mass(stack)
     n = angles.size
     shifts = np.zeros((n, 2))
+    offset = 0.0
     if method == "com":
-        shifts[:, 0] = com[:, 0]
-        shifts[:, 1] = com[:, 1] - com[:, 1].mean()
-        offset = float(com[:, 0].mean())
-    elif method == "xcorr":
+        shifts, offset = without_translation(angles, com)
+    elif method in ("xcorr", "projmatch"):
         limit = max_shift if max_shift is not None else min(stack.shape[1:]) / 4
-        ref = int(np.argmin(np.abs(angles)))
-        for i in range(ref + 1, n):
-            shifts[i] = shifts[i - 1] + relative_shift(stack[i - 1], stack[i], max_shift=limit)
-        for i in range(ref - 1, -1, -1):
-            shifts[i] = shifts[i + 1] + relative_shift(stack[i + 1], stack[i], max_shift=limit)
-        shifts = _refine(stack, shifts, limit)
-        offset = _axis_fit(angles, com[:, 0] - shifts[:, 0]) if n >= 3 else float(np.mean(com[:, 0] - shifts[:, 0]))
-        shifts[:, 0] += offset
-    else:
-        offset = 0.0
+        shifts = _xcorr_chain(stack, angles, limit)
+        # the chain knows shifts up to a constant across the axis; the mass centres fix it
+        shifts[:, 0] += _axis_fit(angles, com[:, 0] - shifts[:, 0]) if n >= 3 else np.mean(com[:, 0] - shifts[:, 0])
+        shifts, offset = without_translation(angles, shifts)
+        if method == "projmatch" and n >= 3:
+            shifts = projection_matching(stack, angles, shifts, rounds=rounds, limit=min(limit, 3.0))
+            shifts, offset = without_translation(angles, shifts)
     aligned_com = com[:, 0] - shifts[:, 0]  # reported in angle order
     log.info(
         "aligned %d projections (%s): shifts up to %.2f px across and %.2f px along the axis, axis at %+.2f px",

@@ -33,7 +33,7 @@ def shifted(isolated, tmp_path_factory):
     return folder / "haadf.mrc", acq, truth
 
 
-@pytest.mark.parametrize("method", ["xcorr", "com"])
+@pytest.mark.parametrize("method", ["projmatch", "xcorr", "com"])
 def test_known_shifts_are_recovered_within_half_a_pixel(shifted, method):
     path, _, truth = shifted
     data, angles = read_stack(path)
@@ -42,6 +42,39 @@ def test_known_shifts_are_recovered_within_half_a_pixel(shifted, method):
     assert np.abs(residual).max() < 0.5, np.abs(residual).max(axis=0)
     if method == "com":  # the axis offset itself, once the specimen's own mass centre is accounted for
         assert abs(np.mean(residual[:, 0])) < 0.1
+
+
+@pytest.mark.parametrize("method", ["projmatch", "xcorr", "com"])
+def test_reported_shifts_are_the_true_ones_without_a_net_translation(shifted, method):
+    """The shifts reported are the applied ones: no translation of the specimen in them (the
+    chain's reference or the specimen's own mass centre once moved it by several voxels), the
+    axis offset is the constant of the truth's own fit, the largest shift the truth's."""
+    from tomosweep.series.align import without_translation
+
+    path, _, truth = shifted
+    data, angles = read_stack(path)
+    alignment = align_series(data, angles, method=method)
+    again, offset = without_translation(alignment.angles, alignment.shifts)
+    np.testing.assert_allclose(again, alignment.shifts, atol=1e-9)
+    assert offset == pytest.approx(alignment.tilt_axis_offset, abs=1e-9)
+    truth_free, truth_offset = without_translation(alignment.angles, truth)
+    assert abs(alignment.tilt_axis_offset - truth_offset) < 0.3
+    assert np.abs(alignment.shifts - truth_free).max() < 0.5
+    assert abs(np.abs(alignment.shifts).max() - np.abs(truth_free).max()) < 0.5
+
+
+def test_projection_matching_beats_the_chain_on_a_noisy_series(isolated):
+    """Registered to a reprojection of the whole series, no pairwise error adds up along a chain."""
+    rng = np.random.default_rng(4)
+    acq = simulate(isolated, TiltScheme(31, n_chem=5), haadf_snr=300, rng=1)
+    truth = rng.uniform(-3, 3, size=(acq.haadf.shape[0], 2))
+    raw = apply_shifts(acq.haadf, -truth)
+    errors = {}
+    for method in ("xcorr", "projmatch"):
+        found = align_series(raw, acq.haadf_angles, method=method).shifts
+        errors[method] = np.sqrt((_modulo_rigid(acq.haadf_angles, found - truth) ** 2).mean())
+    assert errors["projmatch"] < 0.2, errors
+    assert errors["projmatch"] <= errors["xcorr"], errors
 
 
 def test_shifts_carry_to_chemical_tilts():
