@@ -413,6 +413,9 @@ def _record(data: Any, series: MeasuredSeries, summary: DataReconstruction, resu
         "sensitivity": None if series.sensitivity is None else list(series.sensitivity),
         "haadf_scale": result.info.get("haadf_scale", series.haadf_scale),
         "haadf_background": series.haadf_background,
+        "haadf_background_from": (
+            vacuum.as_dict() if (vacuum := getattr(series, "haadf_vacuum", None)) is not None else "given"
+        ),
         "volume_shape": list(summary.shape),
         "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
         "iterations": int(result.iterations),
@@ -457,6 +460,10 @@ def reconstruct_data(
     if weights.method in ("fused", "hebt") and series.haadf is None:
         raise InputError(f"{weights.method} needs a HAADF series; the data file has none ([haadf] file = …)")
     series, alignment = _aligned(series, notes, say)
+    vacuum = getattr(series, "haadf_vacuum", None)  # series.calibrate.VacuumLevel where the level was "auto"
+    if vacuum is not None:
+        notes.extend(vacuum.notes())
+        say(f"HAADF vacuum level {series.haadf_background:.4g} counts, from {vacuum.as_dict()['from']}")
 
     cell = measured_cell(series, gamma=gamma)
     say(f"reconstructing {len(series.elements)} elements on a {series.shape[0]}² × {series.shape[1]} grid")
