@@ -1,30 +1,27 @@
-"""Measured tilt series: the data file, the readers, and one validation pass over everything.
+"""Measured tilt series: the data file, its validation, and the series in tomosweep's layout.
 
 A data file (TOML, commented example in ``examples/measured_data.toml``) names the HAADF
-tilt series, one chemical map series per element and the tilt angles of each. Images
-are read from
-
-- ``.mrc`` / ``.st`` / ``.ali`` / ``.mrcs`` (mrcfile): a stack of sections, one per tilt;
-  angles from a SerialEM (``SERI``/``AGAR``) or FEI (``FEI1``/``FEI2``) extended header;
-- ``.tif`` / ``.tiff`` (tifffile): a multi-page stack;
-- ``.h5`` / ``.hdf5`` / ``.emd`` (h5py): the dataset named by ``dataset`` (the only
-  3-D dataset when there is exactly one); angles from a dataset or from the image
-  dataset's ``tilt_angles`` / ``angles`` attribute;
-- ``.npz``: the array named by ``dataset`` (the only array when there is one); angles
-  from an array of the same archive;
-
-and angles from the file's header (``angles = "header"``), from a ``.rawtlt`` / ``.tlt``
-/ text file (one angle per line, IMOD's format), or as a list in the TOML.
+tilt series, one chemical map series per element (or an EDS spectrum image and an energy
+window per element) and the tilt angles of each; a HAADF-only series (no ``[chem]``) is
+accepted too. The formats and what is checked before reading are in
+:mod:`tomosweep.series.readers`. Angles come from the file's header or metadata
+(``angles = "header"``), from a ``.rawtlt`` / ``.tlt`` / text file (one angle per line,
+IMOD's format), from a dataset of an HDF5 file or an npz archive, or as a list in the TOML;
+they are degrees unless ``angles_unit = "rad"``.
 
 Layout. tomosweep's tilt axis is x: a series is ``(n_tilts, n_det, n_x)``, the tilt axis
-along the last (column) axis of each image. IMOD and most microscopes show the axis
-vertical; ``tilt_axis = "vertical"`` transposes every image, and ``tilt_axis_angle``
-turns images whose axis is off by a few degrees (counter-clockwise, degrees) before that.
-``bin = 2`` sums 2 × 2 pixels (counts stay Poisson), as Yuan 2021 §4 re-binned their maps.
+along the last (column) axis of each image. ``tilt_axis = "vertical"`` transposes every
+image, and ``tilt_axis_angle`` turns images whose axis is off by a few degrees
+(counter-clockwise, degrees) before that. ``bin = 2`` sums 2 × 2 pixels (counts stay
+Poisson), as Yuan 2021 §4 re-binned their maps. The chosen direction is checked against the
+data: in a parallel projection the mass of each slice across the tilt axis is the same at
+every tilt (the slice only turns about the axis), while the mass profile across the axis
+changes with tilt.
 
-Validation collects every problem — counts against angles, shapes, angle ranges,
-known and distinct elements, finite values, non-negative chemical counts — and raises
-one :class:`~tomosweep.errors.InputError` that lists them all, one per line.
+Validation collects every problem — counts against angles, shapes, angle ranges and units,
+too few tilts, known and distinct elements, finite values, chemical maps that are counts,
+the tilt-axis direction — and raises one :class:`~tomosweep.errors.InputError`: one line
+when there is one problem, else a count and one line per problem.
 """
 
 from __future__ import annotations
@@ -39,15 +36,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tomosweep.errors import InputError
+from tomosweep.series.readers import (
+    ANGLE_CONTAINER_SUFFIXES,
+    read_angle_container,
+    read_angle_text,
+    read_stack,
+    set_imod_nint_nreal,
+)
 
-MRC_SUFFIXES = (".mrc", ".mrcs", ".st", ".ali", ".preali", ".rec")
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".emd")
-NPZ_SUFFIXES = (".npz",)
-ANGLE_TEXT_SUFFIXES = (".rawtlt", ".tlt", ".txt", ".csv")
+__all__ = ["DataFile", "MeasuredSeries", "load_series", "read_stack", "tilt_axis_misfit", "write_mrc", "write_rawtlt"]
+
+# Fewer than three tilts leave every slice undetermined beyond a two-pixel object, and the
+# tilt-axis fit (c + y cos θ − z sin θ has three unknowns) and the held-out check impossible
+MIN_TILTS = 3
+# The projector and the alignment need a few pixels per side; below this binning has eaten the image
+MIN_PIXELS = 4
+# The tilt-axis check (module docstring): a direction is refused when the mass of its slices
+# moves this much between tilts (fraction of the mass) and the other direction fits this many times better
+_AXIS_MISFIT = 0.1
+_AXIS_RATIO = 3.0
+_AXIS_MIN_SPAN = 30.0  # degrees of tilt: over less, both directions look invariant
 
 
 class _Model(BaseModel):
@@ -65,7 +76,7 @@ Angles = Annotated[list[float] | str | AngleFile, Field(union_mode="left_to_righ
 
 
 class SeriesFile(_Model):
-    """One image stack: the file, the dataset inside it (HDF5/EMD/NPZ) and its angles."""
+    """One image stack: the file, the dataset (or signal title) inside it and its angles."""
 
     file: str
     dataset: str | None = None
@@ -86,6 +97,12 @@ class ChemSection(_Model):
     # counts per unit concentration and voxel length (k-factors, or cross-section × detector
     # efficiency; relative values suffice while haadf.scale is "auto"); equal when not given
     sensitivity: dict[str, float] | None = None
+    # "counts": raw counts per pixel (checked: whole numbers, some above 1), what the Poisson
+    # model of the fused solver assumes; "normalised": maps proportional to counts (background-
+    # subtracted, normalised or quantified), taken as they are, with a note
+    units: Literal["counts", "normalised"] = "counts"
+    # keV per element: the element's file is an EDS spectrum image, summed over this window
+    windows: dict[str, tuple[float, float]] | None = None
     elements: dict[str, str | SeriesFile]
 
     @field_validator("elements")
@@ -95,9 +112,17 @@ class ChemSection(_Model):
             raise ValueError('name at least one element map series, e.g. Co = "co.mrc"')
         return value
 
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, value: dict[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]] | None:
+        for element, (lo, hi) in (value or {}).items():
+            if not 0 <= lo < hi:
+                raise ValueError(f"the window of {element} must be [low, high] keV with 0 ≤ low < high")
+        return value
+
 
 class AlignSection(_Model):
-    method: Literal["xcorr", "com", "none"] = "xcorr"
+    method: Literal["projmatch", "xcorr", "com", "none"] = "projmatch"
     max_shift: float | None = Field(None, gt=0)
 
 
@@ -105,7 +130,8 @@ class DataFile(_Model):
     """The schema of a data file (see ``examples/measured_data.toml``)."""
 
     haadf: HaadfSection | None = None
-    chem: ChemSection
+    chem: ChemSection | None = None
+    angles_unit: Literal["deg", "rad"] | None = None  # None: degrees, refused where they look like radians
     tilt_axis: Literal["horizontal", "vertical"] = "horizontal"
     tilt_axis_angle: float = Field(0.0, ge=-45, le=45)
     bin: int = Field(1, ge=1, le=16)
@@ -114,14 +140,21 @@ class DataFile(_Model):
     align: AlignSection = AlignSection()
     weights: dict[str, float | str] | None = None
 
+    @model_validator(mode="after")
+    def _some_series(self) -> DataFile:
+        if self.haadf is None and self.chem is None:
+            raise ValueError("name a [haadf] series, a [chem] section with element maps, or both")
+        return self
+
 
 @dataclass(frozen=True)
 class MeasuredSeries:
     """A measured multi-modal tilt series in tomosweep's layout (module docstring).
 
     ``haadf`` and ``chem`` are float64, the HAADF with its vacuum level subtracted
-    (clipped at 0), the chemical maps in counts as recorded (their flat background is
-    ``chem_background``, counts per pixel, passed to the solvers as ε).
+    (clipped at 0), the chemical maps as recorded (their flat background is
+    ``chem_background``, per pixel, passed to the solvers as ε). A HAADF-only series has
+    ``elements == ()`` and ``chem`` of shape ``(0, 0, n_det, n_x)``.
     """
 
     haadf: np.ndarray | None  # (n_haadf, n_det, n_x)
@@ -137,7 +170,10 @@ class MeasuredSeries:
     pixel_size_nm: float | None = None
     align: AlignSection = field(default_factory=AlignSection)
     weights: dict[str, float | str] | None = None
-    sources: dict[str, str] = field(default_factory=dict)  # file -> SHA-256
+    sources: dict[str, str] = field(default_factory=dict)  # resolved file -> SHA-256
+    chem_units: str = "counts"  # or "normalised" (ChemSection.units)
+    notes: tuple[str, ...] = ()  # what the user should know about how the series was read
+    haadf_vacuum: Any = None  # tomosweep.series.calibrate.VacuumLevel when the level was "auto"
 
     @property
     def n_haadf(self) -> int:
@@ -150,7 +186,12 @@ class MeasuredSeries:
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_det, n_x)`` of every projection."""
-        return int(self.chem.shape[2]), int(self.chem.shape[3])
+        source = self.chem if self.elements or self.haadf is None else self.haadf[None]
+        return int(source.shape[2]), int(source.shape[3])
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 class _Problems:
@@ -161,183 +202,22 @@ class _Problems:
         self.items: list[str] = []
 
     def add(self, text: str) -> None:
-        self.items.append(text)
+        text = _one_line(text)
+        if text not in self.items:
+            self.items.append(text)
 
     def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise InputError(f"data file {self.source}: {self.items[0]}")
         if self.items:
             lines = "\n".join(f"  - {item}" for item in self.items)
-            n = len(self.items)
-            raise InputError(f"data file {self.source}: {n} problem{'s' if n > 1 else ''}\n{lines}")
+            raise InputError(f"data file {self.source}: {len(self.items)} problems\n{lines}")
 
 
 def _resolve(base: Path, name: str) -> Path:
+    """A path the data file names, relative to it, with ``~``, ``..`` and symbolic links resolved."""
     path = Path(os.path.expanduser(name))
-    return path if path.is_absolute() else base / path
-
-
-# --- readers --------------------------------------------------------------------
-
-
-# IMOD's header keeps nint and nreal (int16) at bytes 128-131, inside MRC2014's EXTRA2 field
-# (bytes 112-195), which mrcfile exposes as raw bytes
-_IMOD_NINT_OFFSET = 128 - 112
-
-
-def _imod_nint_nreal(header: Any) -> tuple[int, int]:
-    extra2 = bytes(header.extra2)
-    order = "<" if bytes(header.machst)[:1] in (b"\x44", b"\x41") else ">"
-    nint, nreal = np.frombuffer(extra2[_IMOD_NINT_OFFSET : _IMOD_NINT_OFFSET + 4], dtype=f"{order}i2")
-    return int(nint), int(nreal)
-
-
-def _set_imod_nint_nreal(header: Any, nint: int, nreal: int) -> None:
-    extra2 = bytearray(bytes(header.extra2))
-    extra2[_IMOD_NINT_OFFSET : _IMOD_NINT_OFFSET + 4] = np.array([nint, nreal], dtype="<i2").tobytes()
-    header.extra2 = bytes(extra2)
-
-
-def _mrc_angles(mrc: Any) -> np.ndarray | None:
-    """Tilt angles from an MRC extended header (SerialEM or FEI), or None."""
-    exttyp = bytes(mrc.header.exttyp).strip(b"\x00 ")
-    n_sections = int(mrc.header.nz)
-    if exttyp in (b"FEI1", b"FEI2"):
-        ext = mrc.indexed_extended_header
-        if ext is not None and "Alpha tilt" in (ext.dtype.names or ()):
-            return np.asarray(ext["Alpha tilt"][:n_sections], dtype=float)
-        return None
-    if exttyp in (b"SERI", b"AGAR"):
-        # SerialEM: nint bytes per section; flag bit 1 of nreal = tilt angle × 100 as int16 first
-        nint, nreal = _imod_nint_nreal(mrc.header)
-        raw = np.frombuffer(bytes(mrc.extended_header), dtype=np.uint8)
-        if not nreal & 1 or nint < 2 or raw.size < nint * n_sections:
-            return None
-        per = raw[: nint * n_sections].reshape(n_sections, nint)[:, :2].copy()
-        return per.view("<i2").ravel().astype(float) / 100.0
-    return None
-
-
-def _read_mrc(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    import mrcfile
-
-    with mrcfile.open(path, permissive=True, header_only=False) as mrc:
-        if mrc.data is None:
-            raise InputError(f"{path}: not a readable MRC file")
-        data = np.array(mrc.data, dtype=np.float64)
-        angles = _mrc_angles(mrc)
-    return data, angles
-
-
-def _read_tiff(path: Path) -> tuple[np.ndarray, None]:
-    import tifffile
-
-    return np.asarray(tifffile.imread(path), dtype=np.float64), None
-
-
-def _read_hdf5(path: Path, dataset: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if dataset is None:
-            found: list[str] = []
-            f.visititems(
-                lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None
-            )
-            if len(found) != 1:
-                listing = ", ".join("/" + n for n in found) or "none"
-                raise InputError(f'{path}: name the image stack with dataset = "…" (3-D datasets: {listing})')
-            dataset = found[0]
-        if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
-            raise InputError(f"{path}: no dataset {dataset!r}")
-        node = f[dataset]
-        data = np.asarray(node[()], dtype=np.float64)
-        angles = None
-        for key in ("tilt_angles", "angles"):
-            if key in node.attrs:
-                angles = np.asarray(node.attrs[key], dtype=float).ravel()
-                break
-    return data, angles
-
-
-def _read_npz(path: Path, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    with np.load(path, allow_pickle=False) as archive:
-        stacks = [k for k in archive.files if archive[k].ndim == 3]
-        if key is None:
-            if len(stacks) != 1:
-                raise InputError(f'{path}: name the image stack with dataset = "…" (3-D arrays: {stacks or "none"})')
-            key = stacks[0]
-        if key not in archive.files:
-            raise InputError(f"{path}: no array {key!r} (arrays: {archive.files})")
-        data = np.asarray(archive[key], dtype=np.float64)
-        angles = np.asarray(archive["angles"], dtype=float).ravel() if "angles" in archive.files else None
-    return data, angles
-
-
-def read_stack(path: str | os.PathLike[str], dataset: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """One image stack ``(n_tilts, rows, cols)`` as float64, and the angles its header holds (or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in MRC_SUFFIXES:
-            data, angles = _read_mrc(path)
-        elif suffix in TIFF_SUFFIXES:
-            data, angles = _read_tiff(path)
-        elif suffix in HDF5_SUFFIXES:
-            data, angles = _read_hdf5(path, dataset)
-        elif suffix in NPZ_SUFFIXES:
-            data, angles = _read_npz(path, dataset)
-        else:
-            known = ", ".join(MRC_SUFFIXES + TIFF_SUFFIXES + HDF5_SUFFIXES + NPZ_SUFFIXES)
-            raise InputError(f"{path}: unknown image format {suffix!r} (known: {known})")
-    except InputError:
-        raise
-    except Exception as exc:  # a corrupt or foreign file: say which and why, not a traceback
-        raise InputError(f"{path}: cannot be read as {suffix} ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 2:
-        data = data[None]
-    if data.ndim != 3:
-        raise InputError(f"{path}: expected a stack of 2-D images, got an array of shape {data.shape}")
-    return data, angles
-
-
-def read_angles(spec: Any, base: Path, header: np.ndarray | None, what: str) -> np.ndarray:
-    """Angles from a list, a text file, a container dataset or the image file's header."""
-    if isinstance(spec, list):
-        return np.asarray(spec, dtype=float)
-    if isinstance(spec, AngleFile):
-        path = _resolve(base, spec.file)
-        suffix = path.suffix.lower()
-        if suffix in HDF5_SUFFIXES:
-            import h5py
-
-            if not path.is_file():
-                raise InputError(f"{what} angles: {path}: no such file")
-            with h5py.File(path, "r") as f:
-                if spec.dataset is None or spec.dataset not in f:
-                    raise InputError(f"{what} angles: {path} has no dataset {spec.dataset!r}")
-                return np.asarray(f[spec.dataset][()], dtype=float).ravel()
-        if suffix in NPZ_SUFFIXES:
-            with np.load(path, allow_pickle=False) as archive:
-                key = spec.dataset or "angles"
-                if key not in archive.files:
-                    raise InputError(f"{what} angles: {path} has no array {key!r}")
-                return np.asarray(archive[key], dtype=float).ravel()
-        return read_angles(spec.file, base, header, what)
-    if spec == "header":
-        if header is None:
-            raise InputError(
-                f'{what}: the image file holds no tilt angles; give angles = "series.rawtlt" or a list of degrees'
-            )
-        return header
-    path = _resolve(base, str(spec))
-    if not path.is_file():
-        raise InputError(f"{what} angles: {path}: no such file")
-    try:
-        values = [float(tok) for line in path.read_text().splitlines() for tok in line.replace(",", " ").split()[:1]]
-    except ValueError as exc:
-        raise InputError(f"{what} angles: {path}: not one angle per line ({exc})") from None
-    return np.asarray(values, dtype=float)
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 def file_hash(path: Path) -> str:
@@ -372,12 +252,46 @@ def border_level(stack: np.ndarray, fraction: float = 0.1) -> float:
     return float(np.mean(np.concatenate([stack[:, :k].ravel(), stack[:, -k:].ravel()])))
 
 
-# --- the data file ---------------------------------------------------------------
+def _profile_change(profiles: np.ndarray) -> float:
+    """How much a mass profile ``(n_tilts, m)`` changes between tilts: the median fraction of mass that
+    would have to move to match the median profile, after centring each (drift moves, it does not reshape)."""
+    profiles = np.clip(profiles, 0.0, None)
+    total = profiles.sum(axis=1)
+    profiles = profiles[total > 0] / total[total > 0, None]
+    if profiles.shape[0] < 2:
+        return 0.0
+    x = np.arange(profiles.shape[1], dtype=float)
+    centre = (x.size - 1) / 2
+    centred = np.stack([np.interp(x, x - (p @ x - centre), p, left=0.0, right=0.0) for p in profiles])
+    return float(np.median(0.5 * np.abs(centred - np.median(centred, axis=0)).sum(axis=1)))
+
+
+def tilt_axis_misfit(stack: np.ndarray) -> tuple[float, float]:
+    """The change with tilt of the mass profile along x (tomosweep's tilt axis) and along the detector.
+
+    In a parallel projection about an axis along x, the slice at each x only turns, so its mass
+    ``Σ_det p_θ(det, x)`` is the same at every tilt θ; along the detector it is not. A small first
+    value and a larger second one is a series whose axis lies along x.
+
+    Returns
+    -------
+    (along, across) : fractions of the mass (0 … 1) that move between tilts.
+    """
+    stack = np.asarray(stack, dtype=float)
+    return _profile_change(stack.sum(axis=1)), _profile_change(stack.sum(axis=2))
+
+
+# --- validation --------------------------------------------------------------------
 
 
 def _check_angles(angles: np.ndarray, n_images: int, what: str, problems: _Problems) -> None:
     if angles.size != n_images:
         problems.add(f"{what}: {n_images} images but {angles.size} angles")
+    elif n_images < MIN_TILTS:
+        problems.add(
+            f"{what}: {n_images} tilt{'s' if n_images != 1 else ''}; a tilt series needs at least {MIN_TILTS} "
+            "(fewer leave every slice undetermined and the tilt axis unfit)"
+        )
     if not np.all(np.isfinite(angles)):
         problems.add(f"{what}: angles must be finite numbers")
         return
@@ -387,17 +301,49 @@ def _check_angles(angles: np.ndarray, n_images: int, what: str, problems: _Probl
         problems.add(f"{what}: an angle occurs twice")
 
 
-def _check_values(stack: np.ndarray, what: str, problems: _Problems, *, counts: bool) -> bool:
+def _check_values(stack: np.ndarray, what: str, problems: _Problems, *, counts: bool, units: str) -> bool:
     if not np.all(np.isfinite(stack)):
         problems.add(f"{what}: {int(np.size(stack) - np.isfinite(stack).sum())} values are NaN or infinite")
         return False
-    if counts and stack.size and stack.min() < 0:
+    if not counts or not stack.size:
+        return True
+    if stack.min() < 0:
         problems.add(
             f"{what}: chemical maps are counts and must be ≥ 0 (minimum {stack.min():g}); "
-            "give the raw integrated counts, not background-subtracted or normalised maps"
+            "give the raw integrated counts, not background-subtracted maps"
         )
         return False
+    if units == "counts":
+        whole = bool(np.all(stack == np.round(stack)))
+        if not whole or stack.max() <= 1:
+            reason = "not whole numbers" if not whole else f"none above 1 (maximum {stack.max():g})"
+            problems.add(
+                f"{what}: these values cannot be counts ({reason}); give the raw counts per pixel, which the "
+                'Poisson model needs, or declare [chem] units = "normalised" for maps proportional to counts'
+            )
+            return False
     return True
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as a line in the data file's words: the key, then what is wrong."""
+    loc = [str(p) for p in err["loc"]]
+    # drop the union members pydantic tried ("list[float]", "str", "AngleFile", "function-after[…]")
+    loc = [p for p in loc if not (p[:1].isupper() or "[" in p or p in ("str", "int", "float", "bool"))] or loc
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+        return f"unknown key {loc[-1]!r} in {where}"
+    if kind == "missing":
+        return f"missing required key {key}"
+    message = str(err["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
+    if kind == "value_error" and key == "(top level)":
+        return message
+    text = f"{key}: {message}"
+    if "input" in err and kind not in ("value_error", "assertion_error") and not isinstance(err["input"], dict):
+        text += f" (got {err['input']!r})"[:120]
+    return text
 
 
 def _load_toml(path: Path) -> DataFile:
@@ -412,40 +358,115 @@ def _load_toml(path: Path) -> DataFile:
     try:
         return DataFile.model_validate(raw)
     except ValidationError as exc:
-        lines = []
+        problems = _Problems(path)
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {where}: {err['msg']}")
-        raise InputError(f"data file {path}: {len(lines)} problem(s)\n" + "\n".join(lines)) from None
+            problems.add(_describe(err))
+        problems.raise_if_any()
+        raise  # unreachable: a ValidationError has at least one error
 
 
 class _Reader:
     """Reads the stacks a data file names, noting every problem and every input's hash."""
 
     def __init__(self, path: Path, spec: DataFile) -> None:
-        self.base = path.parent
+        self.base = path.parent.resolve()
         self.problems = _Problems(path)
         self.sources: dict[str, str] = {}
+        self.unit = spec.angles_unit
+        self.binning = spec.bin
         self.geometry = {"tilt_axis": spec.tilt_axis, "tilt_axis_angle": spec.tilt_axis_angle, "binning": spec.bin}
+        self.vacuum: Any = None
+        self.named: dict[tuple[str, str | None, Any], str] = {}  # (file, dataset, window) -> the series naming it
+
+    def _hash(self, path: Path) -> None:
+        key = str(path)
+        if key not in self.sources:
+            self.sources[key] = file_hash(path)
+
+    def angles(self, spec: Any, header: np.ndarray | None) -> np.ndarray:
+        """Angles from a list, a text file, a container dataset or the image file's header."""
+        if isinstance(spec, list):
+            return np.asarray(spec, dtype=float)
+        if spec == "header":
+            if header is None:
+                raise InputError(
+                    'the image file holds no tilt angles; give angles = "series.rawtlt" or a list of degrees'
+                )
+            return header
+        name, dataset = (spec.file, spec.dataset) if isinstance(spec, AngleFile) else (str(spec), None)
+        path = _resolve(self.base, name)
+        if not path.is_file():
+            raise InputError(f"angle file {path}: no such file")
+        try:
+            if path.suffix.lower() in ANGLE_CONTAINER_SUFFIXES:
+                angles = read_angle_container(path, dataset)
+            else:
+                angles = read_angle_text(path)
+        except InputError as exc:
+            raise InputError(f"angle file {exc}") from None
+        except Exception as exc:  # a foreign file: which and what kind, never its content
+            raise InputError(f"angle file {path}: cannot be read ({type(exc).__name__})") from None
+        self._hash(path)
+        return angles
+
+    def _in_degrees(self, angles: np.ndarray, what: str) -> np.ndarray | None:
+        if self.unit == "rad":
+            return np.degrees(angles)
+        looks_radian = angles.size >= 2 and np.all(np.abs(angles) <= math.pi / 2) and np.ptp(angles) < 3.2
+        if self.unit is None and looks_radian:
+            self.problems.add(
+                f"{what}: the angles look like radians (all within ±π/2, spanning {np.ptp(angles):.2f}); "
+                'set angles_unit = "rad" if they are, or angles_unit = "deg" if these are degrees'
+            )
+            return None
+        return angles
+
+    def _size_ok(self, shape: tuple[int, ...]) -> bool:
+        rows, cols = shape[1:]
+        b = self.binning
+        if min(rows // b, cols // b) >= MIN_PIXELS:
+            return True
+        if b > 1:
+            self.problems.add(
+                f"bin = {b} leaves {rows // b} × {cols // b} pixels of the {rows} × {cols} images; at least "
+                f"{MIN_PIXELS} × {MIN_PIXELS} are needed: choose bin ≤ {max(1, min(rows, cols) // MIN_PIXELS)}"
+            )
+        else:
+            self.problems.add(f"the images are {rows} × {cols} pixels; at least {MIN_PIXELS} × {MIN_PIXELS} are needed")
+        return False
 
     def stack(
-        self, entry: SeriesFile, what: str, angle_spec: Any, *, counts: bool
+        self,
+        entry: SeriesFile,
+        what: str,
+        angle_spec: Any,
+        *,
+        counts: bool,
+        units: str = "counts",
+        window: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The stack in tomosweep's layout and its angles, or None (the problem is noted)."""
+        """The stack in tomosweep's layout and its angles in degrees, or None (the problem is noted)."""
         file = _resolve(self.base, entry.file)
+        key = (str(file), entry.dataset, window)
+        if key in self.named:
+            self.problems.add(f"{what} and {self.named[key]} name the same series ({file}); each needs its own images")
+            return None
+        self.named[key] = what
         used = entry.angles if entry.angles is not None else angle_spec
         try:
-            data, header = read_stack(file, entry.dataset)
-            angles = read_angles(used, self.base, header, what)
+            data, header = read_stack(file, entry.dataset, window=window)
+            angles = self.angles(used, header)
         except InputError as exc:
             self.problems.add(f"{what}: {exc}")
             return None
-        self.sources[str(file)] = file_hash(file)
-        angle_file = used.file if isinstance(used, AngleFile) else used
-        if isinstance(angle_file, str) and angle_file != "header":
-            self.sources[str(_resolve(self.base, angle_file))] = file_hash(_resolve(self.base, angle_file))
+        self._hash(file)
+        angles = self._in_degrees(np.asarray(angles, dtype=float), what)
+        if angles is None:
+            return None
         _check_angles(angles, data.shape[0], what, self.problems)
-        if not _check_values(data, what, self.problems, counts=counts):
+        if not _check_values(data, what, self.problems, counts=counts, units=units):
+            return None
+        if not self._size_ok(data.shape):
             return None
         return to_layout(data, **self.geometry), angles
 
@@ -457,7 +478,11 @@ class _Reader:
         if got is None:
             return None, None, 0.0
         haadf, angles = got
-        level = border_level(haadf) if section.background == "auto" else float(section.background)
+        if section.background == "auto":
+            from tomosweep.series.calibrate import vacuum_level
+
+            self.vacuum = vacuum_level(haadf, angles)
+        level = self.vacuum.level if section.background == "auto" else float(section.background)
         order = np.argsort(angles)
         return np.maximum(haadf - level, 0.0)[order], angles[order], level
 
@@ -468,10 +493,16 @@ class _Reader:
             if e not in ATOMIC_NUMBER:
                 hint = f" (did you mean {e.capitalize()!r}?)" if e.capitalize() in ATOMIC_NUMBER else ""
                 self.problems.add(f"chem.elements: unknown element symbol {e!r}{hint}")
+        windows = section.windows or {}
+        unknown = sorted(set(windows) - set(section.elements))
+        if unknown:
+            self.problems.add(f"chem.windows: no element map series named {unknown}")
         maps, angles = [], []
         for e, entry in section.elements.items():
             entry = SeriesFile(file=entry) if isinstance(entry, str) else entry
-            got = self.stack(entry, f"chemical map {e}", section.angles, counts=True)
+            got = self.stack(
+                entry, f"chemical map {e}", section.angles, counts=True, units=section.units, window=windows.get(e)
+            )
             if got is not None:
                 maps.append(got[0])
                 angles.append(got[1])
@@ -512,6 +543,21 @@ def _check_consistency(
         problems.add("HAADF: the series is empty after subtracting its vacuum level; set haadf.background")
 
 
+def _check_tilt_axis(stack: np.ndarray, angles: np.ndarray, spec: DataFile, problems: _Problems) -> None:
+    """Refuse a tilt_axis the data contradict (module docstring; :func:`tilt_axis_misfit`)."""
+    if stack.shape[0] < MIN_TILTS or np.ptp(angles) < _AXIS_MIN_SPAN:
+        return
+    along, across = tilt_axis_misfit(stack)
+    if along > _AXIS_MISFIT and along > _AXIS_RATIO * across:
+        other = "vertical" if spec.tilt_axis == "horizontal" else "horizontal"
+        turned = f" (after turning by tilt_axis_angle = {spec.tilt_axis_angle:g}°)" if spec.tilt_axis_angle else ""
+        problems.add(
+            f'tilt_axis = "{spec.tilt_axis}" does not fit the data{turned}: the mass of each slice across that '
+            f"axis changes by {100 * along:.0f} % between tilts, across the other direction by {100 * across:.0f} %; "
+            f'the tilt axis of these images is {other}: set tilt_axis = "{other}"'
+        )
+
+
 def _background_levels(stacked: np.ndarray, elements: tuple[str, ...], background: Any) -> tuple[float, ...]:
     """ε per element in counts: the detector border ("auto"), a table or one number; never 0."""
     floor = 1e-3 * max(float(stacked.mean()), 1e-12)  # a Poisson model needs ε > 0
@@ -533,26 +579,45 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
     spec = _load_toml(path)
     reader = _Reader(path, spec)
     haadf, haadf_angles, haadf_background = reader.haadf(spec.haadf)
-    chem, chem_angles = reader.chem(spec.chem)
+    chem, chem_angles = reader.chem(spec.chem) if spec.chem is not None else ([], [])
     problems = reader.problems
     problems.raise_if_any()
-    elements = tuple(spec.chem.elements)
+    elements = tuple(spec.chem.elements) if spec.chem is not None else ()
     _check_consistency(haadf, chem, chem_angles, elements, problems)
-    _check_per_element(spec.chem.background, elements, "chem.background", problems, zero=True)
-    if spec.chem.sensitivity is not None:
-        _check_per_element(spec.chem.sensitivity, elements, "chem.sensitivity", problems, zero=False)
+    if spec.chem is not None:
+        _check_per_element(spec.chem.background, elements, "chem.background", problems, zero=True)
+        if spec.chem.sensitivity is not None:
+            _check_per_element(spec.chem.sensitivity, elements, "chem.sensitivity", problems, zero=False)
+    problems.raise_if_any()
+    if haadf is not None:
+        _check_tilt_axis(haadf, haadf_angles, spec, problems)
+    else:
+        _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, problems)
     problems.raise_if_any()
 
-    order = np.argsort(chem_angles[0])
-    stacked = np.stack([c[order] for c in chem])
-    sensitivity = spec.chem.sensitivity
+    notes = []
+    if spec.chem is None:
+        order = np.zeros(0, dtype=int)
+        stacked = np.zeros((0, 0, *haadf.shape[1:]))
+        angles = np.zeros(0)
+        notes.append("no [chem] section: a HAADF-only series is reconstructed without chemistry (that needs [chem])")
+    else:
+        order = np.argsort(chem_angles[0])
+        stacked = np.stack([c[order] for c in chem])
+        angles = np.asarray(chem_angles[0][order], dtype=float)
+        if spec.chem.units == "normalised":
+            notes.append(
+                '[chem] units = "normalised": the maps are taken as they are, so the Poisson noise model '
+                "of the chemical term does not hold and its weight means less than on counts"
+            )
+    sensitivity = spec.chem.sensitivity if spec.chem is not None else None
     return MeasuredSeries(
         haadf=haadf,
         haadf_angles=np.zeros(0) if haadf_angles is None else np.asarray(haadf_angles, dtype=float),
         chem=stacked,
-        chem_angles=np.asarray(chem_angles[0][order], dtype=float),
+        chem_angles=angles,
         elements=elements,
-        chem_background=_background_levels(stacked, elements, spec.chem.background),
+        chem_background=_background_levels(stacked, elements, spec.chem.background) if spec.chem else (),
         haadf_background=float(haadf_background),
         haadf_scale="auto" if spec.haadf is None else spec.haadf.scale,
         sensitivity=None if sensitivity is None else tuple(float(sensitivity[e]) for e in elements),
@@ -561,6 +626,9 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         align=spec.align,
         weights=spec.weights,
         sources=reader.sources,
+        haadf_vacuum=reader.vacuum,
+        chem_units=spec.chem.units if spec.chem is not None else "counts",
+        notes=tuple(notes),
     )
 
 
@@ -585,5 +653,5 @@ def write_mrc(path: str | os.PathLike[str], stack: np.ndarray, angles: Sequence[
             ext[:, 0] = np.round(np.asarray(angles, dtype=float) * 100).astype("<i2")
             mrc.set_extended_header(np.frombuffer(ext.tobytes(), dtype="V1"))
             mrc.header.exttyp = b"SERI"
-            _set_imod_nint_nreal(mrc.header, nint, 1)
+            set_imod_nint_nreal(mrc.header, nint, 1)
     return path

@@ -117,8 +117,8 @@ Cu = "missing.mrc"
     ("toml", "message"),
     [
         ("[chem]\nangles = [0]\n[chem.elements]\n", "name at least one element"),
-        ("[chem]\nangles = [0]\nelements = {Co = 'c.npz'}\nshift = 3\n", "chem.shift: Extra inputs"),
-        ("bin = 0\n[chem]\nelements = {Co = 'c.npz'}\n", "bin: Input should be greater than or equal to 1"),
+        ("[chem]\nangles = [0]\nelements = {Co = 'c.npz'}\nshift = 3\n", "unknown key 'shift' in [chem]"),
+        ("bin = 0\n[chem]\nelements = {Co = 'c.npz'}\n", "bin: must be greater than or equal to 1 (got 0)"),
         ("[chem\n", "not valid TOML"),
     ],
 )
