@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tomosweep.errors import InputError
+from tomosweep.errors import InputError, TomosweepError
+from tomosweep.plugins import Registry
 from tomosweep.solvers import (
     FusedStart,
     Projector,
@@ -85,6 +86,52 @@ class Param:
 
 @dataclass(frozen=True)
 class Method:
+    """A reconstruction method a study can sweep: its adapter, its parameters, what it costs.
+
+    A method is found by name in :data:`METHODS`: the built-ins below, those of installed
+    distributions (entry-point group ``tomosweep.methods``) and those registered by a
+    module the study names in ``[plugins] modules`` (see :mod:`tomosweep.plugins`).
+
+    Parameters
+    ----------
+    name : str
+        The name a study file uses (``[methods.<name>]``).
+    params : tuple of Param
+        Every parameter ``run`` reads, with its default and default search range.
+    run : callable
+        ``run(cell, params, device)`` — or ``run(cell, params, device, callback=None)`` when
+        ``prunable`` — reconstructs one grid cell. ``cell`` is a :class:`CellData`;
+        ``params`` maps each name of ``params`` to a number (integer parameters may arrive
+        as floats: convert with ``int``); ``device`` is ``"cpu"``, ``"gpu"`` or ``"auto"``,
+        to hand to the solvers.
+
+        It must return a :class:`tomosweep.solvers.Result` whose ``volume`` holds **every
+        element's map**: shape ``(n_elements, n_y, n_z, n_x)``, exactly the shape of
+        ``cell.truth``, elements in the order of ``cell.elements``, as a NumPy or CuPy array
+        of finite values. Units are the specimen's (the series in ``cell`` are divided by
+        their dose already); the score z-normalises each element map (Schwartz 2024,
+        Methods), so an overall scale per element does not change the NRMSE.
+
+        To fail, raise: the exception's type and message become the trial's error (a
+        :class:`tomosweep.TomosweepError` with a message that says what to change reads
+        best). A failed trial is recorded and the study goes on. Any other return — a
+        single element's volume, a bare array, non-finite values — is a failed trial
+        whose error names the method and what was expected
+        (:class:`MethodContractError`).
+    doc : str
+        One line for ``tomosweep methods``.
+    prunable : bool
+        ``run`` takes ``callback`` and calls ``callback(iteration, costs, volume)`` with the
+        whole ``(n_elements, …)`` iterate, stopping when it returns True (median pruning).
+    memory_volumes : float
+        Peak working set in element volumes (n³ × n_elements values), for the memory check.
+
+    Examples
+    --------
+    See ``tests/plugin_dist`` and the README, "Extending": a distribution declares
+    ``[project.entry-points."tomosweep.methods"] raw_sirt = "pkg.module:METHOD"``.
+    """
+
     name: str
     params: tuple[Param, ...]
     run: Callable[..., Result]  # run(cell, params, device, callback=None)
@@ -97,6 +144,7 @@ class Method:
     memory_volumes: float = 24.0
 
     def param(self, name: str) -> Param:
+        """The parameter called ``name`` (``KeyError`` if the method has none)."""
         for p in self.params:
             if p.name == name:
                 return p
@@ -104,7 +152,54 @@ class Method:
 
     @property
     def param_names(self) -> tuple[str, ...]:
+        """The names of :attr:`params`, in order."""
         return tuple(p.name for p in self.params)
+
+
+class MethodContractError(TomosweepError, TypeError):
+    """A method's ``run`` returned something other than what :class:`Method` documents."""
+
+
+class UnknownMethodError(TomosweepError, LookupError):
+    """A study names a method this process does not know (its plugin is not installed or not imported)."""
+
+
+def lookup(name: str) -> Method:
+    """The method called ``name``; :class:`UnknownMethodError` says where a plugin method must be found."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {name!r}{METHODS.unknown(name)}; this process knows {', '.join(METHODS)}. "
+            "A method of one's own must be installed where every worker runs (entry-point group "
+            "tomosweep.methods) or named in the study's [plugins] modules"
+        ) from None
+
+
+def check_result(method: str, result: Any, cell: CellData) -> Result:
+    """Check what ``run`` returned against the :class:`Method` contract; return it unchanged.
+
+    The expected shape is the truth's, or ``(n_elements, n_det, n_det, n_x)`` for
+    measured data (no truth). Raises :class:`MethodContractError` naming the method.
+    """
+    elements = len(cell.elements)
+    expected = (
+        tuple(cell.truth.shape)
+        if cell.truth is not None
+        else (elements, *cell.chem.shape[-2:-1] * 2, cell.chem.shape[-1])
+    )
+    head = f"method {method!r} broke the Method contract: its run"
+    want = (
+        f"a tomosweep.solvers.Result whose volume has every element's map, shape {expected} "
+        f"(n_elements={elements}: {', '.join(cell.elements)}; see help(tomosweep.sweep.methods.Method))"
+    )
+    if not isinstance(result, Result):
+        raise MethodContractError(f"{head} returned a {type(result).__name__}; it must return {want}")
+    shape = tuple(getattr(result.volume, "shape", ()))
+    if shape != expected:
+        hint = " — one element's volume only?" if shape == expected[1:] else ""
+        raise MethodContractError(f"{head} returned a volume of shape {shape}{hint}; it must return {want}")
+    return result
 
 
 def cell_start(cell: CellData, device: str) -> FusedStart:
@@ -207,80 +302,81 @@ _FISTA_ITERATIONS = Param(
     "n_iter", "int", 150, 20, 400, "log", "most FISTA iterations (a run stops earlier once converged)", searched=False
 )
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method(
-            "fused",
-            (
-                Param(
-                    "lambda_haadf",
-                    "real",
-                    0.5,
-                    0.01,
-                    100.0,
-                    "log",
-                    "λ1 of eq. 1 relative to the data's balance point (1: HAADF and chemistry pull equally)",
-                ),
-                Param(
-                    "lambda_chem",
-                    "real",
-                    1.0,
-                    0.1,
-                    10.0,
-                    "log",
-                    "λ2, weight of the Poisson chemical term (only ratios matter: held at 1)",
-                    searched=False,
-                ),
-                Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "λ3, weight of the channel-wise TV"),
-                _FISTA_ITERATIONS,
+#: every method by name: the built-ins, installed plugins (``tomosweep.methods``) and registered ones
+METHODS: Registry[Method] = Registry("tomosweep.methods", Method, name_of=lambda m: m.name)
+for _builtin in (
+    Method(
+        "fused",
+        (
+            Param(
+                "lambda_haadf",
+                "real",
+                0.5,
+                0.01,
+                100.0,
+                "log",
+                "λ1 of eq. 1 relative to the data's balance point (1: HAADF and chemistry pull equally)",
             ),
-            _fused,
-            "fused multi-modal tomography (Schwartz 2024 eq. 1)",
-            prunable=True,
-        ),
-        Method(
-            "hebt",
-            (
-                Param("alpha", "real", 0.8, 0.05, 0.99, "linear", "α, HAADF weight (Yuan 2021 eq. 16)"),
-                Param("n_iter", "int", 200, 20, 500, "log", "SIRT iterations"),
+            Param(
+                "lambda_chem",
+                "real",
+                1.0,
+                0.1,
+                10.0,
+                "log",
+                "λ2, weight of the Poisson chemical term (only ratios matter: held at 1)",
+                searched=False,
             ),
-            _hebt,
-            "HAADF-EDS bimodal tomography (Yuan 2021 eq. 15-17)",
-            memory_volumes=10.0,
+            Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "λ3, weight of the channel-wise TV"),
+            _FISTA_ITERATIONS,
         ),
-        Method(
-            "sirt",
-            (Param("n_iter", "int", 20, 2, 200, "log", "SIRT iterations per element map"),),
-            _sirt,
-            "conventional chemical-only SIRT per element (Yuan 2021 eq. 11)",
-            memory_volumes=4.0,
+        _fused,
+        "fused multi-modal tomography (Schwartz 2024 eq. 1)",
+        prunable=True,
+    ),
+    Method(
+        "hebt",
+        (
+            Param("alpha", "real", 0.8, 0.05, 0.99, "linear", "α, HAADF weight (Yuan 2021 eq. 16)"),
+            Param("n_iter", "int", 200, 20, 500, "log", "SIRT iterations"),
         ),
-        Method(
-            "poisson_ml",
-            (Param("n_iter", "int", 20, 2, 200, "log", "ML-EM iterations"),),
-            _poisson_ml,
-            "chemical-only Poisson maximum likelihood (ML-EM)",
-            prunable=True,
-            memory_volumes=5.0,
+        _hebt,
+        "HAADF-EDS bimodal tomography (Yuan 2021 eq. 15-17)",
+        memory_volumes=10.0,
+    ),
+    Method(
+        "sirt",
+        (Param("n_iter", "int", 20, 2, 200, "log", "SIRT iterations per element map"),),
+        _sirt,
+        "conventional chemical-only SIRT per element (Yuan 2021 eq. 11)",
+        memory_volumes=4.0,
+    ),
+    Method(
+        "poisson_ml",
+        (Param("n_iter", "int", 20, 2, 200, "log", "ML-EM iterations"),),
+        _poisson_ml,
+        "chemical-only Poisson maximum likelihood (ML-EM)",
+        prunable=True,
+        memory_volumes=5.0,
+    ),
+    Method(
+        "poisson_ml_tv",
+        (
+            Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "TV weight"),
+            _FISTA_ITERATIONS,
         ),
-        Method(
-            "poisson_ml_tv",
-            (
-                Param("lambda_tv", "real", 1.0, 0.05, 20.0, "log", "TV weight"),
-                _FISTA_ITERATIONS,
-            ),
-            _poisson_ml_tv,
-            "chemical-only Poisson likelihood + TV (Schwartz 2024 eq. 1 with λ1 = 0)",
-            prunable=True,
-        ),
-    )
-}
+        _poisson_ml_tv,
+        "chemical-only Poisson likelihood + TV (Schwartz 2024 eq. 1 with λ1 = 0)",
+        prunable=True,
+    ),
+):
+    METHODS.register(_builtin)
 
 
 def register(method: Method) -> Method:
-    """Add a reconstruction method: a study file can then name it (see the README, "Extending")."""
-    if method.name in METHODS:
-        raise ValueError(f"a method named {method.name!r} is registered already")
-    METHODS[method.name] = method
-    return method
+    """Add a reconstruction method: a study file can then name it (see the README, "Extending").
+
+    Returns ``method``, so a module can write ``METHOD = register(Method(...))``; a name
+    that is taken is a ``ValueError``.
+    """
+    return METHODS.register(method)

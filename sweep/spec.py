@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import SpecError
+from tomosweep.plugins import PluginsSpec
 from tomosweep.sweep.methods import METHODS
 
 # allow_inf_nan=False: inf and nan pass float parsing but fail every trial later
@@ -157,6 +158,8 @@ class Study(BaseModel):
     device: Literal["cpu", "gpu", "auto"] = "cpu"
     phantom: PhantomSpec
     acquisition: AcquisitionSpec
+    # before methods and cluster: importing the modules registers what those name
+    plugins: PluginsSpec = Field(default_factory=PluginsSpec)
     methods: dict[str, dict[str, ParamValue]] = Field(min_length=1)
     budget: BudgetSpec
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
@@ -178,7 +181,7 @@ class Study(BaseModel):
         out: dict[str, dict[str, Any]] = {}
         for name, params in raw.items():
             if name not in METHODS:
-                raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+                raise ValueError(f"unknown method {name!r}{METHODS.unknown(name)}; allowed: {', '.join(METHODS)}")
             params = params or {}
             if not isinstance(params, Mapping):
                 raise ValueError(f"[methods.{name}] must be a table of parameters")
@@ -285,6 +288,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "acquisition": AcquisitionSpec,
     "budget": BudgetSpec,
     "cluster": ClusterSettings,
+    "plugins": PluginsSpec,
 }
 
 

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from tomosweep.errors import SpecError
 from tomosweep.results import FAILED, OK, PRUNED, TrialRecord
-from tomosweep.sweep.methods import METHODS, CellData
+from tomosweep.sweep.methods import CellData, MethodContractError, UnknownMethodError, check_result, lookup
 from tomosweep.sweep.optimizer import derived_seed
-from tomosweep.sweep.spec import Study
+from tomosweep.sweep.spec import Study, study_from_dict
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,15 @@ class _Pruner:
 
 @functools.lru_cache(maxsize=4)
 def study_from_json(study_json: str) -> Study:
-    return Study.model_validate(json.loads(study_json))
+    """The study a trial carries, validated here: this imports its ``[plugins] modules`` on the worker.
+
+    A study the worker cannot read (a method whose plugin is not installed here) is a
+    :class:`SpecError` on one line, which the trial records as its error.
+    """
+    try:
+        return study_from_dict(json.loads(study_json), source=f"the study as worker {_worker_name()} reads it")
+    except SpecError as exc:
+        raise SpecError(" ".join(str(exc).split())) from None
 
 
 def noise_seed(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> int:
@@ -165,9 +174,12 @@ def _worker_name() -> str:
 def reconstruct(study: Study, cell: CellData, method: str, params: Mapping[str, float], callback: Any = None) -> Any:
     """Run ``method`` on a cell with ``params`` merged over the study's fixed values."""
     merged = {**study.fixed(method), **params}
-    if callback is not None and METHODS[method].prunable:
-        return METHODS[method].run(cell, merged, study.device, callback=callback)
-    return METHODS[method].run(cell, merged, study.device)
+    found = lookup(method)
+    if callback is not None and found.prunable:
+        result = found.run(cell, merged, study.device, callback=callback)
+    else:
+        result = found.run(cell, merged, study.device)
+    return check_result(method, result, cell)
 
 
 def score(cell: CellData, volumes: Any) -> np.ndarray:
@@ -197,12 +209,14 @@ def run_trial(task: TrialTask) -> TrialRecord:
     try:
         study = study_from_json(task.study_json)
         cell = _cell_data_cached(task.study_json, task.n_haadf, task.n_chem, task.replicate)
-        pruner = _Pruner(cell, task.prune) if METHODS[task.method].prunable else None
+        pruner = _Pruner(cell, task.prune) if lookup(task.method).prunable else None
         result = reconstruct(study, cell, task.method, task.params, callback=pruner)
         per_element = score(cell, result.volume)
         mean = float(per_element.mean())
         if not math.isfinite(mean):
-            raise FloatingPointError("NRMSE is not finite: the reconstruction is constant or non-finite")
+            raise FloatingPointError(
+                f"NRMSE is not finite: method {task.method!r} returned a constant or non-finite reconstruction"
+            )
         info: dict[str, Any] = {"final_costs": result.final_costs(), "solver": _solver_scalars(result.info)}
         status = OK
         if pruner is not None:
@@ -229,7 +243,10 @@ def run_trial(task: TrialTask) -> TrialRecord:
     except Exception as exc:  # a failed trial is data, not a crash of the study
         frames = traceback.extract_tb(exc.__traceback__)
         where = (
-            f" (at {frames[-1].name}, {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+            f" (at {frames[-1].name}, {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})"
+            # a broken contract or an unknown method is the user's method, not a line of tomosweep
+            if frames and not isinstance(exc, MethodContractError | UnknownMethodError)
+            else ""
         )
         return TrialRecord(
             **base,
