@@ -1,7 +1,16 @@
 """Measured tilt series: read a data file, validate it, align it (the way back from the microscope)."""
 
 from tomosweep.series.align import Alignment, align_series, apply_shifts
-from tomosweep.series.files import DataFile, MeasuredSeries, load_series, read_stack, write_mrc, write_rawtlt
+from tomosweep.series.files import (
+    DataFile,
+    MeasuredSeries,
+    load_series,
+    read_stack,
+    tilt_axis_misfit,
+    to_layout,
+    write_mrc,
+    write_rawtlt,
+)
 
 __all__ = [
     "Alignment",
@@ -11,6 +20,8 @@ __all__ = [
     "apply_shifts",
     "load_series",
     "read_stack",
+    "tilt_axis_misfit",
+    "to_layout",
     "write_mrc",
     "write_rawtlt",
 ]

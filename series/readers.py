@@ -387,7 +387,8 @@ def signal_angles(signal: dict[str, Any], n_tilts: int) -> np.ndarray | None:
                 if angles.size == n_tilts:
                     return angles
     axes = signal.get("axes") or []
-    if n_tilts > 1 and axes and axes[0].get("navigate", True) and int(axes[0]["size"]) == n_tilts:
+    # the first axis of a tilt stack (a Berkeley EMD marks no axis as navigation)
+    if n_tilts > 1 and len(axes) >= 3 and int(axes[0]["size"]) == n_tilts:
         units = str(axes[0].get("units") or "").strip().lower()
         if units in _DEGREES:
             return _axis_values(axes[0])

@@ -95,7 +95,7 @@ def test_reconstruct_data_refuses_a_foreign_output_folder(tmp_path):
 
 
 def test_reconstruct_data_cli_errors_are_one_line(tmp_path):
-    np.savez(tmp_path / "o.npz", maps=np.ones((3, 8, 8)), angles=[-30.0, 0.0, 30.0])
+    np.savez(tmp_path / "o.npz", maps=np.full((3, 8, 8), 5.0), angles=[-30.0, 0.0, 30.0])
     (tmp_path / "d.toml").write_text(
         '[chem]\n[chem.elements]\nO = "o.npz"\n[weights]\nmethod = "fused"\nlambda_x = 1\n'
     )
