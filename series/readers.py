@@ -261,6 +261,8 @@ def hdf5_dataset(path: Path, f: Any, name: str) -> Any:
     node = f[name]
     if not isinstance(node, h5py.Dataset):
         raise InputError(f"{path}: {_quote(name)} is a group, not a dataset; name the dataset inside it")
+    if h5py.check_string_dtype(node.dtype) is not None:
+        raise InputError(f"{path}: holds text, not numbers")
     check_dtype(path, node.dtype)
     check_memory(path, node.shape, node.dtype.itemsize)
     return node
