@@ -114,6 +114,6 @@ def test_empty_projection_and_bad_method_are_refused():
 
 
 def test_loaded_series_keeps_alignment_settings(tmp_path):
-    np.savez(tmp_path / "o.npz", maps=np.ones((3, 4, 4)), angles=[-1.0, 0.0, 1.0])
+    np.savez(tmp_path / "o.npz", maps=np.full((3, 4, 4), 5.0), angles=[-30.0, 0.0, 30.0])
     (tmp_path / "d.toml").write_text('[align]\nmethod = "com"\n[chem]\n[chem.elements]\nO = "o.npz"\n')
     assert load_series(tmp_path / "d.toml").align.method == "com"
