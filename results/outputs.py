@@ -201,8 +201,11 @@ class StagedOutput:
         self.target = Path(target)
         self.command = command
         self.replace_all = replace_all
+        # in the nearest folder that exists (same file system as the target: the moves are renames),
+        # so a command that fails creates no folder at all
         parent = self.target.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
+        while not parent.is_dir() and parent.parent != parent:
+            parent = parent.parent
         self.stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.target.name}.partial-"))
 
     def commit(self) -> list[Path]:

@@ -2,7 +2,9 @@
 
 A cell's value is its best NRMSE; where ``tomosweep replicate`` has rerun the cell's best
 weights under new noise seeds, it is the mean of those reruns plus one standard
-deviation (an optimised value is biased low: it was picked as the best of many on one
+deviation. Replicates count only when the weights they ran are the cell's best weights
+now: after ``resume --extend`` found better ones, they are reported as stale, never shown
+beside weights they did not run (an optimised value is biased low: it was picked as the best of many on one
 noise realisation). Cells are ordered by cost — by default fewest chemical tilts first
 (chemical maps cost the dose and the time), then fewest HAADF tilts; or by a linear cost
 ``chem=10,haadf=1`` — and every cell that meets the target is listed with its weights.
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tomosweep.errors import InputError
+from tomosweep.errors import InputError, TomosweepError
 from tomosweep.results.store import SweepStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ class PlanRow:
     cost: float
     meets: bool
     weights: dict[str, float]
+    # why the cell's stored replicates were not used ("" when used or absent): they ran other
+    # weights than the cell's best (a study extended since), or the entry is malformed
+    replicates_unused: str = ""
 
 
 def parse_cost(text: str | None) -> dict[str, float] | None:
@@ -65,6 +70,54 @@ def replicate_key(method: str, n_haadf: int, n_chem: int, chem_snr_scale: float 
     return key if chem_snr_scale == 1.0 else f"{key}/snr×{chem_snr_scale:g}"
 
 
+def stored_replicates(store: SweepStore) -> dict[str, Any]:
+    """The store's replicate entries; a damaged ``replicates`` attribute reads as none (with a log line)."""
+    try:
+        entries = store.replicates()
+    except (TypeError, ValueError):
+        log.warning("%s: the replicates attribute is not a table; ignored", store.path)
+        return {}
+    return {str(k): v for k, v in entries.items()}
+
+
+def replicate_values(entry: Any) -> np.ndarray | None:
+    """The finite NRMSE values of a stored replicate entry, or None when the entry is malformed
+    (attributes edited by hand or damaged: it is then ignored, never a traceback)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("nrmse"), list):
+        return None
+    raw = entry["nrmse"]
+    if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in raw):
+        return None
+    values = np.asarray([v for v in raw if v is not None], dtype=float)
+    values = values[np.isfinite(values)]
+    return values if np.all(values >= 0) else None
+
+
+def usable_replicates(entry: Any, weights: dict[str, float]) -> tuple[np.ndarray | None, str]:
+    """The replicate values of ``entry`` when they ran ``weights`` (the cell's best now), and why not.
+
+    Returns ``(values, "")`` when usable, ``(None, reason)`` when stale or malformed,
+    ``(None, "")`` when the cell has no replicates.
+    """
+    if not entry:
+        return None, ""
+    values = replicate_values(entry)
+    if values is None:
+        return None, "malformed replicate entry (ignored)"
+    ran = entry.get("params")
+    if not isinstance(ran, dict) or not ran:
+        return None, "replicates do not record their weights (rerun tomosweep replicate)"
+    try:
+        same = all(
+            name in weights and math.isclose(float(value), weights[name], rel_tol=1e-9) for name, value in ran.items()
+        )
+    except (TypeError, ValueError):
+        return None, "malformed replicate entry (ignored)"
+    if not same:
+        return None, "stale: the replicates ran earlier best weights (rerun tomosweep replicate)"
+    return values, ""
+
+
 def plan(
     store: SweepStore,
     target: float,
@@ -81,14 +134,14 @@ def plan(
     """
     if not (math.isfinite(target) and target > 0):
         raise InputError(f"--target must be a positive NRMSE, got {target}")
-    if chem_snr_scale != 1.0 and not any(k.endswith(f"/snr×{chem_snr_scale:g}") for k in store.replicates()):
+    if chem_snr_scale != 1.0 and not any(k.endswith(f"/snr×{chem_snr_scale:g}") for k in stored_replicates(store)):
         raise InputError(
             f"no replicates at {chem_snr_scale:g}× the study's chemical SNR; run "
             f"tomosweep replicate {store.path} --chem-snr-scale {chem_snr_scale:g}"
         )
     dose = chem_snr_scale**2
     maps = store.maps(method)
-    replicates = store.replicates()
+    replicates = stored_replicates(store)
     rows = []
     for i, h in enumerate(store.n_haadf):
         for j, c in enumerate(store.n_chem):
@@ -106,9 +159,8 @@ def plan(
             mean = spread = None
             n_rep = 0
             value = best
-            if rep and rep.get("nrmse"):
-                values = np.asarray(rep["nrmse"], dtype=float)
-                values = values[np.isfinite(values)]
+            values, unused = usable_replicates(rep, weights)
+            if values is not None:
                 if values.size:
                     n_rep = int(values.size)
                     mean = float(values.mean())
@@ -127,6 +179,7 @@ def plan(
                     cost=float(key[0]),
                     meets=value <= target,
                     weights=weights,
+                    replicates_unused=unused,
                 )
             )
     if cost is None:
@@ -174,14 +227,15 @@ def snr_figure(store: SweepStore, method: str) -> Any | None:
     study_snr = store.spec["acquisition"].get("chem_snr", 2.5)
     base = float(np.mean(list(study_snr.values()))) if isinstance(study_snr, dict) else float(study_snr)
     curves: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
-    for key, entry in store.replicates().items():
+    for key, entry in stored_replicates(store).items():
         parts = key.split("/")
         if parts[0] != method:
             continue
-        values = np.asarray([v for v in entry["nrmse"] if v is not None], dtype=float)
-        if values.size < 2:
+        values = replicate_values(entry)
+        if values is None or values.size < 2 or len(parts) < 3 or not _current(store, method, parts, entry):
             continue
-        scale = float(entry.get("chem_snr_scale", 1.0))
+        scale = entry.get("chem_snr_scale", 1.0)
+        scale = float(scale) if isinstance(scale, int | float) and scale > 0 else 1.0
         curves.setdefault((int(parts[1]), int(parts[2])), []).append(
             (base * scale, float(values.mean()), float(values.std(ddof=1)))
         )
@@ -199,3 +253,15 @@ def snr_figure(store: SweepStore, method: str) -> Any | None:
     ax.set_title(f"{method}: accuracy against chemical dose")
     ax.legend(fontsize=8)
     return fig
+
+
+def _current(store: SweepStore, method: str, parts: list[str], entry: Any) -> bool:
+    """True when a replicate entry ran the best weights its cell has now."""
+    try:
+        i, j = store.cell_index(int(parts[1]), int(parts[2]))
+    except (ValueError, TomosweepError):  # a key off the grid or not numbers: not this study's cell
+        return False
+    best = store.maps(method)["best_params"][i, j]
+    weights = {n: float(best[k]) for k, n in enumerate(store.param_names) if math.isfinite(float(best[k]))}
+    values, _ = usable_replicates(entry, weights)
+    return values is not None

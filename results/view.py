@@ -81,8 +81,11 @@ def live_path(store: str | os.PathLike[str]) -> Path:
 
 
 def live_file_is_ours(store: str | os.PathLike[str]) -> bool:
-    """True when ``<store>.live.json`` is absent or a tomosweep heartbeat (safe to replace)."""
+    """True when ``<store>.live.json`` is absent or a tomosweep heartbeat (safe to replace);
+    never a symbolic link (replacing it would be harmless, but it was not put there by a driver)."""
     path = live_path(store)
+    if path.is_symlink():
+        return False
     if not path.exists():
         return True
     try:
@@ -92,23 +95,118 @@ def live_file_is_ours(store: str | os.PathLike[str]) -> bool:
 
 
 def write_live(store: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
-    """Replace the heartbeat atomically: a reader sees the old file or the new one, never half."""
+    """Replace the heartbeat atomically: a reader sees the old file or the new one, never half.
+
+    The temporary file is created exclusively and without following a link (a link planted
+    at its name is refused, not written through); the rename replaces a link, never its target.
+    """
+    from tomosweep.nofollow import open_no_follow
+
     path = live_path(store)
     body = json.dumps({"format": LIVE_FORMAT, "version": LIVE_VERSION, **payload})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(body)
-    os.replace(tmp, path)
+    with contextlib.suppress(FileNotFoundError):
+        if tmp.is_symlink():
+            tmp.unlink()  # our own name: a link there is not ours to follow
+    fd = open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(body)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+#: the heartbeat's fields and what each must be; anything else, or of another type, is dropped
+_LIVE_FIELDS: dict[str, tuple[type, ...]] = {
+    "pid": (int,),
+    "host": (str,),
+    "started": (int, float),
+    "updated": (int, float),
+    "state": (str,),
+    "workers": (int,),
+    "threads": (int,),
+    "budget": (int,),
+    "dashboard": (str,),
+    "running": (dict,),
+}
+_LIVE_STATES = ("running", "finished", "stopped")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def local_link(url: Any) -> str | None:
+    """``url`` when it is an http(s) address on this machine (127.0.0.1, localhost, [::1]), else None:
+    the page shows no link a heartbeat could point elsewhere (``javascript:``, another host)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or len(url) > 2000 or any(ch in url for ch in "\"\'<> \t\r\n"):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # a malformed port raises
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or host is None or parts.username or parts.password:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return url if shown in _LOCAL_HOSTS else None
+
+
+def _sane_live(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A heartbeat with every field of the right type and range; junk fields are dropped."""
+    live: dict[str, Any] = {"format": LIVE_FORMAT}
+    for key, kinds in _LIVE_FIELDS.items():
+        value = raw.get(key)
+        if isinstance(value, kinds) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            if isinstance(value, int) and not 0 <= value < 2**53:
+                continue
+            live[key] = value
+    if live.get("state") not in _LIVE_STATES:
+        live.pop("state", None)
+    if "dashboard" in live:
+        live["dashboard"] = local_link(live["dashboard"])
+    running = {}
+    for key, n in dict(live.get("running") or {}).items():
+        parts = str(key).split("/")
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit() and isinstance(n, int) and 0 < n < 10**6:
+            running[str(key)] = n
+    live["running"] = running
+    return live
+
+
+def _driver_alive(live: Mapping[str, Any]) -> bool:
+    """False when the heartbeat names a process on this host that does not exist (a stale or forged
+    "running"); True when it exists or lives on another host (which cannot be asked)."""
+    pid = live.get("pid")
+    if live.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return live.get("host") != socket.gethostname()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def read_live(store: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The driver's last heartbeat, or None (no driver has published one, or not ours)."""
+    """The driver's last heartbeat, checked field by field, or None (no driver has published one,
+    not ours, a link, or not JSON): whatever is on disk, the page gets plain, typed values."""
+    path = live_path(store)
     try:
-        live = json.loads(live_path(store).read_text())
+        if path.is_symlink() or path.stat().st_size > 1 << 20:
+            return None
+        live = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(live, dict) or live.get("format") != LIVE_FORMAT:
         return None
-    return live
+    return _sane_live(live)
 
 
 def driver_state(live: Mapping[str, Any] | None, now: float) -> str:
@@ -116,7 +214,7 @@ def driver_state(live: Mapping[str, Any] | None, now: float) -> str:
     if not live:
         return "unknown"
     state = str(live.get("state", "running"))
-    if state == "running" and now - float(live.get("updated", 0.0)) > STALE_S:
+    if state == "running" and (now - float(live.get("updated", 0.0)) > STALE_S or not _driver_alive(live)):
         return "gone"
     return state
 
@@ -419,7 +517,7 @@ def status_html(snap: Snapshot, now: float | None = None) -> str:
             f"{_span('eta', _duration(p['eta_s']))} to the budget · "
             f"{_span('workers', p['workers'])} workers connected ({p['threads']} threads)"
         )
-        link = p["dashboard"]
+        link = local_link(p["dashboard"])
         driver = f"driver running, heartbeat {_ago(p['heartbeat_age_s'])}"
         if link:
             driver += f' · <a href="{html.escape(link)}" target="_blank">Dask dashboard</a>'

@@ -7,18 +7,22 @@ stops the driver, keeps every finished trial and says how to resume (exit 130).
 
 from __future__ import annotations
 
+import errno
+import logging
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tomosweep.errors import TomosweepError
+from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
+from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out
 
 app = typer.Typer(
     name="tomosweep",
@@ -27,8 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
 
 
 @app.callback()
@@ -74,7 +76,9 @@ class RichProgress:
         self._bar.update(self._task, completed=done, failed=failed, best=self._best(best))
         if not record.ok:
             self._bar.console.print(
-                f"[yellow]failed trial[/] {record.method} {record.n_haadf}×{record.n_chem}: {record.error}"
+                f"[yellow]failed trial[/] {escape(str(record.method))} {record.n_haadf}×{record.n_chem}: "
+                f"{escape(str(record.error))}",
+                highlight=False,
             )
 
     def close(self) -> None:
@@ -119,7 +123,9 @@ def _add_file_handler(logger: Any, path: Path | str, level: int) -> None:
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(Path(path).resolve()):
             return
-    handler = logging.FileHandler(path, delay=True)  # created only when there is something to say
+    from tomosweep.nofollow import NoFollowFileHandler
+
+    handler = NoFollowFileHandler(path, delay=True)  # created only when there is something to say
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
     logger.addHandler(handler)
@@ -149,9 +155,18 @@ def _log_to_file() -> None:
 
 def _connected(conn: Any) -> None:
     _log_to_file()
-    console.print(f"[bold]{conn.description}[/] — first worker after {conn.first_worker_s:.1f} s")
+    for warning in getattr(conn, "warnings", ()):  # e.g. TLS turned off: the terminal and the study's log
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+        logging.getLogger("tomosweep.cluster").warning("%s", warning)
+    console.print(
+        f"[bold]{escape(str(conn.description))}[/] — first worker after {conn.first_worker_s:.1f} s", highlight=False
+    )
     link = conn.dashboard
-    console.print(f"Dask scheduler {conn.client.scheduler.address}" + (f" — dashboard {link}" if link else ""))
+    console.print(
+        f"Dask scheduler {conn.client.scheduler.address}" + (f" — dashboard {link}" if link else ""),
+        markup=False,
+        highlight=False,
+    )
     if _ACTIVE.get("view") is not None:
         try:
             console.print(
@@ -205,33 +220,16 @@ WarmStartOption = Annotated[
 ]
 
 
-def _show_stored_cluster(store: Path) -> None:
-    """Say which stored cluster settings a resume will use: a received store must not
-    reach a scheduler or submit batch jobs (with its own prologue) unseen."""
-    from tomosweep.results import SweepStore
-
-    try:
-        with SweepStore.open(store) as opened:
-            stored = dict(opened.spec.get("cluster") or {})
-    except TomosweepError:
-        return  # resume itself reports the store's problem
-    shown = {k: v for k, v in stored.items() if v not in (None, [], {}, "")}
-    text = ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "backend='local'"
-    console.print(
-        f"using the cluster settings stored in {store}: {escape(text)} (pass --cluster or --study to use others)",
-        highlight=False,
-    )
-
-
 def _summary(summary: Any) -> None:
     state = "complete" if summary.complete else "incomplete"
     console.print(
-        f"[green]{summary.n_new} new trials[/] in {summary.wall_time_s:.1f} s; store {summary.store} holds "
-        f"{summary.n_trials} trials ({summary.n_failed} failed), budget {summary.budget}: {state}."
+        f"[green]{summary.n_new} new trials[/] in {summary.wall_time_s:.1f} s; store {escape(str(summary.store))} "
+        f"holds {summary.n_trials} trials ({summary.n_failed} failed), budget {summary.budget}: {state}.",
+        highlight=False,
     )
     for method, h, c in summary.exhausted:
         console.print(
-            f"{method} at {h} HAADF × {c} chemical tilts: every point of its search space is evaluated; "
+            f"{escape(str(method))} at {h} HAADF × {c} chemical tilts: every point of its search space is evaluated; "
             "the cell stopped early (the objective is deterministic, so repeating a point teaches nothing)."
         )
 
@@ -288,14 +286,17 @@ def resume(
     verbose: DriverVerboseOption = False,
     warm_start: WarmStartOption = None,
     view: ViewOption = False,
+    trust_stored_cluster: TrustOption = False,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
     from tomosweep.sweep.api import resume_study
 
     _ACTIVE["store"] = store
+    if study is not None and extend:  # an interrupted extension: the same command finishes it
+        _ACTIVE["again"] = f"tomosweep resume {store} --study {study} --extend"
     _dask_logs(verbose)
     if cluster is None and study is None:
-        _show_stored_cluster(store)
+        consent_to_stored_cluster(store, trust=trust_stored_cluster)
     summary = _study_with_view(
         view,
         store,
@@ -394,8 +395,11 @@ def check(
     for line in findings:
         out.print(f"{store}: {line}")
     if repair:
-        out.print(f"{store}: repaired (maps rebuilt from the trials; committed trials untouched)")
-        return
+        left = check_store(store)  # what the repair could not prove stays, and is said again
+        if not left:
+            out.print(f"{store}: repaired (only added back: committed trials untouched)")
+            return
+        out.print(f"{store}: {len(left)} finding(s) left as they are (repair only adds what the trials prove)")
     raise typer.Exit(1)
 
 
@@ -465,10 +469,6 @@ def job_script(
     out.print(worker_job_script(study, cluster=cluster), markup=False, highlight=False, soft_wrap=True)
 
 
-# what a signal handler needs to name in its message (the store of a run or resume)
-_ACTIVE: dict[str, Any] = {}
-
-
 def _on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM (a batch system's walltime, `kill`): stop like Ctrl-C, exit 143."""
     _ACTIVE["terminated"] = True
@@ -479,9 +479,13 @@ def _interrupted(code: int) -> SystemExit:
     if _ACTIVE.get("terminated"):
         code = 143
     store = _ACTIVE.get("store")
-    where = f"tomosweep resume {store}" if store is not None else "tomosweep resume STORE"
     what = "terminated" if code == 143 else "interrupted"
-    console.print(f"[yellow]{what}[/]: every finished trial is stored; continue with `{where}`", highlight=False)
+    kept = _ACTIVE.get("kept", "every finished trial is stored")
+    where = _ACTIVE.get("again") or (f"tomosweep resume {shlex.quote(str(store))}" if store is not None else None)
+    if where is None:  # a command that had not started writing
+        console.print(f"[yellow]{what}[/]", highlight=False)
+        return SystemExit(code)
+    console.print(f"[yellow]{what}[/]: {escape(kept)}; continue with `{escape(where)}`", highlight=False)
     return SystemExit(code)
 
 
@@ -489,6 +493,51 @@ def _interrupted(code: int) -> SystemExit:
 from tomosweep.sweep.cli_microscope import register as _register_microscope  # noqa: E402
 
 _register_microscope(app)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, where, and what is kept."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"no space left on the device{where}"
+    elif exc.errno == errno.EROFS:
+        what = f"the file system is read-only{where}"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        what = f"permission denied{where}"
+    else:
+        what = f"{exc.strerror or exc}{where}"
+    if _ACTIVE.get("again"):
+        return f"{what}; {_ACTIVE.get('kept', 'every finished result is stored')}: continue with `{_ACTIVE['again']}`"
+    if _ACTIVE.get("store") is not None:
+        return f"{what}; every committed trial is kept: continue with `tomosweep resume {_ACTIVE['store']}`"
+    return f"{what}; nothing was written"
+
+
+def dependency_warnings_to_log() -> None:
+    """Warnings of dependencies (mrcfile, numpy, pydantic, …) go to tomosweep's log, not the terminal
+    (STYLE 11: the terminal shows what the user asked for); ``-v`` shows the log."""
+    import logging
+
+    logging.captureWarnings(True)
+    captured = logging.getLogger("py.warnings")
+    captured.propagate = False
+    tomosweep_log = logging.getLogger("tomosweep")
+    if not any(isinstance(h, _ToTomosweepLog) for h in captured.handlers):
+        captured.addHandler(_ToTomosweepLog(tomosweep_log))
+
+
+class _ToTomosweepLog(logging.Handler):
+    """Hands captured warnings to the ``tomosweep`` logger's handlers (its file, and ``-v``)."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__()
+        self._target = target
+
+    def emit(self, record: Any) -> None:
+        record.levelno, record.levelname = 30, "WARNING"
+        for handler in self._target.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def main() -> None:
@@ -500,6 +549,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    dependency_warnings_to_log()
     try:
         code = app(standalone_mode=False)
     except TomosweepError as exc:
@@ -507,6 +557,12 @@ def main() -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise _interrupted(130) from None
+    except OSError as exc:  # a full or read-only disk, a permission: one line, the details in the log
+        import logging
+
+        logging.getLogger("tomosweep").debug("%s", exc, exc_info=True)
+        console.print(f"[red]error:[/] {escape(_os_error_line(exc))}", highlight=False)
+        raise SystemExit(2) from None
     except typer.TyperException as exc:  # usage errors (click's, vendored by typer): a missing option, a bad value
         command = getattr(getattr(exc, "ctx", None), "command_path", None) or "tomosweep"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)

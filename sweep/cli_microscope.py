@@ -7,16 +7,58 @@ end in one red line there like every other command's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=True)
-out = Console()
+from tomosweep.errors import InputError
+from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
+from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out
+
+#: what a figure may be saved as (matplotlib's writers that need nothing more installed)
+FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps")
+
+
+class _LazyBar:
+    """A progress bar that appears only once there is progress to show: a command refused
+    before its work prints one error line, never an empty bar above it."""
+
+    def __init__(self, *columns: Any, description: str) -> None:
+        self._columns = columns
+        self._description = description
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def _started(self) -> Progress:
+        if self._bar is None:
+            self._bar = Progress(*self._columns, console=console, transient=not console.is_terminal)
+            self._bar.start()
+            self._task = self._bar.add_task(self._description, total=None)
+        return self._bar
+
+    def update(self, **kwargs: Any) -> None:
+        self._started().update(self._task, **kwargs)
+
+    def advance(self) -> None:
+        self._started().advance(self._task)
+
+    def say(self, text: str) -> None:
+        """A line above the bar; user and data text, printed as it is (no markup)."""
+        (self._bar.console if self._bar is not None else console).print(
+            text, markup=False, highlight=False, soft_wrap=True
+        )
+
+    def __enter__(self) -> _LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def _parse_cell(cell: str) -> tuple[int, int]:
@@ -50,29 +92,47 @@ def plan(
 ) -> None:
     """The cheapest acquisitions of the study's grid that reach --target, with the weights to use."""
     from tomosweep.results import SweepStore
+    from tomosweep.results.outputs import replace_file
     from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
     from tomosweep.results.plan import plan as plan_rows
 
+    if store.name in ("", ".", ".."):  # `plan .` inside the store: name it, to put the figure beside it
+        store = Path(os.path.abspath(store))
+    path = figure_path(store, figure, method)
+    snr_path = path.with_name(path.name.replace("_plan_", "_snr_") if "_plan_" in path.name else f"snr{path.suffix}")
     with SweepStore.open(store) as opened:
         rows = plan_rows(opened, target, method=method, cost=parse_cost(cost), chem_snr_scale=chem_snr_scale)
-        path = figure or store.with_name(f"{store.name.removesuffix('.zarr')}_plan_{method}.png")
-        if path.resolve().is_relative_to(store.resolve()):
-            raise typer.BadParameter("--figure must not lie inside the store")
-        frontier_figure(opened, rows, target, method).savefig(path, dpi=120)
         dose_figure = snr_figure(opened, method)
+        check_figures([path] + ([snr_path] if dose_figure is not None else []))
+        with replace_file(path, command="plan") as tmp:
+            frontier_figure(opened, rows, target, method).savefig(tmp, dpi=120, format=path.suffix[1:])
         if dose_figure is not None:
-            snr_path = path.with_name(path.name.replace("_plan_", "_snr_") if "_plan_" in path.name else "snr.png")
-            dose_figure.savefig(snr_path, dpi=120)
-            out.print(f"NRMSE against chemical SNR: {snr_path}")
+            with replace_file(snr_path, command="plan") as tmp:
+                dose_figure.savefig(tmp, dpi=120, format=snr_path.suffix[1:])
+            out.print(f"NRMSE against chemical SNR: {snr_path}", markup=False, highlight=False)
     meeting = [r for r in rows if r.meets]
     table = Table(title=f"{method}: cells reaching ⟨NRMSE⟩ ≤ {target:g}, cheapest first")
     for column in ("HAADF", "chem", "best", "replicates mean ± s.d.", "value", "cost", "weights"):
         table.add_column(column)
     for r in meeting[:show]:
-        rep = f"{r.mean:.3f} ± {r.spread:.3f} (n={r.n_replicates})" if r.mean is not None else "— (tomosweep replicate)"
+        if r.mean is not None:
+            rep = f"{r.mean:.3f} ± {r.spread:.3f} (n={r.n_replicates})"
+        else:
+            rep = f"— ({r.replicates_unused})" if r.replicates_unused else "— (tomosweep replicate)"
         weights = ", ".join(f"{k}={v:.4g}" for k, v in r.weights.items())
-        table.add_row(str(r.n_haadf), str(r.n_chem), f"{r.best:.3f}", rep, f"{r.value:.3f}", f"{r.cost:g}", weights)
+        cells = (str(r.n_haadf), str(r.n_chem), f"{r.best:.3f}", rep, f"{r.value:.3f}", f"{r.cost:g}", weights)
+        table.add_row(*(escape(c) for c in cells))
     out.print(table)
+    stale = [r for r in rows if r.replicates_unused.startswith("stale")]
+    if stale:
+        shown = ", ".join(f"{r.n_haadf}×{r.n_chem}" for r in stale)
+        out.print(
+            f"replicates of {shown} ran earlier best weights and are not used (the study found better ones "
+            f"since); rerun them: tomosweep replicate {store} --method {method}"
+            + "".join(f" --cell {r.n_haadf},{r.n_chem}" for r in stale),
+            markup=False,
+            highlight=False,
+        )
     if not meeting:
         closest = min(rows, key=lambda r: r.value) if rows else None
         hint = f"; the best cell is {closest.n_haadf}×{closest.n_chem} at {closest.value:.3f}" if closest else ""
@@ -81,9 +141,40 @@ def plan(
     if unreplicated:
         out.print(
             f"{unreplicated} of these cells have no replicates: their value is the optimised best (biased low); "
-            f"run tomosweep replicate {store}"
+            f"run tomosweep replicate {store}",
+            markup=False,
+            highlight=False,
         )
-    out.print(f"frontier figure: {path}")
+    out.print(f"frontier figure: {path}", markup=False, highlight=False)
+
+
+def figure_path(store: Path, figure: Path | None, method: str) -> Path:
+    """Where plan draws its frontier: ``--figure`` (``.png`` added when it has no suffix, as
+    matplotlib does, so the path reported is the path written), else beside the store."""
+    if figure is None:
+        return store.with_name(f"{store.name.removesuffix('.zarr')}_plan_{method}.png")
+    if figure.is_dir():
+        raise InputError(f"--figure {figure} is a folder; give a file name, e.g. {figure / 'plan.png'}")
+    if not figure.suffix:
+        return figure.with_name(figure.name + ".png")
+    if figure.suffix[1:].lower() not in FIGURE_FORMATS:
+        raise InputError(f"--figure {figure}: unknown figure format {figure.suffix!r}; use {', '.join(FIGURE_FORMATS)}")
+    return figure
+
+
+def check_figures(paths: list[Path]) -> None:
+    """Before any drawing: each figure's folder exists and takes files, its name is not the user's."""
+    from tomosweep.results.outputs import check_replaceable, check_space
+
+    for path in paths:
+        folder = path.absolute().parent
+        if not folder.is_dir():
+            raise InputError(f"--figure {path}: the folder {folder} does not exist; create it first")
+        for above in (folder, *folder.parents):
+            if (above / "zarr.json").exists() or (above / ".zgroup").exists():
+                raise typer.BadParameter(f"--figure must not lie inside the store {above}; write it beside the store")
+        check_replaceable(folder, [path.name], overwrite=True, what="--figure in")
+        check_space(folder, what="--figure in")
 
 
 def replicate(
@@ -95,9 +186,13 @@ def replicate(
         str | None, typer.Option("--chem-snr-scale", help="e.g. 0.5,1,2: also at these multiples of the chemical SNR")
     ] = None,
     cluster: Annotated[str | None, typer.Option("--cluster", help="cluster backend (default: the study's)")] = None,
+    trust_stored_cluster: TrustOption = False,
 ) -> None:
-    """Rerun cells' best weights under new noise seeds and store the spread (plan uses it)."""
-    from tomosweep.sweep.microscope import replicate_cells
+    """Rerun cells' best weights under new noise seeds and store the spread (plan uses it).
+
+    Each replicate is stored as it finishes; after an interruption the same command runs
+    only the missing ones."""
+    from tomosweep.sweep.replicates import continue_command, replicate_cells
 
     cells = [_parse_cell(c) for c in cell] if cell else None
     try:
@@ -106,10 +201,18 @@ def replicate(
         raise typer.BadParameter(
             f"--chem-snr-scale must be numbers separated by commas, got {chem_snr_scale!r}"
         ) from None
-    with Progress(
-        TextColumn("replicates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    if cluster is None:
+        consent_to_stored_cluster(store, trust=trust_stored_cluster)
+    again = continue_command(store, method=method, cells=cells, seeds=seeds, chem_snr_scales=scales, cluster=cluster)
+    with _LazyBar(
+        TextColumn("replicates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), description="replicates"
     ) as bar:
-        task = bar.add_task("replicates", total=None)
+
+        def planned(total: int, done: int) -> None:
+            # from here on the store holds each finished replicate: an interruption keeps them
+            _ACTIVE.update(again=again, kept="every finished replicate is stored")
+            bar.update(total=total, completed=done)
+
         result = replicate_cells(
             store,
             method=method,
@@ -117,7 +220,8 @@ def replicate(
             seeds=seeds,
             chem_snr_scales=scales,
             cluster=cluster,
-            on_result=lambda _r: bar.advance(task),
+            on_result=lambda _r: bar.advance(),
+            on_plan=planned,
         )
     table = Table(title=f"{method}: best weights under {seeds} fresh noise seeds")
     for column in ("cell", "NRMSE per seed", "mean ± s.d."):
@@ -129,7 +233,7 @@ def replicate(
         summary = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if values.size > 1 else "—"
         _, h, c, *snr = key.split("/")
         table.add_row(
-            f"{h}×{c}" + (f" ({snr[0]})" if snr else ""),
+            escape(f"{h}×{c}" + (f" ({snr[0]})" if snr else "")),
             ", ".join("failed" if v is None else f"{v:.3f}" for v in entry["nrmse"]),
             summary,
         )
@@ -149,13 +253,15 @@ def reconstruct_data(
     ] = 0.1,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier reconstruct-data output")] = False,
 ) -> None:
-    """Align and reconstruct a measured tilt series with a study's weights; write OME-Zarr, npz, tif, PNGs."""
-    from tomosweep.sweep.microscope import reconstruct_data as run
+    """Align and reconstruct a measured tilt series with a study's weights; write OME-Zarr, npz, tif, PNGs.
+
+    The files are written into a folder beside --out and moved in at the end; --overwrite
+    replaces only files an earlier reconstruct-data wrote and nobody changed since."""
+    from tomosweep.sweep.outputs import reconstruct_data_into
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("iterations", total=None)
-        summary = run(
+    with _LazyBar(*columns, description="iterations") as bar:
+        summary = reconstruct_data_into(
             data,
             out_dir,
             weights_store=weights,
@@ -163,13 +269,17 @@ def reconstruct_data(
             device=device,
             holdout=holdout or None,
             overwrite=overwrite,
-            on_iteration=lambda k: bar.update(task, completed=k),
-            on_stage=lambda text: bar.console.print(text),
+            on_iteration=lambda k: bar.update(completed=k),
+            on_stage=bar.say,
         )
     for note in summary.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {note}", markup=False, highlight=False)
     if summary.heldout:
         h = summary.heldout
         angles = ", ".join(f"{a:g}°" for a in h["left_out_angles"])
         out.print(f"held-out check: HAADF tilts {angles} predicted with relative error {h['relative_error']:.3f}")
-    out.print(f"wrote {summary.out}: " + ", ".join(summary.files) + f" ({summary.wall_time_s:.1f} s)")
+    out.print(
+        f"wrote {summary.out}: " + ", ".join(summary.files) + f" ({summary.wall_time_s:.1f} s)",
+        markup=False,
+        highlight=False,
+    )

@@ -167,11 +167,9 @@ def file_weights(series: MeasuredSeries, method: str | None) -> Weights:
         raise InputError(f"the data file's [weights] are for {name!r}, but --method {method} was asked for")
     if name not in METHODS:
         raise InputError(f"[weights] method {name!r} is unknown; allowed: {', '.join(METHODS)}")
-    m = METHODS[name]
-    unknown = sorted(set(table) - set(m.param_names))
-    if unknown:
-        raise InputError(f"[weights]: {name} has no parameter {unknown}; allowed: {', '.join(m.param_names)}")
-    params = {p.name: float(table.get(p.name, p.default)) for p in m.params}
+    from tomosweep.sweep.weights import checked_weights
+
+    params = checked_weights(name, table)  # text, 2.5 iterations, 0 or inf refused as in a study
     return Weights(method=name, params=params, source="data file [weights]")
 
 

@@ -1,0 +1,82 @@
+"""What the ``tomosweep`` commands share: the consoles, the state a signal handler reports, and the
+consent a stored cluster needs. A module of its own: ``python -m tomosweep.sweep.cli`` runs the
+CLI as ``__main__``, so the command modules cannot import these from it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tomosweep.errors import TomosweepError
+
+#: what a signal handler or an error line needs to name: the store of a run or resume, and for
+#: commands with their own way on, ``again`` (the command that continues) and ``kept`` (what is safe)
+ACTIVE: dict[str, Any] = {}
+
+
+def _console(*, stderr: bool) -> Console:
+    """A console that wraps only on a terminal: piped or redirected output keeps every line whole
+    (no path or number cut at 80 columns), as a script or ``grep`` expects."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    return Console(stderr=stderr, soft_wrap=not tty, width=None if tty else 100_000)
+
+
+console = _console(stderr=True)
+out = _console(stderr=False)
+
+
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-stored-cluster",
+        help="use a non-local [cluster] stored in the store (a scheduler address, a batch backend and its "
+        "prologue) without asking: for scripts, once you have read it",
+    ),
+]
+
+
+class ClusterConsentError(TomosweepError):
+    """A stored non-local cluster that the user did not confirm."""
+
+
+def consent_to_stored_cluster(store: Path, *, trust: bool) -> None:
+    """A store's own non-local ``[cluster]`` is used only with consent (DESIGN: nobody else gets in).
+
+    A received store may name a scheduler to send the study to, or a batch backend whose
+    prologue runs under the user's account. It is shown, then asked for on a terminal;
+    without one it is refused unless ``--trust-stored-cluster`` (or ``--cluster``/``--study``
+    names the cluster instead).
+    """
+    from tomosweep.results import SweepStore
+    from tomosweep.sweep.replicates import stored_cluster_needs_consent
+
+    try:
+        with SweepStore.open(store) as opened:
+            stored = opened.spec.get("cluster") if isinstance(opened.spec, dict) else None
+    except TomosweepError:
+        return  # the command itself reports the store's problem
+    described = stored_cluster_needs_consent(stored if isinstance(stored, dict) else None)
+    if described is None:
+        return
+    console.print(
+        f"{store} stores a cluster beyond this machine: {described}", markup=False, highlight=False, soft_wrap=True
+    )
+    if trust:
+        console.print("using it (--trust-stored-cluster)", highlight=False)
+        return
+    if sys.stdin is not None and sys.stdin.isatty() and console.is_terminal:
+        if typer.confirm("connect to it with the store's settings?", default=False, err=True):
+            return
+        raise ClusterConsentError(
+            f"the cluster stored in {store} was not used; pass --cluster local (or another) to choose one"
+        )
+    raise ClusterConsentError(
+        f"{store} stores a non-local cluster, not used without consent: pass --trust-stored-cluster to use it, "
+        "or --cluster local (or another) to choose one"
+    )

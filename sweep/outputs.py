@@ -1,0 +1,35 @@
+"""``reconstruct-data`` into a folder safely: staged beside ``--out``, moved in at the end.
+
+:func:`tomosweep.sweep.microscope.reconstruct_data` writes its files into the folder it
+is given. :func:`reconstruct_data_into` gives it a fresh staging folder beside the
+target (see :mod:`tomosweep.results.outputs`): the target is checked before any work
+(a file, foreign files, an earlier output without ``--overwrite``, a read-only or full
+disk), and receives the new files only once every one is written — an interruption,
+an error or a full disk leave it as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from tomosweep.results.outputs import StagedOutput, check_out_folder, check_space
+
+
+def reconstruct_data_into(
+    data: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False, **options: Any
+) -> Any:
+    """:func:`~tomosweep.sweep.microscope.reconstruct_data` with its output staged (module docstring).
+
+    Returns its summary with ``out`` the target folder.
+    """
+    from tomosweep.sweep.microscope import reconstruct_data
+
+    target = check_out_folder(out, overwrite=overwrite)
+    check_space(target)
+    with StagedOutput(target, command="reconstruct-data", replace_all=True) as staged:
+        summary = reconstruct_data(data, staged.stage, overwrite=False, **options)
+        staged.commit()
+    return dataclasses.replace(summary, out=Path(target))
