@@ -34,6 +34,7 @@ from _common import machine, parser, write
 # benchmarks/fused.py: the same structured stand-in specimen and element list
 from fused import SYMBOLS, Z, specimen
 
+from tomosweep.errors import TomosweepError
 from tomosweep.solvers import Projector, backend, fused_start
 from tomosweep.solvers import fused as fused_solver
 
@@ -207,7 +208,10 @@ def main() -> None:
     if args.n < 8 or args.iterations < 1:
         p.error("--n must be ≥ 8 and --iterations ≥ 1")
 
-    xp = backend.array_module(args.device)  # a missing GPU is one clear line (BackendError)
+    try:
+        xp = backend.array_module(args.device)
+    except TomosweepError as exc:  # no GPU, no CuPy: one line, not a traceback
+        raise SystemExit(f"gpu_profile: {exc}") from None
 
     def sync() -> None:
         if backend.is_gpu(xp):

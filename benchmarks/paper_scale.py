@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from _common import machine, parser, write
 
+from tomosweep.errors import TomosweepError
 from tomosweep.results import SweepStore
 from tomosweep.sweep.api import run_study
 from tomosweep.sweep.memory import trial_bytes
@@ -90,7 +91,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = args.store or Path(tmp) / "corners.zarr"
         t0 = time.perf_counter()
-        summary = run_study(study, path)
+        try:
+            summary = run_study(study, path)
+        except TomosweepError as exc:  # no GPU, no dask-cuda, a bad option: one line, not a traceback
+            raise SystemExit(f"paper_scale: {exc}") from None
         wall = time.perf_counter() - t0
         with SweepStore.open(path) as store:
             records = [r for r in store.records() if r.method == "fused"]

@@ -18,6 +18,7 @@ from tomosweep.sweep.spec import study_from_dict
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.slow,  # a Dask cluster and whole studies: seconds, not milliseconds
     pytest.mark.skipif(
         not backend.gpu_available(), reason=f"needs CuPy and a CUDA device: {backend.gpu_unavailable_reason()}"
     ),
