@@ -33,23 +33,47 @@ finds is the one that went with the last committed trial.
 The row index is the trial id. Rows are appended by the one driver that holds the
 lock; a row counts once ``attrs["n_committed"]`` covers it, and that counter is
 written last, after the row's columns (the commit point). A driver killed between
-the two leaves an uncommitted row that the next append overwrites. The maps are
+the two leaves one uncommitted row that the next append overwrites. The maps are
 derived data: they are updated with every commit and rebuilt from the trials on
 resume, so they can never disagree with the trials for long.
+
+Changes of the grid are atomic, as zarr's own consistency model allows (one object is
+written whole, or not at all: the group's ``zarr.json`` holds every attribute). The
+grid and the maps live in a *generation*: ``grid/`` and ``maps/`` are generation 0 (every
+new store), ``g<k>/grid/`` and ``g<k>/maps/`` generation k. Growing the grid writes the
+next generation beside the current one, then switches ``attrs["generation"]``, together
+with the new spec and its hash, in one attribute write; readers use only the generation
+that attribute names. A change killed at any write leaves the old generation current
+and a leftover that the next writable open deletes.
+
+One writer: the driver holds an exclusive ``flock`` on the store directory itself for
+its lifetime (the kernel releases it when the driver dies, however it dies), so no file
+inside the store, ``.tomosweep.lock`` included, is the lock: removing it lets nobody in.
+``.tomosweep.lock`` only says who holds the lock; it is never followed through a
+symbolic link.
+
+Fill values: a column's fill value is one no trial can hold (method, status and
+iterations -1, tilt counts 0), so a deleted chunk reads as impossible values; and a
+chunk that covers a committed row is therefore always stored, so a missing one is
+damage. :meth:`SweepStore.audit` finds both, and rows beyond the commit counter that
+hold written trials.
 
 Only JSON attributes and numeric / UTF-8 string arrays are stored; no pickles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import logging
 import math
 import os
+import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +83,7 @@ import numpy as np
 from tomosweep import __version__
 from tomosweep.compat import zarr_write_many
 from tomosweep.errors import StoreError, StoreLockedError
+from tomosweep.nofollow import SymlinkRefusedError, open_no_follow
 
 FORMAT = "tomosweep-sweep-store"
 # 2: the fused method's lambda_haadf became relative to the data's balance point, so a
@@ -80,6 +105,11 @@ _STATUS_CODE = {OK: 0, FAILED: 1, PRUNED: 2}
 _STATUS_NAME = {v: k for k, v in _STATUS_CODE.items()}
 _CHUNK = 256
 _LOCK_NAME = ".tomosweep.lock"
+# opt-in for a file system without file locks (some NFS): the user vouches for one writer
+UNLOCKED_ENV = "TOMOSWEEP_UNLOCKED_STORE"
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL}
+# what a trial column holds where no trial was written: a value no trial can hold
+_FILL = {"method": -1, "status": -1, "iterations": -1, "n_haadf": 0, "n_chem": 0}
 
 _COLUMNS_1D = {
     "method": "int8",
@@ -136,48 +166,84 @@ def _hostname() -> str:
 
 
 class _Lock:
-    """An exclusive ``flock`` on a file inside the store, released even on SIGKILL."""
+    """The one-writer guard: an exclusive ``flock`` on the store directory's own file descriptor.
+
+    Held for the driver's lifetime and released by the kernel when the process ends, however
+    it ends: a dead driver's lock is never stale. No file inside the store is the lock, so
+    removing ``.tomosweep.lock`` lets no second driver in; that file only names the holder.
+    The note file is locked as well, so a driver of an earlier tomosweep (which locked only
+    that file) is kept out too.
+    """
 
     def __init__(self, store: Path) -> None:
+        self.store = store
         self.path = store / _LOCK_NAME
-        self._fd: int | None = None
+        self._fds: list[int] = []
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            dir_fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise StoreError(
-                f"store {self.path.parent} cannot be written ({exc.strerror}): resuming needs write access; "
-                "`tomosweep status` and `export` only read it"
-            ) from None
+            raise StoreError(f"store {self.store} cannot be opened ({exc.strerror})") from None
+        self._fds.append(dir_fd)
+        try:
+            self._flock(dir_fd)
+            try:
+                note_fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
+            except OSError as exc:
+                raise StoreError(
+                    f"store {self.store} cannot be written ({exc.strerror}): resuming needs write access; "
+                    "`tomosweep status` and `export` only read it"
+                ) from None
+            self._fds.append(note_fd)
+            self._flock(note_fd)
+            os.ftruncate(note_fd, 0)
+            note = {"pid": os.getpid(), "host": _hostname(), "since": dt.datetime.now().isoformat(timespec="seconds")}
+            os.write(note_fd, json.dumps(note).encode())
+        except BaseException:
+            self.release()
+            raise
+
+    def _flock(self, fd: int) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self._holder(fd)
-            os.close(fd)
             raise StoreLockedError(
-                f"store {self.path.parent} is being written by another driver ({holder}). "
+                f"store {self.store} is being written by another driver ({self._holder()}). "
                 "Only one driver may write a store: wait for it to finish, stop it, or use "
                 "`tomosweep status` to watch it. Reading (status, export) works meanwhile."
             ) from None
-        os.ftruncate(fd, 0)
-        note = {"pid": os.getpid(), "host": _hostname(), "since": dt.datetime.now().isoformat(timespec="seconds")}
-        os.write(fd, json.dumps(note).encode())
-        self._fd = fd
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise StoreError(f"cannot lock the store {self.store} ({exc.strerror})") from None
+            if os.environ.get(UNLOCKED_ENV) == "1":
+                log.warning("%s: the file system has no file locks; writing unlocked (%s=1)", self.store, UNLOCKED_ENV)
+                return
+            raise StoreError(
+                f"the file system of {self.store} has no file locks ({exc.strerror}), so tomosweep cannot keep a "
+                f"second driver out. Move the store to a local disk, or, if you are sure no other driver writes it, "
+                f"set {UNLOCKED_ENV}=1"
+            ) from None
 
-    @staticmethod
-    def _holder(fd: int) -> str:
+    def _holder(self) -> str:
+        try:
+            fd = open_no_follow(self.path, os.O_RDONLY)
+        except (OSError, SymlinkRefusedError):
+            return "holder unknown"
         try:
             note = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            return f"pid {note['pid']} on {note['host']}, since {note['since']}"
-        except (OSError, ValueError, KeyError):
+            return f"pid {int(note['pid'])} on {str(note['host'])[:64]}, since {str(note['since'])[:32]}"
+        except (OSError, ValueError, KeyError, TypeError):
             return "holder unknown"
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        while self._fds:
+            fd = self._fds.pop()
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _zarr() -> Any:
@@ -217,19 +283,47 @@ class SweepStore:
         self.methods: tuple[str, ...] = tuple(attrs["methods"])
         self.param_names: tuple[str, ...] = tuple(attrs["param_names"])
         self.elements: tuple[str, ...] = tuple(attrs["elements"])
-        self.n_haadf: tuple[int, ...] = tuple(int(v) for v in group["grid/n_haadf"][:])
-        self.n_chem: tuple[int, ...] = tuple(int(v) for v in group["grid/n_chem"][:])
+        self._generation = _generation_of(attrs)
+        grid = _prefix(self._generation)
+        self.n_haadf: tuple[int, ...] = tuple(int(v) for v in group[f"{grid}grid/n_haadf"][:])
+        self.n_chem: tuple[int, ...] = tuple(int(v) for v in group[f"{grid}grid/n_chem"][:])
         self._n_committed = int(attrs.get("n_committed", 0))
         self._columns = {name: group[f"trials/{name}"] for name in (*_COLUMNS_1D, "nrmse_elements", "params", "meta")}
+        if lock is not None:
+            self._even_out_columns()
         self._map_arrays = self._open_maps()
         self._validate()
+        self.map_damage = ""  # why the stored maps could not be read ("" when they could)
         try:
             self._maps = {m: {name: arr[...] for name, arr in arrays.items()} for m, arrays in self._map_arrays.items()}
         except Exception as exc:  # a deleted or truncated chunk: zarr and its codecs raise many types
-            raise StoreError(
-                f"store {path} is damaged: its maps cannot be read ({type(exc).__name__}: {exc}). "
-                "The maps are derived data: `tomosweep resume` rebuilds them from the trials"
-            ) from None
+            # derived data: every reader gets them from the trials, and a resume (or check --repair) writes them
+            self.map_damage = f"{type(exc).__name__}: {exc}"
+            log.warning("%s: the stored maps cannot be read (%s); using maps rebuilt from the trials", path, exc)
+            grid = (len(self.n_haadf), len(self.n_chem), len(self.param_names))
+            self._maps = {m: _empty_maps(*grid) for m in self.methods}
+            with contextlib.suppress(StoreError):  # trials unreadable as well: the audit and check say so
+                self._maps = self._fresh_maps(self.audit().damaged_rows)
+
+    @property
+    def generation(self) -> int:
+        """Which grid and maps are current (0: ``grid/``, ``maps/``; k: ``g<k>/grid/``, ``g<k>/maps/``)."""
+        return self._generation
+
+    def _even_out_columns(self) -> None:
+        """Grow every trial column to the longest one's length: a driver killed while it grew
+        them one by one leaves them uneven, and growing only adds fill rows."""
+        longest = max(arr.shape[0] for arr in self._columns.values())
+        with self._disk_guard():
+            for arr in self._columns.values():
+                if arr.shape[0] < longest:
+                    log.info(
+                        "%s: growing %s to %d rows (a driver stopped while growing it)", self.path, arr.path, longest
+                    )
+                    arr.resize((longest, *arr.shape[1:]))
+
+    def _disk_guard(self) -> contextlib.AbstractContextManager[None]:
+        return _disk_guard(self.path, self._n_committed)
 
     def _validate(self) -> None:
         """Check the attributes and array shapes against each other: a damaged store is one message."""
@@ -247,6 +341,10 @@ class SweepStore:
         if self._columns["nrmse_elements"].shape[1:] != (len(self.elements),):
             problems.append(f"trials/nrmse_elements does not match the {len(self.elements)} elements")
         grid = (len(self.n_haadf), len(self.n_chem))
+        if min(self.n_haadf + self.n_chem) < 1:
+            problems.append(
+                f"the grid holds a tilt count below 1 (n_haadf {list(self.n_haadf)}, n_chem {list(self.n_chem)})"
+            )
         for method, arrays in self._map_arrays.items():
             shapes = {name: arr.shape[:2] for name, arr in arrays.items()}
             if any(shape != grid for shape in shapes.values()):
@@ -294,7 +392,7 @@ class SweepStore:
         lock.acquire()
         try:
             group = zarr.open_group(path, mode="a")  # "w" would delete the lock file just taken
-            group.attrs.update(
+            group.update_attributes(
                 {
                     "format": FORMAT,
                     "format_version": FORMAT_VERSION,
@@ -313,7 +411,7 @@ class SweepStore:
             group.create_array("grid/n_haadf", data=np.asarray(n_haadf, dtype="int32"))
             group.create_array("grid/n_chem", data=np.asarray(n_chem, dtype="int32"))
             for name, dtype in _COLUMNS_1D.items():
-                fill = np.nan if dtype.startswith("float") else 0
+                fill = np.nan if dtype.startswith("float") else _FILL[name]
                 group.create_array(f"trials/{name}", shape=(0,), chunks=(_CHUNK,), dtype=dtype, fill_value=fill)
             k, n_el = len(param_names), len(elements)
             group.create_array(
@@ -342,10 +440,6 @@ class SweepStore:
         if fmt != FORMAT:
             raise StoreError(f"{path} is a zarr group but not a tomosweep store (attribute format={fmt!r})")
         version = group.attrs.get("format_version")
-        if version in _UPGRADABLE and writable:
-            group.attrs.update({"format_version": FORMAT_VERSION, "optimiser": {}})
-            log.info("%s: store format %s upgraded to %s", path, version, FORMAT_VERSION)
-            version = FORMAT_VERSION
         if version != FORMAT_VERSION and version not in _UPGRADABLE:
             why = _FORMAT_CHANGES.get(version, "")
             raise StoreError(
@@ -357,11 +451,22 @@ class SweepStore:
             lock = _Lock(path)
             lock.acquire()
         try:
+            if writable:
+                _drop_leftovers(path, group)
+                if version in _UPGRADABLE:
+                    # one attribute write: the old format or the new one, never half
+                    with _disk_guard(path, int(group.attrs.get("n_committed", 0) or 0)):
+                        group.update_attributes({"format_version": FORMAT_VERSION, "optimiser": {}})
+                    log.info("%s: store format %s upgraded to %s", path, version, FORMAT_VERSION)
             store = cls(path, group, lock)
         except KeyError as exc:
             if lock is not None:
                 lock.release()
             raise StoreError(f"{path} is an incomplete tomosweep store (missing {exc})") from None
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         return store
 
     def close(self) -> None:
@@ -439,12 +544,13 @@ class SweepStore:
         i, j = self.cell_index(record.n_haadf, record.n_chem)
         row = self._n_committed
         cols = self._columns
-        if cols["method"].shape[0] <= row:
-            for arr in cols.values():
-                arr.resize((row + _CHUNK, *arr.shape[1:]))
         unknown = set(record.params) - set(self.param_names)
         if unknown:
             raise StoreError(f"parameters {sorted(unknown)} are not in this store ({', '.join(self.param_names)})")
+        if cols["method"].shape[0] <= row:
+            with self._disk_guard():
+                for arr in cols.values():
+                    arr.resize((row + _CHUNK, *arr.shape[1:]))
         params = np.array([record.params.get(name, np.nan) for name in self.param_names], dtype="float64")
         per_element = np.full(len(self.elements), np.nan)
         per_element[: len(record.nrmse_elements)] = record.nrmse_elements
@@ -470,15 +576,18 @@ class SweepStore:
             (cols["params"], row, params),
             (cols["meta"], row, json.dumps(meta)),
         ]
-        maps, arrays = self._maps[record.method], self._map_arrays[record.method]
+        maps = {name: values.copy() for name, values in self._maps[record.method].items()}
+        arrays = self._map_arrays[record.method]
         changed = _count_into(maps, i, j, _STATUS_CODE[record.status], float(record.nrmse), params)
         writes += [(arrays[name], ..., maps[name]) for name in changed]
-        zarr_write_many(writes)
-        self._n_committed = row + 1
-        update: dict[str, Any] = {"n_committed": self._n_committed}
+        update: dict[str, Any] = {"n_committed": row + 1}
         if optimiser:
             update["optimiser"] = {**self.optimiser_state(), **_jsonable(optimiser)}
-        self._group.attrs.update(update)  # the commit point
+        with self._disk_guard():
+            zarr_write_many(writes)
+            self._group.update_attributes(update)  # the commit point: one write of zarr.json
+        self._maps[record.method] = maps
+        self._n_committed = row + 1
         self._attrs.update(update)
         return row
 
@@ -486,39 +595,126 @@ class SweepStore:
         """Drop the stored optimiser states of ``keys`` (they restart from the trials)."""
         self._require_writable()
         kept = {k: v for k, v in self.optimiser_state().items() if k not in set(keys)}
-        self._group.attrs["optimiser"] = kept
+        with self._disk_guard():
+            self._group.update_attributes({"optimiser": kept})
         self._attrs["optimiser"] = kept
 
     def replicates(self) -> dict[str, Any]:
-        """Reruns of cells' best weights under new noise seeds, keyed ``method/n_haadf/n_chem``."""
-        return dict(self._attrs.get("replicates") or {})
+        """Reruns of cells' best weights under new noise seeds, keyed ``method/n_haadf/n_chem``.
+
+        Only well-formed entries: a malformed one (edited by hand, written by something else)
+        is left out with a log line; ``tomosweep check`` names it.
+        """
+        raw = self._attrs.get("replicates") or {}
+        if not isinstance(raw, Mapping):
+            log.warning("%s: attribute replicates is not a table; ignored", self.path)
+            return {}
+        bad = dict(self.replicate_problems())
+        if bad:
+            log.warning("%s: %d malformed replicate entries ignored (tomosweep check names them)", self.path, len(bad))
+        return {k: v for k, v in raw.items() if k not in bad}
+
+    def replicate_problems(self) -> list[tuple[str, str]]:
+        """``(key, why)`` for every malformed entry of ``attrs["replicates"]``."""
+        raw = self._attrs.get("replicates")
+        if raw is None:
+            return []
+        if not isinstance(raw, Mapping):
+            return [("", f"attribute replicates is a {type(raw).__name__}, not a table of cells")]
+        out = []
+        for key, entry in raw.items():
+            why = _replicate_problem(str(key), entry, self.methods, self.param_names)
+            if why:
+                out.append((str(key), why))
+        return out
 
     def record_replicates(self, key: str, entry: Mapping[str, Any]) -> None:
         """Store one cell's replicates (JSON: params, noise seeds, NRMSE per seed); replaces an earlier entry."""
         self._require_writable()
-        merged = {**self.replicates(), key: _jsonable(dict(entry))}
-        self._group.attrs["replicates"] = merged
+        merged = {**dict(self._attrs.get("replicates") or {}), key: _jsonable(dict(entry))}
+        with self._disk_guard():
+            self._group.update_attributes({"replicates": merged})
         self._attrs["replicates"] = merged
 
+    def _fresh_maps(
+        self,
+        skip: Iterable[int] = (),
+        n_haadf: Sequence[int] | None = None,
+        n_chem: Sequence[int] | None = None,
+        *,
+        cols: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Maps computed from the committed trials (but rows in ``skip``), on this grid or the one given;
+        ``cols``: the columns as already read (the audit's, with unreadable chunks as fill values)."""
+        hs = tuple(int(v) for v in (self.n_haadf if n_haadf is None else n_haadf))
+        cs = tuple(int(v) for v in (self.n_chem if n_chem is None else n_chem))
+        fresh = {m: _empty_maps(len(hs), len(cs), len(self.param_names)) for m in self.methods}
+        cols = self.columns() if cols is None else cols
+        skipped = set(skip)
+        for r in range(self._n_committed):
+            h, c, m = int(cols["n_haadf"][r]), int(cols["n_chem"][r]), int(cols["method"][r])
+            if r in skipped or h not in hs or c not in cs or not 0 <= m < len(self.methods):
+                continue  # a damaged row, or a cell dropped from the grid: its trial stays, not its map entry
+            _count_into(
+                fresh[self.methods[m]],
+                hs.index(h),
+                cs.index(c),
+                int(cols["status"][r]),
+                float(cols["nrmse"][r]),
+                cols["params"][r],
+            )
+        return fresh
+
     def rebuild_maps(self) -> None:
-        """Recompute every map from the committed trials (after a crash, or a grid change)."""
+        """Recompute every map from the committed trials (after a crash, or a grid change).
+
+        The maps are written in place: a rebuild cut short leaves maps that the next one
+        (resume, or ``check --repair``) writes again; the trials are not touched.
+        """
         log.info("%s: rebuilding the maps from %d committed trials", self.path, self._n_committed)
         self._require_writable()
-        fresh = {m: _empty_maps(len(self.n_haadf), len(self.n_chem), len(self.param_names)) for m in self.methods}
-        cols = self.columns()
-        for r in range(self._n_committed):
-            method = self.methods[cols["method"][r]]
-            try:
-                i, j = self.cell_index(cols["n_haadf"][r], cols["n_chem"][r])
-            except StoreError:
-                continue  # a cell dropped from the grid keeps its trials, not its map entry
-            _count_into(fresh[method], i, j, int(cols["status"][r]), float(cols["nrmse"][r]), cols["params"][r])
-        writes = []
-        for method, maps in fresh.items():
-            for name, values in maps.items():
-                writes.append((self._map_arrays[method][name], ..., values))
-        zarr_write_many(writes)
-        self._maps = fresh
+        fresh = self._fresh_maps()
+        self._write_maps(fresh)
+
+    def _write_maps(self, maps: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        writes = [
+            (self._map_arrays[m][name], ..., values) for m, arrays in maps.items() for name, values in arrays.items()
+        ]
+        with self._disk_guard():
+            zarr_write_many(writes)
+        self._maps = {m: {name: np.array(values) for name, values in arrays.items()} for m, arrays in maps.items()}
+        self.map_damage = ""
+
+    def add_to_maps(self, skip: Iterable[int] = ()) -> bool:
+        """Count into the maps what the committed trials (but rows in ``skip``) hold and the maps
+        lack, never lowering a count nor losing a best (:func:`merged_maps`). Unreadable maps are
+        written afresh from the trials. Returns whether anything was written."""
+        self._require_writable()
+        fresh = self._fresh_maps(skip)
+        if self.map_damage:
+            self._write_maps(fresh)
+            return True
+        merged = {m: merged_maps(self._maps[m], fresh[m]) for m in self.methods}
+        same = all(
+            np.array_equal(merged[m][k], self._maps[m][k], equal_nan=merged[m][k].dtype.kind == "f")
+            for m in self.methods
+            for k in _MAPS
+        )
+        if not same:
+            self._write_maps(merged)
+        return not same
+
+    def recommit(self, rows: int) -> None:
+        """Count ``rows`` more written rows as committed (``check --repair`` after ``n_committed``
+        was lowered by hand). Only adds: the caller has checked that those rows hold intact trials."""
+        self._require_writable()
+        if rows <= 0:
+            return
+        n = self._n_committed + rows
+        with self._disk_guard():
+            self._group.update_attributes({"n_committed": n})
+        self._n_committed = n
+        self._attrs["n_committed"] = n
 
     def update_study(
         self,
@@ -530,8 +726,11 @@ class SweepStore:
     ) -> None:
         """Adopt an extended study: same methods and parameters, a grid that keeps every old value.
 
-        Trials stay as they are (they name their cell by tilt counts); the maps are
-        recreated on the new grid and rebuilt from the trials.
+        Atomic (module docstring): the new grid and its maps, rebuilt from the trials, are
+        written as the next generation beside the current one; one attribute write then
+        switches the generation, the spec and its hash together; the old generation is
+        deleted last. Killed at any point, the store holds the old study or the new one,
+        and every committed trial (trials name their cell by tilt counts, never by index).
         """
         self._require_writable()
         missing_h = sorted(set(self.n_haadf) - set(n_haadf))
@@ -541,18 +740,181 @@ class SweepStore:
                 f"the new grid drops values that have trials in {self.path} "
                 f"(n_haadf {missing_h}, n_chem {missing_c}); a grid may only grow"
             )
-        group = self._group
-        for name, values in (("grid/n_haadf", n_haadf), ("grid/n_chem", n_chem)):
-            group.create_array(name, data=np.asarray(values, dtype="int32"), overwrite=True)
-        _create_maps(group, self.methods, len(n_haadf), len(n_chem), len(self.param_names), overwrite=True)
-        group.attrs.update({"spec": dict(spec), "spec_hash": spec_hash})
-        self._attrs.update({"spec": dict(spec), "spec_hash": spec_hash})
+        group, old, new = self._group, self._generation, self._generation + 1
+        maps = self._fresh_maps(n_haadf=n_haadf, n_chem=n_chem)
+        with self._disk_guard():
+            # a group of its own: zarr rewrites every parent's zarr.json when it creates an array,
+            # and the store's own must change only once, at the switch; "w" clears a leftover
+            beside = _zarr().open_group(self.path / f"g{new}", mode="w")
+            for name, values in (("n_haadf", n_haadf), ("n_chem", n_chem)):
+                beside.create_array(f"grid/{name}", data=np.asarray(values, dtype="int32"))
+            for method, arrays in maps.items():
+                for name, values in arrays.items():
+                    fill = np.nan if values.dtype.kind == "f" else 0
+                    beside.create_array(f"maps/{method}/{name}", data=values, chunks=values.shape, fill_value=fill)
+            switch = {"generation": new, "spec": dict(spec), "spec_hash": spec_hash}
+            group.update_attributes(switch)  # the switch, one write: the old study or the new one, never half
+        self._attrs.update(switch)
+        self._generation = new
         self.n_haadf, self.n_chem = tuple(int(v) for v in n_haadf), tuple(int(v) for v in n_chem)
         self._map_arrays = self._open_maps()
-        self.rebuild_maps()
+        self._maps = {m: {name: np.array(v) for name, v in arrays.items()} for m, arrays in maps.items()}
+        self.map_damage = ""
+        try:
+            with self._disk_guard():
+                for name in ("grid", "maps") if old == 0 else (f"g{old}",):
+                    if name in group:
+                        del group[name]
+        except StoreError as exc:  # the new study is in place; the next writable open removes the rest
+            log.warning("%s: the previous grid could not be removed yet (%s)", self.path, exc)
 
     def _open_maps(self) -> dict[str, dict[str, Any]]:
-        return {m: {name: self._group[f"maps/{m}/{name}"] for name in _MAPS} for m in self.methods}
+        prefix = _prefix(self._generation)
+        return {m: {name: self._group[f"{prefix}maps/{m}/{name}"] for name in _MAPS} for m in self.methods}
+
+    # ------------------------------------------------------------------ integrity
+
+    def audit(self) -> StoreAudit:
+        """What is wrong with the trial rows, found without trusting any of them.
+
+        - a chunk of a trial column that covers committed rows is missing (deleted) or
+          cannot be read: those rows are *damaged* (their values read as fill values);
+        - a committed row holds values no trial can hold (a method index out of range,
+          a finished trial without NRMSE, metadata that is not JSON …): damaged;
+        - rows after the commit counter hold written trials: one is a driver killed before
+          its commit point; more than one means ``n_committed`` was lowered (``lowered``),
+          and a resume would write over them;
+        - the maps disagree with the intact rows.
+
+        Nothing is written. ``check --repair`` acts on this: it only ever adds back.
+        """
+        n, rows = self._n_committed, self._columns["method"].shape[0]
+        findings: list[str] = []
+        values: dict[str, np.ndarray] = {}
+        damaged = np.zeros(rows, dtype=bool)
+        ambiguous: list[tuple[str, int]] = []  # missing chunks whose fill value a trial may hold (older stores)
+        for name, arr in self._columns.items():
+            if name == "meta":
+                blank = np.full(rows, "", dtype=object)
+            else:
+                blank = np.full((rows, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
+            for k in range(-(-rows // _CHUNK)):
+                lo, hi = k * _CHUNK, min(rows, (k + 1) * _CHUNK)
+                span = f"trials {lo}–{min(hi, n) - 1}" if lo < n else ""
+                try:
+                    blank[lo:hi] = arr[lo:hi]
+                except Exception as exc:  # a truncated chunk: zarr and its codecs raise many types
+                    damaged[lo:hi] = True
+                    if span:
+                        findings.append(
+                            f"trials/{name} chunk {k} ({span}) cannot be read ({type(exc).__name__}); "
+                            "those trials are left as they are (restore the chunk from a backup)"
+                        )
+                    continue
+                if lo < n and not self._chunk_stored(name, k):
+                    if name in _FILL and arr.fill_value != _FILL[name]:
+                        ambiguous.append((name, k))  # an older store: the chunk may hold only fill values
+                        continue
+                    if name in ("nrmse", "nrmse_elements") and np.all(values["status"][lo : min(hi, n)] == 1):
+                        continue  # a chunk of failed trials only is all NaN, the fill value: never stored
+                    damaged[lo:hi] = True
+                    findings.append(
+                        f"trials/{name} chunk {k} ({span}) is missing (deleted?): those trials read as empty "
+                        "values and are left as they are (restore the chunk from a backup)"
+                    )
+            values[name] = blank
+        bad_rows = ~self._rows_intact(values)
+        impossible = np.flatnonzero(bad_rows[:n] & ~damaged[:n])
+        if impossible.size:
+            shown = ", ".join(str(r) for r in impossible[:8]) + (" …" if impossible.size > 8 else "")
+            findings.append(
+                f"{impossible.size} committed trial(s) hold values no trial can hold ({shown}): left as they are"
+            )
+        damaged[:n] |= bad_rows[:n]
+        # rows after the commit counter
+        written = (
+            np.flatnonzero((values["meta"][n:] != "") | (values["n_haadf"][n:] != 0) | (values["n_chem"][n:] != 0)) + n
+        )
+        run = 0
+        while n + run < rows and not bad_rows[n + run] and not damaged[n + run]:
+            run += 1
+        lowered = written.size >= 2
+        if lowered:
+            findings.append(
+                f"n_committed is {n} but trials {n}–{int(written.max())} after it hold written trials "
+                f"(n_committed lowered by hand?): a resume would write over them; --repair counts the {run} "
+                "intact one(s) back in"
+            )
+        elif run:
+            findings.append(
+                f"trial {n} is written but not committed (a driver stopped before its commit point): "
+                "--repair counts it in, else the next trial is written over it"
+            )
+        # the maps against the intact rows
+        intact_ids = [r for r in range(n) if not damaged[r]]
+        fresh = self._fresh_maps(skip=set(range(n)) - set(intact_ids), cols=values)
+        for name, k in ambiguous:
+            stored_counts = {m: self._maps[m]["n_trials"] for m in self.methods}
+            if any(not np.array_equal(fresh[m]["n_trials"], stored_counts[m]) for m in self.methods):
+                lo, hi = k * _CHUNK, min(n, (k + 1) * _CHUNK)
+                damaged[lo:hi] = True
+                findings.append(
+                    f"trials/{name} chunk {k} (trials {lo}–{hi - 1}) is not stored and the maps disagree with "
+                    f"the trials: those trials may read as {self.methods[0] if name == 'method' else 'default'} "
+                    "values wrongly; left as they are"
+                )
+                fresh = self._fresh_maps(skip=set(np.flatnonzero(damaged[:n]).tolist()), cols=values)
+        missing_in_maps, beyond_maps = [], []
+        if self.map_damage:
+            findings.append(f"the maps cannot be read ({self.map_damage}): --repair rebuilds them from the trials")
+        else:
+            for m in self.methods:
+                adds, extra = _map_difference(self._maps[m], fresh[m])
+                if adds:
+                    missing_in_maps.append(m)
+                if extra:
+                    beyond_maps.append(m)
+            if missing_in_maps:
+                findings.append(
+                    f"maps of {', '.join(missing_in_maps)} lack trials the committed rows hold: --repair adds them"
+                )
+            if beyond_maps and not damaged[:n].any() and not run:
+                findings.append(
+                    f"maps of {', '.join(beyond_maps)} count trials or bests that no committed row holds: "
+                    "left as they are (the next resume recomputes them from the trials)"
+                )
+        return StoreAudit(
+            findings=tuple(findings),
+            damaged_rows=frozenset(np.flatnonzero(damaged[:n]).tolist()),
+            uncommitted=run,
+            lowered=bool(lowered),
+        )
+
+    def _chunk_stored(self, name: str, k: int) -> bool:
+        """Whether chunk ``k`` of a trial column exists in the store (zarr's default chunk keys)."""
+        arr = self._columns[name]
+        key = "/".join(str(v) for v in (k, *([0] * (arr.ndim - 1))))
+        return (self.path / "trials" / name / "c" / key).exists()
+
+    def _rows_intact(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Per row: do its columns hold values a trial can hold?"""
+        method, status = values["method"].astype(int), values["status"].astype(int)
+        nrmse = values["nrmse"].astype(float)
+        finished = (status == 0) | (status == 2)
+        with np.errstate(invalid="ignore"):
+            ok = (method >= 0) & (method < len(self.methods)) & np.isin(status, (0, 1, 2))
+            ok &= (values["n_haadf"] > 0) & (values["n_chem"] > 0) & (values["iterations"] >= 0)
+            wall = values["wall_time_s"].astype(float)
+            ok &= np.isfinite(wall) & (wall >= 0)
+            ok &= ~finished | (np.isfinite(nrmse) & (nrmse >= 0))
+            ok &= (status != 0) | np.all(np.isfinite(values["nrmse_elements"].astype(float)), axis=1)
+            ok &= np.any(np.isfinite(values["params"].astype(float)), axis=1)
+        for r in np.flatnonzero(ok):
+            try:
+                ok[r] = isinstance(json.loads(str(values["meta"][r])), dict)
+            except ValueError:
+                ok[r] = False
+        return ok
 
     # ------------------------------------------------------------------ reading
 
@@ -613,6 +975,80 @@ class SweepStore:
         return {name: values.copy() for name, values in self._maps[method].items()}
 
 
+_REPLICATE_KEY = re.compile(r"([A-Za-z][\w-]*)/([1-9]\d*)/([1-9]\d*)(?:/snr×([0-9.eE+-]+))?")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _replicate_problem(key: str, entry: Any, methods: Sequence[str], param_names: Sequence[str]) -> str:
+    """Why one replicate entry is malformed ("" if it is not): the shape ``record_replicates`` writes."""
+    match = _REPLICATE_KEY.fullmatch(key)
+    if match is None:
+        return "its key is not method/n_haadf/n_chem[/snr×F]"
+    if match.group(1) not in methods:
+        return f"method {match.group(1)!r} is not in this store"
+    if not isinstance(entry, Mapping):
+        return f"the entry is a {type(entry).__name__}, not a table"
+    params = entry.get("params")
+    if not isinstance(params, Mapping) or not all(k in param_names and _is_number(v) for k, v in params.items()):
+        return "its params are not numbers for this store's parameters"
+    seeds, nrmse = entry.get("noise_seeds"), entry.get("nrmse")
+    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        return "its noise_seeds are not a list of integers"
+    if not isinstance(nrmse, list) or not all(v is None or (_is_number(v) and v >= 0) for v in nrmse):
+        return "its nrmse are not a list of non-negative numbers (or null for a failed run)"
+    if len(nrmse) != len(seeds):
+        return f"it has {len(nrmse)} NRMSE values for {len(seeds)} noise seeds"
+    scale = entry.get("chem_snr_scale", 1.0)
+    if not _is_number(scale) or scale <= 0:
+        return "its chem_snr_scale is not a positive number"
+    failed = entry.get("failed", [])
+    if not isinstance(failed, list) or not all(isinstance(v, str) for v in failed):
+        return "its failed list is not a list of messages"
+    return ""
+
+
+@dataclass(frozen=True)
+class StoreAudit:
+    """What :meth:`SweepStore.audit` found: one line per finding, and the rows concerned."""
+
+    findings: tuple[str, ...]
+    damaged_rows: frozenset[int]  # committed rows whose values cannot be trusted
+    uncommitted: int  # intact written rows right after the committed ones (--repair counts them in)
+    lowered: bool  # more than one written row after the counter: n_committed was lowered
+
+    @property
+    def blocks_resume(self) -> bool:
+        """A resume would trust damaged rows or write over written ones."""
+        return bool(self.damaged_rows) or self.lowered
+
+
+def _map_difference(stored: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray]) -> tuple[bool, bool]:
+    """(the stored maps lack something the trials hold, the stored maps hold more than the trials)."""
+    with np.errstate(invalid="ignore"):
+        lacks = bool(np.any(stored["n_trials"] < fresh["n_trials"]) or np.any(stored["n_failed"] < fresh["n_failed"]))
+        lacks |= bool(np.any(np.isfinite(fresh["best_nrmse"]) & ~(stored["best_nrmse"] <= fresh["best_nrmse"])))
+        more = bool(np.any(stored["n_trials"] > fresh["n_trials"]) or np.any(stored["n_failed"] > fresh["n_failed"]))
+        more |= bool(np.any(np.isfinite(stored["best_nrmse"]) & ~(stored["best_nrmse"] >= fresh["best_nrmse"])))
+    return lacks, more
+
+
+def merged_maps(stored: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Maps that keep everything either holds: counts at their larger value, each cell's best at
+    the lower NRMSE with its parameters. What ``check --repair`` writes: it never lowers a count
+    nor raises (loses) a best."""
+    out = {name: np.array(values) for name, values in stored.items()}
+    out["n_trials"] = np.maximum(stored["n_trials"], fresh["n_trials"])
+    out["n_failed"] = np.maximum(stored["n_failed"], fresh["n_failed"])
+    with np.errstate(invalid="ignore"):
+        better = np.isfinite(fresh["best_nrmse"]) & ~(stored["best_nrmse"] <= fresh["best_nrmse"])
+    out["best_nrmse"][better] = fresh["best_nrmse"][better]
+    out["best_params"][better] = fresh["best_params"][better]
+    return out
+
+
 def pruning_summary(records: Iterable[TrialRecord]) -> dict[tuple[str, int, int], dict[str, float]]:
     """Per (method, n_haadf, n_chem): trials pruned and the solver seconds that saved.
 
@@ -630,6 +1066,47 @@ def pruning_summary(records: Iterable[TrialRecord]) -> dict[tuple[str, int, int]
         if at > 0 and planned > at:
             entry["saved_s"] += r.wall_time_s * (planned / at - 1.0)
     return out
+
+
+@contextlib.contextmanager
+def _disk_guard(path: Path, n_committed: int) -> Iterator[None]:
+    """A write that the disk refuses (full, over quota, read-only) is one clear error:
+    the committed trials are safe, and resume continues once it can write again."""
+    try:
+        yield
+    except OSError as exc:
+        why = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno or 0)
+        reason = f"{why} on the disk of {path}" if why else f"cannot write {path} ({exc.strerror or exc})"
+        raise StoreError(
+            f"{reason}: the {n_committed} committed trials are safe; "
+            f"{'free some space' if why else 'fix that'} and run `tomosweep resume {path}`"
+        ) from None
+
+
+def _generation_of(attrs: Mapping[str, Any]) -> int:
+    generation = attrs.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise StoreError(f"attribute generation is {generation!r}, not a generation number")
+    return generation
+
+
+def _prefix(generation: int) -> str:
+    """Where a generation's ``grid/`` and ``maps/`` groups live."""
+    return "" if generation == 0 else f"g{generation}/"
+
+
+def _drop_leftovers(path: Path, group: Any) -> None:
+    """Delete what an interrupted grid change left beside the current generation (only the
+    lock holder calls this; readers never look at anything the attribute does not name)."""
+    current = _generation_of(group.attrs)
+    # listed from the directory: zarr's own listing warns about the lock file
+    stale = [p.name for p in path.iterdir() if re.fullmatch(r"g\d+", p.name) and p.name != f"g{current}"]
+    if current != 0:
+        stale += [name for name in ("grid", "maps") if (path / name).exists()]
+    for name in stale:
+        log.info("%s: removing %s, left by an interrupted grid change", path, name)
+        with _disk_guard(path, int(group.attrs.get("n_committed", 0) or 0)):
+            del group[name]
 
 
 def _count_into(maps: dict[str, np.ndarray], i: int, j: int, status: int, nrmse: float, params: Any) -> list[str]:
@@ -662,17 +1139,12 @@ def _empty_maps(n_h: int, n_c: int, k: int) -> dict[str, np.ndarray]:
 _MAPS = tuple(_empty_maps(1, 1, 1))
 
 
-def _create_maps(group: Any, methods: Sequence[str], n_h: int, n_c: int, k: int, *, overwrite: bool = False) -> None:
+def _create_maps(group: Any, methods: Sequence[str], n_h: int, n_c: int, k: int) -> None:
     for method in methods:
         for name, values in _empty_maps(n_h, n_c, k).items():
             fill = np.nan if values.dtype.kind == "f" else 0
             group.create_array(
-                f"maps/{method}/{name}",
-                shape=values.shape,
-                chunks=values.shape,
-                dtype=values.dtype,
-                fill_value=fill,
-                overwrite=overwrite,
+                f"maps/{method}/{name}", shape=values.shape, chunks=values.shape, dtype=values.dtype, fill_value=fill
             )
 
 

@@ -252,6 +252,7 @@ def resume_study(
     study may resume on another cluster.
     """
     with SweepStore.open(store, writable=True) as opened:
+        refuse_damaged(opened)
         stored = stored_study(opened)
         new = stored
         if study is not None:
@@ -311,41 +312,90 @@ def study_status(store: PathLike) -> Any:
     return frame
 
 
+def study_findings(store: SweepStore) -> list[str]:
+    """Where the store disagrees with its own stored study (one line each): a spec edited without
+    its hash, method or parameter names that are not the spec's (swapped: the trials' labels
+    cannot be trusted), a grid that is not the spec's, trials off the grid."""
+    try:
+        study = stored_study(store)
+    except SpecError as exc:
+        return [f"the stored study is not a valid study ({exc}): left as it is"]
+    findings = []
+    if study.content_hash() != store.spec_hash:
+        findings.append(
+            f"the stored study does not match its hash (spec_hash {store.spec_hash[:16]}, the spec hashes to "
+            f"{study.content_hash()}): the spec or its hash was edited; left as it is"
+        )
+    if tuple(study.methods) != store.methods:
+        findings.append(
+            f"the store's methods ({', '.join(store.methods)}) are not its study's ({', '.join(study.methods)}): "
+            "the trials' method labels cannot be trusted; left as they are"
+        )
+    if tuple(study.param_names) != store.param_names:
+        findings.append(
+            f"the store's parameter names ({', '.join(store.param_names)}) are not its study's "
+            f"({', '.join(study.param_names)}): the trials' parameter columns cannot be trusted; left as they are"
+        )
+    grid = (tuple(study.acquisition.n_haadf), tuple(study.acquisition.n_chem))
+    if (store.n_haadf, store.n_chem) != grid:
+        findings.append(
+            f"the store's grid (n_haadf {list(store.n_haadf)}, n_chem {list(store.n_chem)}) is not its study's "
+            f"(n_haadf {list(grid[0])}, n_chem {list(grid[1])}): left as it is"
+        )
+    return findings
+
+
+def refuse_damaged(store: SweepStore) -> None:
+    """Refuse to write a store whose trials or study cannot be trusted: one line naming the first
+    problem and the command that lists them all (a resume would build on, or write over, them)."""
+    audit = store.audit()
+    problems = study_findings(store)
+    if audit.blocks_resume:
+        problems = [f for f in audit.findings if "maps" not in f.split(":")[0]] + problems
+    if not problems:
+        return
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    fix = (
+        f"`tomosweep check --repair {store.path}` counts them back in, then resume"
+        if audit.lowered
+        else (f"`tomosweep check {store.path}` lists what is wrong")
+    )
+    raise StoreError(f"store {store.path} is damaged: {problems[0]}{more}. Nothing was written; {fix}")
+
+
 def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
     """A store's health, one finding per line (empty: healthy).
 
     Opening validates the attributes and array shapes (a damaged store raises
-    :class:`StoreError` naming the damage); then every committed trial is read, the
-    stored study is validated, the maps are compared with a rebuild from the trials, and
-    every optimiser state is checked. ``repair`` rebuilds the maps and drops unreadable
-    optimiser states (derived data); committed trials are never touched.
+    :class:`StoreError` naming the damage); then the trial rows are audited without trusting
+    any of them (:meth:`SweepStore.audit`: missing or unreadable chunks, impossible values,
+    written rows after the commit counter, maps against the intact rows), the store is
+    compared with its stored study (:func:`study_findings`), and the replicates and every
+    optimiser state are checked.
+
+    ``repair`` only ever adds back: it counts intact written rows after the commit counter
+    back in, adds to the maps what the intact trials hold (never lowering a count, never
+    losing a best), rebuilds unreadable maps and resets unreadable optimiser states.
+    Whatever it cannot prove (damaged trials, an edited study) it leaves as it is; the
+    returned lines are the findings before the repair, and a second check says what is left.
     """
     from tomosweep.sweep.optimizer import CellOptimizer
 
     findings: list[str] = []
     with SweepStore.open(store) as opened:
-        records = opened.records()
-        study = stored_study(opened)
-        for method in opened.methods:
-            stored = opened.maps(method)
-            fresh = {"best_nrmse": np.full(stored["best_nrmse"].shape, np.nan), "n_trials": 0 * stored["n_trials"]}
-            for r in records:
-                if r.method != method or r.n_haadf not in opened.n_haadf or r.n_chem not in opened.n_chem:
-                    continue
-                i, j = opened.cell_index(r.n_haadf, r.n_chem)
-                fresh["n_trials"][i, j] += 1
-                if r.ok and not r.nrmse >= fresh["best_nrmse"][i, j]:
-                    fresh["best_nrmse"][i, j] = r.nrmse
-            same = np.array_equal(fresh["n_trials"], stored["n_trials"]) and np.allclose(
-                fresh["best_nrmse"], stored["best_nrmse"], equal_nan=True
-            )
-            if not same:
-                findings.append(f"maps/{method} disagree with the trials (derived data: --repair rebuilds them)")
+        audit = opened.audit()
+        findings += audit.findings
+        findings += study_findings(opened)
+        findings += [
+            f"replicate entry {key!r}: {why}; left as it is (plan and figures skip it)" if key else f"{why}; left"
+            for key, why in opened.replicate_problems()
+        ]
+        methods = set(opened.methods)
         bad_states = []
         for key, state in opened.optimiser_state().items():
-            method = key.split("/")[0]
-            if method not in study.methods:
+            if key.split("/")[0] not in methods:
                 bad_states.append(key)
+                findings.append(f"optimiser state {key} names no method of this store; --repair removes it")
                 continue
             probe = CellOptimizer({"x": (0.0, 1.0, "linear", "real")}, n_initial=1, seed=0)
             try:
@@ -353,9 +403,13 @@ def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
             except (KeyError, TypeError, ValueError) as exc:
                 bad_states.append(key)
                 findings.append(f"optimiser state {key} is unreadable ({exc}); --repair resets it")
-    if repair and (findings or bad_states):
+    if repair and findings:
         with SweepStore.open(store, writable=True) as opened:
-            opened.rebuild_maps()
+            audit = opened.audit()  # again, under the lock
+            if audit.uncommitted:
+                opened.recommit(audit.uncommitted)
+                audit = opened.audit()
+            opened.add_to_maps(audit.damaged_rows)
             if bad_states:
                 opened.reset_optimiser_state(bad_states)
     return findings

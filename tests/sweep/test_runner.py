@@ -373,11 +373,12 @@ def test_check_reports_and_repairs_derived_damage_without_touching_trials(tmp_pa
     run_study(study_from_dict(tiny_study()), path, client=client, trial_fn=trial_hooks.synthetic_trial)
     assert check_store(path) == []
     trials_before = [(r.params, r.nrmse) for r in SweepStore.open(path).records()]
-    zarr.open_array(path / "maps" / "sirt" / "best_nrmse", mode="r+")[0, 0] = 0.001
+    best = SweepStore.open(path).maps("sirt")["best_nrmse"][0, 0]
+    zarr.open_array(path / "maps" / "sirt" / "best_nrmse", mode="r+")[0, 0] = np.nan  # a best the trials hold
     group = zarr.open_group(path, mode="r+")
     group.attrs["optimiser"] = {**group.attrs["optimiser"], "fused/5/3": {"n_asked": 2, "gains": [1.0, "x", 0.0]}}
     findings = check_store(path)
-    assert any("maps/sirt disagree with the trials" in f for f in findings)
+    assert any("maps of sirt lack trials the committed rows hold" in f for f in findings)
     assert any("optimiser state fused/5/3 is unreadable" in f for f in findings)
     cli = [sys.executable, "-m", "tomosweep.sweep.cli", "check", str(path)]
     assert subprocess.run(cli, capture_output=True, text=True).returncode == 1
@@ -385,6 +386,7 @@ def test_check_reports_and_repairs_derived_damage_without_touching_trials(tmp_pa
     assert repaired.returncode == 0 and "repaired" in repaired.stdout
     assert check_store(path) == []
     assert [(r.params, r.nrmse) for r in SweepStore.open(path).records()] == trials_before
+    assert SweepStore.open(path).maps("sirt")["best_nrmse"][0, 0] == best
     group.attrs["n_committed"] = -1
     damaged = subprocess.run(cli, capture_output=True, text=True)
     assert damaged.returncode == 2 and "is damaged: n_committed is -1" in " ".join(damaged.stderr.split())
