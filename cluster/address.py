@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tomosweep.cluster.backends import Started
 from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import ClusterError
 
@@ -24,4 +25,16 @@ def security(settings: ClusterSettings) -> Any:
         tls_client_cert=settings.tls_cert,
         tls_client_key=settings.tls_key,
         require_encryption=True,
+    )
+
+
+def start(settings: ClusterSettings, *, environ: dict[str, Any]) -> Started:
+    """Nothing to start: the client connects to ``settings.address``, whose workers are someone else's."""
+    address = settings.address
+
+    def no_worker(timeout: float) -> str:
+        return f"at {address}: start workers with `dask worker {address}`"
+
+    return Started(
+        None, None, f"scheduler at {address}", address=address, security=security(settings), no_worker=no_worker
     )

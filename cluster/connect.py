@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tomosweep.cluster.backends import BACKENDS
-from tomosweep.cluster.settings import JOBQUEUE, ClusterSettings
+from tomosweep.cluster.backends import BACKENDS, Started
+from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import ClusterError
 
-#: seconds to wait for the first worker when the study does not say (batch jobs may queue)
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +45,8 @@ class Connection:
     queued), or None to count the live ones. ``resources``: what each trial must hold
     on a worker (``{"GPU": 1}`` on GPU clusters). ``cluster``: the cluster object
     started here, None when connected to an existing scheduler. ``first_worker_s``:
-    seconds from opening the cluster to its first worker.
+    seconds from opening the cluster to its first worker. ``warnings``: what the user
+    must hear about how the cluster runs (e.g. TLS turned off), already logged.
     """
 
     client: Any
@@ -56,36 +56,34 @@ class Connection:
     resources: dict[str, float] | None = None
     cluster: Any = None
     first_worker_s: float = 0.0
+    warnings: tuple[str, ...] = ()
 
     @property
     def dashboard(self) -> str | None:
+        """The dashboard's link (it listens on 127.0.0.1 only: reach it through an ssh tunnel)."""
         return getattr(self.client, "dashboard_link", None)
 
 
-def _start(settings: ClusterSettings, stack: contextlib.ExitStack) -> tuple[Any, int | None, str]:
-    """Start the registered backend's cluster (see :mod:`tomosweep.cluster.backends`)."""
+def _start(settings: ClusterSettings, stack: contextlib.ExitStack) -> Started:
+    """Start the registered backend (see :mod:`tomosweep.cluster.backends`); close it on the way out."""
     backend = BACKENDS[settings.backend]
-    if backend.start is None:
-        return None, None, f"scheduler at {settings.address}"
     module, _, function = backend.start.partition(":")
     start = getattr(importlib.import_module(module), function)
-    cluster, slots, text = start(settings, worker_environ()) if backend.batch else start(settings)
-    stack.enter_context(cluster)  # closed (jobs cancelled) on the way out, also on errors
-    log.info("started %s", text)
-    return cluster, slots, text
+    started: Started = start(settings, environ=worker_environ())
+    if started.cleanup is not None:
+        stack.callback(started.cleanup)  # after the cluster has closed (an ExitStack unwinds in reverse)
+    if started.cluster is not None:
+        stack.enter_context(started.cluster)  # closed (jobs cancelled) on the way out, also on errors
+    log.info("started %s", started.description)
+    for warning in started.warnings:
+        log.warning("%s", warning)
+    return started
 
 
-def _no_worker_message(settings: ClusterSettings, cluster: Any, timeout: float) -> str:
+def _no_worker_message(settings: ClusterSettings, started: Started, timeout: float) -> str:
     head = f"no Dask worker joined within {timeout:g} s"
-    if settings.backend in JOBQUEUE:
-        from tomosweep.cluster.jobqueue import jobs_state
-
-        return (
-            f"{head}: {jobs_state(cluster, settings.backend)}. The jobs were cancelled and nothing was written. "
-            "Raise [cluster] start_timeout if the queue is just slow, or check queue, account and walltime."
-        )
-    if settings.backend == "address":
-        return f"{head} at {settings.address}: start workers with `dask worker {settings.address}`"
+    if started.no_worker is not None:
+        return f"{head}{started.no_worker(timeout)}"
     return f"{head} on the {settings.backend} cluster"
 
 
@@ -107,35 +105,28 @@ def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection
     with contextlib.ExitStack() as stack:
         # for the cluster's whole life, so a restarted worker gets the same environment
         stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}))
-        cluster, slots, text = _start(settings, stack)
-        security = None
-        if settings.backend == "address":
-            from tomosweep.cluster.address import security as tls_security
-
-            security = tls_security(settings)
+        started = _start(settings, stack)
+        target = started.cluster if started.cluster is not None else started.address
         try:
-            client = stack.enter_context(
-                Client(cluster or settings.address, security=security, timeout=min(timeout, 30.0))
-            )
+            client = stack.enter_context(Client(target, security=started.security, timeout=min(timeout, 30.0)))
         except (OSError, TimeoutError) as exc:
-            where = settings.address or f"the {settings.backend} cluster"
+            where = started.address or f"the {settings.backend} cluster"
             raise ClusterError(f"cannot reach the Dask scheduler at {where}: {exc}") from None
-        if settings.backend in JOBQUEUE and settings.gpus > 1:
-            from tomosweep.cluster.jobqueue import PinGPU
-
-            client.register_plugin(PinGPU())
+        for plugin in started.worker_plugins:
+            client.register_plugin(plugin)
         try:
             client.wait_for_workers(1, timeout=timeout)
         except TimeoutError:
-            raise ClusterError(_no_worker_message(settings, cluster, timeout)) from None
+            raise ClusterError(_no_worker_message(settings, started, timeout)) from None
         connection = Connection(
             client=client,
             backend=settings.backend,
-            description=text,
-            slots=slots,
+            description=started.description,
+            slots=started.slots,
             resources=settings.trial_resources,
-            cluster=cluster,
+            cluster=started.cluster,
             first_worker_s=time.perf_counter() - t0,
+            warnings=started.warnings,
         )
         yield connection
 

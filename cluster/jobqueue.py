@@ -9,23 +9,37 @@ elsewhere.
 Settings resolve in order: the study's ``[cluster]`` section, then the Dask
 configuration ``jobqueue.<backend>.*`` (what dask-jobqueue itself reads), then an
 error that shows a working section.
+
+Nobody else gets in: the scheduler listens on the interface the workers reach it by
+(``interface``, else the interface of this host's default route) and speaks TLS with
+a certificate made for the study (``distributed.Security.temporary()``, written as
+files 0600 in a directory 0700 that the compute nodes see, removed when the study
+ends). Without it anyone who can reach the port could connect a client and run code
+on the workers as the study's owner. The dashboard listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from tomosweep.cluster.backends import BACKENDS, BatchSystem
+from tomosweep.cluster.backends import BACKENDS, BatchSystem, Started
 from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.compat import submit_first_job
 from tomosweep.errors import ClusterError
+
+log = logging.getLogger(__name__)
 
 
 def _system(backend: str) -> BatchSystem:
@@ -90,14 +104,21 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     if cores % processes:
         raise ClusterError(f"[cluster] cores = {cores} is not a multiple of processes = {processes}")
     kwargs: dict[str, Any] = {"cores": cores, "memory": memory, "processes": processes}
-    for key in ("queue", "account", "walltime", "interface", "log_directory", "python"):
+    interface = _first(settings.interface, conf, "interface") or default_route_interface()
+    if interface is not None:
+        kwargs["interface"] = interface  # the workers' and, through dask-jobqueue, the scheduler's
+    for key in ("queue", "account", "walltime", "log_directory", "python"):
         value = getattr(settings, key)
         if value is not None:
             kwargs[_system(backend).renames.get(key, key)] = value
     directives = list(conf.get("job-extra-directives") or []) + list(settings.job_directives)
     if settings.gpus:
         directives.append(_system(backend).gpu_directive.format(n=settings.gpus))
-    kwargs["job_extra_directives"] = directives
+    if _system(backend).directive_map:
+        pairs = (d.partition("=") for d in directives)
+        kwargs["job_extra_directives"] = {k.strip(): v.strip() for k, _, v in pairs}
+    else:
+        kwargs["job_extra_directives"] = directives
     prologue = list(conf.get("job-script-prologue") or []) + list(settings.prologue)
     kwargs["job_script_prologue"] = prologue + _env_prologue(environ or {})
     extra_args = list(conf.get("worker-extra-args") or [])
@@ -122,12 +143,111 @@ def make_cluster(backend: str, kwargs: dict[str, Any]) -> Any:
 
 
 def job_script(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> str:
-    """The batch script each worker job would run (nothing is submitted)."""
-    cluster = make_cluster(settings.backend, resolve(settings, environ))
+    """The batch script each worker job would run (nothing is submitted, no scheduler is started).
+
+    The scheduler's port is chosen when a study starts, and with TLS (the default) its
+    certificates are made then, in a directory of their own under the shared one: the
+    script shows both as placeholders.
+    """
+    import dask_jobqueue
+
+    backend = settings.backend
+    kwargs = resolve(settings, environ)
+    kwargs.pop("scheduler_options")
+    interface = kwargs.get("interface")
+    host = next(iter(interface_addresses().get(interface, [])), None) if interface else None
+    tls = settings.tls is not False
+    address = f"{'tls' if tls else 'tcp'}://{host or '<scheduler-host>'}:<port>"
+    if tls:
+        folder = tls_base(settings) / "tls-XXXXXXXX"
+        kwargs["security"] = _security(folder)
+        kwargs["protocol"] = "tls://"
+    job_cls = getattr(dask_jobqueue, _system(backend).cluster_class).job_cls
     try:
-        return cluster.job_script()
-    finally:
-        cluster.close()
+        return job_cls(address, name="dummy-name", config_name=backend, **kwargs).job_script()
+    except Exception as exc:
+        raise ClusterError(f"could not write the {_system(backend).label} job script: {exc}") from None
+
+
+def default_route_interface(route_table: str | None = None) -> str | None:
+    """The network interface of this host's default route (IPv4), read from ``/proc/net/route``.
+
+    The interface a batch job reaches the driver by is, on most sites, the one its
+    traffic leaves by. None where there is no default route or no such table (not
+    Linux): dask-jobqueue's own choice then applies. Nothing is sent anywhere.
+    """
+    if route_table is None:
+        try:
+            route_table = Path("/proc/net/route").read_text()
+        except OSError:
+            return None
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        # Iface Destination Gateway Flags ... Mask: destination 0 with mask 0 is the default route
+        if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000":
+            return fields[0]
+    return None
+
+
+def interface_addresses() -> dict[str, list[str]]:
+    """Each network interface of this host and its IPv4 addresses (for messages and job scripts)."""
+    import socket
+
+    import psutil
+
+    return {
+        name: [a.address for a in addrs if a.family == socket.AF_INET] for name, addrs in psutil.net_if_addrs().items()
+    }
+
+
+def tls_base(settings: ClusterSettings) -> Path:
+    """Where a study's certificate directory is made: on a file system the compute nodes see."""
+    configured = settings.shared_temp_directory or _config(settings.backend).get("shared-temp-directory")
+    return Path(os.path.expandvars(configured)).expanduser() if configured else Path.home() / ".tomosweep" / "tls"
+
+
+_PEM_FILES = {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
+
+
+def _security(folder: Path) -> Any:
+    """A ``Security`` reading the study's certificate files in ``folder``, for every role, TLS required."""
+    from distributed.security import Security
+
+    ca, cert, key = (str(folder / _PEM_FILES[k]) for k in ("ca", "cert", "key"))
+    roles = {
+        f"tls_{role}_{part}": path
+        for role in ("client", "scheduler", "worker")
+        for part, path in (("cert", cert), ("key", key))
+    }
+    return Security(tls_ca_file=ca, require_encryption=True, **roles)
+
+
+def make_certificates(settings: ClusterSettings) -> tuple[Any, Path]:
+    """A self-signed certificate for one study, written in a new 0700 directory (files 0600).
+
+    Returns the ``Security`` that the scheduler, the client and the workers use (the
+    workers read the same files, so the directory must be on a shared file system) and
+    the directory, which the caller removes when the study ends.
+    """
+    from distributed.security import Security
+
+    base = tls_base(settings)
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="tls-", dir=base))  # mode 0700, a name nobody else has
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot make the study's TLS directory under {base}: {exc}. Set [cluster] shared_temp_directory "
+            "to a folder on a file system the compute nodes see"
+        ) from None
+    temporary = Security.temporary()  # one key and self-signed certificate, in memory
+    pem = {"ca": temporary.tls_ca_file, "cert": temporary.tls_worker_cert, "key": temporary.tls_worker_key}
+    for part, text in pem.items():
+        fd = os.open(folder / _PEM_FILES[part], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    log.info("TLS certificates for this study in %s", folder)
+    return _security(folder), folder
 
 
 def _refusal(exc: BaseException) -> str:
@@ -198,15 +318,39 @@ class PinGPU(WorkerPlugin):
             os.environ["CUDA_VISIBLE_DEVICES"] = pinned  # CuPy has not touched CUDA in this process yet
 
 
-def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> tuple[Any, int, str]:
+def start(settings: ClusterSettings, *, environ: dict[str, Any]) -> Started:
     """Create the cluster, submit its first job now, then adapt between min_jobs and max_jobs.
 
     The first job is submitted here, not by the adaptive loop, so that a refusal
     (unknown partition, account, too many cores or too much memory) stops the run with
-    the scheduler's own message instead of a log line in the background.
+    the scheduler's own message instead of a log line in the background. The study's
+    certificates are made first (unless ``tls = false``) and removed by ``cleanup``
+    once the cluster has closed, or here when starting fails.
     """
     backend = settings.backend
     kwargs = resolve(settings, environ)
+    warnings: tuple[str, ...] = ()
+    cleanup = None
+    if settings.tls is False:
+        warnings = (
+            f"[cluster] tls = false: the {_system(backend).label} workers reach the scheduler over plain tcp://, "
+            "and anyone who can reach its port can run code on them as you",
+        )
+    else:
+        kwargs["security"], folder = make_certificates(settings)
+        cleanup = functools.partial(shutil.rmtree, folder, ignore_errors=True)
+    try:
+        return _start_cluster(settings, kwargs, warnings, cleanup)
+    except BaseException:
+        if cleanup is not None:
+            cleanup()
+        raise
+
+
+def _start_cluster(
+    settings: ClusterSettings, kwargs: dict[str, Any], warnings: tuple[str, ...], cleanup: Any
+) -> Started:
+    backend = settings.backend
     cluster = make_cluster(backend, kwargs)
     min_jobs = settings.min_jobs or 1
     max_jobs = max(settings.max_jobs or min_jobs, min_jobs)
@@ -227,6 +371,27 @@ def start(settings: ClusterSettings, environ: dict[str, Any] | None = None) -> t
     gpus = f", {settings.gpus} GPU(s)" if settings.gpus else ""
     text = (
         f"{_system(backend).label}: {min_jobs}–{max_jobs} job(s) of {cores} cores, {kwargs['memory']}{gpus}, "
-        f"{f'queue {queue}' if queue else 'default queue'}, walltime {_first(settings.walltime, conf, 'walltime')}"
+        f"{f'queue {queue}' if queue else 'default queue'}, walltime {_first(settings.walltime, conf, 'walltime')}; "
+        f"scheduler {cluster.scheduler_address}"
     )
-    return cluster, max_jobs * per_job, text
+    return Started(
+        cluster,
+        max_jobs * per_job,
+        text,
+        worker_plugins=(PinGPU(),) if settings.gpus > 1 else (),
+        warnings=warnings,
+        cleanup=cleanup,
+        no_worker=functools.partial(_no_worker, cluster, backend, kwargs.get("interface")),
+    )
+
+
+def _no_worker(cluster: Any, backend: str, interface: str | None, timeout: float) -> str:
+    """Why no worker joined: the jobs' state, and the address the workers were told to connect to."""
+    here = ", ".join(f"{name} {' '.join(addrs)}" for name, addrs in interface_addresses().items() if addrs)
+    told = f"{cluster.scheduler_address} (interface {interface or 'chosen by Dask'})"
+    return (
+        f": {jobs_state(cluster, backend)}. The jobs were cancelled and nothing was written. "
+        f"The workers were told to connect to {told}; if the compute nodes cannot reach it, set [cluster] "
+        f'interface = "<name>" to an interface of this host they can reach ({here}). '
+        "Raise [cluster] start_timeout if the queue is just slow, or check queue, account and walltime."
+    )

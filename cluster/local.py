@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from tomosweep.cluster.backends import Started
 from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import ClusterError
 
@@ -26,8 +27,11 @@ def worker_log_level() -> int:
     return int(getattr(logging, name, logging.ERROR))
 
 
-def start(settings: ClusterSettings) -> tuple[Any, int, str]:
-    """Start the cluster; return it, its worker threads and a one-line description.
+def start(settings: ClusterSettings, *, environ: dict[str, Any]) -> Started:
+    """Start the cluster: its worker threads are the slots.
+
+    ``environ`` reaches the worker processes through the Dask config that
+    :func:`tomosweep.cluster.connect.open_cluster` sets for the cluster's life.
 
     One single-threaded worker process per core (or ``n_workers``): the solvers are
     NumPy-bound, so processes, not threads, run trials side by side. The scheduler and
@@ -58,7 +62,7 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _start(LocalCluster: Any, settings: ClusterSettings, n: int) -> tuple[Any, int, str]:  # noqa: N803
+def _start(LocalCluster: Any, settings: ClusterSettings, n: int) -> Started:  # noqa: N803
     try:
         cluster = LocalCluster(
             n_workers=n,
@@ -71,4 +75,4 @@ def _start(LocalCluster: Any, settings: ClusterSettings, n: int) -> tuple[Any, i
         )
     except Exception as exc:
         raise ClusterError(f"could not start the local Dask cluster ({n} workers): {exc}") from None
-    return cluster, n, f"local cluster: {n} worker process{'es' if n > 1 else ''} on 127.0.0.1"
+    return Started(cluster, n, f"local cluster: {n} worker process{'es' if n > 1 else ''} on 127.0.0.1")

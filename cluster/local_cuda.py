@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from tomosweep.cluster.backends import Started
 from tomosweep.cluster.local import worker_log_level
 from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.errors import ClusterError
@@ -33,7 +34,7 @@ def visible_devices(settings: ClusterSettings) -> list[str]:
     return devices[: settings.n_workers] if settings.n_workers else devices
 
 
-def start(settings: ClusterSettings) -> tuple[Any, int, str]:
+def start(settings: ClusterSettings, *, environ: dict[str, Any]) -> Started:
     """Start one worker process per GPU; each advertises one ``GPU`` resource.
 
     dask-cuda gives worker *i* a ``CUDA_VISIBLE_DEVICES`` list rotated to start at the
@@ -59,4 +60,4 @@ def start(settings: ClusterSettings) -> tuple[Any, int, str]:
         )
     except Exception as exc:
         raise ClusterError(f"could not start the local CUDA cluster on GPUs {','.join(devices)}: {exc}") from None
-    return cluster, len(devices), f"local CUDA cluster: one worker on each of GPUs {','.join(devices)}"
+    return Started(cluster, len(devices), f"local CUDA cluster: one worker on each of GPUs {','.join(devices)}")

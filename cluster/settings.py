@@ -9,18 +9,46 @@ silently ignored line.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Set
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tomosweep.cluster.backends import BACKENDS as _REGISTRY
 from tomosweep.cluster.backends import batch_backends
 
-JOBQUEUE: tuple[str, ...] = batch_backends()
-BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
+
+class _Names(Set[str]):
+    """The names of the registered backends (all, or only the batch ones), read at each use."""
+
+    def __init__(self, *, batch: bool) -> None:
+        self._batch = batch
+
+    def _names(self) -> tuple[str, ...]:
+        return batch_backends() if self._batch else tuple(_REGISTRY)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"({', '.join(map(repr, self))})"
+
+
+#: the batch backends (dask-jobqueue), as registered when asked
+JOBQUEUE: Set[str] = _Names(batch=True)
+#: every backend's name, as registered when asked
+BACKENDS: Set[str] = _Names(batch=False)
 #: what a GPU worker advertises and every trial on a GPU cluster holds, so each GPU runs one trial at a time
 GPU_RESOURCE: dict[str, float] = {"GPU": 1}
 
+_BATCH = "batch"  # in _APPLIES: every batch backend registered at the time of the check
 # which backends each optional setting applies to (backend and start_timeout: all)
-_APPLIES: dict[str, tuple[str, ...]] = {
+_APPLIES: dict[str, tuple[str, ...] | str] = {
     "n_workers": ("local", "local-cuda"),
     "memory_limit": ("local", "local-cuda"),
     "devices": ("local-cuda",),
@@ -28,21 +56,33 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "tls_ca_file": ("address",),
     "tls_cert": ("address",),
     "tls_key": ("address",),
-    "queue": JOBQUEUE,
-    "account": JOBQUEUE,
-    "walltime": JOBQUEUE,
-    "cores": JOBQUEUE,
-    "memory": JOBQUEUE,
-    "processes": JOBQUEUE,
-    "gpus": JOBQUEUE,
-    "prologue": JOBQUEUE,
-    "job_directives": JOBQUEUE,
-    "min_jobs": JOBQUEUE,
-    "max_jobs": JOBQUEUE,
-    "interface": JOBQUEUE,
-    "log_directory": JOBQUEUE,
-    "python": JOBQUEUE,
+    **dict.fromkeys(
+        (
+            "queue",
+            "account",
+            "walltime",
+            "cores",
+            "memory",
+            "processes",
+            "gpus",
+            "prologue",
+            "job_directives",
+            "min_jobs",
+            "max_jobs",
+            "interface",
+            "log_directory",
+            "python",
+            "tls",
+            "shared_temp_directory",
+        ),
+        _BATCH,
+    ),
 }
+
+
+def _applies(key: str) -> tuple[str, ...]:
+    backends = _APPLIES[key]
+    return batch_backends() if backends == _BATCH else tuple(backends)
 
 
 class ClusterSettings(BaseModel):
@@ -61,6 +101,15 @@ class ClusterSettings(BaseModel):
 
     ``start_timeout`` (seconds) bounds the wait for the first worker; past it the run
     stops with the jobs' state, before the store is created.
+
+    The batch backends run the scheduler in the driver and the workers in jobs on other
+    nodes, so the scheduler listens on ``interface`` (default: the interface of this
+    host's default route) and speaks TLS with certificates made for the study
+    (``tls = false`` turns that off, with a warning). The certificates live in a
+    directory of their own (0700, keys 0600) under ``shared_temp_directory`` (default:
+    the Dask config's ``jobqueue.<backend>.shared-temp-directory``, else
+    ``~/.tomosweep/tls``), which the compute nodes must see, and are removed when the
+    study ends.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,19 +140,25 @@ class ClusterSettings(BaseModel):
     interface: str | None = None
     log_directory: str | None = None
     python: str | None = None
+    tls: bool | None = None  # None: on (batch backends)
+    shared_temp_directory: str | None = None
 
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if value not in _REGISTRY:
-            raise ValueError(f"must be {', '.join(repr(b) for b in _REGISTRY)} (got {value!r})")
+            raise ValueError(
+                f"must be {', '.join(repr(b) for b in _REGISTRY)} (got {value!r}){_REGISTRY.unknown(value)}"
+            )
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSettings:
-        for key, backends in _APPLIES.items():
+        for key in _APPLIES:
+            backends = _applies(key)
+            value = getattr(self, key)
             # a stored study dumps every key, so "given" means set to something other than empty
-            if getattr(self, key) not in (None, [], 0) and self.backend not in backends:
+            if (value is False or value not in (None, [], 0)) and self.backend not in backends:
                 raise ValueError(f"{key} is only used with backend = {' | '.join(repr(b) for b in backends)}")
         if self.backend == "address":
             if not self.address:

@@ -40,6 +40,7 @@ def slurm_settings(tmp_path, **extra) -> dict:
         "walltime": "00:10:00",
         "interface": "lo",
         "log_directory": str(tmp_path / "slurm-logs"),
+        "shared_temp_directory": str(tmp_path / "shared"),  # the study's certificates, one folder below
         "start_timeout": 60,
         **extra,
     }
@@ -62,3 +63,26 @@ def my_jobs(name: str = "dask-worker") -> list[str]:
     """Ids of queued or running jobs with this name."""
     out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True, check=True)
     return out.stdout.split()
+
+
+def assert_only_the_study_certificate_gets_in(address: str, folder: Path) -> None:
+    """A client without the study's certificate cannot reach the scheduler at ``address``; one with it can."""
+    import pytest
+    from distributed import Client
+    from distributed.security import Security
+
+    assert address.startswith("tls://")
+    with pytest.raises(TypeError, match="TLS expects a `ssl_context`"):
+        Client(address, timeout=5)  # no TLS at all
+    with pytest.raises(OSError):
+        Client(address.replace("tls://", "tcp://"), timeout=5)  # plain tcp to the same port
+    with pytest.raises(OSError, match="TLS certificate does not match"):
+        Client(address, security=Security.temporary(), timeout=5)  # a certificate of one's own
+    study = Security(
+        tls_ca_file=str(folder / "ca.pem"),
+        tls_client_cert=str(folder / "cert.pem"),
+        tls_client_key=str(folder / "key.pem"),
+        require_encryption=True,
+    )
+    with Client(address, security=study, timeout=10) as client:
+        assert client.scheduler_info()["address"] == address

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def start(settings: Any) -> tuple[Any, int, str]:
+def start(settings: Any, *, environ: dict[str, Any]) -> Any:
     from distributed import LocalCluster
 
+    from tomosweep.cluster.backends import Started
+
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
-    return cluster, 1, "an in-process cluster"
+    return Started(cluster, 1, "an in-process cluster")

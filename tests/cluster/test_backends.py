@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import dask
 import pytest
-from cluster_support import small_study
+from cluster_support import assert_only_the_study_certificate_gets_in, small_study
 
 from tomosweep.cluster import ClusterSettings, open_cluster, worker_environ
-from tomosweep.cluster.jobqueue import job_script, pinned_devices, resolve
+from tomosweep.cluster.jobqueue import (
+    default_route_interface,
+    job_script,
+    make_certificates,
+    make_cluster,
+    pinned_devices,
+    resolve,
+)
 from tomosweep.errors import ClusterError
 from tomosweep.results import SweepStore
 from tomosweep.sweep.api import run_study, with_cluster
@@ -64,6 +72,81 @@ def test_slurm_job_script_gpus():
     text = script("slurm", cores=8, memory="64GB", gpus=1, queue="gpu")
     assert "#SBATCH -p gpu" in text and "#SBATCH --gres=gpu:1" in text
     assert "--nthreads 8" in text and "--resources GPU=1" in text and "--nworkers" not in text
+
+
+@pytest.mark.parametrize("backend", ["pbs", "lsf", "sge", "slurm"])
+def test_batch_job_scripts_reach_a_tls_scheduler_by_default(backend, tmp_path):
+    text = script(backend, cores=2, memory="4GB", interface="lo", shared_temp_directory=str(tmp_path))
+    folder = tmp_path / "tls-XXXXXXXX"  # made when a study starts
+    assert " tls://127.0.0.1:<port> " in text and "--interface lo --protocol tls:// " in text
+    assert f"--tls-ca-file {folder}/ca.pem --tls-cert {folder}/cert.pem --tls-key {folder}/key.pem" in text
+    plain = script(backend, cores=2, memory="4GB", interface="lo", tls=False)
+    assert " tcp://127.0.0.1:<port> " in plain and "--tls" not in plain and "tls://" not in plain
+
+
+def test_the_scheduler_listens_on_the_default_routes_interface_unless_told():
+    table = (
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "ib0\t000010AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n"
+        "eno1\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+    )
+    assert default_route_interface(table) == "eno1"
+    assert default_route_interface(table.splitlines()[0] + "\n" + table.splitlines()[1]) is None  # no default route
+    here = default_route_interface()
+    kwargs = resolve(ClusterSettings(backend="slurm", cores=1, memory="1GB"))
+    assert kwargs.get("interface") == here  # what this machine's route table says
+    assert resolve(ClusterSettings(backend="slurm", cores=1, memory="1GB", interface="lo"))["interface"] == "lo"
+
+
+def test_study_certificates_are_private_files_in_a_private_folder(tmp_path):
+    settings = ClusterSettings(backend="slurm", shared_temp_directory=str(tmp_path / "shared"))
+    security, folder = make_certificates(settings)
+    assert folder.parent == tmp_path / "shared" and folder.name.startswith("tls-")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
+    assert "PRIVATE KEY" in (folder / "key.pem").read_text()
+    assert security.require_encryption and security.tls_worker_key == str(folder / "key.pem")
+    assert make_certificates(settings)[1] != folder  # one folder per study
+
+
+def test_a_batch_clusters_scheduler_admits_only_the_studys_certificate(tmp_path):
+    """The scheduler a SLURM study starts (no job submitted here): TLS only, dashboard on 127.0.0.1."""
+    settings = ClusterSettings(
+        backend="slurm", cores=1, memory="1GB", interface="lo", shared_temp_directory=str(tmp_path)
+    )
+    kwargs = resolve(settings)
+    kwargs["security"], folder = make_certificates(settings)
+    with make_cluster("slurm", kwargs) as cluster:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert_only_the_study_certificate_gets_in(cluster.scheduler_address, folder)
+
+
+def test_the_readmes_htcondor_backend_is_valid_everywhere_once_registered(tmp_path):
+    """The README's registration line: [cluster], --cluster and job-script know the backend at once."""
+    import re
+
+    from tomosweep.cluster.backends import BACKENDS
+    from tomosweep.sweep.api import worker_job_script
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if '"htcondor"' in c)
+    study = study_from_dict(small_study(backend="local", n_workers=1))
+    with pytest.raises(ClusterError, match="--cluster 'htcondor': not a backend"):
+        with_cluster(study, "htcondor")
+    exec(compile(code, "README.md", "exec"), {})
+    try:
+        with dask.config.set({"jobqueue.htcondor.disk": "4GB"}):  # a setting [cluster] has no key for
+            settings = ClusterSettings(backend="htcondor", cores=8, memory="16GB", interface="lo", gpus=1)
+            text = job_script(settings, worker_environ())
+            assert "RequestCpus = MY.DaskWorkerCores" in text and "request_gpus = 1" in text
+            assert " tls://127.0.0.1:<port> " in text and "--tls-key " in text
+            assert with_cluster(study, "htcondor").cluster.backend == "htcondor"
+            raw = small_study(backend="htcondor", cores=8, memory="16GB", interface="lo")
+            assert "MY.DaskWorkerMemory = 16000000000" in worker_job_script(study_from_dict(raw))
+    finally:
+        del BACKENDS["htcondor"]
 
 
 def test_settings_come_from_the_study_then_the_dask_config():

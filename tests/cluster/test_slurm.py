@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import stat
 import subprocess
+import sys
 import time
+import tomllib
 from collections import Counter
 
 import cluster_hooks
 import dask
 import pytest
-from cluster_support import HERE, my_jobs, slurm_settings, small_study
+from cluster_support import HERE, assert_only_the_study_certificate_gets_in, my_jobs, slurm_settings, small_study
 
 from tomosweep.errors import ClusterError
 from tomosweep.results import SweepStore
 from tomosweep.sweep.api import run_study
+from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.spec import study_from_dict
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -26,10 +31,27 @@ def _wait_no_jobs(timeout: float = 20.0) -> list[str]:
     return jobs
 
 
+def _while_running(seen: dict, tmp_path):
+    """on_client hook: while the study runs, only a client holding its certificate reaches the scheduler."""
+
+    def check(conn) -> None:
+        seen["conn"] = conn
+        folders = list((tmp_path / "shared").iterdir())
+        assert len(folders) == 1 and stat.S_IMODE(folders[0].stat().st_mode) == 0o700
+        assert {stat.S_IMODE(p.stat().st_mode) for p in folders[0].iterdir()} == {0o600}
+        address = conn.client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:") and conn.dashboard.startswith("http://127.0.0.1:")
+        assert_only_the_study_certificate_gets_in(address, folders[0])
+        print(f"first worker after {conn.first_worker_s:.2f} s on {conn.description}")
+
+    return check
+
+
 def test_small_study_completes_on_slurm_jobs(slurm, tmp_path):
     study = study_from_dict(small_study(**slurm_settings(tmp_path, min_jobs=2, max_jobs=2)))
     seen = {}
-    summary = run_study(study, tmp_path / "s.zarr", on_client=lambda conn: seen.update(conn=conn))
+    summary = run_study(study, tmp_path / "s.zarr", on_client=_while_running(seen, tmp_path))
+    assert list((tmp_path / "shared").iterdir()) == []  # the certificates went with the study
     conn = seen["conn"]
     assert conn.backend == "slurm" and conn.slots == 2
     assert conn.description.startswith("SLURM: 2–2 job(s) of 1 cores")
@@ -112,7 +134,10 @@ def test_a_job_that_never_starts_times_out_cleanly(slurm, tmp_path):
     settings = slurm_settings(tmp_path, start_timeout=4, job_directives=["--begin=now+1hour"])
     study = study_from_dict(small_study(**settings))
     t0 = time.monotonic()
-    with pytest.raises(ClusterError, match=r"no Dask worker joined within 4 s: job\(s\) \d+ .*PENDING BeginTime"):
+    told = r"The workers were told to connect to tls://127\.0\.0\.1:\d+ \(interface lo\); .* set \[cluster\] interface"
+    with pytest.raises(
+        ClusterError, match=r"no Dask worker joined within 4 s: job\(s\) \d+ .*PENDING BeginTime.*" + told
+    ):
         run_study(study, tmp_path / "s.zarr")
     assert time.monotonic() - t0 < 30
     assert not (tmp_path / "s.zarr").exists()
@@ -160,3 +185,50 @@ def test_cli_runs_on_slurm_through_the_cluster_flag_and_dask_config(slurm, tmp_p
     assert "SLURM: 1–1 job(s) of 1 cores, 2GB" in done.stderr
     with SweepStore.open(tmp_path / "s.zarr") as store:
         assert store.n_committed == 4
+
+
+def test_tls_false_is_plain_tcp_with_a_warning(slurm, tmp_path, caplog):
+    raw = small_study(**slurm_settings(tmp_path, tls=False))
+    raw["methods"] = {"sirt": raw["methods"]["sirt"]}
+    raw["budget"] = {"trials_per_cell": 1, "initial_points": 1}
+    seen = {}
+    def hook(conn) -> None:
+        seen.update(conn=conn, address=conn.client.scheduler.address)
+
+    with caplog.at_level(logging.WARNING, logger="tomosweep.cluster"):
+        summary = run_study(study_from_dict(raw), tmp_path / "s.zarr", on_client=hook)
+    assert summary.complete and seen["address"].startswith("tcp://127.0.0.1:")
+    warning = (
+        "[cluster] tls = false: the SLURM workers reach the scheduler over plain tcp://, "
+        "and anyone who can reach its port can run code on them as you"
+    )
+    assert seen["conn"].warnings == (warning,)
+    assert warning in caplog.messages
+    assert not (tmp_path / "shared").exists()  # no certificates made
+
+
+def test_plugin_methods_run_on_slurm_worker_jobs(slurm, tmp_path, monkeypatch):
+    """A distribution's method (entry point) and a [plugins] module's, found by fresh worker jobs."""
+    monkeypatch.syspath_prepend(str(HERE.parent / "sweep"))
+    import plugin_support
+
+    env = plugin_support.plugin_environment(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", env["PYTHONPATH"])  # what sbatch passes on to the jobs
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    before = set(METHODS)
+    try:
+        import tomosweep_plugin_example  # noqa: F401  (this process read its entry points before the install)
+
+        raw = tomllib.loads(plugin_support.STUDY_TOML)
+        raw["cluster"] = slurm_settings(tmp_path, min_jobs=2, max_jobs=2)
+        seen = {}
+        summary = run_study(study_from_dict(raw), tmp_path / "s.zarr", on_client=lambda conn: seen.update(conn=conn))
+        assert summary.complete and seen["conn"].backend == "slurm"
+        plugin_support.check_plugin_store(tmp_path / "s.zarr", tmp_path, monkeypatch)
+    finally:
+        for name in set(METHODS) - before:
+            del METHODS[name]
+        for name in ("tomosweep_plugin_example", "my_plugin_module"):
+            sys.modules.pop(name, None)
+    assert _wait_no_jobs() == []

@@ -4,50 +4,30 @@ driver and on fresh worker processes, and held to the Method contract."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from plugin_support import SOURCE, install
+from plugin_support import (
+    CONTRACT_MESSAGE,
+    SOURCE,
+    STUDY_TOML,
+    check_plugin_store,
+    install,
+    plugin_environment,
+    plugin_module,
+)
 from sweep_support import tiny_study
 
 from tomosweep.errors import SpecError
-from tomosweep.results import FAILED, SweepStore
-from tomosweep.sweep.methods import METHODS, Method, Param
+from tomosweep.results import FAILED
+from tomosweep.sweep.methods import METHODS, Method
 from tomosweep.sweep.spec import study_from_dict
-from tomosweep.sweep.trial import TrialTask, build_cell_data, run_trial, score
+from tomosweep.sweep.trial import TrialTask, run_trial
 
 README = Path(__file__).parents[2] / "README.md"
 EXAMPLE = SOURCE / "tomosweep_plugin_example.py"
-
-# a module a study names in [plugins] modules: one method that keeps the contract, and the
-# README's former example, which returns only the first element's volume
-PLUGIN_MODULE = '''
-from tomosweep.solvers import sirt, sirt_per_element
-from tomosweep.sweep.methods import Method, Param, register
-
-
-def sirt_half(cell, params, device):
-    return sirt_per_element(cell.chem_projector, cell.chem, n_iter=int(params["n_iter"]), relaxation=0.5, device=device)
-
-
-def first_element_sirt(cell, params, device):
-    return sirt(cell.chem_projector, cell.chem[0], n_iter=int(params["n_iter"]), device=device)
-
-
-N_ITER = (Param("n_iter", "int", 10, 2, 50, "log", "SIRT iterations"),)
-register(Method("sirt_half", N_ITER, sirt_half, "per-element SIRT, relaxation 0.5"))
-register(Method("first_element_sirt", N_ITER, first_element_sirt, "SIRT of the first element only"))
-'''
-
-CONTRACT_MESSAGE = (
-    "MethodContractError: method 'first_element_sirt' broke the Method contract: its run returned a volume of "
-    "shape (16, 16, 16) — one element's volume only?; it must return a tomosweep.solvers.Result whose volume "
-    "has every element's map, shape (4, 16, 16, 16) (n_elements=4: Co, Cu, O, Au; "
-    "see help(tomosweep.sweep.methods.Method))"
-)
 
 
 @pytest.fixture
@@ -61,12 +41,6 @@ def forget_plugins():
     for name in set(sys.modules) - modules:
         if name.startswith(("tomosweep_plugin_example", "my_plugin_module")):
             del sys.modules[name]
-
-
-def _plugin_module(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "my_plugin_module.py").write_text(PLUGIN_MODULE)
-    return folder
 
 
 def test_the_readme_example_is_the_distributions_module():
@@ -97,7 +71,7 @@ def test_an_installed_distribution_is_found_through_its_entry_point(tmp_path, mo
 
 
 def test_a_wrong_return_is_one_failed_trial_naming_the_method(tmp_path, monkeypatch, forget_plugins):
-    monkeypatch.syspath_prepend(str(_plugin_module(tmp_path / "mods")))
+    monkeypatch.syspath_prepend(str(plugin_module(tmp_path / "mods")))
     raw = tiny_study(plugins={"modules": ["my_plugin_module"]}, methods={"first_element_sirt": {}})
     study = study_from_dict(raw)
     record = run_trial(TrialTask(json.dumps(study.to_json()), "first_element_sirt", 5, 3, {"n_iter": 3}))
@@ -106,7 +80,7 @@ def test_a_wrong_return_is_one_failed_trial_naming_the_method(tmp_path, monkeypa
 
 
 def test_plugins_modules_are_imported_when_the_study_is_read(tmp_path, monkeypatch, forget_plugins):
-    monkeypatch.syspath_prepend(str(_plugin_module(tmp_path / "mods")))
+    monkeypatch.syspath_prepend(str(plugin_module(tmp_path / "mods")))
     methods = {"sirt_half": {"n_iter": {"low": 2, "high": 20}}}
     with pytest.raises(SpecError, match=r"methods: unknown method 'sirt_half'; allowed: fused, "):
         study_from_dict(tiny_study(methods=methods))
@@ -118,72 +92,6 @@ def test_plugins_modules_are_imported_when_the_study_is_read(tmp_path, monkeypat
         "plugins.modules: cannot import 'no_such_plugin' (ModuleNotFoundError: No module named 'no_such_plugin'); "
         "it must be importable here and on every worker (installed, or on PYTHONPATH)"
     ) in str(info.value)
-
-
-STUDY_TOML = """
-name = "plugins"
-seed = 4
-[plugins]
-modules = ["my_plugin_module"]
-[phantom]
-name = "nanocubes"
-size = 16
-[acquisition]
-n_haadf = [5]
-n_chem = [3]
-[methods.raw_sirt]
-n_iter = { low = 2, high = 30, prior = "log" }
-[methods.sirt_half]
-n_iter = { low = 2, high = 30, prior = "log" }
-[methods.first_element_sirt]
-n_iter = { low = 2, high = 30, prior = "log" }
-[budget]
-trials_per_cell = 3
-initial_points = 2
-[cluster]
-backend = "local"
-n_workers = 2
-"""
-
-
-def plugin_environment(tmp_path: Path) -> dict[str, str]:
-    """The environment of a user who installed the distribution and has a module of their own on the path."""
-    site = install(tmp_path / "site")
-    mods = _plugin_module(tmp_path / "mods")
-    path = os.pathsep.join([str(site), str(mods), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return {**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}
-
-
-def expected_nrmse(study, record) -> float:
-    """The record's NRMSE recomputed here, from the same study, cell and weights (DESIGN: determinism)."""
-    cell = build_cell_data(study, record.n_haadf, record.n_chem)
-    params = {**study.fixed(record.method), **record.params}
-    return float(score(cell, METHODS[record.method].run(cell, params, "cpu").volume).mean())
-
-
-def check_plugin_store(path: Path, tmp_path: Path, monkeypatch) -> list:
-    """Every trial of the two good methods is a real score; every first_element_sirt trial the contract's message."""
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    with SweepStore.open(path) as store:
-        records = store.records()
-    if "raw_sirt" not in METHODS:  # this process read its entry points before the install
-        import tomosweep_plugin_example  # noqa: F401  (registers raw_sirt)
-    study = study_from_dict(_stored_spec(path))
-    good = [r for r in records if r.method in ("raw_sirt", "sirt_half")]
-    assert len(good) == 6 and all(r.ok for r in good), [r.error for r in good]
-    for record in good:
-        assert record.worker != "driver"
-        assert 0.05 < record.nrmse < 1.5
-        assert record.nrmse == pytest.approx(expected_nrmse(study, record), rel=1e-9)
-    bad = [r for r in records if r.method == "first_element_sirt"]
-    assert len(bad) == 3 and {r.error for r in bad} == {CONTRACT_MESSAGE}
-    return records
-
-
-def _stored_spec(path: Path) -> dict:
-    with SweepStore.open(path) as store:
-        return dict(store.spec)
 
 
 @pytest.mark.slow
