@@ -947,10 +947,14 @@ def _origins(host: str, port: int) -> list[str]:
         names |= {socket.gethostname(), socket.getfqdn()}
         with contextlib.suppress(OSError):
             names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
-    return sorted(f"[{n}]:{port}" if ":" in n else f"{n}:{port}" for n in names if n)
+    # Bokeh's allowlist splits host:port at every colon, so an IPv6 literal cannot be listed: a page
+    # served on ::1 is opened as http://localhost:PORT (the browser reaches ::1 by that name)
+    return sorted(f"{n}:{port}" for n in names if n and ":" not in n)
 
 
 def page_url(host: str, port: int) -> str:
+    if host == "::1":
+        return f"http://localhost:{port}/"  # see _origins
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 

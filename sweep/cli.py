@@ -393,7 +393,7 @@ def check(
         out.print(f"{store}: healthy")
         return
     for line in findings:
-        out.print(f"{store}: {line}")
+        out.print(f"{store}: {line}", markup=False, highlight=False)
     if repair:
         left = check_store(store)  # what the repair could not prove stays, and is said again
         if not left:
@@ -518,6 +518,7 @@ def dependency_warnings_to_log() -> None:
     (STYLE 11: the terminal shows what the user asked for); ``-v`` shows the log."""
     import logging
 
+    logging.captureWarnings(False)  # reinstalled: something may have replaced warnings.showwarning since
     logging.captureWarnings(True)
     captured = logging.getLogger("py.warnings")
     captured.propagate = False

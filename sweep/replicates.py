@@ -188,7 +188,7 @@ def _entry(state: dict[str, Any]) -> dict[str, Any]:
         "replicate": order,
         "noise_seeds": [state["wanted"][k] for k in order],
         "nrmse": [state["results"][k][0] for k in order],
-        "failed": [state["results"][k][1] for k in order if state["results"][k][0] is None],
+        "failed": [str(state["results"][k][1] or "failed") for k in order if state["results"][k][0] is None],
         "complete": len(order) >= state["seeds"],
     }
 
