@@ -225,7 +225,7 @@ def test_reconstruct_with_overwrite_onto_the_store_itself_is_refused_and_the_sto
     assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
 
 
-def test_resume_shows_the_stored_cluster_settings_before_using_them(tmp_path):
+def test_resume_shows_the_stored_cluster_settings_and_asks_before_using_them(tmp_path):
     from sweep_support import tiny_study
 
     from tomosweep.sweep import study_from_dict
@@ -237,7 +237,8 @@ def test_resume_shows_the_stored_cluster_settings_before_using_them(tmp_path):
     create_store(study, store).close()
     result = tomosweep("resume", str(store), "-q")
     text = " ".join(result.stderr.split())
-    assert f"using the cluster settings stored in {store}:" in text, text
+    assert f"{store} stores a cluster beyond this machine:" in text, text
     assert "backend='address'" in text and "address='tcp://127.0.0.1:9'" in text
-    assert text.index("using the cluster settings") < text.index("error:")
+    assert text.index("beyond this machine") < text.index("error:")
+    assert "not used without consent: pass --trust-stored-cluster" in text  # no terminal to ask on
     assert result.returncode == 2 and "Traceback" not in result.stderr
