@@ -99,7 +99,11 @@ def test_a_killed_job_is_replaced_and_every_trial_is_recorded_once(slurm, tmp_pa
     raw = small_study(**slurm_settings(tmp_path, min_jobs=2, max_jobs=2, prologue=prologue))
     raw["budget"]["trials_per_cell"] = 6
     hook = _KillOneJob(at=5)
-    # SpecCluster forgets a lost job after this long; then the adaptive loop submits a new one
+    # SpecCluster forgets a lost job after this long; then the adaptive loop submits a new one.
+    # distributed's defaults first: set() on a section that is not there yet removes it on exit,
+    # with every default distributed added to it meanwhile (TLS settings included)
+    import distributed  # noqa: F401
+
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"}):
         summary = run_study(
             study_from_dict(raw),
