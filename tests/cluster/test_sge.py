@@ -38,7 +38,8 @@ def sge_up() -> str | None:
         return f"qstat failed: {exc}"
     line = next((row for row in out.stdout.splitlines() if row.startswith(f"{QUEUE}@")), None)
     if out.returncode != 0 or line is None:
-        return f"no SGE queue {QUEUE}: {(out.stderr or out.stdout).strip()[:200]}"
+        said = " ".join((out.stderr or out.stdout).split())  # one line for the skip reason
+        return f"`qstat -f -q {QUEUE}` found no usable queue: {said[:200]}"
     fields = line.split()
     if fields[3] == "-NA-" or len(fields) > 5:
         return f"the SGE queue instance is not usable (no load report or state {fields[5:]}): {line.strip()}"
@@ -145,39 +146,59 @@ def test_cli_runs_a_study_on_sge_jobs_through_the_cluster_flag(sge, tmp_path):
 
 
 class _DeleteOneJob:
-    """Progress hook: after ``at`` stored trials, qdel one worker job; note every job id seen."""
+    """Progress hook: after ``at`` stored trials, qdel one worker job; then see its replacement connect.
 
-    def __init__(self, at: int) -> None:
+    Notes every job id and every worker address (a replacement worker may reuse the
+    deleted one's name, never its address) and when the scheduler first listed it.
+    """
+
+    def __init__(self, at: int, *, wait_for_replacement: float) -> None:
         self.at = at
+        self.wait_for_replacement = wait_for_replacement
         self.conn = None
         self.deleted: str | None = None
+        self.deleted_at = 0.0
         self.job_ids: set[str] = set()
+        self.workers: dict[str, float] = {}  # worker address -> when the scheduler first listed it
 
     def on_client(self, conn) -> None:
         self.conn = conn
 
-    def _jobs(self) -> set[str]:
-        return {str(j.job_id) for j in self.conn.cluster.workers.values() if getattr(j, "job_id", None)}
+    def _seen(self) -> None:
+        self.job_ids |= {str(j.job_id) for j in self.conn.cluster.workers.values() if getattr(j, "job_id", None)}
+        now = time.monotonic()
+        for address in self.conn.client.scheduler_info()["workers"]:
+            self.workers.setdefault(address, now)
 
     def start(self, **_) -> None:
-        self.job_ids |= self._jobs()
+        self._seen()
 
     def update(self, record, *, done, **_) -> None:
-        self.job_ids |= self._jobs()
+        self._seen()
         if done == self.at and self.deleted is None:
-            self.deleted = sorted(self._jobs())[0]
+            running = {str(j.job_id) for j in self.conn.cluster.workers.values() if getattr(j, "job_id", None)}
+            self.deleted = sorted(running)[0]
+            self.deleted_at = time.monotonic()
             subprocess.run(["qdel", self.deleted], check=True, capture_output=True, timeout=30)
 
     def close(self) -> None:
-        pass
+        # the study may finish on the surviving worker first: give the replacement time to connect
+        end = time.monotonic() + self.wait_for_replacement
+        while self.deleted is not None and self.replacement_joined_after() is None and time.monotonic() < end:
+            time.sleep(0.5)
+            self._seen()
+
+    def replacement_joined_after(self) -> float | None:
+        """Seconds from the qdel to the first worker the scheduler listed after it (None: none did)."""
+        later = [t for t in self.workers.values() if t > self.deleted_at]
+        return min(later) - self.deleted_at if later else None
 
 
 def test_a_qdeleted_job_is_replaced_and_every_trial_is_recorded_once(sge, tmp_path):
     # the job prologue puts this folder on the workers' path, so they can import cluster_hooks
     prologue = [f"export PYTHONPATH={HERE}${{PYTHONPATH:+:$PYTHONPATH}}"]
     raw = small_study(**sge_settings(tmp_path, min_jobs=2, max_jobs=2, prologue=prologue))
-    raw["budget"]["trials_per_cell"] = 6
-    hook = _DeleteOneJob(at=5)
+    hook = _DeleteOneJob(at=4, wait_for_replacement=30)
     # SpecCluster forgets a lost job after this long; then the adaptive loop submits a new one
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "2s"}):
         summary = run_study(
@@ -187,17 +208,25 @@ def test_a_qdeleted_job_is_replaced_and_every_trial_is_recorded_once(sge, tmp_pa
             on_client=hook.on_client,
             trial_fn=cluster_hooks.slow_trial,
         )
+    with SweepStore.open(tmp_path / "s.zarr") as store:
+        records = store.records()
     conn = hook.conn
     assert conn.backend == "sge" and conn.slots == 2
     assert conn.description.startswith(f"SGE: 2–2 job(s) of 1 cores, 2GB, queue {QUEUE}")
-    log.info("SGE, run_study: first worker after %.1f s", conn.first_worker_s)
+    joined = hook.replacement_joined_after()
+    log.info(
+        "SGE, run_study: first worker after %.1f s; job %s deleted, replacement worker %s; trials ran on %s",
+        conn.first_worker_s,
+        hook.deleted,
+        "never joined" if joined is None else f"joined {joined:.1f} s later",
+        dict(Counter(r.worker for r in records)),
+    )
     assert hook.deleted is not None
-    assert summary.complete and summary.n_new == 24 and summary.n_failed == 0
-    with SweepStore.open(tmp_path / "s.zarr") as store:
-        records = store.records()
-    assert len(records) == 24
-    assert len({r.task_key for r in records}) == 24  # no task stored twice
-    assert set(Counter((r.method, r.n_haadf, r.n_chem) for r in records).values()) == {6}  # none lost
+    assert summary.complete and summary.n_new == 16 and summary.n_failed == 0
+    assert len(records) == 16
+    assert len({r.task_key for r in records}) == 16  # no task stored twice
+    assert set(Counter((r.method, r.n_haadf, r.n_chem) for r in records).values()) == {4}  # none lost
     assert all(r.ok and 0 < r.nrmse < 2 for r in records)
     assert len(hook.job_ids) >= 3, f"the deleted job {hook.deleted} was not replaced: saw {sorted(hook.job_ids)}"
+    assert joined is not None, f"no replacement worker connected: {hook.workers}"
     assert _wait_no_jobs() == []
