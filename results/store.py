@@ -690,7 +690,7 @@ class SweepStore:
         lack, never lowering a count nor losing a best (:func:`merged_maps`). Unreadable maps are
         written afresh from the trials. Returns whether anything was written."""
         self._require_writable()
-        fresh = self._fresh_maps(skip)
+        fresh = self._fresh_maps(skip, cols=self._read_all_rows()[0])
         if self.map_damage:
             self._write_maps(fresh)
             return True
@@ -793,36 +793,30 @@ class SweepStore:
         values: dict[str, np.ndarray] = {}
         damaged = np.zeros(rows, dtype=bool)
         ambiguous: list[tuple[str, int]] = []  # missing chunks whose fill value a trial may hold (older stores)
+        values, unreadable = self._read_all_rows()
+        for name, k, exc in unreadable:
+            lo, hi = k * _CHUNK, min(rows, (k + 1) * _CHUNK)
+            damaged[lo:hi] = True
+            if lo < n:
+                findings.append(
+                    f"trials/{name} chunk {k} (trials {lo}–{min(hi, n) - 1}) cannot be read ({exc}); "
+                    "those trials are left as they are (restore the chunk from a backup)"
+                )
         for name, arr in self._columns.items():
-            if name == "meta":
-                blank = np.full(rows, "", dtype=object)
-            else:
-                blank = np.full((rows, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
-            for k in range(-(-rows // _CHUNK)):
+            for k in range(-(-n // _CHUNK)):
                 lo, hi = k * _CHUNK, min(rows, (k + 1) * _CHUNK)
-                span = f"trials {lo}–{min(hi, n) - 1}" if lo < n else ""
-                try:
-                    blank[lo:hi] = arr[lo:hi]
-                except Exception as exc:  # a truncated chunk: zarr and its codecs raise many types
-                    damaged[lo:hi] = True
-                    if span:
-                        findings.append(
-                            f"trials/{name} chunk {k} ({span}) cannot be read ({type(exc).__name__}); "
-                            "those trials are left as they are (restore the chunk from a backup)"
-                        )
+                if (name, k) in {(u[0], u[1]) for u in unreadable} or self._chunk_stored(name, k):
                     continue
-                if lo < n and not self._chunk_stored(name, k):
-                    if name in _FILL and arr.fill_value != _FILL[name]:
-                        ambiguous.append((name, k))  # an older store: the chunk may hold only fill values
-                        continue
-                    if name in ("nrmse", "nrmse_elements") and np.all(values["status"][lo : min(hi, n)] == 1):
-                        continue  # a chunk of failed trials only is all NaN, the fill value: never stored
-                    damaged[lo:hi] = True
-                    findings.append(
-                        f"trials/{name} chunk {k} ({span}) is missing (deleted?): those trials read as empty "
-                        "values and are left as they are (restore the chunk from a backup)"
-                    )
-            values[name] = blank
+                if name in _FILL and arr.fill_value != _FILL[name]:
+                    ambiguous.append((name, k))  # an older store: the chunk may hold only fill values
+                    continue
+                if name in ("nrmse", "nrmse_elements") and np.all(values["status"][lo : min(hi, n)] == 1):
+                    continue  # a chunk of failed trials only is all NaN, the fill value: never stored
+                damaged[lo:hi] = True
+                findings.append(
+                    f"trials/{name} chunk {k} (trials {lo}–{min(hi, n) - 1}) is missing (deleted?): those trials "
+                    "read as empty values and are left as they are (restore the chunk from a backup)"
+                )
         bad_rows = ~self._rows_intact(values)
         impossible = np.flatnonzero(bad_rows[:n] & ~damaged[:n])
         if impossible.size:
@@ -889,6 +883,25 @@ class SweepStore:
             uncommitted=run,
             lowered=bool(lowered),
         )
+
+    def _read_all_rows(self) -> tuple[dict[str, np.ndarray], list[tuple[str, int, str]]]:
+        """Every row of every trial column, chunk by chunk: a chunk that cannot be read reads as
+        fill values and is listed as ``(column, chunk, why)``."""
+        rows = self._columns["method"].shape[0]
+        values, unreadable = {}, []
+        for name, arr in self._columns.items():
+            if name == "meta":
+                column = np.full(rows, "", dtype=object)
+            else:
+                column = np.full((rows, *arr.shape[1:]), arr.fill_value, dtype=arr.dtype)
+            for k in range(-(-rows // _CHUNK)):
+                lo, hi = k * _CHUNK, min(rows, (k + 1) * _CHUNK)
+                try:
+                    column[lo:hi] = arr[lo:hi]
+                except Exception as exc:  # a truncated chunk: zarr and its codecs raise many types
+                    unreadable.append((name, k, type(exc).__name__))
+            values[name] = column
+        return values, unreadable
 
     def _chunk_stored(self, name: str, k: int) -> bool:
         """Whether chunk ``k`` of a trial column exists in the store (zarr's default chunk keys)."""

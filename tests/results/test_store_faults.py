@@ -132,7 +132,9 @@ def test_growing_the_grid_killed_at_every_write_loses_nothing(tmp_path, crash_at
         counter = crash_at(k)
         store = SweepStore.open(path, writable=True)
         try:
-            store.update_study(spec={"name": "t", "grid": "new"}, spec_hash="new", n_haadf=NEW_GRID[0], n_chem=NEW_GRID[1])
+            store.update_study(
+                spec={"name": "t", "grid": "new"}, spec_hash="new", n_haadf=NEW_GRID[0], n_chem=NEW_GRID[1]
+            )
             done = True
         except Crash:
             done = False
