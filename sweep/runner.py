@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -133,6 +134,24 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
     return opts
 
 
+NO_WORKER_TIMEOUT_ENV = "TOMOSWEEP_NO_WORKER_TIMEOUT_S"
+NO_WORKER_TIMEOUT_S = 120.0  # long enough for a batch job to be requeued or a nanny to restart its worker
+
+
+def no_worker_timeout() -> float:
+    """Seconds the driver waits with no worker connected before it stops (``TOMOSWEEP_NO_WORKER_TIMEOUT_S``)."""
+    raw = os.environ.get(NO_WORKER_TIMEOUT_ENV)
+    if raw is None:
+        return NO_WORKER_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ClusterError(f"{NO_WORKER_TIMEOUT_ENV}={raw!r}: give a positive number of seconds")
+    return value
+
+
 PRUNE_MIN_TRIALS = 5  # finished trials of a cell before its median says anything
 PRUNE_FIRST = 2 * CHECKPOINT  # no trial is judged on its first few iterations
 
@@ -214,6 +233,7 @@ class Runner:
         progress: Progress | None = None,
         trial_fn: Callable[[TrialTask], TrialRecord] = run_trial,
         max_worker_deaths: int = 2,
+        no_worker_timeout_s: float | None = None,
         queue_extra: int = 1,
         slots: int | None = None,
         resources: dict[str, float] | None = None,
@@ -225,6 +245,7 @@ class Runner:
         self.progress = progress
         self.trial_fn = trial_fn
         self.max_worker_deaths = max_worker_deaths
+        self.no_worker_timeout_s = no_worker_timeout() if no_worker_timeout_s is None else no_worker_timeout_s
         self.queue_extra = queue_extra
         self.slots = slots
         self.resources = resources
@@ -276,6 +297,21 @@ class Runner:
                 f"trial is stored — continue with `tomosweep resume {self.store.path}`"
             )
         exc = future.exception()
+        if exc is None:  # the result went with its worker ("lost"): the trial itself did nothing wrong
+            deaths[ticket.ask_id] = deaths.get(ticket.ask_id, 0) + 1
+            if deaths[ticket.ask_id] <= self.max_worker_deaths:
+                ticket.attempt += 1
+                return None
+            return TrialRecord(
+                **base,
+                status=FAILED,
+                error=(
+                    f"lost to worker deaths: the workers running this trial died or left {deaths[ticket.ask_id]} "
+                    f"times over {ticket.attempt} submissions (future status {future.status!r}); the trial itself "
+                    "raised nothing"
+                ),
+                finished_at=time.time(),
+            )
         if isinstance(exc, killed):
             deaths[ticket.ask_id] = deaths.get(ticket.ask_id, 0) + 1
             if deaths[ticket.ask_id] <= self.max_worker_deaths:
@@ -323,6 +359,9 @@ class _Pass:
         self.cells = list(study.cells)
         self.queue: Any = None
         self.heartbeat: Any = None
+        self.no_worker_since: float | None = None
+        self.workers_asked_at = -math.inf
+        self.seen_worker = False
 
     def run(self) -> RunSummary:
         from distributed import as_completed
@@ -340,8 +379,14 @@ class _Pass:
         finished = False
         try:
             self.fill()
-            for future in self.queue:
-                self.finish(future, KilledWorker)
+            while not self.queue.is_empty():
+                if not self.queue.has_ready():
+                    self.watch_workers()
+                    time.sleep(0.02)
+                    continue
+                for future in self.queue.next_batch(block=False):
+                    self.finish(future, KilledWorker)
+                self.no_worker_since = None
             finished = True
         finally:
             self.heartbeat.stop(finished=finished)
@@ -362,13 +407,43 @@ class _Pass:
         log.info("run finished: %d new trials, %d failed, %.1f s", summary.n_new, self.failed, summary.wall_time_s)
         return summary
 
+    def watch_workers(self) -> None:
+        """Stop with a clear message when no worker has been connected for the timeout while trials
+        wait: a cluster whose workers all died (and none comes back) would otherwise be waited on
+        forever. Asked of the scheduler at most once a second."""
+        now = time.monotonic()
+        if now - self.workers_asked_at < 1.0:
+            return
+        self.workers_asked_at = now
+        try:
+            workers = len(self.runner.client.nthreads())
+        except Exception:  # a scheduler that is restarting (or gone) answers nothing: as no worker
+            workers = 0
+        if workers:
+            self.seen_worker = True
+            self.no_worker_since = None
+            return
+        if not self.seen_worker:
+            return  # a batch cluster whose first jobs are still queued is not a dead one
+        if self.no_worker_since is None:
+            self.no_worker_since = now
+            log.warning("no worker is connected; waiting up to %.0f s for one", self.runner.no_worker_timeout_s)
+            return
+        if now - self.no_worker_since >= self.runner.no_worker_timeout_s:
+            store = self.runner.store
+            raise ClusterError(
+                f"no worker for {now - self.no_worker_since:.0f} s and {len(self.active)} trial(s) waiting: every "
+                f"worker is gone and none came back. The {store.n_committed} committed trials are safe; restart "
+                f"the cluster (or fix what kills its workers) and run `tomosweep resume {store.path}`"
+            )
+
     def next_key(self) -> Key | None:
         """The open cell with the fewest trials asked (fewest first keeps the grid even)."""
         opts = self.opts
         open_keys = [
             k for k, o in opts.items() if k not in self.exhausted and o.n_told + len(o.pending) < self.budget_per
         ]
-        if not open_keys:
+        if not open_keys or sum(o.n_told + len(o.pending) for o in opts.values()) >= self.total:
             return None
         return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
 
