@@ -48,7 +48,7 @@ install() {
     fi
     local status=0
     timeout 120 apt-get update -qq >/dev/null 2>&1 || true
-    timeout 600 apt-get install -y -qq --no-install-recommends gridengine-master gridengine-exec gridengine-client \
+    timeout 300 apt-get install -y -qq --no-install-recommends gridengine-master gridengine-exec gridengine-client \
         >"$STATE/apt.log" 2>&1 || status=$?
     [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
     [ "$status" -eq 0 ] || fail "apt-get install of gridengine failed (exit $status): $(tail -n 1 "$STATE/apt.log")"
