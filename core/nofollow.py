@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 from typing import IO, Any
 
 from tomosweep.errors import TomosweepError
@@ -40,6 +41,27 @@ class NoFollowFileHandler(logging.FileHandler):
         if os.path.islink(filename):
             open_no_follow(filename, os.O_WRONLY)  # raises the clear error
         super().__init__(filename, **kwargs)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # FileHandler opens a delayed file outside its own error handling: a refused open would
+        # raise into whatever logged the line (the driver loop)
+        if self.stream is None:
+            try:
+                self.stream = self._open()
+            except (OSError, TomosweepError):
+                self.handleError(record)
+                return
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        """A log line that cannot be written (a full or read-only disk, a link planted since) is one
+        warning line on stderr, once, instead of logging's traceback per line; the study goes on."""
+        if getattr(self, "_warned", False):
+            return
+        self._warned = True
+        exc = sys.exc_info()[1]
+        why = getattr(exc, "strerror", None) or str(exc)
+        sys.stderr.write(f"warning: cannot write the log {self.baseFilename} ({why}); the study goes on without it\n")
 
     def _open(self) -> IO[str]:
         fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

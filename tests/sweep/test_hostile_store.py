@@ -451,3 +451,69 @@ def test_a_trial_lost_with_its_workers_is_resubmitted_then_recorded_as_lost_neve
     assert record.status == "failed" and record.attempts == 3
     assert record.error.startswith("lost to worker deaths: the workers running this trial died or left 3 times")
     assert "NoneType" not in record.error
+
+
+def test_a_log_file_on_a_full_disk_is_one_warning_not_a_traceback_per_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import logging
+
+    from tomosweep.nofollow import NoFollowFileHandler
+
+    handler = NoFollowFileHandler(tmp_path / "s.zarr.log", delay=True)
+    logger = logging.getLogger("tomosweep.test-full-log")
+    logger.addHandler(handler)
+    try:
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(handler, "_open", full)
+        for k in range(3):
+            logger.warning("line %d", k)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    log = tmp_path / "s.zarr.log"
+    assert err == f"warning: cannot write the log {log} (No space left on device); the study goes on without it\n"
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_the_committed_trials_stay(tmp_path, client, monkeypatch):
+    import errno
+
+    from zarr.storage import LocalStore
+
+    from tomosweep.errors import StoreError
+
+    path = tmp_path / "s.zarr"
+    real_set = LocalStore._set
+    commits = []
+
+    async def filling(self, key, value, exclusive=False):
+        if key == "zarr.json" and str(self.root) == str(path) and len(commits) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_set(self, key, value, exclusive=exclusive)
+
+    class Count:
+        def start(self, **kw):
+            pass
+
+        def update(self, record, **kw):
+            commits.append(record)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(LocalStore, "_set", filling)
+    study = study_from_dict(tiny_study())
+    with pytest.raises(StoreError) as caught:
+        run_study(study, path, client=client, trial_fn=trial_hooks.synthetic_trial, progress=Count())
+    monkeypatch.setattr(LocalStore, "_set", real_set)
+    assert str(caught.value) == (
+        f"no space left on the disk of {path}: the 3 committed trials are safe; free some space and run "
+        f"`tomosweep resume {path}`"
+    )
+    with SweepStore.open(path) as store:
+        assert store.n_committed == 3 and [r.nrmse for r in store.records()] == [r.nrmse for r in commits]
+    summary = resume_study(path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    assert summary.complete and summary.n_trials == 16
