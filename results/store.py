@@ -951,9 +951,16 @@ class SweepStore:
             except ValueError:
                 raise StoreError(
                     f"store {self.path} is damaged: trial {r}'s metadata is missing or not JSON "
-                    "(a deleted or truncated chunk of trials/meta?)"
+                    f"(a deleted or truncated chunk of trials/meta?); `tomosweep check {self.path}` lists the damage"
                 ) from None
-            method = self.methods[int(cols["method"][r])]
+            m, status = int(cols["method"][r]), int(cols["status"][r])
+            if not 0 <= m < len(self.methods) or status not in _STATUS_NAME or not isinstance(meta, dict):
+                # never a guess: a method index of -1 would otherwise read as the last method
+                raise StoreError(
+                    f"store {self.path} is damaged: trial {r} holds no valid method or status (a deleted chunk?); "
+                    f"`tomosweep check {self.path}` lists the damage"
+                )
+            method = self.methods[m]
             params = {
                 name: float(v) for name, v in zip(self.param_names, cols["params"][r], strict=True) if np.isfinite(v)
             }

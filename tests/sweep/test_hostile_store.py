@@ -517,3 +517,15 @@ def test_a_full_disk_during_a_run_is_one_line_and_the_committed_trials_stay(tmp_
         assert store.n_committed == 3 and [r.nrmse for r in store.records()] == [r.nrmse for r in commits]
     summary = resume_study(path, client=client, trial_fn=trial_hooks.synthetic_trial)
     assert summary.complete and summary.n_trials == 16
+
+
+@pytest.mark.parametrize("command", ["status", "export"])
+def test_a_deleted_method_chunk_is_never_read_as_some_method(full, capsys, tmp_path, command):
+    _delete_chunk(full, "method")
+    args = [command, str(full)] + (["--out", str(tmp_path / "out")] if command == "export" else [])
+    code, out, err = _run_cli(args, capsys)
+    assert code == 2 and "Traceback" not in out + err
+    assert f"store {full} is damaged: trial 0 holds no valid method or status (a deleted chunk?)" in " ".join(
+        err.split()
+    )
+    assert not (tmp_path / "out").exists()
