@@ -19,10 +19,19 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from tomosweep.errors import TomosweepError
 from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
-from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out
+from tomosweep.sweep.cli_common import (
+    FormatOption,
+    TableFormat,
+    TrustOption,
+    consent_to_stored_cluster,
+    console,
+    out,
+    print_data,
+)
 
 app = typer.Typer(
     name="tomosweep",
@@ -314,26 +323,24 @@ def resume(
 
 
 @app.command()
-def status(store: Annotated[Path, typer.Argument(help="store to summarise")]) -> None:
-    """Table of cells: trials done / failed, best NRMSE, best parameters."""
+def status(
+    store: Annotated[Path, typer.Argument(help="store to summarise")],
+    fmt: FormatOption = TableFormat.table,
+) -> None:
+    """Table of cells: trials done / failed, best NRMSE, best parameters (--format csv|json for scripts)."""
     from tomosweep.sweep.api import study_status
 
     frame = study_status(store)
+    if fmt is not TableFormat.table:
+        print_data(frame, fmt=fmt)
+        return
     fixed = ("method", "n_haadf", "n_chem", "trials", "budget", "failed", "n_pruned", "solver_s_saved", "best_nrmse")
-    params = [c for c in frame.columns if c not in fixed]
-    table = Table(title=f"{store}")
-    for column in ("method", "HAADF×chem", "trials", "failed", "pruned", "best NRMSE", *params):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for row in frame.to_dict("records"):
-        table.add_row(
-            row["method"],
-            f"{row['n_haadf']}×{row['n_chem']}",
-            f"{row['trials']}/{row['budget']}",
-            str(row["failed"]),
-            str(row["n_pruned"]),
-            _fmt(row["best_nrmse"]),
-            *(_fmt(row[p]) for p in params),
-        )
+    # a parameter no cell has a best for (a method's fixed one left out of the study) is a column of dashes
+    params = [c for c in frame.columns if c not in fixed and frame[c].notna().any()]
+    rows = frame.to_dict("records")
+    table = _status_table(store, rows, params, wide=True)
+    if _measure(table).maximum > out.width:
+        table = _status_table(store, rows, params, wide=False)
     out.print(table)
     if frame["n_pruned"].sum():
         out.print(
@@ -343,9 +350,58 @@ def status(store: Annotated[Path, typer.Argument(help="store to summarise")]) ->
 
 
 def _fmt(value: Any) -> str:
+    """A number as a table shows it: four significant digits, a dash where there is none."""
     if isinstance(value, float):
         return "–" if not math.isfinite(value) else f"{value:.4g}"
     return str(value)
+
+
+def _measure(table: Table) -> Any:
+    """The widths ``table`` can take: ``minimum`` with every cell wrapped at its longest word,
+    ``maximum`` with nothing wrapped (a :class:`rich.measure.Measurement`)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(out, out.options.update_width(1_000_000), table)
+
+
+def _new_table(title: str, **kwargs: Any) -> Table:
+    """A table whose title is text, never markup (a store path may hold brackets)."""
+    return Table(title=Text(title), title_justify="left", caption_justify="left", **kwargs)
+
+
+def _column(table: Table, header: str, *, right: bool = False, min_width: int | None = None) -> None:
+    # fold, never "…": a number or name longer than its column goes on over two lines, whole
+    table.add_column(header, justify="right" if right else "left", overflow="fold", min_width=min_width)
+
+
+def _status_table(store: Path, rows: list[dict], params: list[str], *, wide: bool) -> Table:
+    """One row per (method, cell). ``wide``: a column per parameter; otherwise the best parameters
+    as ``name=value`` pairs in one column that wraps between pairs (fits 80 columns)."""
+    table = _new_table(str(store))
+    _column(table, "method")
+    _column(table, "HAADF×chem" if wide else "tilts", right=True)
+    for header in ("trials", "failed", "pruned", "best NRMSE"):
+        _column(table, header, right=True)
+    for p in params if wide else ["best parameters"]:
+        _column(table, p, right=wide)
+    for row in rows:
+        cells = [
+            row["method"],
+            f"{row['n_haadf']}×{row['n_chem']}",
+            f"{row['trials']}/{row['budget']}",
+            str(row["failed"]),
+            str(row["n_pruned"]),
+            _fmt(row["best_nrmse"]),
+        ]
+        if wide:
+            cells += [_fmt(row[p]) for p in params]
+        else:
+            given = [f"{p}={_fmt(row[p])}" for p in params if isinstance(row[p], float) and math.isfinite(row[p])]
+            cells.append(" ".join(given) or "–")
+        table.add_row(*(Text(cell) for cell in cells))
+    if not wide:
+        table.caption = Text("tilts: HAADF × chemical", style="table.caption")
+    return table
 
 
 @app.command()
@@ -443,19 +499,74 @@ def reconstruct(
 
 
 @app.command()
-def methods() -> None:
+def methods(fmt: FormatOption = TableFormat.table) -> None:
     """List the methods a study can use, their parameters, defaults and default ranges."""
     from tomosweep.sweep.methods import METHODS
 
-    table = Table(title="methods")
-    for column in ("method", "parameter", "type", "default", "range", "prior", "empty table", "meaning"):
-        table.add_column(column)
-    for method in METHODS.values():
-        for p in method.params:
-            empty = "searched" if p.searched else "fixed"
-            table.add_row(method.name, p.name, p.kind, f"{p.default:g}", f"{p.low:g}–{p.high:g}", p.prior, empty, p.doc)
-    out.print(table)
-    out.print("A method table left empty (e.g. [methods.fused]) searches the parameters marked 'searched'.")
+    rows = [
+        {
+            "method": method.name,
+            "parameter": p.name,
+            "type": p.kind,
+            "default": p.default,
+            "low": p.low,
+            "high": p.high,
+            "prior": p.prior,
+            "searched": p.searched,
+            "meaning": p.doc,
+        }
+        for method in METHODS.values()
+        for p in method.params
+    ]
+    if fmt is not TableFormat.table:
+        import pandas as pd
+
+        print_data(pd.DataFrame(rows, columns=list(_METHOD_COLUMNS)), fmt=fmt)
+        return
+    # one table while the meanings get 30 columns or more; else one table per method
+    # (no method column), so a meaning never shrinks to a word per line
+    table = _methods_table("methods", rows, with_method=True)
+    if _measure(table).minimum <= out.width:
+        out.print(table)
+    else:
+        for name in dict.fromkeys(row["method"] for row in rows):
+            out.print(_methods_table(name, [row for row in rows if row["method"] == name], with_method=False))
+    out.print(
+        "A method table left empty (e.g. [methods.fused]) searches the parameters marked 'searched'.",
+        markup=False,
+        highlight=False,
+    )
+
+
+_METHOD_COLUMNS = ("method", "parameter", "type", "default", "low", "high", "prior", "searched", "meaning")
+
+
+def _methods_table(title: str, rows: list[dict], *, with_method: bool) -> Table:
+    """The parameters of ``rows``: all methods with a method column, or one method's without it,
+    the prior beside the range and light rules, to leave the meanings room at 80 columns."""
+    from rich import box
+
+    if with_method:
+        table = _new_table(title)
+        headers = ("method", "parameter", "type", "default", "range", "prior", "empty table")
+    else:
+        table = _new_table(title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        headers = ("parameter", "type", "default", "range", "if empty")
+    for header in headers:
+        _column(table, header)
+    table.add_column("meaning", overflow="fold", min_width=30 if with_method else None)
+    for row in rows:
+        span = f"{row['low']:g}–{row['high']:g}"
+        cells = [row["method"]] * with_method + [
+            row["parameter"],
+            row["type"],
+            f"{row['default']:g}",
+            *((span, row["prior"]) if with_method else (f"{span} {row['prior']}",)),
+            "searched" if row["searched"] else "fixed",
+            row["meaning"],
+        ]
+        table.add_row(*(Text(cell) for cell in cells))
+    return table
 
 
 @app.command("job-script")
@@ -567,6 +678,8 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors (click's, vendored by typer): a missing option, a bad value
         command = getattr(getattr(exc, "ctx", None), "command_path", None) or "tomosweep"
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        # typer checks a value with pydantic, whose prefix says nothing to a user
+        message = message.replace(": Value error, ", ": ", 1)
         console.print(f"[red]error:[/] {escape(message)}", highlight=False)
         console.print(f"(see `{escape(command)} --help`)", highlight=False)
         raise SystemExit(getattr(exc, "exit_code", 2)) from None

@@ -5,6 +5,9 @@ CLI as ``__main__``, so the command modules cannot import these from it.
 
 from __future__ import annotations
 
+import enum
+import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +42,48 @@ TrustOption = Annotated[
         "prologue) without asking: for scripts, once you have read it",
     ),
 ]
+
+
+class TableFormat(enum.StrEnum):
+    """How a command that prints a table prints it."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+FormatOption = Annotated[
+    TableFormat,
+    typer.Option(
+        "--format",
+        case_sensitive=False,
+        help="table: for reading (fits the terminal, never cuts a number or a name); csv or json: the same data "
+        "in full precision, plain on stdout, for scripts",
+    ),
+]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: NumPy scalars as Python numbers, NaN (no value) as null."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def print_data(frame: Any, *, fmt: TableFormat) -> None:
+    """Write a pandas table to stdout as CSV or JSON (a list of row objects), plain text.
+
+    No Rich: no markup read, no wrapping, no colour, whatever the terminal. Floats keep
+    every digit (CSV as pandas writes them, JSON as Python's ``repr``); a missing value is
+    an empty CSV field or JSON ``null``.
+    """
+    if fmt is TableFormat.csv:
+        typer.echo(frame.to_csv(index=False, lineterminator="\n"), nl=False)
+    else:
+        records = [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+        typer.echo(json.dumps(records, indent=2, ensure_ascii=False, allow_nan=False))
 
 
 class ClusterConsentError(TomosweepError):
