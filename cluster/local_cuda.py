@@ -43,9 +43,17 @@ def start(settings: ClusterSettings, *, environ: dict[str, Any]) -> Started:
     """
     try:
         from dask_cuda import LocalCUDACluster
-    except ImportError:
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "dask_cuda":
+            raise ClusterError(
+                'backend = "local-cuda" needs dask-cuda: pip install "tomosweep[gpu]" (on a machine with CUDA)'
+            ) from None
+        # dask-cuda is there, but one of its own imports failed (pynvml, a CUDA library, a
+        # version clash): reinstalling the extra would not help, the original error does
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ClusterError(
-            'backend = "local-cuda" needs dask-cuda: pip install "tomosweep[gpu]" (on a machine with CUDA)'
+            f'backend = "local-cuda": dask-cuda is installed but cannot be imported ({reason}); '
+            'fix that import, or use backend = "local"'
         ) from None
     devices = visible_devices(settings)
     try:
