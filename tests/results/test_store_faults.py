@@ -361,3 +361,38 @@ def test_unreadable_maps_are_rebuilt_for_readers_and_by_a_writer(tmp_path):
         store.rebuild_maps()
     reopened = SweepStore.open(path)
     assert not reopened.map_damage and np.array_equal(reopened.maps("fused")["best_nrmse"], best, equal_nan=True)
+
+
+def _as_older_store(path):
+    """Rewrite trials/method as stores before sentinel fill values had it: fill value 0, so a
+    chunk of method-0 trials only is never stored."""
+    group = zarr.open_group(path, mode="r+")
+    values = np.maximum(group["trials/method"][:], 0)
+    group.create_array("trials/method", data=values, chunks=(256,), fill_value=0, overwrite=True)
+
+
+def test_an_older_store_whose_method_chunk_holds_only_fill_values_is_healthy(tmp_path):
+    path = tmp_path / "s.zarr"
+    with new_store(path) as store:
+        for k in range(3):
+            store.append(record("fused", nrmse=0.3 + 0.01 * k))  # method index 0: the old fill value
+    _as_older_store(path)
+    assert not (path / "trials" / "method" / "c" / "0").exists()  # legitimately absent
+    assert SweepStore.open(path).audit().findings == ()
+
+
+def test_an_older_store_with_its_method_chunk_deleted_is_found_by_the_maps(tmp_path):
+    path = tmp_path / "s.zarr"
+    filled(path, n=6)
+    _as_older_store(path)
+    (path / "trials" / "method" / "c" / "0").unlink()
+    audit = SweepStore.open(path).audit()
+    assert audit.findings[0].startswith(
+        "trials/method chunk 0 (trials 0–5) is not stored and the maps disagree with the trials: those trials "
+        "may read as fused values wrongly; left as they are"
+    )
+    assert audit.damaged_rows == frozenset(range(6)) and audit.blocks_resume
+    best = SweepStore.open(path).maps("sirt")["best_nrmse"].copy()
+    with SweepStore.open(path, writable=True) as store:
+        store.add_to_maps(audit.damaged_rows)  # what check --repair does: nothing relabelled
+    np.testing.assert_array_equal(SweepStore.open(path).maps("sirt")["best_nrmse"], best)
