@@ -54,7 +54,13 @@ ParamValue = float | SearchRange
 
 
 class PhantomSpec(BaseModel):
-    """The ground truth: a built-in specimen (``name``) or a user's file (``file``)."""
+    """The ground truth: a built-in specimen (``name``) or a user's file (``file``).
+
+    ``size`` is a built-in specimen's edge in voxels (an ``n × n × n`` volume). A file's
+    specimen has the size of its volumes ``(n_elements, n, n, n_x)``; a study file may
+    repeat it as ``size = n`` but :func:`load_study` refuses any other value, which the
+    run could not honour.
+    """
 
     model_config = _FORBID
     name: str | None = None
@@ -355,7 +361,31 @@ def load_study(path: str | Path) -> Study:
         resolved = (path.parent / study.phantom.file).expanduser()
         phantom = study.phantom.model_copy(update={"file": str(resolved.resolve())})
         study = study.model_copy(update={"phantom": phantom})
+        given = raw.get("phantom")
+        if isinstance(given, Mapping) and "size" in given:
+            _check_file_size(study.phantom, source=str(path))
     return study
+
+
+def _check_file_size(phantom: PhantomSpec, *, source: str) -> None:
+    """Refuse a ``size`` written beside ``file`` that is not the file's size.
+
+    Only a study file is checked, where ``size`` is known to be the user's: a stored study
+    holds the default size beside its file, which never meant anything.
+    """
+    from tomosweep.errors import TomosweepError
+    from tomosweep.phantoms import load_specimen
+
+    try:
+        shape = load_specimen(phantom.file).volumes.shape
+    except TomosweepError:
+        return  # the file's own problem is reported where the study reads it, as without a size
+    n, n_x = int(shape[1]), int(shape[3])
+    if phantom.size != n:
+        raise SpecError(
+            f"{source}: phantom.size = {phantom.size} but phantom.file {phantom.file} holds volumes of "
+            f"{n} × {n} × {n_x} voxels (size {n}); a file phantom's size is its file's: remove size or set it to {n}"
+        )
 
 
 def check_extension(stored: Study, new: Study) -> list[str]:
