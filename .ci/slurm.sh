@@ -7,6 +7,9 @@
 # There is no systemd on the CI machines, and no cgroups: the configuration uses
 # proctrack/linuxproc and task/none. The node is this machine at 127.0.0.1, with
 # all of its CPUs and 90 % of its memory, in one default partition called `debug`.
+# .ci/slurm_nodes.sh adds compute nodes in network namespaces: it starts this script with
+# TOMOSWEEP_SLURM_CONTROL_ADDR (the controller's address on their bridge) and
+# TOMOSWEEP_SLURM_NODES_CONF (a file of node and partition lines appended to slurm.conf).
 set -euo pipefail
 
 STATE=${TOMOSWEEP_SLURM_STATE:-/tmp/tomosweep-slurm}
@@ -39,19 +42,19 @@ write_conf() {
     host=$(hostname -s)
     cpus=$(nproc)
     mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
-    mkdir -p /etc/slurm "$STATE/spool/ctld" "$STATE/spool/d" "$STATE/log"
+    mkdir -p /etc/slurm "$STATE/spool/ctld" "$STATE/spool/d/$host" "$STATE/log"
     cat >"$CONF" <<EOF
 $MARK
 ClusterName=tomosweep-ci
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host(${TOMOSWEEP_SLURM_CONTROL_ADDR:-127.0.0.1})
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=$STATE/spool/ctld
-SlurmdSpoolDir=$STATE/spool/d
+SlurmdSpoolDir=$STATE/spool/d/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -66,8 +69,11 @@ SchedulerParameters=sched_interval=2
 KillWait=5
 InactiveLimit=0
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+    if [ -n "${TOMOSWEEP_SLURM_NODES_CONF:-}" ]; then
+        cat "$TOMOSWEEP_SLURM_NODES_CONF" >>"$CONF"
+    fi
 }
 
 start_munge() {
@@ -115,8 +121,8 @@ start() {
 
 stop() {
     # only what this script started, by PID; slurmd first so jobs end before the controller
-    for name in slurmd slurmctld munged; do
-        local pidfile="$STATE/$name.pid"
+    local pidfile
+    for pidfile in "$STATE"/slurmd-*.pid "$STATE/slurmctld.pid" "$STATE/munged.pid"; do
         [ -f "$pidfile" ] || continue
         local pid
         pid=$(cat "$pidfile")
