@@ -133,9 +133,19 @@ class BudgetSpec(BaseModel):
     """Trials per (cell, method) and how they are chosen.
 
     The first ``initial_points`` come from the best points of the neighbouring cells
-    (``warm_start``, when they have any) and random draws; the rest from GP-Hedge
-    (``sampler = "gp"``) or more random draws (``"random"``, the baseline). ``liar`` is
-    the constant lie told for trials in flight.
+    (``warm_start``, when they have any) and a Latin-hypercube design; the rest from
+    GP-Hedge (``sampler = "gp"``) or random draws (``"random"``, the baseline). ``liar``
+    is the constant lie told for trials in flight.
+
+    ``surrogate = "cell"``: one GP per (method, cell); ``"map"``: one GP per method over
+    (weights, log n_haadf, log n_chem) fitted on every cell's trials, asked at each
+    cell's tilt counts (:mod:`tomosweep.sweep.surrogate`).
+
+    Budgets that follow improvement: ``trials_per_cell`` is each cell's cap; with
+    ``stop_tolerance`` set, a cell stops once the expected improvement there stayed
+    below that fraction of its best for ``stop_patience`` asks in a row; ``total`` caps
+    the whole study (all methods and cells), so trials a stopped cell does not use go
+    to the cells still improving.
     """
 
     model_config = _FORBID
@@ -145,6 +155,10 @@ class BudgetSpec(BaseModel):
     sampler: Literal["gp", "random"] = "gp"
     warm_start: bool = True
     prune: bool = False
+    surrogate: Literal["map", "cell"] = "cell"
+    stop_tolerance: float | None = Field(None, gt=0, lt=1)
+    stop_patience: int = Field(3, ge=1)
+    total: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _initial_le_budget(self) -> BudgetSpec:

@@ -1,0 +1,103 @@
+"""Tabulate the real fused/SIRT objective over the searched weights, per cell (JSON out).
+
+The search benchmarks (``map_cost.py``) compare optimisers over hundreds of runs; a real
+24³ fused trial costs ~4.5 s on one core, so every optimiser run would cost minutes. This
+script evaluates the real objective (:func:`tomosweep.sweep.trial.run_trial`, the same
+code a worker runs) once on a log-spaced grid of the searched weights per cell, with its
+solver seconds, and ``map_cost.py`` interpolates the table (bicubic in log weights on log
+NRMSE). Every number the search benchmarks report is therefore the real objective up to
+that interpolation; ``map_cost.py`` checks the interpolation against real trials.
+
+    nice -n 10 python benchmarks/map_tables.py --table cell   # one cell, 24³, 11 × 11
+    nice -n 10 python benchmarks/map_tables.py --table map    # 4 × 4 cells, 16³, 6 × 6 (+ SIRT)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import machine, parser, write
+
+from tomosweep.sweep import study_from_dict
+from tomosweep.sweep.trial import TrialTask, run_trial
+
+TABLES = {
+    # the single-cell problem of the issue: 24³ nanocubes, 30 HAADF × 8 chemical tilts, default fused ranges
+    "cell": {"specimens": ["nanocubes"], "size": 24, "n_haadf": [30], "n_chem": [8], "grid": 11, "sirt": False},
+    "map": {
+        "specimens": ["nanocubes"],
+        "size": 16,
+        "n_haadf": [8, 15, 30, 60],
+        "n_chem": [3, 6, 12, 24],
+        "grid": 6,
+        "sirt": True,
+    },
+}
+
+
+def spec(specimen: str, size: int, n_haadf: list[int], n_chem: list[int]) -> dict:
+    return {
+        "name": "tables",
+        "seed": 0,
+        "phantom": {"name": specimen, "size": size},
+        "acquisition": {"n_haadf": n_haadf, "n_chem": n_chem},
+        "methods": {"fused": {}, "sirt": {}},
+        "budget": {"trials_per_cell": 1, "initial_points": 1},
+    }
+
+
+def tabulate(name: str, out: Path) -> dict:
+    setup = TABLES[name]
+    report = json.loads(out.read_text()) if out.exists() else {"benchmark": "map_tables", "table": name, **setup}
+    report["machine"] = machine()
+    report.setdefault("cells", {})
+    for specimen in setup["specimens"]:
+        study = study_from_dict(spec(specimen, setup["size"], setup["n_haadf"], setup["n_chem"]))
+        study_json = json.dumps(study.to_json(), sort_keys=True)
+        fused = study.searched("fused")
+        axes = {
+            n: np.geomspace(r.low, r.high, setup["grid"]).tolist() for n, r in fused.items()
+        }
+        report["axes"] = axes
+        for h in setup["n_haadf"]:
+            for c in setup["n_chem"]:
+                key = f"{specimen}/{h}/{c}"
+                if key in report["cells"]:
+                    continue
+                t0 = time.perf_counter()
+                values, seconds = [], []
+                for a in axes["lambda_haadf"]:
+                    for t in axes["lambda_tv"]:
+                        params = {**study.fixed("fused"), "lambda_haadf": a, "lambda_tv": t}
+                        r = run_trial(TrialTask(study_json, "fused", h, c, params))
+                        values.append(r.nrmse if r.ok and math.isfinite(r.nrmse) else None)
+                        seconds.append(r.wall_time_s)
+                entry = {"fused": values, "fused_s": seconds}
+                if setup["sirt"]:
+                    rng = study.searched("sirt")["n_iter"]
+                    iters = sorted({int(round(v)) for v in np.geomspace(rng.low, rng.high, 12)})
+                    sirt = [run_trial(TrialTask(study_json, "sirt", h, c, {"n_iter": k})) for k in iters]
+                    entry["sirt_n_iter"] = iters
+                    entry["sirt"] = [r.nrmse if r.ok else None for r in sirt]
+                    entry["sirt_s"] = [r.wall_time_s for r in sirt]
+                report["cells"][key] = entry
+                ok = [v for v in values if v is not None]
+                print(key, f"best {min(ok):.4f}", f"{time.perf_counter() - t0:.0f} s", flush=True)
+                write(out, report)  # after every cell: an interrupted run keeps what it did
+    return report
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0], "map_tables_cell.json")
+    p.add_argument("--table", choices=sorted(TABLES), default="cell")
+    args = p.parse_args()
+    out = args.out if args.out.name != "map_tables_cell.json" else args.out.with_name(f"map_tables_{args.table}.json")
+    tabulate(args.table, out)
+
+
+if __name__ == "__main__":
+    main()

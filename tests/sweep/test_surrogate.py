@@ -1,0 +1,182 @@
+"""The map surrogate: one GP per method over (weights, tilt counts), adaptive budgets, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import trial_hooks
+from sweep_support import tiny_study
+
+from tomosweep.results import SweepStore
+from tomosweep.sweep import study_from_dict
+from tomosweep.sweep.optimizer import CellOptimizer, derived_seed
+from tomosweep.sweep.surrogate import MapSurrogate, _AtContext, attach_map, map_state_key, map_states, restore_maps
+
+SPACE = {"a": (0.01, 100.0, "log", "real"), "b": (0.01, 100.0, "log", "real")}
+CELLS = [(10, 3), (10, 12), (40, 3), (40, 12)]
+
+
+def optimum(cell) -> float:
+    """Where the best ``a`` lies in a cell: it moves smoothly with the HAADF tilts."""
+    return 0.5 * (cell[0] / 10) ** 1.5
+
+
+def objective(params, cell) -> float:
+    """Minimum 0.1 + 0.3 / n_chem at a = optimum(cell), b = 0.3."""
+    return (
+        0.1 + 0.3 / cell[1] + 0.05 * math.log10(params["a"] / optimum(cell)) ** 2
+        + 0.05 * math.log10(params["b"] / 0.3) ** 2
+    )
+
+
+def make_map(**options):
+    opts = {cell: CellOptimizer(SPACE, n_initial=4, seed=derived_seed(7, *cell), **options) for cell in CELLS}
+    attach_map("fused", opts, seed=7)
+    return opts
+
+
+def drive(opts, n, start=0, cells=None):
+    """Round-robin over the cells, one trial at a time; the points asked, in order."""
+    cells = cells or list(opts)
+    asked = []
+    for k in range(start, start + n):
+        cell = cells[k % len(cells)]
+        proposal = opts[cell].ask(k)
+        if proposal is None:
+            asked.append((cell, None))
+            continue
+        opts[cell].tell(proposal.params, objective(proposal.params, cell), key=k)
+        asked.append((cell, proposal.params))
+    return asked
+
+
+def test_what_one_cell_learns_places_another_cells_first_point():
+    opts = make_map()
+    drive(opts, 12, cells=[(10, 3), (40, 3)])  # two cells searched, two not yet touched
+    first = opts[(10, 12)].ask("new")  # no trial of its own: the map's GP proposes it
+    assert first.by in {"EI", "LCB", "PI"}
+    # the point is far better than the median of random points (0.035 above the optimum here)
+    assert objective(first.params, (10, 12)) - (0.1 + 0.3 / 12) < 0.02
+
+
+def test_same_results_same_points_and_a_restored_map_continues_the_same_sequence():
+    straight = make_map()
+    drive(straight, 10)
+    states = json.loads(json.dumps({**map_states(straight), **{str(k): o.state() for k, o in straight.items()}}))
+    resumed = make_map()
+    for cell, opt in straight.items():
+        for x, y in zip(opt.X, opt.Y, strict=True):
+            resumed[cell].tell(dict(zip(opt.names, x, strict=True)), y)
+    restore_maps(resumed, states)
+    for cell, opt in resumed.items():
+        opt.restore(states[str(cell)])
+    assert drive(resumed, 4, start=10) == drive(straight, 4, start=10)
+    again = make_map()
+    assert drive(again, 14) == [(c, p) for c, p in drive(make_map(), 14)]
+
+
+def test_the_acquisition_at_a_context_has_the_gradient_of_the_weights_alone():
+    from skopt.acquisition import gaussian_ei
+
+    opts = make_map()
+    drive(opts, 8)
+    surrogate = opts[CELLS[0]].map
+    X, Y, _ = surrogate.training_set(CELLS[1], with_pending=False)
+    model = surrogate.fit(X, Y, 0)
+    at = _AtContext(model, surrogate.context(CELLS[1]))
+    x = np.array([[0.4, 0.6]])
+    value, grad = gaussian_ei(x, at, y_opt=float(Y.min()), return_grad=True)
+    h = 1e-6
+    numeric = [
+        (gaussian_ei(x + h * e, at, y_opt=float(Y.min())) - gaussian_ei(x - h * e, at, y_opt=float(Y.min())))[0] / (2 * h)
+        for e in np.eye(2)
+    ]
+    assert grad.shape == (2,)
+    assert np.allclose(grad, numeric, rtol=1e-3, atol=1e-6)
+
+
+def test_a_crowded_map_fits_the_asking_cell_and_its_nearest_cells_only():
+    cells = [(h, c) for h in (5, 10, 20, 40, 80) for c in (2, 4, 8, 16, 32)]
+    surrogate = MapSurrogate(cells, seed=0, max_points=60)
+    for cell in cells:
+        opt = CellOptimizer(SPACE, n_initial=2, seed=1)
+        surrogate.attach(cell, opt)
+        for k in range(5):
+            opt.tell({"a": 1.0 + k, "b": 1.0}, 0.5)
+    near = surrogate.local_cells((5, 2))  # a corner: itself and its 3 neighbours (20 trials), then ring 2 (25)
+    assert near[0] == (5, 2) and set(near[:4]) == {(5, 2), (5, 4), (10, 2), (10, 4)}
+    assert len(near) == 9
+    X, Y, own = surrogate.training_set((20, 8), with_pending=False)  # the centre: its first ring is thinned
+    assert len(X) <= 60 + 5 and len(own) == 5 and X.shape[1] == 4
+
+
+def test_a_cell_stops_once_improvement_stays_below_the_tolerance_and_the_reason_is_kept():
+    opts = make_map(stop_tolerance=0.02, stop_patience=2)
+    asked = drive(opts, 40)
+    stopped = {cell for cell, p in asked if p is None}
+    assert stopped, "no cell converged on an easy bowl"
+    for cell in stopped:
+        opt = opts[cell]
+        assert opt.stopped.startswith("converged: expected improvement below 2 %")
+        assert opt.ask("again") is None
+        state = json.loads(json.dumps(opt.state()))
+        fresh = CellOptimizer(SPACE, n_initial=4, seed=0)
+        fresh.restore(state)
+        assert fresh.stopped == opt.stopped and fresh.ask("x") is None
+        # it stopped near its optimum, not before it had a say
+        assert opt.best()[1] < 0.1 + 0.3 / cell[1] + 0.01 and opt.n_told >= 4
+
+
+def test_a_damaged_map_state_is_one_clear_error():
+    from tomosweep.errors import StoreError
+
+    opts = make_map()
+    with pytest.raises(StoreError, match=r"fused map surrogate is unreadable .*fused/map"):
+        restore_maps(opts, {map_state_key("fused"): {"gains": [1.0, math.inf, 0.0]}})
+
+
+def test_the_budget_section_takes_the_surrogate_and_the_adaptive_budget():
+    study = study_from_dict(
+        tiny_study(budget={"trials_per_cell": 6, "surrogate": "map", "stop_tolerance": 0.01, "total": 10})
+    )
+    assert study.budget.surrogate == "map" and study.budget.stop_patience == 3 and study.budget.total == 10
+    from tomosweep.errors import SpecError
+
+    with pytest.raises(SpecError, match="stop_tolerance"):
+        study_from_dict(tiny_study(budget={"trials_per_cell": 6, "stop_tolerance": 2}))
+
+
+def _sequential(study, path, client):
+    from tomosweep.sweep.api import create_store
+    from tomosweep.sweep.runner import Runner
+
+    spec = study_from_dict(study)
+    store = SweepStore.open(path, writable=True) if path.exists() else create_store(spec, path)
+    with store:
+        return Runner(spec, store, client, trial_fn=trial_hooks.synthetic_trial, slots=1, queue_extra=0).run()
+
+
+def _map_study(budget: int, **extra) -> dict:
+    return tiny_study(
+        acquisition={"n_haadf": [5, 9], "n_chem": [3, 6]},
+        methods={"fused": {"lambda_haadf": {"low": 0.1, "high": 10.0}, "lambda_tv": {"low": 0.1, "high": 10.0}}},
+        budget={"trials_per_cell": budget, "initial_points": 3, "surrogate": "map", **extra},
+    )
+
+
+@pytest.mark.slow
+def test_a_map_study_resumes_exactly_and_a_total_caps_it(tmp_path, client):
+    _sequential(_map_study(5), tmp_path / "straight.zarr", client)
+    _sequential(_map_study(3), tmp_path / "split.zarr", client)
+    _sequential(_map_study(5), tmp_path / "split.zarr", client)  # the extended budget: 2 more per cell
+    straight = SweepStore.open(tmp_path / "straight.zarr")
+    split = SweepStore.open(tmp_path / "split.zarr")
+    assert [r.params for r in split.records()] == [r.params for r in straight.records()]
+    assert split.optimiser_state() == straight.optimiser_state()
+    assert "fused/map" in straight.optimiser_state()
+    assert {r.proposed_by for r in straight.records()} & {"EI", "LCB", "PI"}
+    summary = _sequential(_map_study(4, total=6), tmp_path / "capped.zarr", client)
+    assert summary.n_trials == 6 and summary.budget == 6 and summary.complete
