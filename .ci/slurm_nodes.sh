@@ -113,8 +113,8 @@ stop() {  # stop always|if-running
 
 started=""
 undo_unless_started() {
+    # quietly: the caller shows the last line, which says why it failed
     [ -n "$started" ] && return
-    log "taking down what was made; SLURM goes back to loopback only"
     stop always >/dev/null 2>&1 || true
 }
 
@@ -122,6 +122,7 @@ start() {
     [ "$(id -u)" -eq 0 ] || fail "not root: cannot make network namespaces"
     ip netns list >/dev/null 2>&1 || fail "\`ip netns\` is not available here"
     command -v slurmd >/dev/null || fail "SLURM is not installed (run .ci/slurm.sh start first)"
+    command -v nsenter >/dev/null || fail "nsenter (util-linux) is not installed"
     stop_node_daemons  # leftovers of an earlier run
     remove_network
     if ip -4 route show root "$SUBNET.0/24" | grep -q .; then
@@ -141,16 +142,15 @@ start() {
     TOMOSWEEP_SLURM_CONTROL_ADDR=$CONTROL_ADDR TOMOSWEEP_SLURM_NODES_CONF=$STATE/nodes.conf bash .ci/slurm.sh start
     for n in "${NODES[@]}"; do
         mkdir -p "$STATE/spool/d/node$n"  # slurmd makes no missing SlurmdSpoolDir
-        nsenter --net="/run/netns/$(netns "$n")" slurmd -N "node$n"
+        nsenter --net="/run/netns/$(netns "$n")" slurmd -N "node$n" || fail "slurmd of node$n did not start"
     done
     for _ in $(seq 120); do
         nodes_idle && break
         sleep 0.25
     done
     if ! nodes_idle; then
-        log "the namespace nodes did not come up within 30 s: $(sinfo -h -p nodes -o '%N %T' 2>&1 | tr '\n' ' ')"
         tail -n 5 "$STATE"/log/slurmd-node*.log >&2 || true
-        exit 1
+        fail "the namespace nodes did not come up within 30 s: $(sinfo -h -p nodes -o '%N %T' 2>&1 | tr '\n' ' ')"
     fi
     started=1
     log "compute nodes up: $(sinfo -h -p nodes -o '%P %N %T') on $IFACE $CONTROL_ADDR/24"
