@@ -132,6 +132,26 @@ def _only_slurmd_left(timeout: float = 20.0) -> dict[str, set[int]]:
         time.sleep(0.5)
 
 
+def test_a_node_reaches_loopback_and_the_subnet_only(slurm_nodes):
+    for node, address in NODES.items():
+        ip = ["ip", "-n", f"ts{node}", "-4"]
+        routes = subprocess.run([*ip, "route", "show"], capture_output=True, text=True, check=True).stdout
+        assert routes.split() == [
+            "10.213.57.0/24",
+            "dev",
+            INTERFACE,
+            "proto",
+            "kernel",
+            "scope",
+            "link",
+            "src",
+            address,
+        ]
+        addrs = subprocess.run([*ip, "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+        assert [line.split()[3] for line in addrs.splitlines()] == ["127.0.0.1/8", f"{address}/24"]
+        assert subprocess.run([*ip[:3], "-6", "-o", "addr", "show"], capture_output=True, text=True).stdout == ""
+
+
 def test_workers_on_two_nodes_over_tls_survive_a_cancelled_job(slurm_nodes, tmp_path):
     # the job prologue puts this folder on the workers' path, so they can import cluster_hooks
     prologue = [f"export PYTHONPATH={HERE}${{PYTHONPATH:+:$PYTHONPATH}}"]
