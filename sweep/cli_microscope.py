@@ -274,10 +274,10 @@ def reconstruct_data(
         )
     for note in summary.notes:
         out.print(f"note: {note}", markup=False, highlight=False)
-    if summary.heldout:
-        h = summary.heldout
-        angles = ", ".join(f"{a:g}°" for a in h["left_out_angles"])
-        out.print(f"held-out check: HAADF tilts {angles} predicted with relative error {h['relative_error']:.3f}")
+    from tomosweep.sweep.microscope import heldout_lines
+
+    for line in heldout_lines(summary.heldout):
+        out.print(line, markup=False, highlight=False)
     out.print(
         f"wrote {summary.out}: " + ", ".join(summary.files) + f" ({summary.wall_time_s:.1f} s)",
         markup=False,

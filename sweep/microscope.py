@@ -12,10 +12,15 @@ the solver computes from the data (DESIGN): the measured chemical maps go in as 
 with their flat background as ε, and the HAADF scale is fitted to the chemical start
 (``haadf_scale = "auto"`` of :func:`tomosweep.solvers.fused`).
 
-Without a ground truth, the check is a held-out one: every k-th HAADF tilt is left out,
-the series is reconstructed from the rest with the same weights, and the relative error
-of the predicted HAADF projections :math:`s\\,A_h\\sum_i (Z_i x_i)^\\gamma` (``s`` fitted by
-least squares) against the measured ones is reported.
+Without a ground truth, the check is a held-out one: every k-th HAADF tilt and one
+chemical tilt are left out, the series is reconstructed from the rest with the same
+weights, and two figures are reported: the relative error of the predicted HAADF
+projections :math:`s\\,A_h\\sum_i (Z_i x_i)^\\gamma` (``s`` fitted by least squares) and the
+mean Poisson deviance per pixel of the predicted chemical counts. With ``--weights``, the
+same figures on the study's own simulated series of the cell sit beside them, with a
+verdict where they differ by more than the study's spread (:func:`compare_heldout`).
+
+A HAADF-only series (no ``[chem]``) is aligned and reconstructed by SIRT as one HAADF volume.
 """
 
 from __future__ import annotations
@@ -200,33 +205,190 @@ def _run(cell: CellData, weights: Weights, device: str, on_iteration: Callable[[
     return method.run(cell, weights.params, device)
 
 
+def _poisson_deviance(counts: np.ndarray, mean: np.ndarray) -> float:
+    r"""Mean Poisson deviance per pixel, :math:`\frac{2}{N}\sum b\log(b/\mu) - (b - \mu)` (0 · log 0 = 0)."""
+    mean = np.maximum(mean, 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(counts > 0, counts * np.log(counts / mean), 0.0)
+    return float(2.0 * np.mean(term - (counts - mean)))
+
+
+def heldout_chem_index(n_chem: int) -> int | None:
+    """The chemical tilt left out: the interior one nearest the middle (None below 4 tilts)."""
+    return n_chem // 2 if n_chem >= 4 else None
+
+
 def heldout_check(
     series: MeasuredSeries, weights: Weights, gamma: float, *, fraction: float, device: str
 ) -> dict[str, Any] | None:
-    """Leave out every k-th HAADF tilt, reconstruct from the rest, predict the left-out projections."""
-    if series.haadf is None or series.n_haadf < 6:
+    r"""Leave out every k-th HAADF tilt and one chemical tilt, reconstruct from the rest, predict the left-out ones.
+
+    One extra reconstruction gives two figures: the relative L2 error of the left-out HAADF
+    projections :math:`s\,A_h\sum_i (Z_i x_i)^\gamma` (``s`` by least squares), and the
+    mean Poisson deviance per pixel of the left-out chemical maps against
+    :math:`k_i(A_c x_i + \varepsilon_i)` in counts (per element and their mean; about 1 for
+    a model as good as the noise at high counts, less at low counts — compare it with the
+    study's simulated series at the same dose, as :func:`reconstruct_data` does).
+    """
+    if series.haadf is None or series.n_haadf < 6 or not series.elements:
         return None
     left_out = heldout_indices(series.n_haadf, fraction)
     if left_out.size == 0:
         return None
     keep = np.setdiff1d(np.arange(series.n_haadf), left_out)
+    chem_out = heldout_chem_index(series.n_chem)
     reduced = replace(series, haadf=series.haadf[keep], haadf_angles=series.haadf_angles[keep])
+    if chem_out is not None:
+        chem_keep = np.setdiff1d(np.arange(series.n_chem), [chem_out])
+        reduced = replace(reduced, chem=series.chem[:, chem_keep], chem_angles=series.chem_angles[chem_keep])
     cell = measured_cell(reduced, gamma=gamma)
     result = _run(cell, weights, device, None)
     from tomosweep.solvers import Projector
     from tomosweep.solvers.backend import to_numpy
 
+    volumes = np.asarray(to_numpy(result.volume), dtype=float)
     projector = Projector(series.shape[0], series.haadf_angles[left_out])
-    predicted = _predicted_haadf(to_numpy(result.volume), projector, cell.z, gamma)
+    predicted = _predicted_haadf(volumes, projector, cell.z, gamma)
     measured = series.haadf[left_out]
     scale = float(np.vdot(predicted, measured) / max(np.vdot(predicted, predicted), 1e-300))
     error = float(np.linalg.norm(scale * predicted - measured) / max(np.linalg.norm(measured), 1e-300))
-    return {
+    out: dict[str, Any] = {
         "left_out_angles": [float(a) for a in series.haadf_angles[left_out]],
         "relative_error": error,
         "scale": scale,
         "what": "relative L2 error of the left-out HAADF projections predicted from the rest",
     }
+    if chem_out is not None:
+        k = np.ones(len(series.elements)) if series.sensitivity is None else np.asarray(series.sensitivity, float)
+        chem_op = Projector(series.shape[0], series.chem_angles[[chem_out]])
+        deviance = []
+        for i in range(len(series.elements)):
+            mean = k[i] * (np.asarray(chem_op.forward(volumes[i].astype(np.float32)), float)[0] + cell.eps[i])
+            deviance.append(_poisson_deviance(series.chem[i, chem_out], mean))
+        out.update(
+            chem_left_out_angle=float(series.chem_angles[chem_out]),
+            chem_deviance=float(np.mean(deviance)),
+            chem_deviance_per_element=dict(zip(series.elements, deviance, strict=True)),
+            chem_what="mean Poisson deviance per pixel of the left-out chemical tilt predicted from the rest",
+        )
+    return out
+
+
+# Without stored replicates, the held-out figures of the data and of the study's simulated
+# series count as different beyond this relative difference. It is a chosen default, not a
+# measured spread: one noise realisation of a held-out figure is not a distribution, and
+# ``tomosweep replicate`` gives the real one.
+DEFAULT_HELDOUT_SPREAD = 0.25
+
+
+def study_spread(store: Any, method: str, cell: tuple[int, int]) -> tuple[float, str]:
+    """The relative spread the comparison allows: 2 × the replicates' relative std, or the default."""
+    from tomosweep.results.plan import replicate_key, stored_replicates
+
+    entry = stored_replicates(store).get(replicate_key(method, *cell)) or {}
+    values = np.array([v for v in entry.get("nrmse") or [] if v is not None and math.isfinite(v)], dtype=float)
+    if values.size >= 2 and values.mean() > 0:
+        spread = max(2.0 * float(values.std(ddof=1) / values.mean()), 0.05)
+        return spread, f"2 × the relative std of {values.size} stored replicates"
+    return DEFAULT_HELDOUT_SPREAD, "the default (no replicates stored; run tomosweep replicate)"
+
+
+def study_series(store_path: Any, cell: tuple[int, int], like: MeasuredSeries) -> tuple[MeasuredSeries, Any]:
+    """The study's own simulated series of ``cell`` as a measured one, calibrated as ``like`` is."""
+    from tomosweep.results import SweepStore
+    from tomosweep.sweep.api import stored_study
+    from tomosweep.sweep.trial import simulate_cell
+
+    with SweepStore.open(store_path) as store:
+        study = stored_study(store)
+    specimen, acq = simulate_cell(study, *cell)
+    elements = tuple(specimen.elements)
+    dose = tuple(float(acq.dose[e]) for e in elements)
+    simulated = replace(
+        like,
+        haadf=acq.haadf,
+        haadf_angles=np.asarray(acq.haadf_angles, float),
+        chem=acq.chem,
+        chem_angles=np.asarray(acq.chem_angles, float),
+        elements=elements,
+        chem_background=tuple(float(acq.background[e]) for e in elements),
+        haadf_background=0.0,
+        sensitivity=dose if like.sensitivity is not None else None,
+        haadf_scale=acq.dose["haadf"] if not isinstance(like.haadf_scale, str) else like.haadf_scale,
+        haadf_vacuum=None,
+    )
+    return simulated, study
+
+
+def compare_heldout(data: dict[str, Any], study: dict[str, Any], spread: float, why: str) -> dict[str, Any]:
+    """Each held-out figure of the data beside the study's, and a verdict in plain words."""
+    rows, verdicts = {}, []
+    for key, name in (("relative_error", "held-out HAADF error"), ("chem_deviance", "held-out chemical deviance")):
+        if key not in data or key not in study:
+            continue
+        ratio = data[key] / study[key] if study[key] > 0 else math.inf
+        differs = abs(ratio - 1.0) > spread
+        rows[key] = {"data": data[key], "study": study[key], "ratio": ratio, "differs": differs}
+        if differs and ratio > 1:
+            verdicts.append(
+                f"the {name} is {ratio:.2f}× the study's simulated series': these data fit the model worse "
+                "than the study assumed (alignment, calibration, dose or specimen differ), so expect a "
+                "higher NRMSE than the study predicts"
+            )
+        elif differs:
+            verdicts.append(
+                f"the {name} is {ratio:.2f}× the study's simulated series': these data fit the model better "
+                "than the study's (more dose or a simpler specimen), so the study's NRMSE is likely pessimistic"
+            )
+    if rows and not verdicts:
+        verdicts.append(
+            f"the data behave like the study's simulated series (every held-out figure within ±{spread:.0%})"
+        )
+    return {"figures": rows, "spread": spread, "spread_from": why, "verdict": verdicts}
+
+
+def heldout_lines(heldout: dict[str, Any] | None) -> list[str]:
+    """The held-out check as terminal lines: the figures, the study's beside them, the verdict."""
+    if not heldout:
+        return []
+    angles = ", ".join(f"{a:g}°" for a in heldout["left_out_angles"])
+    lines = [f"held-out check: HAADF tilts {angles} predicted with relative error {heldout['relative_error']:.3f}"]
+    if "chem_deviance" in heldout:
+        lines.append(
+            f"held-out check: chemical tilt {heldout['chem_left_out_angle']:g}° predicted with Poisson deviance "
+            f"{heldout['chem_deviance']:.3f} per pixel"
+        )
+    study = heldout.get("study")
+    if study:
+        for key, row in study["figures"].items():
+            name = "HAADF error" if key == "relative_error" else "chemical deviance"
+            lines.append(
+                f"  {name}: data {row['data']:.3f}, the study's simulated series {row['study']:.3f} "
+                f"({row['ratio']:.2f}×)"
+            )
+        lines += [f"verdict: {v}" for v in study["verdict"]]
+    return lines
+
+
+def _study_heldout(
+    store_path: Any,
+    weights: Weights,
+    series: MeasuredSeries,
+    data_figures: dict[str, Any],
+    gamma: float,
+    fraction: float,
+    device: str,
+) -> dict[str, Any] | None:
+    """The same held-out figures on the study's simulated series of the cell, compared with the data's."""
+    from tomosweep.results import SweepStore
+
+    simulated, _ = study_series(store_path, weights.cell, series)
+    figures = heldout_check(simulated, weights, gamma, fraction=fraction, device=device)
+    if figures is None:
+        return None
+    with SweepStore.open(store_path) as store:
+        spread, why = study_spread(store, weights.method, weights.cell)
+    return {"cell": list(weights.cell), **figures, **compare_heldout(data_figures, figures, spread, why)}
 
 
 # --- writing ------------------------------------------------------------------------
@@ -386,7 +548,7 @@ def _aligned(
     aligned = replace(
         series,
         haadf=apply_shifts(series.haadf, alignment.shifts),
-        chem=np.stack([apply_shifts(c, chem_shifts) for c in series.chem]),
+        chem=np.stack([apply_shifts(c, chem_shifts) for c in series.chem]) if series.elements else series.chem,
     )
     largest = float(np.abs(alignment.shifts).max())
     say(f"aligned ({alignment.method}): largest shift {largest:.2f} px, tilt axis {alignment.tilt_axis_offset:+.2f} px")
@@ -447,7 +609,9 @@ def reconstruct_data(
 
     out = check_out_folder(out, overwrite=overwrite)
     series = load_series(data)
-    notes: list[str] = []
+    notes: list[str] = list(series.notes)
+    if not series.elements:
+        return _haadf_only(data, out, series, notes, weights_store, method, device, say, t0)
     weights = _weights_for(series, weights_store, method, say)
     gamma = series.gamma if series.gamma is not None else (weights.gamma or DEFAULT_GAMMA)
     if series.sensitivity is None and len(series.elements) > 1:
@@ -474,10 +638,13 @@ def reconstruct_data(
         raise InputError("the reconstruction is not finite; the weights do not suit these data")
     heldout = None
     if holdout:
-        say("held-out check: reconstructing again without every k-th HAADF tilt")
+        say("held-out check: reconstructing again without every k-th HAADF tilt and one chemical tilt")
         heldout = heldout_check(series, weights, gamma, fraction=holdout, device=device)
         if heldout is None:
             notes.append("held-out check skipped: it needs a HAADF series of 6 tilts or more")
+        elif weights_store is not None and weights.cell is not None:
+            say(f"held-out check on the study's own simulated series of cell {weights.cell[0]}×{weights.cell[1]}")
+            heldout["study"] = _study_heldout(weights_store, weights, series, heldout, gamma, holdout, device)
 
     out.mkdir(parents=True, exist_ok=True)
     files = _write_outputs(out, volumes, series, result, weights)
@@ -496,6 +663,67 @@ def reconstruct_data(
         wall_time_s=time.perf_counter() - t0,
     )
     (out / _MARK).write_text(json.dumps(_record(data, series, summary, result, gamma), indent=2, default=float))
+    summary.files.append(_MARK)
+    return summary
+
+
+# SIRT iterations for a HAADF-only series: its SNR is high, so more than the chemical default
+HAADF_SIRT_ITERATIONS = 50
+
+
+def _haadf_only(
+    data: Any,
+    out: Path,
+    series: MeasuredSeries,
+    notes: list[str],
+    weights_store: Any,
+    method: str | None,
+    device: str,
+    say: Callable[[str], None],
+    t0: float,
+) -> DataReconstruction:
+    """A HAADF-only series: aligned and reconstructed by SIRT as one HAADF volume (no chemistry)."""
+    from tomosweep.solvers import Projector, sirt
+    from tomosweep.solvers.backend import to_numpy
+
+    if method not in (None, "sirt"):
+        raise InputError(f"--method {method}: a HAADF-only series is reconstructed by sirt; chemistry needs [chem]")
+    table = dict(series.weights or {})
+    n_iter = int(table.get("n_iter", HAADF_SIRT_ITERATIONS)) if table.get("method", "sirt") == "sirt" else 50
+    weights = Weights(method="sirt", params={"n_iter": float(n_iter)}, source="HAADF-only series (SIRT)")
+    if weights_store is not None:
+        notes.append("--weights is not used: a study's weights are for chemistry, and this series has no [chem]")
+    notes.append("reconstructed by SIRT as one HAADF volume (Σ (Z x)^γ in the HAADF's units), no element maps")
+    series, alignment = _aligned(series, notes, say)
+    vacuum = getattr(series, "haadf_vacuum", None)
+    if vacuum is not None:
+        notes.extend(vacuum.notes())
+        say(f"HAADF vacuum level {series.haadf_background:.4g} counts, from {vacuum.as_dict()['from']}")
+    n_det, n_x = series.haadf.shape[1:]
+    say(f"reconstructing the HAADF on a {n_det}² × {n_x} grid (SIRT, {n_iter} iterations)")
+    result = sirt(Projector(n_det, series.haadf_angles), series.haadf, n_iter=n_iter, device=device)
+    volumes = np.asarray(to_numpy(result.volume), dtype=np.float64)[None]
+    if not np.all(np.isfinite(volumes)):
+        raise InputError("the HAADF reconstruction is not finite; check the series for outliers")
+    out.mkdir(parents=True, exist_ok=True)
+    shown = replace(series, elements=("HAADF",))
+    files = _write_outputs(out, volumes, shown, result, weights)
+    if alignment is not None:
+        alignment_figure(alignment).savefig(out / "alignment.png", dpi=110)
+        files.append("alignment.png")
+    summary = DataReconstruction(
+        out=out,
+        weights=weights,
+        elements=("HAADF",),
+        shape=tuple(volumes.shape),
+        alignment=None if alignment is None else alignment.as_dict(),
+        heldout=None,
+        notes=notes,
+        files=files,
+        wall_time_s=time.perf_counter() - t0,
+    )
+    record = _record(data, shown, summary, result, float(series.gamma or DEFAULT_GAMMA))
+    (out / _MARK).write_text(json.dumps(record, indent=2, default=float))
     summary.files.append(_MARK)
     return summary
 

@@ -1,0 +1,146 @@
+"""reconstruct-data on measured series: held-out figures beside the study's, HAADF-only series (issue 21)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from tomosweep.series import write_mrc, write_rawtlt
+from tomosweep.sweep.cli import app
+from tomosweep.sweep.microscope import compare_heldout, heldout_lines, reconstruct_data
+from tomosweep.sweep.spec import study_from_dict
+from tomosweep.sweep.trial import simulate_cell
+
+STUDY = {
+    "name": "heldout",
+    "seed": 2,
+    "phantom": {"name": "core_shell_cube", "size": 16},
+    "acquisition": {"n_haadf": [12], "n_chem": [4]},
+    "methods": {"fused": {"lambda_haadf": {"low": 0.4, "high": 0.6}, "lambda_tv": 1.0, "n_iter": 20}},
+    "budget": {"trials_per_cell": 1, "initial_points": 1},
+    "cluster": {"n_workers": 1},
+}
+
+
+def _write_cell_series(folder, acq, *, haadf=None, gains=None) -> None:
+    """The study's own cell as a microscope would write it (MRC + TIFF maps + .rawtlt)."""
+    folder.mkdir()
+    write_mrc(folder / "haadf.mrc", acq.haadf if haadf is None else haadf, acq.haadf_angles)
+    for k, e in enumerate(acq.elements):
+        tifffile.imwrite(folder / f"{e}.tif", acq.chem[k].astype(np.float32), photometric="minisblack")
+    write_rawtlt(folder / "maps.rawtlt", acq.chem_angles)
+    maps = "\n".join(f'{e} = "{e}.tif"' for e in acq.elements)
+    background = ", ".join(f"{e} = {acq.background[e]!r}" for e in acq.elements)
+    (folder / "data.toml").write_text(
+        f'gamma = 1.7\n[haadf]\nfile = "haadf.mrc"\nbackground = 0\n[chem]\nangles = "maps.rawtlt"\n'
+        f'background = {{ {background} }}\n[chem.elements]\n{maps}\n[align]\nmethod = "none"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def study_store(client, tmp_path_factory):
+    from tomosweep.sweep.api import run_study
+
+    path = tmp_path_factory.mktemp("heldout") / "s.zarr"
+    run_study(study_from_dict(STUDY), path, client=client)
+    return path
+
+
+@pytest.mark.slow
+def test_heldout_figures_sit_beside_the_studys_and_a_misfit_is_named(study_store, tmp_path):
+    specimen, acq = simulate_cell(study_from_dict(STUDY), 12, 4)
+    _write_cell_series(tmp_path / "same", acq)
+    done = reconstruct_data(
+        tmp_path / "same" / "data.toml", tmp_path / "out_same", weights_store=study_store, holdout=0.2
+    )
+    h = done.heldout
+    assert 0 < h["relative_error"] < 0.5 and np.isfinite(h["chem_deviance"]) and h["chem_deviance"] > 0
+    assert h["chem_left_out_angle"] == pytest.approx(acq.chem_angles[2], abs=1e-3)  # as the .rawtlt rounds it
+    study = h["study"]
+    assert study["cell"] == [12, 4] and study["spread"] == 0.25 and "default" in study["spread_from"]
+    # the data are the study's own series (angles as the files round them): each figure is the study's
+    for row in study["figures"].values():
+        assert row["ratio"] == pytest.approx(1.0, rel=0.05) and not row["differs"]
+    assert study["verdict"] == ["the data behave like the study's simulated series (every held-out figure within ±25%)"]
+    record = json.loads((tmp_path / "out_same" / "reconstruction.json").read_text())
+    assert record["heldout"]["relative_error"] == pytest.approx(h["relative_error"])
+    assert record["heldout"]["study"]["figures"]["relative_error"]["study"] == pytest.approx(study["relative_error"])
+
+    # the same series with every HAADF projection jittered by a pixel and left unaligned
+    rng = np.random.default_rng(0)
+    jittered = np.stack([np.roll(p, int(rng.choice([-2, 2])), axis=0) for p in acq.haadf])
+    _write_cell_series(tmp_path / "jittered", acq, haadf=jittered)
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "reconstruct-data",
+            str(tmp_path / "jittered" / "data.toml"),
+            "--out",
+            str(tmp_path / "out_jittered"),
+            "--weights",
+            str(study_store),
+            "--holdout",
+            "0.2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out_jittered" / "reconstruction.json").read_text())
+    row = record["heldout"]["study"]["figures"]["relative_error"]
+    assert row["differs"] and row["ratio"] > 1.25
+    assert "verdict: the held-out HAADF error is" in result.output
+    assert "fit the model worse than the study assumed" in " ".join(result.output.split())
+    assert "HAADF error: data" in result.output and "the study's simulated series" in result.output
+
+
+def test_comparison_verdicts_in_plain_words():
+    data = {"relative_error": 0.2, "chem_deviance": 0.5}
+    study = {"relative_error": 0.1, "chem_deviance": 0.52}
+    out = compare_heldout(data, study, 0.25, "the default")
+    assert out["figures"]["relative_error"]["differs"] and not out["figures"]["chem_deviance"]["differs"]
+    assert out["verdict"] == [
+        "the held-out HAADF error is 2.00× the study's simulated series': these data fit the model worse than the "
+        "study assumed (alignment, calibration, dose or specimen differ), so expect a higher NRMSE than the study "
+        "predicts"
+    ]
+    better = compare_heldout({"relative_error": 0.05}, {"relative_error": 0.1}, 0.25, "x")
+    assert "better than the study's" in better["verdict"][0]
+    lines = heldout_lines({"left_out_angles": [-30.0, 30.0], "relative_error": 0.2, "study": out})
+    assert lines[0] == "held-out check: HAADF tilts -30°, 30° predicted with relative error 0.200"
+    assert lines[1] == "  HAADF error: data 0.200, the study's simulated series 0.100 (2.00×)"
+    assert lines[-1].startswith("verdict: the held-out HAADF error is 2.00×")
+
+
+@pytest.mark.slow
+def test_haadf_only_series_is_aligned_and_reconstructed_by_sirt(tmp_path):
+    from tomosweep.phantoms import make_specimen
+    from tomosweep.solvers import Projector
+
+    specimen = make_specimen("core_shell_cube", 24)
+    angles = np.linspace(-60, 60, 13)
+    signal = ((np.asarray(specimen.z, float)[:, None, None, None] * specimen.volumes) ** 1.7).sum(0)
+    clean = Projector(24, angles).forward(signal)
+    haadf = np.random.default_rng(1).poisson(2000.0 * clean / clean.max()).astype(np.float32)
+    haadf = np.stack([np.roll(p, s, axis=0) for p, s in zip(haadf, np.tile([0, 1, -1], 5)[:13], strict=True)])
+    write_mrc(tmp_path / "haadf.mrc", haadf, angles)
+    (tmp_path / "data.toml").write_text('[haadf]\nfile = "haadf.mrc"\nbackground = 0\n[align]\nmethod = "com"\n')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["reconstruct-data", str(tmp_path / "data.toml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "note: no [chem] section: a HAADF-only series is reconstructed without chemistry (that needs [chem])" in text
+    assert "note: reconstructed by SIRT as one HAADF volume" in text
+    record = json.loads((out / "reconstruction.json").read_text())
+    assert record["method"] == "sirt" and record["elements"] == ["HAADF"]
+    assert record["alignment"]["method"] == "com"
+    volumes = np.load(out / "volumes.npz")["volumes"]
+    assert volumes.shape == (1, 24, 24, 24)
+    for name in ("HAADF.tif", "slices.png", "alignment.png", "volumes.ome.zarr"):
+        assert (out / name).exists(), name
+    # the volume is the specimen's HAADF signal: it correlates with the truth
+    corr = np.corrcoef(volumes[0].ravel(), signal.ravel())[0, 1]
+    assert corr > 0.8
