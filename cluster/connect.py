@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +61,19 @@ class Connection:
 
     @property
     def dashboard(self) -> str | None:
-        """The dashboard's link (it listens on 127.0.0.1 only: reach it through an ssh tunnel)."""
-        return getattr(self.client, "dashboard_link", None)
+        """The dashboard's link (it listens on 127.0.0.1 only: reach it through an ssh tunnel).
+
+        distributed builds ``dashboard_link`` from the scheduler's host, which is the
+        interface the workers reach (e.g. ``ib0``'s address); the dashboard of a cluster
+        started here binds 127.0.0.1 whatever that interface, so the link names it.
+        """
+        link = getattr(self.client, "dashboard_link", None)
+        if link is None or self.cluster is None:
+            return link
+        parts = urllib.parse.urlsplit(link)
+        if parts.port is None:
+            return link
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"127.0.0.1:{parts.port}"))
 
 
 def _start(settings: ClusterSettings, stack: contextlib.ExitStack) -> Started:
