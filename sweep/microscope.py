@@ -632,6 +632,12 @@ def reconstruct_data(
     result = _run(cell, weights, device, on_iteration)
     from tomosweep.solvers.backend import to_numpy
 
+    if result.info.get("haadf_scale_fit") == "joint":
+        say(
+            f"HAADF scale {result.info['haadf_scale']:.4g} counts per unit of Σ (Z x)^γ, fitted with the volumes "
+            f"(from {result.info['haadf_scale_start']:.4g} on the chemical start, "
+            f"{result.info.get('haadf_scale_refits', 0)} refits)"
+        )
     volumes = np.asarray(to_numpy(result.volume), dtype=np.float64)
     volumes = volumes[None] if volumes.ndim == 3 else volumes
     if not np.all(np.isfinite(volumes)):
