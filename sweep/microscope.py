@@ -9,8 +9,9 @@ element), orthogonal slices and the cost histories as PNG, the alignment plot, a
 
 Weights carry over because every weight a study searches is relative to a balance point
 the solver computes from the data (DESIGN): the measured chemical maps go in as counts
-with their flat background as ε, and the HAADF scale is fitted to the chemical start
-(``haadf_scale = "auto"`` of :func:`tomosweep.solvers.fused`).
+with their flat background as ε, and the HAADF scale is fitted with the volumes inside the
+solve (``haadf_scale = "auto"`` of :func:`tomosweep.solvers.fused`); a calibrated
+``[haadf] scale`` is used as given.
 
 Without a ground truth, the check is a held-out one: every k-th HAADF tilt and one
 chemical tilt are left out, the series is reconstructed from the rest with the same

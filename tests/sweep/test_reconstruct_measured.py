@@ -176,3 +176,23 @@ def test_true_k_factors_do_not_make_the_reconstruction_worse():
         result = METHODS["fused"].run(measured_cell(series, gamma=1.7), params, "cpu")
         scores[label] = float(nrmse(np.asarray(result.volume), specimen.volumes, channel_axis=0).mean())
     assert scores["with"] <= scores["without"] + 0.005, scores
+
+
+def test_the_allowed_spread_comes_from_stored_replicates():
+    from tomosweep.sweep.microscope import DEFAULT_HELDOUT_SPREAD, study_spread
+
+    class Store:
+        path = "s.zarr"
+
+        def __init__(self, entries):
+            self.entries = entries
+
+        def replicates(self):
+            return self.entries
+
+    values = [0.20, 0.22, 0.24]
+    spread, why = study_spread(Store({"fused/12/4": {"nrmse": values}}), "fused", (12, 4))
+    assert spread == pytest.approx(2 * np.std(values, ddof=1) / np.mean(values))
+    assert why == "2 × the relative std of 3 stored replicates"
+    assert study_spread(Store({}), "fused", (12, 4))[0] == DEFAULT_HELDOUT_SPREAD
+    assert study_spread(Store({"fused/12/4": {"nrmse": [0.2, None]}}), "fused", (12, 4))[0] == DEFAULT_HELDOUT_SPREAD
