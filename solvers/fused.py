@@ -417,6 +417,10 @@ class FusedStart:
     chem_trace, haadf_trace : float
         Traces of the same two Hessians (exact): the sum of the curvature over every
         voxel of every element.
+    haadf_scale_fit : str
+        How ``haadf_scale`` was found: ``"given"`` (a number, or None), ``"mlem"`` (the
+        5-iteration ML-EM estimate, kept) or ``"joint"`` (the first value of a scale that
+        :func:`fused` refits with the volumes).
     """
 
     volume: Any
@@ -426,8 +430,6 @@ class FusedStart:
     haadf_curvature: float
     chem_trace: float
     haadf_trace: float
-    # how haadf_scale was found: "given" (a number or None), "mlem" (the 5-iteration ML-EM
-    # estimate, kept as is) or "joint" (that estimate, refitted inside the fused solve)
     haadf_scale_fit: str = "given"
 
     @property
