@@ -8,7 +8,9 @@ the others. :class:`MapSurrogate` fits one Gaussian process per method over
 
 the tilt counts scaled onto [0, 1] over the study's grid, on every finished trial of
 the method (and, for the proposal fit, on every trial in flight in any cell, told a
-lie as in :mod:`tomosweep.sweep.optimizer`). An ask for a cell maximises the
+lie as in :mod:`tomosweep.sweep.optimizer`). Its kernel is a sum: a Matern 5/2 over
+weights and context (the shape of the surface, moving across the grid) plus one over
+the context alone (the level of the NRMSE, which more tilts lower everywhere). An ask for a cell maximises the
 acquisition with the cell's tilt counts held fixed — contextual Bayesian optimisation
 (Krause & Ong 2011, "Contextual Gaussian process bandit optimization", with the
 context as extra kernel dimensions). The Matern 5/2 kernel has one length scale per
@@ -47,12 +49,53 @@ if TYPE_CHECKING:
 Cell = tuple[int, int]
 
 MAX_POINTS = 300  # points of the local GP of one ask (an exact fit on 300 points takes ~0.3 s)
+CONTEXT_MIN_LENGTH = 0.3  # on the [0, 1] context axes: a 4-cell axis has cells 1/3 apart
+TUNE_POINTS = 120  # points the hyper-parameters are estimated on
 N_CANDIDATES = 2_000  # random candidates per ask (a cell's own GP uses skopt's 10 000)
 
 
 def map_state_key(method: str) -> str:
     """Where a method's map surrogate keeps its state among the stored optimiser states."""
     return f"{method}/map"
+
+
+def _map_kernel(n_dims: int) -> Any:
+    """shape + level + noise: a Matern 5/2 over weights and context (one length scale
+    each, skopt's bounds), plus a Matern 5/2 over the context alone — the level of a
+    cell's NRMSE moves with its tilt counts far more than the shape of its surface
+    does (more tilts, lower NRMSE everywhere), and a product kernel alone could only
+    fit that with short context length scales, making the cells strangers again."""
+    from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    n_weights = n_dims - 2
+    # The context's length scales stay above CONTEXT_MIN_LENGTH: the best weights move
+    # smoothly across the grid (the premise of a map surrogate), and on a small grid
+    # (two tilt counts per axis) the likelihood cannot tell a long length scale from
+    # none, and preferred none — every cell a stranger again, its first points at corners.
+    context = [(CONTEXT_MIN_LENGTH, 100.0)] * 2
+    shape = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+        length_scale=np.ones(n_dims), length_scale_bounds=[(0.01, 100.0)] * n_weights + context, nu=2.5
+    )
+    # the weights' length scales pinned far beyond the [0, 1] box: a function of the context only
+    level = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+        length_scale=[1e4] * n_weights + [1.0, 1.0], length_scale_bounds=[(1e4, 1e5)] * n_weights + context, nu=2.5
+    )
+    return shape + level + WhiteKernel()
+
+
+def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None) -> Any:
+    from skopt.learning import GaussianProcessRegressor
+
+    kernel = _map_kernel(n_dims)
+    if theta is not None:
+        kernel = kernel.clone_with_theta(np.asarray(theta, dtype=float))
+    return GaussianProcessRegressor(
+        kernel=kernel,
+        normalize_y=True,
+        noise="gaussian",
+        n_restarts_optimizer=2 if theta is None else 0,
+        random_state=seed,
+    )
 
 
 class _AtContext:
@@ -122,6 +165,8 @@ class MapSurrogate:
         self.gains = np.zeros(len(ACQ_FUNCS))
         self.nominees: np.ndarray | None = None  # (3, d + 2): weights and context
         self._rewarded_at = 0
+        self.theta: list[float] | None = None  # the GP's log hyper-parameters, last estimate
+        self._tuned_at = 0  # results told when they were estimated
 
     def attach(self, cell: Cell, opt: CellOptimizer) -> None:
         """Make ``opt`` (the cell's optimiser) ask through this map."""
@@ -137,6 +182,8 @@ class MapSurrogate:
             "gains": [float(g) for g in self.gains],
             "nominees": None if self.nominees is None else self.nominees.tolist(),
             "rewarded_at": self._rewarded_at,
+            "theta": self.theta,
+            "tuned_at": self._tuned_at,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -147,6 +194,11 @@ class MapSurrogate:
         nominees = state.get("nominees")
         self.nominees = None if nominees is None else np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
         self._rewarded_at = int(state.get("rewarded_at", 0))
+        theta = state.get("theta")
+        if theta is not None and not np.all(np.isfinite(np.asarray(theta, dtype=float))):
+            raise ValueError(f"stored GP hyper-parameters must be finite numbers, got {theta!r}")
+        self.theta = None if theta is None else [float(v) for v in theta]
+        self._tuned_at = int(state.get("tuned_at", 0))
 
     @property
     def n_finished(self) -> int:
@@ -223,16 +275,41 @@ class MapSurrogate:
                 targets.append(Y[k])
         return np.array(rows), np.array(targets), own
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, seed: int) -> Any:
-        from skopt.space import Real, Space
-        from skopt.utils import cook_estimator
-
-        space = Space([Real(0.0, 1.0) for _ in range(X.shape[1])])
-        model = cook_estimator("GP", space=space, random_state=seed)
+    def fit(self, X: np.ndarray, Y: np.ndarray, seed: int, *, tune: bool = False) -> Any:
+        """The GP on ``(X, Y)``; its hyper-parameters are the map's :attr:`theta`,
+        estimated by maximum likelihood only when ``tune`` or when there are none yet
+        (from the last estimate, with no random restarts once there is one, on at most
+        ``TUNE_POINTS`` points evenly thinned). Estimating them is what costs (~200
+        likelihood evaluations, each cubic in the points); a fit with them held is one
+        Cholesky factorisation."""
+        fresh = self.theta is None or len(self.theta) != len(_map_kernel(X.shape[1]).theta)
+        if fresh or tune:
+            model = _map_gp(X.shape[1], seed, None if fresh else self.theta)
+            keep = np.unique(np.linspace(0, len(X) - 1, min(len(X), TUNE_POINTS)).round().astype(int))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # hyper-parameter convergence notes on small, noisy data
+                model.fit(X[keep], Y[keep])
+            # skopt zeroes the fitted white noise for prediction and keeps it in noise_
+            noise = math.log(max(float(model.noise_ or 1e-5), 1e-5))
+            self.theta = [*(float(v) for v in model.kernel_.k1.theta), noise]
+            self._tuned_at = self.n_finished
+        model = _map_gp(X.shape[1], seed, self.theta)
+        model.optimizer = None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # hyper-parameter convergence notes on small, noisy data
+            warnings.simplefilter("ignore")
             model.fit(X, Y)
         return model
+
+    def _tune_now(self) -> bool:
+        """Re-estimate the hyper-parameters after every new result while the map has
+        at most ``TUNE_POINTS`` of them (estimates from a few points are poor, and
+        held they cost a cell 0.05-0.1 NRMSE on the test bowl), then whenever it has
+        grown by a quarter since the last estimate."""
+        if self.theta is None:
+            return True
+        if self.n_finished <= TUNE_POINTS:
+            return self.n_finished > self._tuned_at
+        return self.n_finished >= self._tuned_at * 5 // 4
 
     # ------------------------------------------------------------------ asking
 
@@ -245,7 +322,7 @@ class MapSurrogate:
         z = self.context(cell)
         pending_near = any(self.opts[k].pending for k in self.local_cells(cell))
         X, Y, own = self.training_set(cell, with_pending=True)
-        model = self.fit(X, Y, seed)
+        model = self.fit(X, Y, seed, tune=self._tune_now())
         reward_seed = derived_seed(seed, "reward")
         if self.nominees is not None and self.n_finished > self._rewarded_at:
             finished_model = model
@@ -259,9 +336,14 @@ class MapSurrogate:
         at = _AtContext(model, z)
         rng = np.random.default_rng(seed)
         candidates = opt._space.transform(opt._space.rvs(N_CANDIDATES, random_state=int(rng.integers(2**31))))
+        taken_t = opt._space.transform([list(p) for p in taken]) if taken else np.empty((0, candidates.shape[1]))
+        if not own and not opt.pending:
+            # a cell's first point is what the map already knows: the best mean at its context
+            for index in np.argsort(at.predict(candidates)):
+                if not opt._is_taken(candidates[index], taken_t):
+                    return opt._cast(opt._space.inverse_transform(candidates[index][None, :])[0]), "map", None
         # the cell's own best; a cell with no result yet compares with the map's best guess there
         incumbent = float(np.min(Y[own])) if own else float(np.min(at.predict(candidates)))
-        taken_t = opt._space.transform([list(p) for p in taken]) if taken else np.empty((0, candidates.shape[1]))
         nominees, points = [], []
         for acq in ACQ_FUNCS:
             x = opt._optimise(acq, at, incumbent, candidates, taken_t)
