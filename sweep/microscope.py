@@ -612,7 +612,7 @@ def reconstruct_data(
     series = load_series(data)
     notes: list[str] = list(series.notes)
     if not series.elements:
-        return _haadf_only(data, out, series, notes, weights_store, method, device, say, t0)
+        return _haadf_only(data, out, series, notes, weights_store, method, device, holdout, say, t0)
     weights = _weights_for(series, weights_store, method, say)
     gamma = series.gamma if series.gamma is not None else (weights.gamma or DEFAULT_GAMMA)
     if series.sensitivity is None and len(series.elements) > 1:
@@ -686,10 +686,15 @@ def _haadf_only(
     weights_store: Any,
     method: str | None,
     device: str,
+    holdout: float | None,
     say: Callable[[str], None],
     t0: float,
 ) -> DataReconstruction:
-    """A HAADF-only series: aligned and reconstructed by SIRT as one HAADF volume (no chemistry)."""
+    """A HAADF-only series: aligned and reconstructed by SIRT as one HAADF volume (no chemistry).
+
+    The held-out check leaves out every k-th tilt, reconstructs from the rest with the
+    same iterations and reports the relative error of the predicted projections.
+    """
     from tomosweep.solvers import Projector, sirt
     from tomosweep.solvers.backend import to_numpy
 
@@ -712,6 +717,20 @@ def _haadf_only(
     volumes = np.asarray(to_numpy(result.volume), dtype=np.float64)[None]
     if not np.all(np.isfinite(volumes)):
         raise InputError("the HAADF reconstruction is not finite; check the series for outliers")
+    heldout = None
+    if holdout and series.n_haadf >= 6 and (left_out := heldout_indices(series.n_haadf, holdout)).size:
+        say("held-out check: reconstructing again without every k-th HAADF tilt")
+        keep = np.setdiff1d(np.arange(series.n_haadf), left_out)
+        rest = sirt(Projector(n_det, series.haadf_angles[keep]), series.haadf[keep], n_iter=n_iter, device=device)
+        predicted = np.asarray(Projector(n_det, series.haadf_angles[left_out]).forward(to_numpy(rest.volume)), float)
+        measured = series.haadf[left_out]
+        heldout = {
+            "left_out_angles": [float(a) for a in series.haadf_angles[left_out]],
+            "relative_error": float(np.linalg.norm(predicted - measured) / max(np.linalg.norm(measured), 1e-300)),
+            "what": "relative L2 error of the left-out HAADF projections predicted from the rest (SIRT)",
+        }
+    elif holdout:
+        notes.append("held-out check skipped: it needs a HAADF series of 6 tilts or more")
     out.mkdir(parents=True, exist_ok=True)
     shown = replace(series, elements=("HAADF",))
     files = _write_outputs(out, volumes, shown, result, weights)
@@ -724,7 +743,7 @@ def _haadf_only(
         elements=("HAADF",),
         shape=tuple(volumes.shape),
         alignment=None if alignment is None else alignment.as_dict(),
-        heldout=None,
+        heldout=heldout,
         notes=notes,
         files=files,
         wall_time_s=time.perf_counter() - t0,

@@ -136,6 +136,8 @@ def test_haadf_only_series_is_aligned_and_reconstructed_by_sirt(tmp_path):
     assert "note: reconstructed by SIRT as one HAADF volume" in text
     record = json.loads((out / "reconstruction.json").read_text())
     assert record["method"] == "sirt" and record["elements"] == ["HAADF"]
+    assert 0 < record["heldout"]["relative_error"] < 0.3 and len(record["heldout"]["left_out_angles"]) == 1
+    assert "held-out check: HAADF tilts" in result.output
     assert record["alignment"]["method"] == "com"
     volumes = np.load(out / "volumes.npz")["volumes"]
     assert volumes.shape == (1, 24, 24, 24)
