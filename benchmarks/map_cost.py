@@ -1,0 +1,451 @@
+"""What a whole map costs: per-cell against map surrogates, adaptive budgets, and Optuna (JSON out).
+
+The objective is the real one, tabulated by ``map_tables.py`` (every grid point a real
+trial through :func:`tomosweep.sweep.trial.run_trial`, with its solver seconds) and
+interpolated bicubically in log weights on log NRMSE; ``--check`` reruns real trials at
+points the searches chose and reports the interpolation's error. That makes hundreds of
+searches affordable on two shared cores; every NRMSE here is the interpolated table's.
+
+1. ``cell``: one cell (fused, 24³ nanocubes, 30 HAADF × 8 chemical tilts, default fused
+   ranges: λ_haadf, λ_tv), 24 trials, sequential. tomosweep's GP-Hedge as it is now and
+   as it was (the committed ``sweep/optimizer.py`` at ``--before``), its random search,
+   and Optuna's GPSampler and TPESampler (a benchmark-only dependency: ``pip install
+   optuna torch``) on the same objective and space. Median best after 8/16/24 trials and
+   median trials to come within 5 % of the best any run found.
+2. ``map``: a 4 × 4 grid (16³ nanocubes, 8-60 HAADF × 3-24 chemical tilts) through the
+   real :class:`~tomosweep.sweep.runner.Runner` (one trial at a time, in-process Dask),
+   per strategy — cell (independent), cell + neighbour warm starts (today's default),
+   map, map + adaptive budget — for fused and SIRT: total trials and solver core-seconds
+   until every cell is within 5 % of its reference (the best any strategy found for that
+   cell in any run), and the map's mean best NRMSE at equal total trials.
+
+    nice -n 10 python benchmarks/map_cost.py [--only cell map] [--seeds 5] [--check 4]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import machine, parser, write
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+SPACE = {"lambda_haadf": (0.01, 100.0, "log", "real"), "lambda_tv": (0.05, 20.0, "log", "real")}
+
+
+class Table:
+    """One cell's tabulated objective: bicubic in (log10 λ_haadf, log10 λ_tv) on log NRMSE;
+    SIRT linear in log n_iter. Solver seconds from the nearest tabulated point."""
+
+    def __init__(self, entry: dict[str, Any], axes: dict[str, list[float]]) -> None:
+        from scipy.interpolate import RectBivariateSpline
+
+        self.a = np.log10(axes["lambda_haadf"])
+        self.t = np.log10(axes["lambda_tv"])
+        values = np.array([math.nan if v is None else v for v in entry["fused"]], dtype=float)
+        worst = np.nanmax(values)
+        grid = np.log(np.where(np.isfinite(values), values, worst)).reshape(len(self.a), len(self.t))
+        self.spline = RectBivariateSpline(self.a, self.t, grid, kx=3, ky=3)
+        self.seconds = np.asarray(entry["fused_s"], dtype=float).reshape(len(self.a), len(self.t))
+        self.table_best = float(np.exp(grid.min()))
+        if "sirt" in entry:
+            self.sirt_iters = np.log(entry["sirt_n_iter"])
+            self.sirt_values = np.log([v if v is not None else 2.0 for v in entry["sirt"]])
+            self.sirt_seconds = np.asarray(entry["sirt_s"], dtype=float)
+
+    def fused(self, params: dict[str, float]) -> tuple[float, float]:
+        a = float(np.clip(math.log10(params["lambda_haadf"]), self.a[0], self.a[-1]))
+        t = float(np.clip(math.log10(params["lambda_tv"]), self.t[0], self.t[-1]))
+        i = int(np.argmin(abs(self.a - a)))
+        j = int(np.argmin(abs(self.t - t)))
+        return float(np.exp(self.spline(a, t)[0, 0])), float(self.seconds[i, j])
+
+    def sirt(self, params: dict[str, float]) -> tuple[float, float]:
+        x = math.log(params["n_iter"])
+        value = float(np.exp(np.interp(x, self.sirt_iters, self.sirt_values)))
+        return value, float(self.sirt_seconds[int(np.argmin(abs(self.sirt_iters - x)))])
+
+
+def load_tables(name: str) -> tuple[dict[str, Any], dict[tuple[str, int, int], Table]]:
+    report = json.loads((HERE / "results" / f"map_tables_{name}.json").read_text())
+    tables = {}
+    for key, entry in report["cells"].items():
+        specimen, h, c = key.split("/")
+        tables[(specimen, int(h), int(c))] = Table(entry, report["axes"])
+    return report, tables
+
+
+def trials_to_within(values: list[float], target: float) -> int:
+    best = math.inf
+    for k, v in enumerate(values, start=1):
+        best = min(best, v)
+        if best <= target:
+            return k
+    return len(values) + 1
+
+
+# ---------------------------------------------------------------------- one cell
+
+
+def before_optimizer(commit: str) -> Any:
+    """``CellOptimizer`` as committed at ``commit`` (what a user had before this change)."""
+    source = subprocess.run(
+        ["git", "show", f"{commit}:sweep/optimizer.py"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "optimizer_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("optimizer_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["optimizer_before"] = module
+    spec.loader.exec_module(module)
+    return module.CellOptimizer
+
+
+def run_tomosweep(cls: Any, objective: Any, n: int, seed: int, **options: Any) -> tuple[list[float], list[dict]]:
+    opt = cls(SPACE, n_initial=5, seed=seed, **options)
+    values, points = [], []
+    for k in range(n):
+        proposal = opt.ask(k)
+        value, _ = objective(proposal.params)
+        opt.tell(proposal.params, value, key=k)
+        values.append(value)
+        points.append(proposal.params)
+    return values, points
+
+
+def run_optuna(sampler_name: str, objective: Any, n: int, seed: int) -> tuple[list[float], list[dict]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.GPSampler(seed=seed) if sampler_name == "gp" else optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(sampler=sampler, direction="minimize")
+    values, points = [], []
+
+    def fn(trial: Any) -> float:
+        params = {
+            name: trial.suggest_float(name, low, high, log=prior == "log")
+            for name, (low, high, prior, _) in SPACE.items()
+        }
+        value, _ = objective(params)
+        values.append(value)
+        points.append(params)
+        return value
+
+    study.optimize(fn, n_trials=n)
+    return values, points
+
+
+def one_cell(seeds: int, n: int, before: str, check: int) -> dict[str, Any]:
+    from tomosweep.sweep.optimizer import CellOptimizer
+
+    report, tables = load_tables("cell")
+    (key, table), = tables.items()
+    samplers: dict[str, Any] = {
+        "tomosweep_gp": lambda s: run_tomosweep(CellOptimizer, table.fused, n, s),
+        "tomosweep_gp_before": lambda s: run_tomosweep(before_optimizer(before), table.fused, n, s),
+        "tomosweep_random": lambda s: run_tomosweep(CellOptimizer, table.fused, n, s, sampler="random"),
+    }
+    try:
+        import optuna  # noqa: F401
+
+        samplers["optuna_gp"] = lambda s: run_optuna("gp", table.fused, n, s)
+        samplers["optuna_tpe"] = lambda s: run_optuna("tpe", table.fused, n, s)
+    except ImportError:
+        print("optuna is not installed: its samplers are left out", flush=True)
+    runs: dict[str, list[list[float]]] = {}
+    points: dict[str, list[list[dict]]] = {}
+    seconds: dict[str, float] = {}
+    for name, fn in samplers.items():
+        t0 = time.perf_counter()
+        for seed in range(seeds):
+            values, chosen = fn(seed)
+            runs.setdefault(name, []).append(values)
+            points.setdefault(name, []).append(chosen)
+        seconds[name] = (time.perf_counter() - t0) / seeds
+        print(name, [round(min(v), 4) for v in runs[name]], f"{seconds[name]:.1f} s per run", flush=True)
+    reference = min(min(v) for vs in runs.values() for v in vs)
+    target = 1.05 * reference
+    summary = {}
+    for name, vs in runs.items():
+        summary[name] = {
+            **{f"median_best_at_{k}": statistics.median(min(v[:k]) for v in vs) for k in (8, 16, n)},
+            "median_trials_to_within_5pct": statistics.median(trials_to_within(v, target) for v in vs),
+            "trials_to_within_5pct": [trials_to_within(v, target) for v in vs],
+            "best_per_seed": [min(v) for v in vs],
+            "driver_s_per_run": seconds[name],
+        }
+    checks = []
+    if check:
+        checks = check_table(key, table, [p[int(np.argmin(v))] for vs, ps in zip(runs.values(), points.values())
+                                          for v, p in zip(vs, ps)][:check])
+    better_optuna = min(
+        (summary[k] for k in ("optuna_gp", "optuna_tpe") if k in summary),
+        key=lambda s: s["median_trials_to_within_5pct"],
+        default=None,
+    )
+    met = None
+    if better_optuna is not None:
+        ours = summary["tomosweep_gp"]
+        met = {
+            f"at_{k}": ours[f"median_best_at_{k}"]
+            <= min(summary[o][f"median_best_at_{k}"] for o in ("optuna_gp", "optuna_tpe") if o in summary)
+            for k in (8, 16, n)
+        }
+        met["trials_to_5pct"] = ours["median_trials_to_within_5pct"] <= min(
+            summary[o]["median_trials_to_within_5pct"] for o in ("optuna_gp", "optuna_tpe") if o in summary
+        )
+        met["gp_le_half_random"] = (
+            ours["median_trials_to_within_5pct"] <= summary["tomosweep_random"]["median_trials_to_within_5pct"] / 2
+        )
+    return {
+        "problem": f"fused, {report['size']}³ {key[0]}, {key[1]} HAADF × {key[2]} chemical tilts, default ranges "
+        "(lambda_haadf 0.01-100, lambda_tv 0.05-20, log), sequential",
+        "table": f"{report['grid']} × {report['grid']} real trials, bicubic in log weights on log NRMSE",
+        "table_best": table.table_best,
+        "trials": n,
+        "seeds": seeds,
+        "reference_best": reference,
+        "summary": summary,
+        "interpolation_check": checks,
+        "target": "tomosweep_gp no worse than the better Optuna sampler at 8, 16, 24 trials and in trials to 5 %",
+        "met": met,
+    }
+
+
+def check_table(key: tuple[str, int, int], table: Table, points: list[dict]) -> list[dict]:
+    """Real trials at ``points``: how far the interpolated table is from the objective."""
+    from tomosweep.sweep import study_from_dict
+    from tomosweep.sweep.trial import TrialTask, run_trial
+
+    specimen, h, c = key
+    spec = {
+        "name": "check",
+        "seed": 0,
+        "phantom": {"name": specimen, "size": 24},
+        "acquisition": {"n_haadf": [h], "n_chem": [c]},
+        "methods": {"fused": {}},
+        "budget": {"trials_per_cell": 1, "initial_points": 1},
+    }
+    study = study_from_dict(spec)
+    study_json = json.dumps(study.to_json(), sort_keys=True)
+    out = []
+    for p in points:
+        real = run_trial(TrialTask(study_json, "fused", h, c, {**study.fixed("fused"), **p})).nrmse
+        interpolated, _ = table.fused(p)
+        out.append({"params": p, "real": real, "table": interpolated, "relative_error": interpolated / real - 1})
+        print("check", out[-1], flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------- the map
+
+STRATEGIES = {
+    "cell": {"surrogate": "cell", "warm_start": False},
+    "cell_warm": {"surrogate": "cell", "warm_start": True},
+    "map": {"surrogate": "map"},
+    "map_adaptive": {"surrogate": "map", "stop_tolerance": 0.01, "stop_patience": 3},
+}
+
+
+def map_spec(report: dict[str, Any], method: str, strategy: str, seed: int, cap: int) -> dict[str, Any]:
+    from map_tables import DEFAULT_FUSED_RANGES
+
+    fused = {**DEFAULT_FUSED_RANGES, "n_iter": report["n_iter"]} if report.get("n_iter") else {}
+    searched = {"fused": fused, "sirt": {}}[method]
+    return {
+        "name": f"map-{method}-{strategy}",
+        "seed": seed,
+        "phantom": {"name": report["specimens"][0], "size": report["size"]},
+        "acquisition": {"n_haadf": report["n_haadf"], "n_chem": report["n_chem"]},
+        "methods": {method: searched},
+        "budget": {"trials_per_cell": cap, "initial_points": 5, **STRATEGIES[strategy]},
+    }
+
+
+def table_trial(tables: dict[tuple[str, int, int], Table], specimen: str) -> Any:
+    """A trial function that answers from the tables (what a worker would have computed)."""
+    from tomosweep.results import OK, TrialRecord
+
+    def trial(task: Any) -> Any:
+        table = tables[(specimen, task.n_haadf, task.n_chem)]
+        value, seconds = getattr(table, task.method)(dict(task.params))
+        return TrialRecord(
+            method=task.method,
+            n_haadf=task.n_haadf,
+            n_chem=task.n_chem,
+            params=dict(task.params),
+            status=OK,
+            nrmse=value,
+            nrmse_elements=(value,),
+            wall_time_s=seconds,
+            finished_at=time.time(),
+        )
+
+    return trial
+
+
+def run_map(spec: dict[str, Any], trial: Any, path: Path, client: Any) -> tuple[list[Any], dict[str, Any], float]:
+    from tomosweep.results import SweepStore
+    from tomosweep.sweep import study_from_dict
+    from tomosweep.sweep.api import create_store
+    from tomosweep.sweep.runner import Runner
+
+    study = study_from_dict(spec)
+    t0 = time.perf_counter()
+    with create_store(study, path, elements=("x",)) as store:
+        Runner(study, store, client, slots=1, queue_extra=0, trial_fn=trial).run()
+    driver_s = time.perf_counter() - t0
+    with SweepStore.open(path) as store:
+        return store.records(), store.optimiser_state(), driver_s
+
+
+def map_cost(seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "sirt")) -> dict[str, Any]:
+    from distributed import Client
+
+    report, tables = load_tables("map")
+    specimen = report["specimens"][0]
+    trial = table_trial(tables, specimen)
+    cells = [(h, c) for h in report["n_haadf"] for c in report["n_chem"]]
+    out: dict[str, Any] = {
+        "grid": [report["n_haadf"], report["n_chem"]],
+        "problem": f"{report['size']}³ {specimen}; fused (lambda_haadf, lambda_tv, default ranges) and SIRT "
+        f"(n_iter 2-200); tables of real trials ({report['grid']} × {report['grid']} per cell for fused)",
+        "cap_per_cell": cap,
+        "seeds": seeds,
+        "methods": {},
+    }
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client, \
+            tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for strategy in STRATEGIES:
+                for seed in range(seeds):
+                    path = Path(tmp) / f"{method}-{strategy}-{seed}.zarr"
+                    records, states, driver_s = run_map(map_spec(report, method, strategy, seed, cap), trial, path, client)
+                    stopped = {k: v.get("stopped") for k, v in states.items() if v.get("stopped")}
+                    runs.setdefault(strategy, []).append(
+                        {
+                            "seq": [((r.n_haadf, r.n_chem), r.nrmse, r.wall_time_s) for r in records],
+                            "driver_s": driver_s,
+                            "stopped": len(stopped),
+                        }
+                    )
+                    print(method, strategy, seed, len(records), "trials", f"{driver_s:.0f} s driver",
+                          f"{len(stopped)} cells stopped", flush=True)
+            reference = {
+                cell: min(v for rs in runs.values() for r in rs for (k, v, _) in r["seq"] if k == cell) for cell in cells
+            }
+            out["methods"][method] = summarise(runs, reference, cells)
+            print(json.dumps(out["methods"][method]["summary"], indent=1), flush=True)
+    return out
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], reference: dict[Any, float], cells: list[Any]) -> dict[str, Any]:
+    """Per strategy: trials and solver seconds until every cell is within 5 % of its
+    reference (in commit order), and the mean of the cells' best at equal total trials."""
+    summary: dict[str, Any] = {}
+    for strategy, rs in runs.items():
+        per_run = []
+        for r in rs:
+            best = dict.fromkeys(cells, math.inf)
+            reached_at = seconds_at = None
+            spent_s = 0.0
+            means = {}
+            for n, (cell, value, seconds) in enumerate(r["seq"], start=1):
+                best[cell] = min(best[cell], value)
+                spent_s += seconds
+                if reached_at is None and all(best[k] <= 1.05 * reference[k] for k in cells):
+                    reached_at, seconds_at = n, spent_s
+                if n % len(cells) == 0:
+                    means[n] = float(np.mean([best[k] for k in cells]))
+            per_run.append(
+                {
+                    "trials_spent": len(r["seq"]),
+                    "solver_s_spent": spent_s,
+                    "trials_until_every_cell_within_5pct": reached_at,
+                    "solver_s_until_every_cell_within_5pct": seconds_at,
+                    "cells_within_5pct_at_end": sum(best[k] <= 1.05 * reference[k] for k in cells),
+                    "mean_best_at_equal_trials": means,
+                    "cells_stopped_early": r["stopped"],
+                    "driver_s": r["driver_s"],
+                }
+            )
+        reached = [p["trials_until_every_cell_within_5pct"] for p in per_run]
+        summary[strategy] = {
+            "runs": per_run,
+            "median_trials_until_every_cell_within_5pct": None if None in reached else statistics.median(reached),
+            "median_solver_s_until_every_cell_within_5pct": None
+            if None in reached
+            else statistics.median(p["solver_s_until_every_cell_within_5pct"] for p in per_run),
+            "median_trials_spent": statistics.median(p["trials_spent"] for p in per_run),
+            "median_cells_within_5pct_at_end": statistics.median(p["cells_within_5pct_at_end"] for p in per_run),
+        }
+    return {"reference_per_cell": {f"{h}x{c}": v for (h, c), v in reference.items()}, "summary": summary}
+
+
+# ---------------------------------------------------------------------- ask time
+
+
+def ask_time(per_cell: tuple[int, ...] = (5, 10, 25, 50)) -> dict[str, Any]:
+    """Driver seconds of one map ask on a 12 × 12 grid (the paper's) against the trials told."""
+    from tomosweep.sweep.optimizer import CellOptimizer, derived_seed
+    from tomosweep.sweep.surrogate import attach_map
+
+    hs = [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320, 452][:12]
+    cs = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 90][:12]
+    cells = [(h, c) for h in hs for c in cs]
+    rows = []
+    for n in per_cell:
+        opts = {cell: CellOptimizer(SPACE, n_initial=5, seed=derived_seed(0, *cell)) for cell in cells}
+        attach_map("fused", opts, seed=0)
+        rng = np.random.default_rng(n)
+        for (h, c), opt in opts.items():
+            for _ in range(n):
+                a, t = 10 ** rng.uniform(-2, 2), 10 ** rng.uniform(math.log10(0.05), math.log10(20))
+                value = 0.2 + 0.05 * math.log10(a * h / 100) ** 2 + 0.05 * math.log10(t) ** 2 + 0.3 / c
+                opt.tell({"lambda_haadf": a, "lambda_tv": t}, value)
+        times = []
+        for k, cell in enumerate([(40, 8), (10, 2), (452, 90)]):
+            t0 = time.perf_counter()
+            opts[cell].ask(k)
+            times.append(time.perf_counter() - t0)
+        rows.append({"trials": n * len(cells), "ask_s": times, "max_ask_s": max(times)})
+        print(rows[-1], flush=True)
+    return {"grid": "12 × 12", "rows": rows, "target_s_at_7200": 1.0, "met": rows[-1]["max_ask_s"] <= 1.0}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0], "map_cost.json")
+    p.add_argument("--only", nargs="+", choices=("cell", "map", "ask"), default=["cell", "map", "ask"])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--before", default="b2ee9a7", help="the commit whose optimiser is 'before'")
+    p.add_argument("--map-seeds", type=int, default=3)
+    p.add_argument("--cap", type=int, default=12, help="trials_per_cell in the map section")
+    p.add_argument("--methods", nargs="+", default=["fused", "sirt"])
+    p.add_argument("--check", type=int, default=0, help="real trials to check the table with")
+    args = p.parse_args()
+    out = json.loads(args.out.read_text()) if args.out.exists() else {}
+    out.update({"benchmark": "map_cost", "machine": machine()})
+    if "cell" in args.only:
+        out["cell"] = one_cell(args.seeds, args.trials, args.before, args.check)
+        print(json.dumps(out["cell"]["summary"], indent=1), flush=True)
+    if "map" in args.only:
+        out["map"] = map_cost(args.map_seeds, cap=args.cap, methods=tuple(args.methods))
+    if "ask" in args.only:
+        out["ask_time"] = ask_time()
+    write(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
