@@ -214,9 +214,7 @@ class StagedOutput:
         self.target.mkdir(parents=True, exist_ok=True)
         manifest = read_manifest(self.target)
         # checked again now: a file may have been put there while the work ran
-        foreign = [
-            n for n in names if (self.target / n).exists() and not is_ours(self.target, n, manifest)
-        ]
+        foreign = [n for n in names if (self.target / n).exists() and not is_ours(self.target, n, manifest)]
         if foreign:
             raise OutputError(
                 f"{self.target} now holds {_shown(foreign)}, not written by tomosweep: not replaced; "

@@ -141,7 +141,7 @@ def local_link(url: Any) -> str | None:
     the page shows no link a heartbeat could point elsewhere (``javascript:``, another host)."""
     from urllib.parse import urlsplit
 
-    if not isinstance(url, str) or len(url) > 2000 or any(ch in url for ch in "\"\'<> \t\r\n"):
+    if not isinstance(url, str) or len(url) > 2000 or any(ch in url for ch in "\"'<> \t\r\n"):
         return None
     try:
         parts = urlsplit(url)

@@ -196,6 +196,7 @@ def test_tls_false_is_plain_tcp_with_a_warning(slurm, tmp_path, caplog):
     raw["methods"] = {"sirt": raw["methods"]["sirt"]}
     raw["budget"] = {"trials_per_cell": 1, "initial_points": 1}
     seen = {}
+
     def hook(conn) -> None:
         seen.update(conn=conn, address=conn.client.scheduler.address)
 

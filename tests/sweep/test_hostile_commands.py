@@ -568,9 +568,9 @@ def test_os_errors_are_one_line_that_names_the_file():
 
 
 def test_warnings_of_dependencies_stay_off_the_terminal(capsys):
-    from tomosweep.sweep.cli import dependency_warnings_to_log
-
     import logging
+
+    from tomosweep.sweep.cli import dependency_warnings_to_log
 
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("default")
