@@ -153,4 +153,4 @@ def test_the_commented_example_is_a_valid_data_file():
 
     example = Path(__file__).parents[2] / "examples" / "measured_data.toml"
     spec = DataFile.model_validate(tomllib.loads(example.read_text()))
-    assert set(spec.chem.elements) == {"Co", "Cu", "O"} and spec.align.method == "xcorr"
+    assert set(spec.chem.elements) == {"Co", "Cu", "O"} and spec.align.method == "projmatch"
