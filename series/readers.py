@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -115,7 +116,12 @@ _FEI_OLD_RECORD = 128
 
 
 def _byte_order(header: Any) -> str:
-    return "<" if bytes(header.machst)[:1] in (b"\x44", b"\x41") else ">"
+    # the byte order mrcfile read the header in: its own guess where the machine stamp is
+    # blank, as in files older than MRC2000 (ETSpy's FEI series has 00 00 00 00)
+    order = header.nx.dtype.byteorder
+    if order in ("=", "|"):
+        return "<" if sys.byteorder == "little" else ">"
+    return order
 
 
 def _imod_nint_nreal(header: Any) -> tuple[int, int]:
@@ -151,7 +157,8 @@ def _mrc_angles(mrc: Any, n_sections: int) -> np.ndarray | None:
             return None
         per = raw[: nint * n_sections].reshape(n_sections, nint)[:, :2].copy()
         return per.view(f"{_byte_order(mrc.header)}i2").ravel().astype(float) / 100.0
-    if not exttyp.strip() and nint == 0 and nreal == 0 and raw.size >= _FEI_OLD_RECORD * n_sections:
+    # old FEI files leave nint/nreal blank, or say nreal = 32: the 32 float32 of each record
+    if not exttyp.strip() and nint == 0 and nreal in (0, 32) and raw.size >= _FEI_OLD_RECORD * n_sections:
         records = raw[: _FEI_OLD_RECORD * n_sections].reshape(n_sections, _FEI_OLD_RECORD)[:, :4].copy()
         return _plausible(records.view(f"{_byte_order(mrc.header)}f4").ravel().astype(float))
     return None

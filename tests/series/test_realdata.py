@@ -60,9 +60,6 @@ def needle(etspy_data):
     return binned, angles, header_angles, etspy
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the old-style FEI extended header (no type tag, tilt first) is not read yet (issue 21 item 5)"
-)
 def test_header_angles_are_the_rawtlt_ones(needle):
     _, angles, header_angles, _ = needle
     assert header_angles is not None
