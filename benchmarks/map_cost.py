@@ -76,8 +76,11 @@ class Table:
         return value, float(self.sirt_seconds[int(np.argmin(abs(self.sirt_iters - x)))])
 
 
+TABLES_DIR = HERE / "results"
+
+
 def load_tables(name: str) -> tuple[dict[str, Any], dict[tuple[str, int, int], Table]]:
-    report = json.loads((HERE / "results" / f"map_tables_{name}.json").read_text())
+    report = json.loads((TABLES_DIR / f"map_tables_{name}.json").read_text())
     tables = {}
     for key, entry in report["cells"].items():
         specimen, h, c = key.split("/")
@@ -434,14 +437,21 @@ def main() -> None:
     p.add_argument("--cap", type=int, default=12, help="trials_per_cell in the map section")
     p.add_argument("--methods", nargs="+", default=["fused", "sirt"])
     p.add_argument("--check", type=int, default=0, help="real trials to check the table with")
+    p.add_argument("--tables", type=Path, default=None, help="where map_tables.py wrote its tables")
     args = p.parse_args()
+    if args.tables is not None:
+        global TABLES_DIR
+        TABLES_DIR = args.tables
     out = json.loads(args.out.read_text()) if args.out.exists() else {}
     out.update({"benchmark": "map_cost", "machine": machine()})
     if "cell" in args.only:
         out["cell"] = one_cell(args.seeds, args.trials, args.before, args.check)
         print(json.dumps(out["cell"]["summary"], indent=1), flush=True)
     if "map" in args.only:
-        out["map"] = map_cost(args.map_seeds, cap=args.cap, methods=tuple(args.methods))
+        result = map_cost(args.map_seeds, cap=args.cap, methods=tuple(args.methods))
+        # a run for one method keeps what an earlier run measured for the others
+        result["methods"] = {**out.get("map", {}).get("methods", {}), **result["methods"]}
+        out["map"] = result
     if "ask" in args.only:
         out["ask_time"] = ask_time()
     write(args.out, out)

@@ -338,10 +338,11 @@ class MapSurrogate:
         candidates = opt._space.transform(opt._space.rvs(N_CANDIDATES, random_state=int(rng.integers(2**31))))
         taken_t = opt._space.transform([list(p) for p in taken]) if taken else np.empty((0, candidates.shape[1]))
         if not own and not opt.pending:
-            # a cell's first point is what the map already knows: the best mean at its context
+            # a cell's first point is a warm start from the whole map: its best mean there
             for index in np.argsort(at.predict(candidates)):
                 if not opt._is_taken(candidates[index], taken_t):
-                    return opt._cast(opt._space.inverse_transform(candidates[index][None, :])[0]), "map", None
+                    point = opt._cast(opt._space.inverse_transform(candidates[index][None, :])[0])
+                    return point, "warm-start", None
         # the cell's own best; a cell with no result yet compares with the map's best guess there
         incumbent = float(np.min(Y[own])) if own else float(np.min(at.predict(candidates)))
         nominees, points = [], []
