@@ -44,6 +44,7 @@ from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
+from tomosweep.sweep.surrogate import attach_map, map_states, restore_maps
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.sweep.view import Heartbeat
 
@@ -110,12 +111,17 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
                 seed=derived_seed(study.seed, "optimiser", method, h, c),
                 liar=study.budget.liar,
                 sampler=study.budget.sampler,
+                stop_tolerance=study.budget.stop_tolerance,
+                stop_patience=study.budget.stop_patience,
             )
+        if study.budget.surrogate == "map":
+            attach_map(method, {(h, c): opts[(method, h, c)] for h, c in study.cells}, seed=study.seed)
     for record in store.records():
         opt = opts.get((record.method, record.n_haadf, record.n_chem))
         if opt is not None:
             opt.tell(record.params, record.nrmse if record.ok else None)
     states = store.optimiser_state()
+    restore_maps(opts, states)
     for key, opt in opts.items():
         state = states.get(state_key(key))
         if state is None:
@@ -342,7 +348,7 @@ class _Pass:
         study, store = runner.study, runner.store
         self.opts = build_optimisers(study, store)
         self.budget_per = study.budget.trials_per_cell
-        self.total = self.budget_per * len(self.opts)
+        self.total = min(self.budget_per * len(self.opts), study.budget.total or math.inf)
         self.in_grid = sum(min(o.n_told, self.budget_per) for o in self.opts.values())
         self.failed = sum(1 for o in self.opts.values() for y in o.Y if y is None)
         self.n_start = store.n_committed
@@ -476,7 +482,8 @@ class _Pass:
             self.dirty.add(key)
             if proposal is None:
                 self.exhausted.add(key)
-                log.info("%s: every point of its finite space is evaluated; the cell stops", state_key(key))
+                why = opt.stopped or "every point of its finite space is evaluated"
+                log.info("%s: %s; the cell stops", state_key(key), why)
                 continue
             # the trial and its record carry the full setting; the optimiser reads its own names
             params = {**study.fixed(key[0]), **proposal.params}
@@ -501,7 +508,7 @@ class _Pass:
             self.curves[ticket.key].append([(int(k), float(v)) for k, v in record.info["curve"]])
         store.append(
             replace(record, task_key=str(future.key), proposed_by=ticket.proposed_by),
-            optimiser={state_key(k): self.opts[k].state() for k in self.dirty},
+            optimiser={**{state_key(k): self.opts[k].state() for k in self.dirty}, **map_states(self.opts)},
         )
         self.dirty.clear()
         self.in_grid += 1
