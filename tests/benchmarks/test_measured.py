@@ -32,3 +32,38 @@ def test_quick_benchmark_reports_every_figure(tmp_path, monkeypatch):
     k_row = rows["reconstruct-data/projmatch+k"]
     assert k_row["haadf_scale_true"] == pytest.approx(rows["true_haadf_scale"])
     assert k_row["haadf_scale_ratio"] == pytest.approx(k_row["haadf_scale_fitted"] / rows["true_haadf_scale"], abs=1e-3)
+
+
+def test_factor_rows_give_each_truth_to_the_data_file(tmp_path, monkeypatch):
+    """--factors: each calibration a data file can give is written with its true value, and read back so."""
+    import numpy as np
+
+    from tomosweep.series import load_series
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import measured
+
+    sets = measured.factor_sets()
+    assert sets["all"] == frozenset(measured.TRUTHS) and sets["+k+scale"] == {"k", "scale"}
+    assert "scale" not in sets["all-k"]  # the scale is only true in the k-factors' units
+    rng = np.random.default_rng(0)
+    angles = np.linspace(-60, 60, 6)
+    series = {
+        "angles": angles,
+        "chem_angles": angles[::2],
+        "elements": ("Co", "O"),
+        "haadf_scale": 123.5,
+        "k": np.array([3.0, 0.5]),
+        "chem_background": [2.0, 1.5],
+    }
+    for key, shape in (("haadf", (6, 16, 16)), ("chem", (2, 3, 16, 16))):
+        series[key] = rng.poisson(20.0, size=shape).astype(float)
+        series[f"{key}_ideal"] = rng.poisson(20.0, size=shape).astype(float)
+    path = measured.write_data(tmp_path / "all", series, align="projmatch", truths=sets["all"])
+    got = load_series(path)
+    assert got.sensitivity == (3.0, 0.5) and got.chem_background == (2.0, 1.5)
+    assert got.haadf_scale == 123.5 and got.haadf_background == 0.0 and got.align.method == "none"
+    np.testing.assert_array_equal(got.chem, series["chem_ideal"])  # the undrifted series
+    got = load_series(measured.write_data(tmp_path / "auto", series, align="projmatch"))
+    assert got.sensitivity is None and got.haadf_scale == "auto" and got.align.method == "projmatch"
+    np.testing.assert_array_equal(got.chem, series["chem"])
