@@ -198,3 +198,18 @@ def test_the_allowed_spread_comes_from_stored_replicates():
     assert why == "2 × the relative std of 3 stored replicates"
     assert study_spread(Store({}), "fused", (12, 4))[0] == DEFAULT_HELDOUT_SPREAD
     assert study_spread(Store({"fused/12/4": {"nrmse": [0.2, None]}}), "fused", (12, 4))[0] == DEFAULT_HELDOUT_SPREAD
+
+
+def test_missing_sensitivities_are_named_with_what_they_cost_the_fused_maps(tmp_path):
+    """Equal sensitivities distort fused maps themselves (benchmarks/measured.py --factors): the note says so."""
+    from tomosweep.phantoms import TiltScheme, make_specimen, simulate
+
+    acq = simulate(make_specimen("core_shell_cube", 16), TiltScheme(9, chem_every=3), rng=0)
+    _write_cell_series(tmp_path / "data", acq)
+    with (tmp_path / "data" / "data.toml").open("a") as f:
+        f.write('[weights]\nmethod = "fused"\nn_iter = 5\n')
+    done = reconstruct_data(tmp_path / "data" / "data.toml", tmp_path / "out", holdout=None)
+    (note,) = [n for n in done.notes if n.startswith("no [chem.sensitivity] given")]
+    assert "distort the maps themselves, not only their ratios" in note
+    record = json.loads((tmp_path / "out" / "reconstruction.json").read_text())
+    assert note in record["notes"]
