@@ -452,6 +452,18 @@ def is_rsciio_emd(path: Path) -> bool:
             return False
 
 
+def _materialise(data: Any) -> np.ndarray:
+    """A lazy (dask) RosettaSciIO array read into memory here, in this thread.
+
+    Reading a file never belongs on a cluster: without an explicit scheduler, dask uses
+    whatever default a ``distributed.Client`` left behind in this process ("Requested
+    dask.distributed scheduler but no Client active" once that client is closed).
+    """
+    if hasattr(data, "compute"):
+        return np.asarray(data.compute(scheduler="synchronous"))
+    return np.asarray(data)
+
+
 def _read_rsciio(
     path: Path, dataset: str | None, window: tuple[float, float] | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -493,10 +505,10 @@ def _read_rsciio(
                     f"({energies.min():g}–{energies.max():g} keV)"
                 )
             check_memory(path, (*data.shape[:-1], int(inside.sum())), np.dtype(data.dtype).itemsize)
-            image = np.asarray(np.asarray(data[..., inside]).sum(axis=-1), dtype=np.float64)
+            image = np.asarray(_materialise(data[..., inside]).sum(axis=-1), dtype=np.float64)
         else:
             check_memory(path, data.shape, np.dtype(data.dtype).itemsize)
-            image = np.asarray(np.asarray(data), dtype=np.float64)
+            image = np.asarray(_materialise(data), dtype=np.float64)
     n_tilts = image.shape[0] if image.ndim == 3 else 1
     return image, signal_angles(signal, n_tilts)
 

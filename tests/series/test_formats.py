@@ -26,6 +26,18 @@ def _specimen_series(angles: np.ndarray, n: int = 24, seed: int = 0) -> np.ndarr
     return np.round(np.clip(stack, 0, None))
 
 
+def test_a_lazy_gatan_stack_is_read_here_whatever_dask_scheduler_a_session_left_set(tmp_path):
+    """RosettaSciIO hands DM data over lazily; a closed distributed Client can leave dask's default
+    scheduler pointing at it ("no Client active"), which once failed every DM read after a study."""
+    import dask
+
+    stack = _specimen_series(ANGLES)
+    write_dm3(tmp_path / "haadf.dm3", stack, first_angle=-60.0, step=20.0)
+    with dask.config.set(scheduler="dask.distributed"):
+        data, _ = read_stack(tmp_path / "haadf.dm3")
+    np.testing.assert_allclose(data, stack)
+
+
 def _write(path, text: str):
     path.write_text(text)
     return path
