@@ -152,7 +152,7 @@ def one_cell(seeds: int, n: int, before: str, check: int) -> dict[str, Any]:
     from tomosweep.sweep.optimizer import CellOptimizer
 
     report, tables = load_tables("cell")
-    (key, table), = tables.items()
+    ((key, table),) = tables.items()
     samplers: dict[str, Any] = {
         "tomosweep_gp": lambda s: run_tomosweep(CellOptimizer, table.fused, n, s),
         "tomosweep_gp_before": lambda s: run_tomosweep(before_optimizer(before), table.fused, n, s),
@@ -189,8 +189,15 @@ def one_cell(seeds: int, n: int, before: str, check: int) -> dict[str, Any]:
         }
     checks = []
     if check:
-        checks = check_table(key, table, [p[int(np.argmin(v))] for vs, ps in zip(runs.values(), points.values())
-                                          for v, p in zip(vs, ps)][:check])
+        checks = check_table(
+            key,
+            table,
+            [
+                p[int(np.argmin(v))]
+                for vs, ps in zip(runs.values(), points.values(), strict=True)
+                for v, p in zip(vs, ps, strict=True)
+            ][:check],
+        )
     better_optuna = min(
         (summary[k] for k in ("optuna_gp", "optuna_tpe") if k in summary),
         key=lambda s: s["median_trials_to_within_5pct"],
@@ -327,14 +334,18 @@ def map_cost(seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "si
         "seeds": seeds,
         "methods": {},
     }
-    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         for method in methods:
             runs: dict[str, list[dict[str, Any]]] = {}
             for strategy in STRATEGIES:
                 for seed in range(seeds):
                     path = Path(tmp) / f"{method}-{strategy}-{seed}.zarr"
-                    records, states, driver_s = run_map(map_spec(report, method, strategy, seed, cap), trial, path, client)
+                    records, states, driver_s = run_map(
+                        map_spec(report, method, strategy, seed, cap), trial, path, client
+                    )
                     stopped = {k: v.get("stopped") for k, v in states.items() if v.get("stopped")}
                     runs.setdefault(strategy, []).append(
                         {
@@ -343,10 +354,19 @@ def map_cost(seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "si
                             "stopped": len(stopped),
                         }
                     )
-                    print(method, strategy, seed, len(records), "trials", f"{driver_s:.0f} s driver",
-                          f"{len(stopped)} cells stopped", flush=True)
+                    print(
+                        method,
+                        strategy,
+                        seed,
+                        len(records),
+                        "trials",
+                        f"{driver_s:.0f} s driver",
+                        f"{len(stopped)} cells stopped",
+                        flush=True,
+                    )
             reference = {
-                cell: min(v for rs in runs.values() for r in rs for (k, v, _) in r["seq"] if k == cell) for cell in cells
+                cell: min(v for rs in runs.values() for r in rs for (k, v, _) in r["seq"] if k == cell)
+                for cell in cells
             }
             out["methods"][method] = summarise(runs, reference, cells)
             print(json.dumps(out["methods"][method]["summary"], indent=1), flush=True)

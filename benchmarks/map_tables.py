@@ -67,9 +67,7 @@ def tabulate(name: str, out: Path) -> dict:
         study = study_from_dict(spec(specimen, setup["size"], setup["n_haadf"], setup["n_chem"], setup.get("n_iter")))
         study_json = json.dumps(study.to_json(), sort_keys=True)
         fused = study.searched("fused")
-        axes = {
-            n: np.geomspace(r.low, r.high, setup["grid"]).tolist() for n, r in fused.items()
-        }
+        axes = {n: np.geomspace(r.low, r.high, setup["grid"]).tolist() for n, r in fused.items()}
         report["axes"] = axes
         for h in setup["n_haadf"]:
             for c in setup["n_chem"]:

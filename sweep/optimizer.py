@@ -369,7 +369,9 @@ class CellOptimizer:
     def _design_point(self, taken: set[tuple[float, ...]]) -> list[float] | None:
         """The design point farthest from every point taken (warm starts included), so
         the initial design fills the gaps the warm starts leave; ``None`` once all are used."""
-        free = [x for x in self._design() if tuple(self._cast(self._space.inverse_transform(x[None, :])[0])) not in taken]
+        free = [
+            x for x in self._design() if tuple(self._cast(self._space.inverse_transform(x[None, :])[0])) not in taken
+        ]
         if not free:
             return None
         if taken:

@@ -27,7 +27,9 @@ def optimum(cell) -> float:
 def objective(params, cell) -> float:
     """Minimum 0.1 + 0.3 / n_chem at a = optimum(cell), b = 0.3."""
     return (
-        0.1 + 0.3 / cell[1] + 0.05 * math.log10(params["a"] / optimum(cell)) ** 2
+        0.1
+        + 0.3 / cell[1]
+        + 0.05 * math.log10(params["a"] / optimum(cell)) ** 2
         + 0.05 * math.log10(params["b"] / 0.3) ** 2
     )
 
@@ -98,7 +100,8 @@ def test_the_acquisition_at_a_context_has_the_gradient_of_the_weights_alone():
     value, grad = gaussian_ei(x, at, y_opt=float(Y.min()), return_grad=True)
     h = 1e-6
     numeric = [
-        (gaussian_ei(x + h * e, at, y_opt=float(Y.min())) - gaussian_ei(x - h * e, at, y_opt=float(Y.min())))[0] / (2 * h)
+        (gaussian_ei(x + h * e, at, y_opt=float(Y.min())) - gaussian_ei(x - h * e, at, y_opt=float(Y.min())))[0]
+        / (2 * h)
         for e in np.eye(2)
     ]
     assert grad.shape == (2,)
