@@ -30,8 +30,10 @@ from tomosweep.sweep.cli_common import (
     consent_to_stored_cluster,
     console,
     out,
+    parse_cell,
     print_data,
 )
+from tomosweep.sweep.cli_microscope import register as _register_microscope
 
 app = typer.Typer(
     name="tomosweep",
@@ -241,14 +243,6 @@ def _summary(summary: Any) -> None:
             f"{escape(str(method))} at {h} HAADF × {c} chemical tilts: every point of its search space is evaluated; "
             "the cell stopped early (the objective is deterministic, so repeating a point teaches nothing)."
         )
-
-
-def _parse_cell(cell: str) -> tuple[int, int]:
-    try:
-        h, c = (int(v) for v in cell.replace("x", ",").split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--cell must be H,C (HAADF tilts, chemical tilts), e.g. 45,9; got {cell!r}") from None
-    return h, c
 
 
 @app.command()
@@ -474,7 +468,7 @@ def export(
     convergence plot, and with --cell the GP's view of that cell's objective."""
     from tomosweep.sweep.api import export_store
 
-    for path in export_store(store, out_dir, cell=_parse_cell(cell) if cell else None, overwrite=overwrite):
+    for path in export_store(store, out_dir, cell=parse_cell(cell) if cell else None, overwrite=overwrite):
         out.print(str(path))
 
 
@@ -494,7 +488,7 @@ def reconstruct(
     """Rerun a cell's best trial and save its element volumes with the NRMSE they get."""
     from tomosweep.sweep.api import reconstruct_cell
 
-    path, metrics = reconstruct_cell(store, _parse_cell(cell), out_file, method=method, overwrite=overwrite)
+    path, metrics = reconstruct_cell(store, parse_cell(cell), out_file, method=method, overwrite=overwrite)
     out.print(f"wrote {path}; NRMSE " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
@@ -601,8 +595,6 @@ def _interrupted(code: int) -> SystemExit:
 
 
 # plan, replicate and reconstruct-data
-from tomosweep.sweep.cli_microscope import register as _register_microscope  # noqa: E402
-
 _register_microscope(app)
 
 

@@ -125,3 +125,12 @@ def consent_to_stored_cluster(store: Path, *, trust: bool) -> None:
         f"{store} stores a non-local cluster, not used without consent: pass --trust-stored-cluster to use it, "
         "or --cluster local (or another) to choose one"
     )
+
+
+def parse_cell(cell: str) -> tuple[int, int]:
+    """``--cell H,C`` (or ``HxC``) as (HAADF tilts, chemical tilts), or typer's usage error."""
+    try:
+        h, c = (int(v) for v in cell.replace("x", ",").split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--cell must be H,C (HAADF tilts, chemical tilts), e.g. 45,9; got {cell!r}") from None
+    return h, c

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tomosweep.errors import InputError
 from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
-from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out
+from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out, parse_cell
 
 #: what a figure may be saved as (matplotlib's writers that need nothing more installed)
 FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps")
@@ -59,12 +59,6 @@ class _LazyBar:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-def _parse_cell(cell: str) -> tuple[int, int]:
-    from tomosweep.sweep.cli import _parse_cell as parse
-
-    return parse(cell)
 
 
 def register(app: typer.Typer) -> None:
@@ -194,7 +188,7 @@ def replicate(
     only the missing ones."""
     from tomosweep.sweep.replicates import continue_command, replicate_cells
 
-    cells = [_parse_cell(c) for c in cell] if cell else None
+    cells = [parse_cell(c) for c in cell] if cell else None
     try:
         scales = [float(v) for v in chem_snr_scale.split(",")] if chem_snr_scale else None
     except ValueError:
