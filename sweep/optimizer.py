@@ -94,6 +94,14 @@ def hedge_reward(predicted: np.ndarray, *, warp: str) -> np.ndarray:
     return -(np.exp(mean) if warp == "log" else mean)
 
 
+def hedge_choice(gains: np.ndarray, eta: float, valid: Sequence[int], rng: np.random.Generator) -> int:
+    """GP-Hedge's pick (Hoffman et al. 2011): acquisition ``i`` with probability ∝ exp(η g_i), valid ones only."""
+    probs = np.exp(eta * (gains - gains.max()))
+    probs[[i for i in range(len(ACQ_FUNCS)) if i not in valid]] = 0.0
+    probs /= probs.sum()
+    return int(rng.choice(len(ACQ_FUNCS), p=probs))
+
+
 @dataclass(frozen=True)
 class Proposal:
     """A point to evaluate and what proposed it: ``EI``/``LCB``/``PI`` (the GP-Hedge
@@ -448,29 +456,38 @@ class CellOptimizer:
             candidates = self._space.transform(self._space.rvs(_N_CANDIDATES, random_state=int(rng.integers(2**31))))
         taken_t = self._space.transform([list(p) for p in taken])
         y_opt = float(np.min(self._warped(Y)))
-        nominees, points = [], []
-        for acq in ACQ_FUNCS:
-            x = self._optimise(acq, model, y_opt, candidates, taken_t)
-            nominees.append(x)
-            points.append(None if x is None else self._cast(self._space.inverse_transform(x[None, :])[0]))
-        valid = [i for i, p in enumerate(points) if p is not None and tuple(p) not in taken]
+        placed, points, valid = self.nominate(model, y_opt, candidates, taken_t, taken)
         if not valid:
             return None, "random", None
-        # a nominee that could not be placed keeps its slot at the best candidate, so
-        # every function is still scored at the next update
-        fallback = nominees[valid[0]]
-        self.nominees = np.array([x if x is not None else fallback for x in nominees])
-        logits = self.gains - self.gains.max()
-        probs = np.exp(self.eta * logits)
-        probs[[i for i in range(len(ACQ_FUNCS)) if i not in valid]] = 0.0
-        probs /= probs.sum()
-        choice = int(rng.choice(len(ACQ_FUNCS), p=probs))
+        self.nominees = np.array(placed)
+        choice = hedge_choice(self.gains, self.eta, valid, rng)
         ei = None
         if self.stop_tolerance is not None:
             from skopt.acquisition import gaussian_ei
 
             ei = float(np.ravel(gaussian_ei(self.nominees[:1], model, y_opt=y_opt, xi=0.0))[0])
         return points[choice], ACQ_FUNCS[choice], ei
+
+    def nominate(
+        self, model: Any, incumbent: float, candidates: np.ndarray, taken_t: np.ndarray, taken: set[tuple[float, ...]]
+    ) -> tuple[list[np.ndarray], list[list[float] | None], list[int]]:
+        """GP-Hedge's nominees: one point per acquisition function, optimised on ``model``.
+
+        Returns the nominees in the transformed space (one that could not be placed keeps
+        its slot at the first valid one, so every function is still scored at the next
+        update), the same points in the parameters' own space (None where none was
+        found), and the indices of the nominees that are new to this cell.
+        """
+        nominees, points = [], []
+        for acq in ACQ_FUNCS:
+            x = self._optimise(acq, model, incumbent, candidates, taken_t)
+            nominees.append(x)
+            points.append(None if x is None else self._cast(self._space.inverse_transform(x[None, :])[0]))
+        valid = [i for i, p in enumerate(points) if p is not None and tuple(p) not in taken]
+        if not valid:
+            return [], points, []
+        fallback = nominees[valid[0]]
+        return [x if x is not None else fallback for x in nominees], points, valid
 
     def _acq_values(self, acq: str, model: Any, y_opt: float, X: np.ndarray, grad: bool = False) -> Any:
         """The acquisition to *minimise* (skopt's convention: −EI, LCB, −PI)."""

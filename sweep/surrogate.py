@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tomosweep.sweep.optimizer import ACQ_FUNCS, derived_seed, hedge_reward
+from tomosweep.sweep.optimizer import ACQ_FUNCS, derived_seed, hedge_choice, hedge_reward
 
 if TYPE_CHECKING:
     from tomosweep.sweep.optimizer import CellOptimizer
@@ -345,25 +345,14 @@ class MapSurrogate:
                     return point, "warm-start", None
         # the cell's own best; a cell with no result yet compares with the map's best guess there
         incumbent = float(np.min(Y[own])) if own else float(np.min(at.predict(candidates)))
-        nominees, points = [], []
-        for acq in ACQ_FUNCS:
-            x = opt._optimise(acq, at, incumbent, candidates, taken_t)
-            nominees.append(x)
-            points.append(None if x is None else opt._cast(opt._space.inverse_transform(x[None, :])[0]))
-        valid = [i for i, p in enumerate(points) if p is not None and tuple(p) not in taken]
+        placed, points, valid = opt.nominate(at, incumbent, candidates, taken_t, taken)
         if not valid:
             return None, "random", None
-        fallback = nominees[valid[0]]
-        placed = [x if x is not None else fallback for x in nominees]
         self.nominees = np.array([np.concatenate([x, z]) for x in placed])
         from skopt.acquisition import gaussian_ei
 
         ei = float(np.ravel(gaussian_ei(placed[0][None, :], at, y_opt=incumbent, xi=0.0))[0])
-        logits = self.gains - self.gains.max()
-        probs = np.exp(self.eta * logits)
-        probs[[i for i in range(len(ACQ_FUNCS)) if i not in valid]] = 0.0
-        probs /= probs.sum()
-        choice = int(rng.choice(len(ACQ_FUNCS), p=probs))
+        choice = hedge_choice(self.gains, self.eta, valid, rng)
         return points[choice], ACQ_FUNCS[choice], ei
 
 
