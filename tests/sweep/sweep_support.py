@@ -1,8 +1,10 @@
-"""The tiny study the sweep tests share (a module of its own, so no other test folder's conftest shadows it)."""
+"""What the sweep tests share: the tiny study and an in-process CLI run (a module of its own, so no other
+test folder's conftest shadows it)."""
 
 from __future__ import annotations
 
 import copy
+import sys
 
 
 def tiny_study(**overrides) -> dict:
@@ -45,3 +47,21 @@ n_iter = { low = 2, high = 30, prior = "log" }
 trials_per_cell = 3
 initial_points = 2
 """
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """``tomosweep ARGS`` in this process: (exit status, stdout, stderr), as a shell would see them."""
+    from tomosweep.sweep import cli
+
+    code = 0
+    saved = sys.argv
+    sys.argv = ["tomosweep", *map(str, args)]
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+        cli._ACTIVE.clear()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

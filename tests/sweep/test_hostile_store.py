@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import trial_hooks
 import zarr
-from sweep_support import TINY_SIRT_TOML, tiny_study
+from sweep_support import TINY_SIRT_TOML, run_cli, tiny_study
 
 from tomosweep.errors import ClusterError, TomosweepError
 from tomosweep.results import OK, SweepStore, TrialRecord
@@ -30,23 +30,6 @@ from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import check_store, create_store, refuse_damaged, resume_study, run_study
 
 N_ELEMENTS = 4  # nanocubes: Co, Cu, O, Au
-
-
-def _run_cli(args, capsys):
-    from tomosweep.sweep import cli
-
-    code = 0
-    saved = sys.argv
-    sys.argv = ["tomosweep", *args]
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-        cli._ACTIVE.clear()
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _trial(method: str, h: int, c: int, k: int) -> TrialRecord:
@@ -105,14 +88,14 @@ def assert_nothing_lost(path: Path, before: dict) -> None:
 
 
 def check_lines(path, capsys, *extra):
-    code, out, err = _run_cli(["check", str(path), *extra], capsys)
+    code, out, err = run_cli(["check", str(path), *extra], capsys)
     assert "Traceback" not in out + err
     return code, [line.removeprefix(f"{path}: ") for line in out.splitlines() if line.strip()]
 
 
 def refused_resume(path, capsys) -> str:
     """``tomosweep resume S`` exits 2 with one error line; returns it (wrapping undone)."""
-    code, out, err = _run_cli(["resume", str(path), "--quiet"], capsys)
+    code, out, err = run_cli(["resume", str(path), "--quiet"], capsys)
     assert code == 2, out + err
     assert "Traceback" not in out + err
     assert sum(line.startswith("error:") for line in err.splitlines()) == 1, err
@@ -267,7 +250,7 @@ def test_unreadable_maps_are_rebuilt_by_repair(full, capsys):
 
 def test_a_bad_generation_attribute_is_one_line(full, capsys):
     _edit_attrs(full, generation="two")
-    code, out, err = _run_cli(["status", str(full)], capsys)
+    code, out, err = run_cli(["status", str(full)], capsys)
     assert code == 2 and "attribute generation is 'two', not a generation number" in " ".join(err.split())
 
 
@@ -523,7 +506,7 @@ def test_a_full_disk_during_a_run_is_one_line_and_the_committed_trials_stay(tmp_
 def test_a_deleted_method_chunk_is_never_read_as_some_method(full, capsys, tmp_path, command):
     _delete_chunk(full, "method")
     args = [command, str(full)] + (["--out", str(tmp_path / "out")] if command == "export" else [])
-    code, out, err = _run_cli(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert code == 2 and "Traceback" not in out + err
     assert f"store {full} is damaged: trial 0 holds no valid method or status (a deleted chunk?)" in " ".join(
         err.split()
