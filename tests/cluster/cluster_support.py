@@ -6,6 +6,7 @@ A module of its own (not conftest) so tests import it by a name no other test fo
 from __future__ import annotations
 
 import copy
+import gc
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,17 +73,29 @@ def assert_only_the_study_certificate_gets_in(address: str, folder: Path) -> Non
     from distributed.security import Security
 
     assert address.startswith("tls://")
+    # A refused Client is left half-started; if the garbage collector runs its __del__ while the
+    # next Client starts its event loop, distributed's LoopRunner waits on a lock its own thread
+    # holds (seen as a hang, or "assert loop is not None"). So each is collected right away, and
+    # no collection may interrupt the next Client's start.
     with pytest.raises(TypeError, match="TLS expects a `ssl_context`"):
         Client(address, timeout=5)  # no TLS at all
+    gc.collect()
     with pytest.raises(OSError):
         Client(address.replace("tls://", "tcp://"), timeout=5)  # plain tcp to the same port
+    gc.collect()
     with pytest.raises(OSError, match="TLS certificate does not match"):
         Client(address, security=Security.temporary(), timeout=5)  # a certificate of one's own
+    gc.collect()
     study = Security(
         tls_ca_file=str(folder / "ca.pem"),
         tls_client_cert=str(folder / "cert.pem"),
         tls_client_key=str(folder / "key.pem"),
         require_encryption=True,
     )
-    with Client(address, security=study, timeout=10) as client:
+    gc.disable()
+    try:
+        client = Client(address, security=study, timeout=10)
+    finally:
+        gc.enable()
+    with client:
         assert client.scheduler_info()["address"] == address
