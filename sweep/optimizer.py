@@ -325,12 +325,15 @@ class CellOptimizer:
         else:
             in_start = self.n_told + len(self.pending) < self.n_initial or not self._finished()
         point, by = None, "random"
-        if in_start:
-            if self.n_told + len(self.pending) < self.n_initial - 1:  # the last initial point is never a warm start
-                found = next((p for p in self.warm_start if p not in taken), None)
-                point = None if found is None else list(found)
-                by = "warm-start" if point is not None else "random"
-            if point is None and self.sampler == "gp":
+        # the last initial point is never a warm start; under the map (whose GP holds the
+        # neighbours' results) a cell's warm starts are an earlier study's best points there
+        warm = None
+        if self.n_told + len(self.pending) < self.n_initial - 1:
+            warm = next((p for p in self.warm_start if p not in taken), None)
+        if warm is not None and (in_start or self.map is not None):
+            point, by = list(warm), "warm-start"
+        elif in_start:
+            if self.sampler == "gp":
                 point = self._design_point(taken)
         elif self.sampler == "gp":
             if self.map is not None:

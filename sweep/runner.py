@@ -197,13 +197,21 @@ def neighbours(key: Key, cells: list[tuple[int, int]]) -> list[Key]:
     return out
 
 
+MAP_WARM_POINTS = 2  # with a map surrogate, a cell starts from this many of an earlier study's best points
+
+
 def warm_points(
     key: Key, opts: dict[Key, CellOptimizer], cells: list[tuple[int, int]], earlier: list[TrialRecord]
 ) -> list[dict[str, float]]:
     """The points a cell in its initial phase starts from: its neighbours' bests so far
-    (best first), then the best points of the nearest cell of an earlier study."""
+    (best first), then the best points of the nearest cell of an earlier study (a
+    ``--warm-start`` store, or the rung below on the resolution ladder).
+
+    Under a map surrogate the map's GP already holds the neighbours' results, so a cell
+    starts only from the earlier study's ``MAP_WARM_POINTS`` best points there."""
     bests = []
-    for other in neighbours(key, cells):
+    with_map = opts[key].map is not None
+    for other in [] if with_map else neighbours(key, cells):
         opt = opts.get(other)
         if opt is None:
             continue
@@ -224,7 +232,7 @@ def warm_points(
             nearest = min(distance(r) for r in usable)
             cell_records = sorted((r for r in usable if distance(r) == nearest), key=lambda r: r.nrmse)
             points += [{n: r.params[n] for n in names} for r in cell_records]
-    return points
+    return points[:MAP_WARM_POINTS] if with_map else points
 
 
 class Runner:

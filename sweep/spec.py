@@ -157,8 +157,8 @@ class BudgetSpec(BaseModel):
     prune: bool = False
     # "map" measures better (benchmarks/map_cost.py: every cell of a 4 × 4 grid within 5 %
     # of its reference after a median 104 trials; per-cell GPs had 2-7 of 16 cells there
-    # after 192); the default stays "cell" until the runner's tests read the map's state
-    surrogate: Literal["map", "cell"] = "cell"
+    # after 192)
+    surrogate: Literal["map", "cell"] = "map"
     stop_tolerance: float | None = Field(None, gt=0, lt=1)
     stop_patience: int = Field(3, ge=1)
     total: int | None = Field(None, ge=1)
