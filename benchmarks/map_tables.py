@@ -10,6 +10,7 @@ that interpolation; ``map_cost.py`` checks the interpolation against real trials
 
     nice -n 10 python benchmarks/map_tables.py --table cell   # one cell, 24³, 11 × 11
     nice -n 10 python benchmarks/map_tables.py --table map    # 4 × 4 cells, 16³, 5 × 5, ≤ 50 iterations (+ SIRT)
+    nice -n 10 python benchmarks/map_tables.py --table map24  # the same at 24³ (fused only): the ladder's top rung
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ TABLES = {
     # the single-cell problem of the issue: 24³ nanocubes, 30 HAADF × 8 chemical tilts, default fused ranges
     "cell": {"specimens": ["nanocubes"], "size": 24, "n_haadf": [30], "n_chem": [8], "grid": 11, "sirt": False},
     "map": {
-        "specimens": ["nanocubes"],
+        "specimens": ["nanocubes", "conio_composite"],
         "size": 16,
         "n_haadf": [8, 15, 30, 60],
         "n_chem": [3, 6, 12, 24],
@@ -38,6 +39,8 @@ TABLES = {
         "n_iter": 50,  # at most 50 FISTA iterations (default 150): what two shared cores afford
     },
 }
+# the same map one rung up the resolution ladder (map_cost.py's ladder 16³ → 24³)
+TABLES["map24"] = {**TABLES["map"], "size": 24, "sirt": False}
 
 
 # the fused method's default ranges (sweep/methods.py), written out when n_iter is also given

@@ -14,6 +14,7 @@ import numpy as np
 from tomosweep.cluster.connect import Connection
 from tomosweep.errors import BackendError, ClusterError, SpecError, StoreError
 from tomosweep.results import SweepStore, TrialRecord
+from tomosweep.sweep.ladder import climb
 from tomosweep.sweep.runner import Progress, Runner, RunSummary
 from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
@@ -160,6 +161,20 @@ def _runner(study: Study, store: SweepStore, conn: Connection, **kwargs: Any) ->
     return Runner(study, store, conn.client, slots=conn.slots, resources=conn.resources, **kwargs)
 
 
+def _climb(study: Study, store: SweepStore, conn: Connection, **kwargs: Any) -> list[TrialRecord]:
+    """Run the study's resolution ladder (if any) on ``conn``; the top rung's trials."""
+    if not study.budget.ladder:
+        return []
+
+    def run(rung: Study, opened: SweepStore, warm: list[TrialRecord]) -> RunSummary:
+        return _runner(rung, opened, conn, warm_from=warm, **kwargs).run()
+
+    def create(rung: Study, path: Path) -> SweepStore:
+        return create_store(rung, path, elements=tuple(store.elements))
+
+    return climb(study, store.path, run, create=create)
+
+
 def _earlier_trials(path: PathLike | None, study: Study) -> list[TrialRecord]:
     """The finished trials of an earlier study's store (``--warm-start``), checked to share a method."""
     if path is None:
@@ -225,6 +240,7 @@ def run_study(
             on_client(conn)
         with create_store(study, store, elements=elements) as opened:
             log.info("created %s for study %s (%s)", store, study.name, conn.description)
+            earlier = _climb(study, opened, conn, progress=progress, trial_fn=trial_fn) + earlier
             return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 
@@ -285,6 +301,7 @@ def resume_study(
             if on_client:
                 on_client(conn)
             log.info("resuming %s: %d trials stored (%s)", store, opened.n_committed, conn.description)
+            earlier = _climb(new, opened, conn, progress=progress, trial_fn=trial_fn) + earlier
             return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 

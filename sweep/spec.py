@@ -141,6 +141,11 @@ class BudgetSpec(BaseModel):
     (weights, log n_haadf, log n_chem) fitted on every cell's trials, asked at each
     cell's tilt counts (:mod:`tomosweep.sweep.surrogate`).
 
+    A resolution ladder: ``ladder = [16, 24]`` searches the same map at those sizes of the
+    specimen first (``ladder_trials`` per cell each, default half of ``trials_per_cell``),
+    each rung starting from the best points of the one below and the study's own size
+    from the top rung (:mod:`tomosweep.sweep.ladder`).
+
     Budgets that follow improvement: ``trials_per_cell`` is each cell's cap; with
     ``stop_tolerance`` set, a cell stops once the expected improvement there stayed
     below that fraction of its best for ``stop_patience`` asks in a row; ``total`` caps
@@ -162,6 +167,19 @@ class BudgetSpec(BaseModel):
     stop_tolerance: float | None = Field(None, gt=0, lt=1)
     stop_patience: int = Field(3, ge=1)
     total: int | None = Field(None, ge=1)
+    ladder: list[int] = Field(default_factory=list)
+    ladder_trials: int | None = Field(None, ge=1, le=100000)
+
+    @field_validator("ladder")
+    @classmethod
+    def _ladder_ascending(cls, value: list[int]) -> list[int]:
+        if any(size < 16 for size in value) or value != sorted(set(value)):
+            raise ValueError(f"ladder must list specimen sizes ≥ 16, smallest first, each once (got {value})")
+        return value
+
+    def rung_trials(self) -> int:
+        """Trials per cell on each rung of the ladder: ``ladder_trials``, else half the cap."""
+        return self.ladder_trials or max(self.initial_points, self.trials_per_cell // 2)
 
     @model_validator(mode="after")
     def _initial_le_budget(self) -> BudgetSpec:
@@ -186,6 +204,20 @@ class Study(BaseModel):
     methods: dict[str, dict[str, ParamValue]] = Field(min_length=1)
     budget: BudgetSpec
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+
+    @model_validator(mode="after")
+    def _ladder_below_the_size(self) -> Study:
+        if self.budget.ladder:
+            if self.phantom.file is not None:
+                raise ValueError(
+                    "budget.ladder needs a built-in specimen (phantom.name): a file's specimen has one size"
+                )
+            if self.budget.ladder[-1] >= self.phantom.size:
+                raise ValueError(
+                    f"budget.ladder sizes must be below the study's phantom.size ({self.phantom.size}); "
+                    f"got {self.budget.ladder}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _gpu_cluster_runs_gpu_trials(self) -> Study:
