@@ -48,13 +48,15 @@ def trials_frame(store: SweepStore) -> Any:
 
 
 def best_params_frame(store: SweepStore) -> Any:
-    """One row per (method, cell): best NRMSE, its parameters, trial and failure counts."""
+    """One row per (method, cell): best NRMSE, its parameters, trial and failure counts,
+    and ``stopped``: why the cell stopped before its cap (empty while it has not)."""
     import pandas as pd
 
     from tomosweep.results.store import pruning_summary
 
     spec_methods = store.spec.get("methods", {})
     pruned = pruning_summary(store.records())
+    states = store.optimiser_state()
     rows = []
     for method in store.methods:
         maps = store.maps(method)
@@ -73,6 +75,8 @@ def best_params_frame(store: SweepStore) -> Any:
                 }
                 for name in names:
                     row[name] = maps["best_params"][i, j, store.param_names.index(name)]
+                state = states.get(f"{method}/{h}/{c}")
+                row["stopped"] = str(state.get("stopped") or "") if isinstance(state, dict) else ""
                 rows.append(row)
     return pd.DataFrame(rows)
 

@@ -328,7 +328,18 @@ def status(
     if fmt is not TableFormat.table:
         print_data(frame, fmt=fmt)
         return
-    fixed = ("method", "n_haadf", "n_chem", "trials", "budget", "failed", "n_pruned", "solver_s_saved", "best_nrmse")
+    fixed = (
+        "method",
+        "n_haadf",
+        "n_chem",
+        "trials",
+        "budget",
+        "failed",
+        "n_pruned",
+        "solver_s_saved",
+        "best_nrmse",
+        "stopped",
+    )
     # a parameter no cell has a best for (a method's fixed one left out of the study) is a column of dashes
     params = [c for c in frame.columns if c not in fixed and frame[c].notna().any()]
     rows = frame.to_dict("records")
@@ -336,6 +347,11 @@ def status(
     if _measure(table).maximum > out.width:
         table = _status_table(store, rows, params, wide=False)
     out.print(table)
+    stopped = [r for r in rows if r.get("stopped")]
+    if stopped:
+        out.print(Text(f"{len(stopped)} cell(s) stopped before their cap (budget.stop_tolerance):"))
+        for r in stopped:
+            out.print(Text(f"  {r['method']} {r['n_haadf']}×{r['n_chem']} after {r['trials']} trials: {r['stopped']}"))
     if frame["n_pruned"].sum():
         out.print(
             f"{int(frame['n_pruned'].sum())} trials pruned by the median stopping rule, saving about "

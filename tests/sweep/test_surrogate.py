@@ -190,3 +190,31 @@ def test_a_map_study_resumes_exactly_and_a_total_caps_it(tmp_path, client):
     assert {r.proposed_by for r in straight.records()} & {"EI", "LCB", "PI"}
     summary = _sequential(_map_study(4, total=6), tmp_path / "capped.zarr", client)
     assert summary.n_trials == 6 and summary.budget == 6 and summary.complete
+
+
+def test_status_and_exports_say_which_cells_stopped_early_and_why(tmp_path, client, capsys):
+    import pandas as pd
+    from sweep_support import run_cli
+
+    from tomosweep.sweep.api import run_study
+
+    study = tiny_study(
+        methods={"fused": {"lambda_haadf": {"low": 0.1, "high": 10.0}, "lambda_tv": {"low": 0.1, "high": 10.0}}},
+        budget={"trials_per_cell": 30, "initial_points": 3, "stop_tolerance": 0.05, "stop_patience": 2},
+    )
+    path = tmp_path / "s.zarr"
+    run_study(study_from_dict(study), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    code, out, err = run_cli(["status", path, "--format", "json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    stopped = [r for r in rows if r["stopped"]]
+    assert stopped, "no cell of an easy bowl stopped early"
+    assert all(r["stopped"].startswith("converged: expected improvement below 5 %") for r in stopped)
+    assert all(r["trials"] < 30 for r in stopped)
+    code, out, err = run_cli(["status", path], capsys)
+    assert code == 0 and "stopped before their cap" in out
+    assert f"fused {stopped[0]['n_haadf']}×{stopped[0]['n_chem']} after {stopped[0]['trials']} trials" in out
+    code, out, err = run_cli(["export", path, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    reasons = pd.read_csv(tmp_path / "out" / "best_params.csv")["stopped"].astype(object).fillna("")
+    assert sorted(r for r in reasons if r) == sorted(r["stopped"] for r in stopped)
