@@ -416,6 +416,275 @@ def summarise(runs: dict[str, list[dict[str, Any]]], reference: dict[Any, float]
     return {"reference_per_cell": {f"{h}x{c}": v for (h, c), v in reference.items()}, "summary": summary}
 
 
+# ---------------------------------------------------------------------- ladder and workers
+
+
+def load_sized(names: tuple[str, ...]) -> dict[tuple[str, int, int, int], Table]:
+    """Tables of several ``map_tables.py`` runs keyed (specimen, size, n_haadf, n_chem)."""
+    out = {}
+    for name in names:
+        if name != names[0] and not (TABLES_DIR / f"map_tables_{name}.json").exists():
+            continue  # a table split over processes (map_tables.py --specimens ... --out ...) may be one file
+        report, tables = load_tables(name)
+        out.update({(sp, report["size"], h, c): t for (sp, h, c), t in tables.items()})
+    return out
+
+
+def sized_trial(tables: dict[tuple[str, int, int, int], Table], delay: float = 0.0) -> Any:
+    """A trial answered from the table of its study's specimen and size; with ``delay``,
+    it takes ``delay`` × its tabulated solver seconds, so trials in flight overlap as on a
+    cluster (the order results arrive in is then the cluster's, not the asking order)."""
+    from tomosweep.results import OK, TrialRecord
+
+    phantoms: dict[str, tuple[str, int]] = {}
+
+    def trial(task: Any) -> Any:
+        if task.study_json not in phantoms:
+            phantom = json.loads(task.study_json)["phantom"]
+            phantoms[task.study_json] = (phantom["name"], phantom["size"])
+        specimen, size = phantoms[task.study_json]
+        value, seconds = tables[(specimen, size, task.n_haadf, task.n_chem)].fused(dict(task.params))
+        if delay:
+            time.sleep(delay * seconds)
+        return TrialRecord(
+            method=task.method,
+            n_haadf=task.n_haadf,
+            n_chem=task.n_chem,
+            params=dict(task.params),
+            status=OK,
+            nrmse=value,
+            nrmse_elements=(value,),
+            wall_time_s=seconds,
+            finished_at=time.time(),
+        )
+
+    return trial
+
+
+def fused_map_spec(specimen: str, size: int, seed: int, cap: int, **budget: Any) -> dict[str, Any]:
+    from map_tables import DEFAULT_FUSED_RANGES, TABLES
+
+    setup = TABLES["map"]
+    return {
+        "name": f"map-{specimen}",
+        "seed": seed,
+        "phantom": {"name": specimen, "size": size},
+        "acquisition": {"n_haadf": setup["n_haadf"], "n_chem": setup["n_chem"]},
+        "methods": {"fused": {**DEFAULT_FUSED_RANGES, "n_iter": setup["n_iter"]}},
+        "budget": {"trials_per_cell": cap, "initial_points": 5, **budget},
+    }
+
+
+def run_sized(spec: dict[str, Any], trial: Any, path: Path, client: Any, slots: int = 1) -> list[list[Any]]:
+    """Run a (possibly laddered) study through the product's own ladder and runner, ``slots``
+    trials in flight; the committed trials of each rung, then of the study, in commit order."""
+    from tomosweep.results import SweepStore
+    from tomosweep.sweep import study_from_dict
+    from tomosweep.sweep.api import create_store
+    from tomosweep.sweep.ladder import climb
+    from tomosweep.sweep.runner import Runner
+
+    study = study_from_dict(spec)
+
+    def runner(s: Any, store: Any, warm: list[Any]) -> Any:
+        return Runner(s, store, client, slots=slots, queue_extra=0, trial_fn=trial, warm_from=warm).run()
+
+    def create(s: Any, p: Path) -> Any:
+        return create_store(s, p, elements=("x",))
+
+    with create_store(study, path, elements=("x",)) as store:
+        earlier = climb(study, path, runner, create=create)
+        runner(study, store, earlier)
+    stores = [*(path / "ladder" / str(size) for size in study.budget.ladder), path]
+    out = []
+    for p in stores:
+        with SweepStore.open(p) as opened:
+            out.append(opened.records())
+    return out
+
+
+def transfer(tables: dict[tuple[str, int, int, int], Table], low: int, high: int) -> dict[str, Any]:
+    """Per cell: NRMSE at ``high`` with the best weights of the ``low`` table, against the
+    ``high`` table's best (both minimised on a fine grid of the interpolated tables)."""
+    grid = np.linspace(0, 1, 61)
+    out: dict[str, Any] = {}
+    for (specimen, size, h, c), table in sorted(tables.items()):
+        if size != low or (specimen, high, h, c) not in tables:
+            continue
+        top = tables[(specimen, high, h, c)]
+
+        def best(t: Table) -> tuple[dict[str, float], float]:
+            a = t.a[0] + grid * (t.a[-1] - t.a[0])
+            v = t.t[0] + grid * (t.t[-1] - t.t[0])
+            values = t.spline(a, v)
+            i, j = np.unravel_index(int(np.argmin(values)), values.shape)
+            return {"lambda_haadf": 10 ** a[i], "lambda_tv": 10 ** v[j]}, float(np.exp(values[i, j]))
+
+        low_point, _ = best(table)
+        _, high_best = best(top)
+        moved, _ = top.fused(low_point)
+        out.setdefault(specimen, {})[f"{h}x{c}"] = {"with_low_best": moved, "high_best": high_best}
+    summary = {}
+    for specimen, cells in out.items():
+        ratios = [v["with_low_best"] / v["high_best"] for v in cells.values()]
+        summary[specimen] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios), "cells": cells}
+    return summary
+
+
+def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...]) -> dict[str, Any]:
+    """Direct map search at the top size against the ladder (small size first), fused, per
+    specimen: solver core-seconds and trials until every top-size cell is within 5 % of
+    its reference (the best any run found there, or the table's best if lower)."""
+    from distributed import Client
+
+    tables = load_sized(("map", "map24", "map24_conio"))
+    low, high = 16, 24
+    specimens = sorted({k[0] for k in tables if k[1] == high})
+    cells = sorted({(k[2], k[3]) for k in tables if k[1] == high})
+    # core-seconds per trial: each size's median tabulated trial (the tables were made on shared cores)
+    per_trial = {
+        size: statistics.median(float(np.median(t.seconds)) for k, t in tables.items() if k[1] == size)
+        for size in (low, high)
+    }
+    strategies = {
+        "direct map": {},
+        "direct map + adaptive": {"stop_tolerance": 0.01},
+        **{f"ladder {low}³→{high}³, {k} per cell": {"ladder": [low], "ladder_trials": k} for k in rung_trials},
+        **{
+            f"ladder {low}³→{high}³, {k} per cell + adaptive": {
+                "ladder": [low],
+                "ladder_trials": k,
+                "stop_tolerance": 0.01,
+            }
+            for k in rung_trials
+        },
+    }
+    trial = sized_trial(tables)
+    out: dict[str, Any] = {
+        "sizes": [low, high],
+        "cap_per_cell": cap,
+        "seeds": seeds,
+        "transfer": transfer(tables, low, high),
+        "core_s_per_trial": per_trial,
+        "specimens": {},
+    }
+    print(json.dumps({k: {m: v[m] for m in ("median_ratio", "max_ratio")} for k, v in out["transfer"].items()}))
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        for specimen in specimens:
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for name, budget in strategies.items():
+                for seed in range(seeds):
+                    path = Path(tmp) / f"{specimen}-{len(runs)}-{seed}.zarr"
+                    rungs = run_sized(fused_map_spec(specimen, high, seed, cap, **budget), trial, path, client)
+                    runs.setdefault(name, []).append({"rung_trials": sum(len(r) for r in rungs[:-1]), "top": rungs[-1]})
+                    print(specimen, name, seed, [len(r) for r in rungs], flush=True)
+            reference = {
+                cell: min(
+                    [r.nrmse for rs in runs.values() for run in rs for r in run["top"] if (r.n_haadf, r.n_chem) == cell]
+                    + [tables[(specimen, high, *cell)].table_best]
+                )
+                for cell in cells
+            }
+            summary = {}
+            for name, rs in runs.items():
+                per_run = []
+                for run in rs:
+                    rung_s = run["rung_trials"] * per_trial[low]
+                    best = dict.fromkeys(cells, math.inf)
+                    reached = None
+                    for n, r in enumerate(run["top"], start=1):
+                        cell = (r.n_haadf, r.n_chem)
+                        best[cell] = min(best[cell], r.nrmse)
+                        if reached is None and all(best[k] <= 1.05 * reference[k] for k in cells):
+                            reached = n
+                    per_run.append(
+                        {
+                            "rung_trials": run["rung_trials"],
+                            "top_trials_spent": len(run["top"]),
+                            "top_trials_until_every_cell_within_5pct": reached,
+                            "core_s_until_every_cell_within_5pct": None
+                            if reached is None
+                            else rung_s + reached * per_trial[high],
+                            "core_s_spent": rung_s + len(run["top"]) * per_trial[high],
+                            "cells_within_5pct_at_end": sum(best[k] <= 1.05 * reference[k] for k in cells),
+                            "mean_best_over_reference": float(np.mean([best[k] / reference[k] for k in cells])),
+                        }
+                    )
+                reached = [p["core_s_until_every_cell_within_5pct"] for p in per_run]
+                summary[name] = {
+                    "runs": per_run,
+                    "median_core_s_until_every_cell_within_5pct": None
+                    if None in reached
+                    else statistics.median(reached),
+                    "runs_reaching_5pct": sum(x is not None for x in reached),
+                    "median_core_s_spent": statistics.median(p["core_s_spent"] for p in per_run),
+                    "median_mean_best_over_reference": statistics.median(
+                        p["mean_best_over_reference"] for p in per_run
+                    ),
+                }
+                print(specimen, name, {k: v for k, v in summary[name].items() if k != "runs"}, flush=True)
+            out["specimens"][specimen] = {
+                "reference_per_cell": {f"{h}x{c}": v for (h, c), v in reference.items()},
+                "summary": summary,
+            }
+    return out
+
+
+def workers(seeds: int, cap: int, in_flight: tuple[int, ...] = (1, 2, 4), delay: float = 0.05) -> dict[str, Any]:
+    """The map surrogate with 1, 2 and 4 trials in flight on the same budget (fused, 16³
+    tables, both specimens): the median over seeds of the map's mean best / reference at
+    the end and halfway. Trials sleep ``delay`` × their tabulated seconds on as many
+    threads as are in flight, so results arrive out of order as on a cluster."""
+    from distributed import Client
+
+    tables = load_sized(("map",))
+    specimens = sorted({k[0] for k in tables})
+    cells = sorted({(k[2], k[3]) for k in tables})
+    out: dict[str, Any] = {"in_flight": list(in_flight), "cap_per_cell": cap, "seeds": seeds, "specimens": {}}
+    trial = sized_trial(tables, delay=delay)
+    for specimen in specimens:
+        runs: dict[int, list[list[Any]]] = {}
+        for k in in_flight:
+            with (
+                Client(processes=False, n_workers=1, threads_per_worker=k, dashboard_address=None) as client,
+                tempfile.TemporaryDirectory() as tmp,
+            ):
+                for seed in range(seeds):
+                    records = run_sized(
+                        fused_map_spec(specimen, 16, seed, cap), trial, Path(tmp) / f"{seed}.zarr", client, slots=k
+                    )[-1]
+                    runs.setdefault(k, []).append(records)
+                    print(specimen, k, "in flight, seed", seed, len(records), flush=True)
+        reference = {
+            cell: min(
+                [r.nrmse for rs in runs.values() for rec in rs for r in rec if (r.n_haadf, r.n_chem) == cell]
+                + [tables[(specimen, 16, *cell)].table_best]
+            )
+            for cell in cells
+        }
+
+        def mean_ratio(records: list[Any], n: int, reference: dict[Any, float] = reference) -> float:
+            best = dict.fromkeys(cells, math.inf)
+            for r in records[:n]:
+                best[(r.n_haadf, r.n_chem)] = min(best[(r.n_haadf, r.n_chem)], r.nrmse)
+            return float(np.mean([best[c] / reference[c] for c in cells]))
+
+        total = cap * len(cells)
+        out["specimens"][specimen] = {
+            str(k): {
+                "median_mean_best_over_reference_at_end": statistics.median(mean_ratio(r, total) for r in rs),
+                "median_mean_best_over_reference_halfway": statistics.median(mean_ratio(r, total // 2) for r in rs),
+                "per_seed_at_end": [mean_ratio(r, total) for r in rs],
+            }
+            for k, rs in runs.items()
+        }
+        print(specimen, json.dumps(out["specimens"][specimen]), flush=True)
+    return out
+
+
 # ---------------------------------------------------------------------- ask time
 
 
@@ -449,7 +718,13 @@ def ask_time(per_cell: tuple[int, ...] = (5, 10, 25, 50)) -> dict[str, Any]:
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0], "map_cost.json")
-    p.add_argument("--only", nargs="+", choices=("cell", "map", "ask"), default=["cell", "map", "ask"])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=("cell", "map", "ask", "ladder", "workers"),
+        default=["cell", "map", "ask", "ladder", "workers"],
+    )
+    p.add_argument("--rung-trials", nargs="+", type=int, default=[4, 6], help="ladder_trials in the ladder section")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--before", default="b2ee9a7", help="the commit whose optimiser is 'before'")
@@ -474,6 +749,10 @@ def main() -> None:
         out["map"] = result
     if "ask" in args.only:
         out["ask_time"] = ask_time()
+    if "ladder" in args.only:
+        out["ladder"] = ladder_cost(args.map_seeds, args.cap, tuple(args.rung_trials))
+    if "workers" in args.only:
+        out["workers"] = workers(args.map_seeds, args.cap)
     write(args.out, out)
 
 

@@ -11,6 +11,9 @@ that interpolation; ``map_cost.py`` checks the interpolation against real trials
     nice -n 10 python benchmarks/map_tables.py --table cell   # one cell, 24³, 11 × 11
     nice -n 10 python benchmarks/map_tables.py --table map    # 4 × 4 cells, 16³, 5 × 5, ≤ 50 iterations (+ SIRT)
     nice -n 10 python benchmarks/map_tables.py --table map24  # the same at 24³ (fused only): the ladder's top rung
+
+A table's specimens may be split over processes: ``--specimens conio_composite --out
+benchmarks/results/map_tables_map24_conio.json`` (``map_cost.py`` reads that file too).
 """
 
 from __future__ import annotations
@@ -61,12 +64,12 @@ def spec(specimen: str, size: int, n_haadf: list[int], n_chem: list[int], n_iter
     }
 
 
-def tabulate(name: str, out: Path) -> dict:
+def tabulate(name: str, out: Path, only: list[str] | None = None) -> dict:
     setup = TABLES[name]
     report = json.loads(out.read_text()) if out.exists() else {"benchmark": "map_tables", "table": name, **setup}
     report["machine"] = machine()
     report.setdefault("cells", {})
-    for specimen in setup["specimens"]:
+    for specimen in only or setup["specimens"]:
         study = study_from_dict(spec(specimen, setup["size"], setup["n_haadf"], setup["n_chem"], setup.get("n_iter")))
         study_json = json.dumps(study.to_json(), sort_keys=True)
         fused = study.searched("fused")
@@ -103,9 +106,10 @@ def tabulate(name: str, out: Path) -> dict:
 def main() -> None:
     p = parser(__doc__.splitlines()[0], "map_tables_cell.json")
     p.add_argument("--table", choices=sorted(TABLES), default="cell")
+    p.add_argument("--specimens", nargs="+", default=None, help="only these of the table's specimens")
     args = p.parse_args()
     out = args.out if args.out.name != "map_tables_cell.json" else args.out.with_name(f"map_tables_{args.table}.json")
-    tabulate(args.table, out)
+    tabulate(args.table, out, args.specimens)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,20 @@ are CPU-core hours at that size, not the paper's.
 given as if every cell cost what that one did — an upper bound when it is the grid's
 largest cell (180,25), a lower bound when it is the smallest.
 
+``--reductions FILE`` (the JSON of ``map_cost.py --only ladder``) re-prices the map with
+what the map surrogate, the adaptive budget and the resolution ladder measured there:
+the solver core-seconds each strategy spent, relative to a fixed budget of the same cap
+per cell at the top size. Those fractions are measured on a 4 × 4 grid at 16³ → 24³;
+that they hold on the 12 × 12 grid at 128³ → 256³ is assumed and said in the report.
+
     python benchmarks/paper_scale.py [--n 256] [--trials 50] [--device gpu] [--cell 45,9]
+    python benchmarks/paper_scale.py --n 32 --trials 4 --reductions benchmarks/results/map_cost_ladder.json
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import tempfile
 import time
 import tomllib
@@ -50,6 +59,30 @@ def cell(text: str) -> tuple[int, int]:
     return h, c
 
 
+def reductions(path: Path) -> dict:
+    """Per strategy of ``map_cost.py --only ladder``: the median (over seeds, then specimens)
+    of the core-seconds spent relative to a fixed budget of its cap per cell at the top
+    size, and of the map's mean best NRMSE over the reference at the end."""
+    ladder = json.loads(path.read_text())["ladder"]
+    per_trial = ladder["core_s_per_trial"]
+    top = per_trial[max(per_trial, key=int)]
+    out: dict = {}
+    for result in ladder["specimens"].values():
+        cells = len(result["reference_per_cell"])
+        for name, summary in result["summary"].items():
+            fixed = ladder["cap_per_cell"] * cells * top
+            out.setdefault(name, {"spent": [], "quality": []})
+            out[name]["spent"].append(summary["median_core_s_spent"] / fixed)
+            out[name]["quality"].append(summary["median_mean_best_over_reference"])
+    return {
+        name: {
+            "core_s_fraction": round(statistics.median(v["spent"]), 3),
+            "mean_best_over_reference": round(statistics.median(v["quality"]), 4),
+        }
+        for name, v in out.items()
+    }
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0], "paper_scale.json")
     p.add_argument("--n", type=int, default=None, help="phantom size (default: the study's 256)")
@@ -63,6 +96,7 @@ def main() -> None:
         default=None,
         help="run this cell (HAADF,CHEM tilts, e.g. 45,9; repeatable) instead of the grid's four corners",
     )
+    p.add_argument("--reductions", type=Path, default=None, help="map_cost.py's ladder JSON: re-price the map")
     args = p.parse_args()
 
     raw = tomllib.loads(STUDY.read_text())
@@ -135,7 +169,20 @@ def main() -> None:
         ),
         "note": f"device-hours with one trial at a time per device; {map_note}",
     }
+    if args.reductions is not None:
+        found = reductions(args.reductions)
+        report["repriced"] = {
+            name: {**v, "map_device_hours": round(hours * v["core_s_fraction"], 2)} for name, v in found.items()
+        }
+        report["repriced_note"] = (
+            "measured: each strategy's core-seconds spent relative to a fixed budget of its cap per cell, and the "
+            "quality it reached, on a 4 × 4 grid, 16³ → 24³, fused, tables of real trials (map_cost.py --only "
+            "ladder); assumed: that the fractions hold on the 12 × 12 grid at 128³ → 256³ with 50 trials per cell "
+            "(a rung there costs (1/2)³ of a top trial, against (2/3)³ measured)"
+        )
     write(args.out, report)
+    for name, v in report.get("repriced", {}).items():
+        print(f"  {name}: {v['core_s_fraction']:.2f} × → {v['map_device_hours']:.2f} device-hours")
     print(
         f"{n}³: {', '.join(f'{k} {v:.1f} s' for k, v in report['seconds_per_trial'].items())} per trial; "
         f"the 12 × 12 map at {budget} trials per cell ≈ {hours:.1f} device-hours "
