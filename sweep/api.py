@@ -14,6 +14,7 @@ import numpy as np
 from tomosweep.cluster.connect import Connection
 from tomosweep.errors import BackendError, ClusterError, SpecError, StoreError
 from tomosweep.results import SweepStore, TrialRecord
+from tomosweep.sweep.landscape import cell_surrogates
 from tomosweep.sweep.runner import Progress, Runner, RunSummary
 from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
@@ -413,30 +414,6 @@ def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
             if bad_states:
                 opened.reset_optimiser_state(bad_states)
     return findings
-
-
-def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
-    """Per method, a GP fitted on one cell's stored trials (what its optimiser sees)."""
-    from tomosweep.sweep.methods import METHODS
-    from tomosweep.sweep.optimizer import CellOptimizer
-
-    store.cell_index(*cell)  # a clear error for a cell off the grid
-    study = stored_study(store)
-    records = store.records()
-    out = {}
-    for method in study.methods:
-        ranges = study.searched(method)
-        space = {n: (r.low, r.high, r.prior, METHODS[method].param(n).kind) for n, r in ranges.items()}
-        opt = CellOptimizer(space, n_initial=1, seed=study.seed)
-        for r in records:
-            if r.method == method and r.cell == tuple(cell):
-                opt.tell(r.params, r.nrmse if r.ok else None)
-        if opt.n_told < 2:
-            raise StoreError(
-                f"{method} has {opt.n_told} trial(s) at {cell[0]} × {cell[1]}; the objective plot needs at least 2"
-            )
-        out[method] = opt.surrogate()
-    return out
 
 
 def export_store(

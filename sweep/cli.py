@@ -212,7 +212,7 @@ def _study_with_view(view: bool, store: Path, call: Any) -> Any:
     """Run ``call()`` with `tomosweep view STORE` serving beside it (``--view``), stopped after."""
     if not view:
         return call()
-    from tomosweep.sweep.view import ViewProcess
+    from tomosweep.sweep.cli_view import ViewProcess
 
     _ACTIVE["view"] = ViewProcess(store)
     try:
@@ -413,7 +413,7 @@ def view(
     Prints the page's address on stdout; Ctrl-C stops it."""
     import threading
 
-    from tomosweep.sweep.view import serve_view
+    from tomosweep.sweep.cli_view import serve_view
 
     server = serve_view(store, host=host, port=port, refresh_s=refresh, wait=wait)
     try:

@@ -46,7 +46,7 @@ from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
 from tomosweep.sweep.surrogate import attach_map, map_states, restore_maps
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
-from tomosweep.sweep.view import Heartbeat
+from tomosweep.view.heartbeat import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
 

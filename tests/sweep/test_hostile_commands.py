@@ -31,9 +31,10 @@ from tomosweep.errors import InputError
 from tomosweep.results import SweepStore
 from tomosweep.results.outputs import MANIFEST, StagedOutput, check_out_folder, read_manifest
 from tomosweep.results.plan import plan, replicate_key
-from tomosweep.results.view import LIVE_FORMAT, live_path, read_live, status_html, write_live
 from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import create_store, run_study
+from tomosweep.view.heartbeat import LIVE_FORMAT, live_path, read_live, write_live
+from tomosweep.view.page import status_html
 
 
 def _one_error_line(code, out, err, *, expect: str, status: int = 2) -> str:
@@ -424,7 +425,7 @@ def test_a_junk_heartbeat_cannot_break_the_view_nor_fake_a_link(store, tmp_path)
     )
     live = read_live(copy)
     assert live["running"] == {"sirt/5/3": 2} and "workers" not in live and live["dashboard"] is None
-    from tomosweep.results.view import StoreReader
+    from tomosweep.view.snapshot import StoreReader
 
     snap = StoreReader(copy).read()
     page = status_html(snap)
@@ -443,7 +444,7 @@ def test_a_junk_heartbeat_cannot_break_the_view_nor_fake_a_link(store, tmp_path)
     ],
 )
 def test_the_dashboard_link_is_local_http_only(link):
-    from tomosweep.results.view import local_link
+    from tomosweep.view.heartbeat import local_link
 
     assert local_link(link) is None
     assert local_link("http://127.0.0.1:8787/status") == "http://127.0.0.1:8787/status"
@@ -451,7 +452,7 @@ def test_the_dashboard_link_is_local_http_only(link):
 
 
 def test_a_forged_running_heartbeat_of_a_dead_process_reads_as_gone(tmp_path):
-    from tomosweep.results.view import driver_state
+    from tomosweep.view.heartbeat import driver_state
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -461,7 +462,7 @@ def test_a_forged_running_heartbeat_of_a_dead_process_reads_as_gone(tmp_path):
 
 @pytest.mark.parametrize("junk", [b"\xff\xfe not json", b"[1, 2]", b'{"format": "tomosweep-live", "updated": "x"}'])
 def test_junk_heartbeat_files_read_as_none_or_plain(tmp_path, junk):
-    from tomosweep.results.view import driver_state
+    from tomosweep.view.heartbeat import driver_state
 
     live_path(tmp_path / "s.zarr").write_bytes(junk)
     live = read_live(tmp_path / "s.zarr")
@@ -469,7 +470,7 @@ def test_junk_heartbeat_files_read_as_none_or_plain(tmp_path, junk):
 
 
 def test_the_heartbeat_is_never_written_through_a_symlink(tmp_path):
-    from tomosweep.sweep.view import Heartbeat
+    from tomosweep.view.heartbeat import Heartbeat
 
     target = tmp_path / "victim.txt"
     target.write_text("precious")
@@ -487,7 +488,7 @@ def test_the_heartbeat_is_never_written_through_a_symlink(tmp_path):
 
 
 def test_view_accepts_the_ipv6_loopback(store):
-    from tomosweep.sweep.view import serve_view
+    from tomosweep.sweep.cli_view import serve_view
 
     try:
         with socket.socket(socket.AF_INET6) as probe:
