@@ -448,14 +448,11 @@ def reconstruct_cell(
         method = method or opened.methods[0]
         if method not in opened.methods:
             raise StoreError(f"method {method!r} is not in this store ({', '.join(opened.methods)})")
-        i, j = opened.cell_index(*cell)
-        maps = opened.maps(method)
-        if not np.isfinite(maps["best_nrmse"][i, j]):
+        found = opened.best(method, cell)
+        if found is None:
             raise StoreError(f"cell {cell[0]},{cell[1]} has no finished {method} trial yet; run or resume the study")
-        best = {
-            name: float(maps["best_params"][i, j, opened.param_names.index(name)]) for name in study.searched(method)
-        }
-        stored_nrmse = float(maps["best_nrmse"][i, j])
+        stored_nrmse, stored = found
+        best = {name: stored[name] for name in study.searched(method)}
     data = build_cell_data(study, *cell)
     result = reconstruct(study, data, method, best)
     per_element = score(data, result.volume)

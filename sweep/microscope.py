@@ -42,6 +42,7 @@ from tomosweep.errors import InputError, StoreError
 from tomosweep.results.outputs import check_out_folder
 from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
+from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS, CellData
 
 log = logging.getLogger(__name__)
@@ -113,32 +114,6 @@ def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
     )
 
 
-def nearest_cell(cells: list[tuple[int, int]], n_haadf: int, n_chem: int) -> tuple[int, int]:
-    """The grid cell nearest ``(n_haadf, n_chem)`` in log tilt counts (ties: fewer tilts)."""
-
-    def distance(cell: tuple[int, int]) -> tuple[float, int, int]:
-        h, c = cell
-        dh = math.log(max(h, 1) / max(n_haadf, 1))
-        dc = math.log(max(c, 1) / max(n_chem, 1))
-        return (round(dh * dh + dc * dc, 12), c, h)
-
-    return min(cells, key=distance)
-
-
-def _finished_cells(store: Any, store_path: Any, method: str) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-    """The method's maps and the cells with a finished trial (a clear error for a method not searched)."""
-    if method not in store.methods:
-        raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
-    maps = store.maps(method)
-    finished = [
-        (h, c)
-        for i, h in enumerate(store.n_haadf)
-        for j, c in enumerate(store.n_chem)
-        if np.isfinite(maps["best_nrmse"][i, j])
-    ]
-    return maps, finished
-
-
 def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int, n_chem: int) -> Weights:
     """The best weights of the stored cell nearest the data's tilt counts, merged over the study's fixed ones."""
     from tomosweep.results import SweepStore
@@ -146,21 +121,19 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
 
     with SweepStore.open(store_path) as store:
         study = stored_study(store)
-        maps, done = _finished_cells(store, store_path, method)
+        done = store.finished_cells(method)
         if not done:
             raise StoreError(f"{store_path}: no finished {method} trial to take weights from; run the study first")
         h, c = nearest_cell(done, n_haadf, n_chem)
-        i, j = store.cell_index(h, c)
-        names = [p for p in store.param_names if p in METHODS[method].param_names]
-        best = {p: float(maps["best_params"][i, j, store.param_names.index(p)]) for p in names}
-        best = {k: v for k, v in best.items() if math.isfinite(v)}
+        study_nrmse, stored = store.best(method, (h, c))
+        best = {p: v for p, v in stored.items() if p in METHODS[method].param_names}
         params = {**study.fixed(method), **best}
         return Weights(
             method=method,
             params={k: float(v) for k, v in params.items()},
             source=f"{Path(store_path).name} cell {h}×{c}",
             cell=(h, c),
-            study_nrmse=float(maps["best_nrmse"][i, j]),
+            study_nrmse=study_nrmse,
             gamma=float(study.acquisition.gamma),
         )
 
@@ -764,7 +737,3 @@ def _haadf_only(
     (out / _MARK).write_text(json.dumps(record, indent=2, default=float))
     summary.files.append(_MARK)
     return summary
-
-
-# replicate_cells lives in tomosweep.sweep.replicates (kept importable from here)
-from tomosweep.sweep.replicates import replicate_cells  # noqa: E402, F401

@@ -41,6 +41,7 @@ import numpy as np
 
 from tomosweep.errors import ClusterError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
+from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
@@ -217,12 +218,9 @@ def warm_points(
         names = opts[key].names
         usable = [r for r in same if all(n in r.params for n in names)]
         if usable:
-            # nearest cell in log tilt counts (a study on another grid maps onto this one)
-            def distance(r: TrialRecord) -> float:
-                return abs(math.log((r.n_haadf + 1) / (h + 1))) + abs(math.log((r.n_chem + 1) / (c + 1)))
-
-            nearest = min(distance(r) for r in usable)
-            cell_records = sorted((r for r in usable if distance(r) == nearest), key=lambda r: r.nrmse)
+            # a study on another grid maps onto this one
+            nearest = nearest_cell(sorted({r.cell for r in usable}), h, c)
+            cell_records = sorted((r for r in usable if r.cell == nearest), key=lambda r: r.nrmse)
             points += [{n: r.params[n] for n in names} for r in cell_records]
     return points
 
