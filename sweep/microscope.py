@@ -39,11 +39,19 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.results import SweepStore
 from tomosweep.results.outputs import check_out_folder
+from tomosweep.results.plan import replicate_key, stored_replicates
 from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
+from tomosweep.solvers import Projector, sirt
+from tomosweep.solvers.backend import to_numpy
+from tomosweep.solvers.elements import atomic_numbers
+from tomosweep.sweep.api import stored_study
 from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS, CellData
+from tomosweep.sweep.trial import simulate_cell
+from tomosweep.sweep.weights import checked_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +89,6 @@ class DataReconstruction:
 
 def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
     """A measured series in the form every method takes (chemical maps in counts, ε = background)."""
-    from tomosweep.solvers import Projector
-    from tomosweep.solvers.elements import atomic_numbers
-
     n_det = series.shape[0]
     haadf_op = Projector(n_det, series.haadf_angles) if series.n_haadf else None
     chem_op = Projector(n_det, series.chem_angles)
@@ -116,9 +121,6 @@ def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
 
 def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int, n_chem: int) -> Weights:
     """The best weights of the stored cell nearest the data's tilt counts, merged over the study's fixed ones."""
-    from tomosweep.results import SweepStore
-    from tomosweep.sweep.api import stored_study
-
     with SweepStore.open(store_path) as store:
         study = stored_study(store)
         done = store.finished_cells(method)
@@ -146,7 +148,6 @@ def file_weights(series: MeasuredSeries, method: str | None) -> Weights:
         raise InputError(f"the data file's [weights] are for {name!r}, but --method {method} was asked for")
     if name not in METHODS:
         raise InputError(f"[weights] method {name!r} is unknown; allowed: {', '.join(METHODS)}")
-    from tomosweep.sweep.weights import checked_weights
 
     params = checked_weights(name, table)  # text, 2.5 iterations, 0 or inf refused as in a study
     return Weights(method=name, params=params, source="data file [weights]")
@@ -217,8 +218,6 @@ def heldout_check(
         reduced = replace(reduced, chem=series.chem[:, chem_keep], chem_angles=series.chem_angles[chem_keep])
     cell = measured_cell(reduced, gamma=gamma)
     result = _run(cell, weights, device, None)
-    from tomosweep.solvers import Projector
-    from tomosweep.solvers.backend import to_numpy
 
     volumes = np.asarray(to_numpy(result.volume), dtype=float)
     projector = Projector(series.shape[0], series.haadf_angles[left_out])
@@ -257,8 +256,6 @@ DEFAULT_HELDOUT_SPREAD = 0.25
 
 def study_spread(store: Any, method: str, cell: tuple[int, int]) -> tuple[float, str]:
     """The relative spread the comparison allows: 2 × the replicates' relative std, or the default."""
-    from tomosweep.results.plan import replicate_key, stored_replicates
-
     entry = stored_replicates(store).get(replicate_key(method, *cell)) or {}
     values = np.array([v for v in entry.get("nrmse") or [] if v is not None and math.isfinite(v)], dtype=float)
     if values.size >= 2 and values.mean() > 0:
@@ -269,10 +266,6 @@ def study_spread(store: Any, method: str, cell: tuple[int, int]) -> tuple[float,
 
 def study_series(store_path: Any, cell: tuple[int, int], like: MeasuredSeries) -> tuple[MeasuredSeries, Any]:
     """The study's own simulated series of ``cell`` as a measured one, calibrated as ``like`` is."""
-    from tomosweep.results import SweepStore
-    from tomosweep.sweep.api import stored_study
-    from tomosweep.sweep.trial import simulate_cell
-
     with SweepStore.open(store_path) as store:
         study = stored_study(store)
     specimen, acq = simulate_cell(study, *cell)
@@ -354,8 +347,6 @@ def _study_heldout(
     device: str,
 ) -> dict[str, Any] | None:
     """The same held-out figures on the study's simulated series of the cell, compared with the data's."""
-    from tomosweep.results import SweepStore
-
     simulated, _ = study_series(store_path, weights.cell, series)
     figures = heldout_check(simulated, weights, gamma, fraction=fraction, device=device)
     if figures is None:
@@ -616,7 +607,6 @@ def reconstruct_data(
     cell = measured_cell(series, gamma=gamma)
     say(f"reconstructing {len(series.elements)} elements on a {series.shape[0]}² × {series.shape[1]} grid")
     result = _run(cell, weights, device, on_iteration)
-    from tomosweep.solvers.backend import to_numpy
 
     if result.info.get("haadf_scale_fit") == "joint":
         say(
@@ -680,9 +670,6 @@ def _haadf_only(
     The held-out check leaves out every k-th tilt, reconstructs from the rest with the
     same iterations and reports the relative error of the predicted projections.
     """
-    from tomosweep.solvers import Projector, sirt
-    from tomosweep.solvers.backend import to_numpy
-
     if method not in (None, "sirt"):
         raise InputError(f"--method {method}: a HAADF-only series is reconstructed by sirt; chemistry needs [chem]")
     table = dict(series.weights or {})

@@ -26,6 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.results import SweepStore
+from tomosweep.results.plan import replicate_key
+from tomosweep.sweep.api import connect_study, stored_study, with_cluster
+from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +120,6 @@ def replicate_cells(
     weights and noise seed are not run again (module docstring). ``on_plan(total, done)``
     is called once the work is known, before the cluster starts.
     """
-    from tomosweep.results import SweepStore
-    from tomosweep.results.plan import replicate_key
-    from tomosweep.sweep.api import _connect, stored_study, with_cluster
-    from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
-
     if seeds < 2:
         raise InputError(f"--seeds must be at least 2 to give a spread, got {seeds}")
     scales = [1.0] if not chem_snr_scales else [float(v) for v in chem_snr_scales]
@@ -160,7 +159,7 @@ def replicate_cells(
         if on_plan is not None:
             on_plan(total, total - len(tasks))
         if tasks:
-            with _connect(study, client) as conn:
+            with connect_study(study, client) as conn:
                 from distributed import as_completed
 
                 futures = {conn.client.submit(run_trial, t, pure=False): (key, t) for key, t in tasks}

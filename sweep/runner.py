@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tomosweep.errors import ClusterError
+from tomosweep.errors import ClusterError, StoreError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
 from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS
@@ -131,8 +131,6 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
         try:
             opt.restore(state)
         except (KeyError, TypeError, ValueError) as exc:
-            from tomosweep.errors import StoreError
-
             raise StoreError(
                 f"store {store.path} is damaged: the optimiser state of {state_key(key)} is unreadable ({exc}). "
                 'The trials are intact; deleting the "optimiser" attribute in its zarr.json restarts every '

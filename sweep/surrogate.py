@@ -37,14 +37,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from tomosweep.sweep.optimizer import ACQ_FUNCS, derived_seed, hedge_choice, hedge_reward
-
-if TYPE_CHECKING:
-    from tomosweep.sweep.optimizer import CellOptimizer
+from tomosweep.errors import StoreError
+from tomosweep.sweep.optimizer import ACQ_FUNCS, CellOptimizer, derived_seed, hedge_choice, hedge_reward
 
 Cell = tuple[int, int]
 
@@ -381,8 +379,6 @@ def map_states(opts: Mapping[Any, CellOptimizer]) -> dict[str, Any]:
 def restore_maps(opts: Mapping[Any, CellOptimizer], states: Mapping[str, Any]) -> None:
     """Give each map surrogate behind ``opts`` its stored state (resume); a store without
     one (a study that ran with per-cell surrogates until now) starts with fresh gains."""
-    from tomosweep.errors import StoreError
-
     for method, surrogate in _maps(opts).items():
         state = states.get(map_state_key(method))
         if state is None:

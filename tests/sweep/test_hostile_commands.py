@@ -72,7 +72,8 @@ def use_client(client, monkeypatch):
     def connect(study, given):
         yield Connection(client=given or client, backend="address", description="the test's client")
 
-    monkeypatch.setattr("tomosweep.sweep.api._connect", connect)
+    monkeypatch.setattr("tomosweep.sweep.api.connect_study", connect)
+    monkeypatch.setattr("tomosweep.sweep.replicates.connect_study", connect)
 
 
 # ------------------------------------------------------------------ nothing the user wrote is replaced
@@ -316,7 +317,7 @@ def test_interrupted_replicate_names_the_replicate_command(store, capsys, monkey
         on_plan(6, 1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tomosweep.sweep.replicates.replicate_cells", interrupted)
+    monkeypatch.setattr("tomosweep.sweep.cli_microscope.replicate_cells", interrupted)
     code, o, e = run_cli(["replicate", store, "--method", "sirt", "--seeds", "3", "--cell", "5,3"], capsys)
     assert code == 130, o + e
     assert "every finished replicate is stored" in e
@@ -370,7 +371,8 @@ def received(tmp_path):
 @pytest.mark.parametrize("kind", ["address", "slurm"])
 @pytest.mark.parametrize("command", ["resume", "replicate"])
 def test_a_stored_remote_cluster_is_refused_without_consent(received, capsys, monkeypatch, kind, command):
-    monkeypatch.setattr("tomosweep.sweep.api._connect", lambda *a: pytest.fail("connected without consent"))
+    for module in ("api", "replicates"):
+        monkeypatch.setattr(f"tomosweep.sweep.{module}.connect_study", lambda *a: pytest.fail("connected unasked"))
     before = _tree(received[kind].parent)
     code, o, e = run_cli([command, received[kind]], capsys)
     _one_error_line(code, o, e, expect="not used without consent: pass --trust-stored-cluster")
@@ -390,7 +392,7 @@ def _would_connect(study, client):
     ("flags", "backend"), [(["--trust-stored-cluster"], "address"), (["--cluster", "local"], "local")]
 )
 def test_consent_or_a_named_cluster_lets_resume_connect(received, capsys, monkeypatch, flags, backend):
-    monkeypatch.setattr("tomosweep.sweep.api._connect", _would_connect)
+    monkeypatch.setattr("tomosweep.sweep.api.connect_study", _would_connect)
     with pytest.raises(_Reached, match=f"^{backend}$"):
         run_cli(["resume", received["address"], *flags], capsys)
 
@@ -516,7 +518,7 @@ def test_notes_keep_their_brackets(capsys, monkeypatch, tmp_path):
     summary = SimpleNamespace(
         notes=["no [chem.sensitivity] given"], heldout=None, out=tmp_path / "[r]", files=["a.npz"], wall_time_s=1.0
     )
-    monkeypatch.setattr("tomosweep.sweep.outputs.reconstruct_data_into", lambda *a, **k: summary)
+    monkeypatch.setattr("tomosweep.sweep.cli_microscope.reconstruct_data_into", lambda *a, **k: summary)
     code, o, e = run_cli(["reconstruct-data", "d.toml", "--out", tmp_path / "[r]"], capsys)
     assert code == 0, o + e
     assert "note: no [chem.sensitivity] given" in o and f"wrote {tmp_path / '[r]'}: a.npz" in o
