@@ -285,6 +285,7 @@ def resume_study(
 
 def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) -> str:
     """The batch script a worker job of the study's slurm/pbs/lsf/sge cluster would run."""
+    # deferred: imports distributed (seconds), needed by job-script only
     from tomosweep.cluster.jobqueue import job_script
 
     study = with_cluster(_as_study(study), cluster)

@@ -501,7 +501,7 @@ def methods(fmt: FormatOption = TableFormat.table) -> None:
         for p in method.params
     ]
     if fmt is not TableFormat.table:
-        import pandas as pd
+        import pandas as pd  # deferred: pandas is slow to import, and only this table needs it
 
         print_data(pd.DataFrame(rows, columns=list(_METHOD_COLUMNS)), fmt=fmt)
         return

@@ -69,7 +69,7 @@ def largest_trials(study: Any, n: int, n_elements: int) -> list[TrialMemory]:
 def _device_memory() -> int | None:
     """Total memory of this worker's GPU, or None (runs on a worker)."""
     try:
-        import cupy
+        import cupy  # optional (the gpu extra), asked for only when a GPU is
 
         return int(cupy.cuda.runtime.memGetInfo()[1])
     except Exception:

@@ -364,7 +364,7 @@ def write_ome_zarr(path: Path, volumes: np.ndarray, elements: tuple[str, ...], p
 
     Axes: x along the tilt axis, y across it in the detector plane, z along the beam at 0°.
     """
-    import zarr
+    import zarr  # deferred: zarr is slow to import, only a .zarr output needs it
 
     data = np.ascontiguousarray(volumes.transpose(0, 2, 1, 3), dtype=np.float32)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -415,7 +415,7 @@ def write_ome_zarr(path: Path, volumes: np.ndarray, elements: tuple[str, ...], p
 
 def slices_figure(volumes: np.ndarray, elements: tuple[str, ...]) -> Any:
     """Central orthogonal slices of each element volume ``(n_el, n_y, n_z, n_x)``."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib, for figures only
 
     n_el = len(elements)
     fig = Figure(figsize=(8, 2.6 * n_el), layout="constrained")
@@ -437,7 +437,7 @@ def slices_figure(volumes: np.ndarray, elements: tuple[str, ...]) -> Any:
 
 
 def costs_figure(costs: Mapping[str, np.ndarray], title: str) -> Any:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib, for figures only
 
     fig = Figure(figsize=(6, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -455,7 +455,7 @@ def costs_figure(costs: Mapping[str, np.ndarray], title: str) -> Any:
 
 
 def _write_outputs(out: Path, volumes: np.ndarray, series: MeasuredSeries, result: Any, weights: Weights) -> list[str]:
-    import tifffile
+    import tifffile  # deferred: only a .tif output needs it
 
     files = []
     write_ome_zarr(out / "volumes.ome.zarr", volumes, series.elements, series.pixel_size_nm)

@@ -160,7 +160,7 @@ def replicate_cells(
             on_plan(total, total - len(tasks))
         if tasks:
             with connect_study(study, client) as conn:
-                from distributed import as_completed
+                from distributed import as_completed  # deferred: distributed takes seconds to import
 
                 futures = {conn.client.submit(run_trial, t, pure=False): (key, t) for key, t in tasks}
                 for future in as_completed(futures):

@@ -366,7 +366,7 @@ class _Pass:
         self.seen_worker = False
 
     def run(self) -> RunSummary:
-        from distributed import as_completed
+        from distributed import as_completed  # deferred: distributed takes seconds to import
         from distributed.scheduler import KilledWorker
 
         runner, store = self.runner, self.runner.store

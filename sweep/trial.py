@@ -162,7 +162,7 @@ def build_cell_data(study: Study, n_haadf: int, n_chem: int, replicate: int = 0)
 
 def _worker_name() -> str:
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # deferred: distributed, and only on a worker
 
         return str(get_worker().name)
     except (ImportError, ValueError):
