@@ -215,13 +215,19 @@ class CellOptimizer:
         ``n_initial - 1`` asks use them, the last initial point is always random)."""
         self.warm_start = list(dict.fromkeys(tuple(self._point(p)) for p in points))
 
-    def forget(self, key: Any) -> None:
-        """Drop a pending point without a result (its trial will be asked again)."""
-        self.pending.pop(key, None)
-
     @property
     def n_told(self) -> int:
         return len(self.X)
+
+    @property
+    def n_spent(self) -> int:
+        """Points told and points in flight: what the cell has spent of its budget."""
+        return len(self.X) + len(self.pending)
+
+    @property
+    def n_failed(self) -> int:
+        """Points told without a result (failed trials)."""
+        return sum(1 for y in self.Y if y is None)
 
     @property
     def exhausted(self) -> bool:

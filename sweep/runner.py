@@ -332,7 +332,7 @@ class Runner:
 
     @staticmethod
     def _best(opts: dict[Key, CellOptimizer]) -> float | None:
-        values = [y for o in opts.values() for y in o.Y if y is not None and math.isfinite(y)]
+        values = [found[1] for o in opts.values() if (found := o.best()) is not None and math.isfinite(found[1])]
         return min(values) if values else None
 
 
@@ -346,7 +346,7 @@ class _Pass:
         self.budget_per = study.budget.trials_per_cell
         self.total = min(self.budget_per * len(self.opts), study.budget.total or math.inf)
         self.in_grid = sum(min(o.n_told, self.budget_per) for o in self.opts.values())
-        self.failed = sum(1 for o in self.opts.values() for y in o.Y if y is None)
+        self.failed = sum(o.n_failed for o in self.opts.values())
         self.n_start = store.n_committed
         self.best = runner._best(self.opts)
         self.active: dict[Any, _Ticket] = {}
@@ -442,12 +442,10 @@ class _Pass:
     def next_key(self) -> Key | None:
         """The open cell with the fewest trials asked (fewest first keeps the grid even)."""
         opts = self.opts
-        open_keys = [
-            k for k, o in opts.items() if k not in self.exhausted and o.n_told + len(o.pending) < self.budget_per
-        ]
-        if not open_keys or sum(o.n_told + len(o.pending) for o in opts.values()) >= self.total:
+        open_keys = [k for k, o in opts.items() if k not in self.exhausted and o.n_spent < self.budget_per]
+        if not open_keys or sum(o.n_spent for o in opts.values()) >= self.total:
             return None
-        return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
+        return min(open_keys, key=lambda k: opts[k].n_spent)
 
     def submit(self, ticket: _Ticket) -> None:
         runner = self.runner
@@ -472,7 +470,7 @@ class _Pass:
                 return
             ask_id = next(runner._seq)
             opt = self.opts[key]
-            if study.budget.warm_start and opt.n_told + len(opt.pending) < opt.n_initial:
+            if study.budget.warm_start and opt.n_spent < opt.n_initial:
                 opt.set_warm_start(warm_points(key, self.opts, self.cells, runner.warm_from))
             proposal: Proposal | None = opt.ask(ask_id)
             self.dirty.add(key)
