@@ -335,7 +335,7 @@ def map_cost(seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "si
         "methods": {},
     }
     with (
-        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client,
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as client,
         tempfile.TemporaryDirectory() as tmp,
     ):
         for method in methods:
@@ -570,7 +570,7 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...]) -> dict[str,
     }
     print(json.dumps({k: {m: v[m] for m in ("median_ratio", "max_ratio")} for k, v in out["transfer"].items()}))
     with (
-        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client,
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as client,
         tempfile.TemporaryDirectory() as tmp,
     ):
         for specimen in specimens:
@@ -649,7 +649,7 @@ def workers(seeds: int, cap: int, in_flight: tuple[int, ...] = (1, 2, 4), delay:
         runs: dict[int, list[list[Any]]] = {}
         for k in in_flight:
             with (
-                Client(processes=False, n_workers=1, threads_per_worker=k, dashboard_address=None) as client,
+                Client(processes=False, n_workers=1, threads_per_worker=k, dashboard_address="127.0.0.1:0") as client,
                 tempfile.TemporaryDirectory() as tmp,
             ):
                 for seed in range(seeds):

@@ -68,6 +68,7 @@ import numpy as np
 
 from tomosweep.errors import InputError
 from tomosweep.phantoms.specimen import Specimen
+from tomosweep.phantoms.specimens import make_specimen
 from tomosweep.solvers import Projector, validation
 from tomosweep.solvers.physics import XrayLine, f_factor, yuan_table2, z_factor
 
@@ -460,8 +461,6 @@ def _simulate_keyed(
     key: str, specimen: str, n: int, scheme: TiltScheme, arguments: str
 ) -> tuple[Specimen, Acquisition]:
     """The cache behind :func:`simulate_cached`: ``key`` decides, the rest rebuilds on a miss."""
-    from tomosweep.phantoms.specimens import make_specimen
-
     given = json.loads(arguments)
     built = make_specimen(specimen, n, **given["options"])
     return built, simulate(built, scheme, **given["settings"])

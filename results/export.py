@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tomosweep.results.store import SweepStore
+from tomosweep.errors import StoreError
+from tomosweep.results.outputs import StagedOutput, check_replaceable, check_space
+from tomosweep.results.store import SweepStore, pruning_summary
 
 
 def trials_frame(store: SweepStore) -> Any:
@@ -51,8 +53,6 @@ def best_params_frame(store: SweepStore) -> Any:
     """One row per (method, cell): best NRMSE, its parameters, trial and failure counts,
     and ``stopped``: why the cell stopped before its cap (empty while it has not)."""
     import pandas as pd
-
-    from tomosweep.results.store import pruning_summary
 
     spec_methods = store.spec.get("methods", {})
     pruned = pruning_summary(store.records())
@@ -275,8 +275,6 @@ def check_export_folder(store: SweepStore, out: str | os.PathLike[str], names: l
     replace (unless ``overwrite``, which replaces those files and touches nothing else), or whose
     disk is read-only or full. A file of those names that tomosweep did not write (or that
     was changed since: see :mod:`tomosweep.results.outputs`) is never replaced."""
-    from tomosweep.errors import StoreError
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file; export writes a folder of files: choose a folder path")
@@ -286,7 +284,6 @@ def check_export_folder(store: SweepStore, out: str | os.PathLike[str], names: l
     for folder in (resolved, *resolved.parents):
         if (folder / "zarr.json").exists():
             raise StoreError(f"--out {out} is inside the zarr store {folder}; write the export elsewhere")
-    from tomosweep.results.outputs import check_replaceable, check_space
 
     check_replaceable(out, names, overwrite=overwrite, error=StoreError)
     check_space(out)
@@ -307,8 +304,6 @@ def export(
     :func:`objective_figure`); the sweep layer builds them, this module only draws.
     Files of an earlier export in ``out`` are replaced only with ``overwrite``.
     """
-    from tomosweep.results.outputs import StagedOutput
-
     out = check_export_folder(store, out, export_names(store, cell), overwrite=overwrite)
     # written beside the folder and moved in at the end: an interrupted export changes nothing
     with StagedOutput(out, command="export") as staged:

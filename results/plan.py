@@ -140,48 +140,40 @@ def plan(
             f"tomosweep replicate {store.path} --chem-snr-scale {chem_snr_scale:g}"
         )
     dose = chem_snr_scale**2
-    maps = store.maps(method)
+    cells = store.finished_cells(method)
     replicates = stored_replicates(store)
     rows = []
-    for i, h in enumerate(store.n_haadf):
-        for j, c in enumerate(store.n_chem):
-            best = float(maps["best_nrmse"][i, j])
-            if not math.isfinite(best):
-                continue
-            weights = {
-                name: float(maps["best_params"][i, j, k])
-                for k, name in enumerate(store.param_names)
-                if math.isfinite(float(maps["best_params"][i, j, k]))
-            }
-            rep = replicates.get(replicate_key(method, h, c, chem_snr_scale))
-            if chem_snr_scale != 1.0 and not rep:
-                continue
-            mean = spread = None
-            n_rep = 0
-            value = best
-            values, unused = usable_replicates(rep, weights)
-            if values is not None:
-                if values.size:
-                    n_rep = int(values.size)
-                    mean = float(values.mean())
-                    spread = float(values.std(ddof=1)) if values.size > 1 else 0.0
-                    value = mean + spread
-            key = (c * dose, h) if cost is None else (cost["chem"] * c * dose + cost["haadf"] * h, c, h)
-            rows.append(
-                PlanRow(
-                    n_haadf=int(h),
-                    n_chem=int(c),
-                    best=best,
-                    mean=mean,
-                    spread=spread,
-                    n_replicates=n_rep,
-                    value=value,
-                    cost=float(key[0]),
-                    meets=value <= target,
-                    weights=weights,
-                    replicates_unused=unused,
-                )
+    for h, c in cells:
+        best, weights = store.best(method, (h, c))
+        rep = replicates.get(replicate_key(method, h, c, chem_snr_scale))
+        if chem_snr_scale != 1.0 and not rep:
+            continue
+        mean = spread = None
+        n_rep = 0
+        value = best
+        values, unused = usable_replicates(rep, weights)
+        if values is not None:
+            if values.size:
+                n_rep = int(values.size)
+                mean = float(values.mean())
+                spread = float(values.std(ddof=1)) if values.size > 1 else 0.0
+                value = mean + spread
+        key = (c * dose, h) if cost is None else (cost["chem"] * c * dose + cost["haadf"] * h, c, h)
+        rows.append(
+            PlanRow(
+                n_haadf=int(h),
+                n_chem=int(c),
+                best=best,
+                mean=mean,
+                spread=spread,
+                n_replicates=n_rep,
+                value=value,
+                cost=float(key[0]),
+                meets=value <= target,
+                weights=weights,
+                replicates_unused=unused,
             )
+        )
     if cost is None:
         rows.sort(key=lambda r: (r.n_chem, r.n_haadf))
     else:
@@ -258,10 +250,9 @@ def snr_figure(store: SweepStore, method: str) -> Any | None:
 def _current(store: SweepStore, method: str, parts: list[str], entry: Any) -> bool:
     """True when a replicate entry ran the best weights its cell has now."""
     try:
-        i, j = store.cell_index(int(parts[1]), int(parts[2]))
+        found = store.best(method, (int(parts[1]), int(parts[2])))
     except (ValueError, TomosweepError):  # a key off the grid or not numbers: not this study's cell
         return False
-    best = store.maps(method)["best_params"][i, j]
-    weights = {n: float(best[k]) for k, n in enumerate(store.param_names) if math.isfinite(float(best[k]))}
+    weights = found[1] if found is not None else {}
     values, _ = usable_replicates(entry, weights)
     return values is not None

@@ -994,6 +994,31 @@ class SweepStore:
             raise StoreError(f"method {method!r} is not in this store ({', '.join(self.methods)})")
         return {name: values.copy() for name, values in self._maps[method].items()}
 
+    def finished_cells(self, method: str) -> list[tuple[int, int]]:
+        """The cells where ``method`` has a finished trial, in grid order (a clear error for a method not searched)."""
+        if method not in self._maps:
+            raise StoreError(f"{self.path}: the study did not search {method!r} (it has {', '.join(self.methods)})")
+        best = self._maps[method]["best_nrmse"]
+        grid = [(i, h, j, c) for i, h in enumerate(self.n_haadf) for j, c in enumerate(self.n_chem)]
+        return [(h, c) for i, h, j, c in grid if np.isfinite(best[i, j])]
+
+    def best(self, method: str, cell: tuple[int, int]) -> tuple[float, dict[str, float]] | None:
+        """The best finished trial of ``method`` at ``cell`` (as the maps keep it): its mean NRMSE and
+        the parameters it ran with, by name; None while the cell has no finished trial.
+
+        A parameter the trial did not have (another method's) is NaN in the maps and left out here.
+        """
+        if method not in self._maps:
+            raise StoreError(f"method {method!r} is not in this store ({', '.join(self.methods)})")
+        i, j = self.cell_index(*cell)
+        maps = self._maps[method]
+        nrmse = float(maps["best_nrmse"][i, j])
+        if not math.isfinite(nrmse):
+            return None
+        values = maps["best_params"][i, j]
+        params = {name: float(values[k]) for k, name in enumerate(self.param_names) if math.isfinite(float(values[k]))}
+        return nrmse, params
+
 
 _REPLICATE_KEY = re.compile(r"([A-Za-z][\w-]*)/([1-9]\d*)/([1-9]\d*)(?:/snr×([0-9.eE+-]+))?")
 

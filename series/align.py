@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import InputError
+from tomosweep.solvers import Projector, sirt
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,6 @@ def projection_matching(
     consistent with all tilts at once, so unlike a neighbour it holds no drift of its own;
     the specimen's translation is removed after every round (:func:`without_translation`).
     """
-    from tomosweep.solvers import Projector, sirt
-
     projector = Projector(stack.shape[1], angles)
     shifts = np.array(shifts, dtype=float)
     for _ in range(rounds):

@@ -39,6 +39,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tomosweep.errors import InputError
+from tomosweep.series.calibrate import vacuum_level
 from tomosweep.series.readers import (
     ANGLE_CONTAINER_SUFFIXES,
     read_angle_container,
@@ -46,6 +47,7 @@ from tomosweep.series.readers import (
     read_stack,
     set_imod_nint_nreal,
 )
+from tomosweep.solvers.elements import ATOMIC_NUMBER
 
 __all__ = ["DataFile", "MeasuredSeries", "load_series", "read_stack", "tilt_axis_misfit", "write_mrc", "write_rawtlt"]
 
@@ -479,16 +481,12 @@ class _Reader:
             return None, None, 0.0
         haadf, angles = got
         if section.background == "auto":
-            from tomosweep.series.calibrate import vacuum_level
-
             self.vacuum = vacuum_level(haadf, angles)
         level = self.vacuum.level if section.background == "auto" else float(section.background)
         order = np.argsort(angles)
         return np.maximum(haadf - level, 0.0)[order], angles[order], level
 
     def chem(self, section: ChemSection) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        from tomosweep.solvers.elements import ATOMIC_NUMBER
-
         for e in section.elements:
             if e not in ATOMIC_NUMBER:
                 hint = f" (did you mean {e.capitalize()!r}?)" if e.capitalize() in ATOMIC_NUMBER else ""

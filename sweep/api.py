@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -11,10 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from tomosweep.cluster import BACKENDS, JOBQUEUE, ClusterSettings, open_cluster, worker_environ
 from tomosweep.cluster.connect import Connection
 from tomosweep.errors import BackendError, ClusterError, SpecError, StoreError
+from tomosweep.phantoms import Specimen, load_specimen, make_specimen, save_specimen
+from tomosweep.phantoms.files import check_output
 from tomosweep.results import SweepStore, TrialRecord
+from tomosweep.results.export import best_params_frame, check_export_folder, export, export_names
+from tomosweep.results.store import check_store_location
+from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason, to_numpy
+from tomosweep.sweep import memory
 from tomosweep.sweep.ladder import climb
+from tomosweep.sweep.landscape import cell_surrogates
+from tomosweep.sweep.optimizer import CellOptimizer
 from tomosweep.sweep.runner import Progress, Runner, RunSummary
 from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
@@ -30,8 +40,6 @@ def _as_study(study: Study | PathLike) -> Study:
 
 
 def _check_device(study: Study) -> None:
-    from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason
-
     if study.device == "gpu" and study.cluster.backend == "local" and not gpu_available():
         raise BackendError(
             f'the study asks for device = "gpu" but this machine has none ({gpu_unavailable_reason()}); '
@@ -42,13 +50,9 @@ def _check_device(study: Study) -> None:
 def _elements(study: Study) -> tuple[str, ...]:
     """The specimen's elements; a ``chem_snr`` table must name exactly these."""
     if study.phantom.name is not None:
-        from tomosweep.phantoms import make_specimen
-
         # at the study's own size: an option valid there (a radius in voxels, say) may not be at 16³
         elements = tuple(make_specimen(study.phantom.name, study.phantom.size, **study.phantom.options).elements)
     else:
-        from tomosweep.phantoms import load_specimen
-
         elements = tuple(load_specimen(study.phantom.file).elements)
     table = study.acquisition.chem_snr
     if isinstance(table, dict) and set(table) != set(elements):
@@ -64,8 +68,6 @@ def _elements(study: Study) -> tuple[str, ...]:
 
 def file_hash(path: PathLike) -> str:
     """SHA-256 of a file, or of a directory's files (names and contents, sorted): a zarr specimen."""
-    import hashlib
-
     path = Path(path)
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -106,8 +108,6 @@ def with_cluster(study: Study, cluster: str | None) -> Study:
     backend starts from empty settings, so the rest comes from the Dask config
     (``jobqueue.<backend>.*`` for the batch schedulers).
     """
-    from tomosweep.cluster import BACKENDS, ClusterSettings
-
     if not cluster:
         return study
     current = study.cluster
@@ -132,11 +132,11 @@ def with_cluster(study: Study, cluster: str | None) -> Study:
 
 
 @contextlib.contextmanager
-def _connect(study: Study, client: Any) -> Iterator[Connection]:
+def connect_study(study: Study, client: Any) -> Iterator[Connection]:
+    """The given Dask ``client``, or a cluster opened from the study's ``[cluster]`` (closed on exit)."""
     if client is not None:
         yield Connection(client=client, backend="address", description="the given Dask client")
         return
-    from tomosweep.cluster import open_cluster
 
     with open_cluster(study.cluster) as opened:
         yield opened
@@ -144,13 +144,9 @@ def _connect(study: Study, client: Any) -> Iterator[Connection]:
 
 def _check_memory(study: Study, conn: Connection, elements: tuple[str, ...]) -> None:
     """Refuse a study whose largest trial cannot fit on the workers (see :mod:`tomosweep.sweep.memory`)."""
-    from tomosweep.sweep import memory
-
     if study.phantom.name is not None:
         n, n_el = study.phantom.size, len(elements)
     else:
-        from tomosweep.phantoms import load_specimen
-
         shape = load_specimen(study.phantom.file).volumes.shape
         n, n_el = int(shape[1]), int(shape[0])
     gpu = study.device != "cpu" and bool(conn.resources and "GPU" in conn.resources)
@@ -229,12 +225,11 @@ def run_study(
     """
     study = with_cluster(_as_study(study), cluster)
     _check_device(study)
-    from tomosweep.results.store import check_store_location
 
     store = check_store_location(store)  # before the cluster starts
     elements = _elements(study)
     earlier = _earlier_trials(warm_start, study)
-    with _connect(study, client) as conn:
+    with connect_study(study, client) as conn:
         _check_memory(study, conn, elements)  # before the store exists: a refused study leaves nothing behind
         if on_client:
             on_client(conn)
@@ -287,7 +282,7 @@ def resume_study(
         _check_inputs(opened, new)
         earlier = _earlier_trials(warm_start, new)
         # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
-        with _connect(new, client) as conn:
+        with connect_study(new, client) as conn:
             _check_memory(new, conn, elements)
             if new.content_hash() != stored.content_hash():
                 opened.update_study(
@@ -307,7 +302,7 @@ def resume_study(
 
 def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) -> str:
     """The batch script a worker job of the study's slurm/pbs/lsf/sge cluster would run."""
-    from tomosweep.cluster import JOBQUEUE, worker_environ
+    # deferred: imports distributed (seconds), needed by job-script only
     from tomosweep.cluster.jobqueue import job_script
 
     study = with_cluster(_as_study(study), cluster)
@@ -320,8 +315,6 @@ def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) ->
 
 def study_status(store: PathLike) -> Any:
     """A pandas table, one row per (method, cell): trials done / budget / failed, best NRMSE, best params."""
-    from tomosweep.results.export import best_params_frame
-
     with SweepStore.open(store) as opened:
         study = stored_study(opened)
         frame = best_params_frame(opened).rename(columns={"n_trials": "trials", "n_failed": "failed"})
@@ -396,8 +389,6 @@ def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
     Whatever it cannot prove (damaged trials, an edited study) it leaves as it is; the
     returned lines are the findings before the repair, and a second check says what is left.
     """
-    from tomosweep.sweep.optimizer import CellOptimizer
-
     findings: list[str] = []
     with SweepStore.open(store) as opened:
         audit = opened.audit()
@@ -432,38 +423,12 @@ def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
     return findings
 
 
-def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
-    """Per method, a GP fitted on one cell's stored trials (what its optimiser sees)."""
-    from tomosweep.sweep.methods import METHODS
-    from tomosweep.sweep.optimizer import CellOptimizer
-
-    store.cell_index(*cell)  # a clear error for a cell off the grid
-    study = stored_study(store)
-    records = store.records()
-    out = {}
-    for method in study.methods:
-        ranges = study.searched(method)
-        space = {n: (r.low, r.high, r.prior, METHODS[method].param(n).kind) for n, r in ranges.items()}
-        opt = CellOptimizer(space, n_initial=1, seed=study.seed)
-        for r in records:
-            if r.method == method and r.cell == tuple(cell):
-                opt.tell(r.params, r.nrmse if r.ok else None)
-        if opt.n_told < 2:
-            raise StoreError(
-                f"{method} has {opt.n_told} trial(s) at {cell[0]} × {cell[1]}; the objective plot needs at least 2"
-            )
-        out[method] = opt.surrogate()
-    return out
-
-
 def export_store(
     store: PathLike, out: PathLike, *, cell: tuple[int, int] | None = None, overwrite: bool = False
 ) -> list[Path]:
     """Write heatmaps (PNG+SVG), best-weights maps, best-params table, trials CSV/Parquet,
     convergence plots and, for ``cell``, each method's objective as its GP sees it.
     Files of an earlier export in ``out`` are replaced only with ``overwrite``."""
-    from tomosweep.results.export import check_export_folder, export, export_names
-
     with SweepStore.open(store) as opened:
         check_export_folder(opened, out, export_names(opened, cell), overwrite=overwrite)  # before any work
         surrogates = cell_surrogates(opened, cell) if cell is not None else None
@@ -479,27 +444,20 @@ def reconstruct_cell(
     overwrite: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """Rerun a cell's best trial and save its volumes (``.npz`` or ``.zarr``) with the NRMSE it gets."""
-    from tomosweep.phantoms import Specimen, save_specimen
-    from tomosweep.phantoms.files import check_output
-
     check_output(out, overwrite=overwrite)  # before any work, and never onto a store
     with SweepStore.open(store) as opened:
         study = stored_study(opened)
         method = method or opened.methods[0]
         if method not in opened.methods:
             raise StoreError(f"method {method!r} is not in this store ({', '.join(opened.methods)})")
-        i, j = opened.cell_index(*cell)
-        maps = opened.maps(method)
-        if not np.isfinite(maps["best_nrmse"][i, j]):
+        found = opened.best(method, cell)
+        if found is None:
             raise StoreError(f"cell {cell[0]},{cell[1]} has no finished {method} trial yet; run or resume the study")
-        best = {
-            name: float(maps["best_params"][i, j, opened.param_names.index(name)]) for name in study.searched(method)
-        }
-        stored_nrmse = float(maps["best_nrmse"][i, j])
+        stored_nrmse, stored = found
+        best = {name: stored[name] for name in study.searched(method)}
     data = build_cell_data(study, *cell)
     result = reconstruct(study, data, method, best)
     per_element = score(data, result.volume)
-    from tomosweep.solvers.backend import to_numpy
 
     volumes = np.maximum(to_numpy(result.volume), 0.0)
     metrics = {e: float(v) for e, v in zip(data.elements, per_element, strict=True)}

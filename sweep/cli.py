@@ -12,16 +12,30 @@ import logging
 import math
 import os
 import shlex
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from tomosweep.errors import TomosweepError
+from tomosweep.nofollow import NoFollowFileHandler
+from tomosweep.sweep.api import (
+    check_store,
+    export_store,
+    reconstruct_cell,
+    resume_study,
+    run_study,
+    study_status,
+    worker_job_script,
+)
 from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
 from tomosweep.sweep.cli_common import (
     FormatOption,
@@ -34,6 +48,8 @@ from tomosweep.sweep.cli_common import (
     print_data,
 )
 from tomosweep.sweep.cli_microscope import register as _register_microscope
+from tomosweep.sweep.cli_view import ViewProcess, serve_view
+from tomosweep.sweep.methods import METHODS
 
 app = typer.Typer(
     name="tomosweep",
@@ -112,8 +128,6 @@ _LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 def _setup_logging(verbose: int, log_file: Path | None) -> None:
     """tomosweep's own loggers: INFO (``-v``) or DEBUG (``-vv``) on the terminal, and the
     whole INFO record to ``--log-file`` (a study's driver also logs beside its store)."""
-    import logging
-
     logger = logging.getLogger("tomosweep")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -129,12 +143,9 @@ def _setup_logging(verbose: int, log_file: Path | None) -> None:
 
 
 def _add_file_handler(logger: Any, path: Path | str, level: int) -> None:
-    import logging
-
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(Path(path).resolve()):
             return
-    from tomosweep.nofollow import NoFollowFileHandler
 
     handler = NoFollowFileHandler(path, delay=True)  # created only when there is something to say
     handler.setLevel(level)
@@ -149,8 +160,6 @@ def _log_to_file() -> None:
     Called once the cluster is up: starting a local cluster resets the level of every
     stream handler of the ``distributed`` logger, a file handler included.
     """
-    import logging
-
     store = _ACTIVE.get("store")
     if store is None:
         return
@@ -212,7 +221,6 @@ def _study_with_view(view: bool, store: Path, call: Any) -> Any:
     """Run ``call()`` with `tomosweep view STORE` serving beside it (``--view``), stopped after."""
     if not view:
         return call()
-    from tomosweep.sweep.view import ViewProcess
 
     _ACTIVE["view"] = ViewProcess(store)
     try:
@@ -256,8 +264,6 @@ def run(
     view: ViewOption = False,
 ) -> None:
     """Run a study: create STORE and spend the whole budget."""
-    from tomosweep.sweep.api import run_study
-
     _ACTIVE["store"] = store
     _dask_logs(verbose)
     summary = _study_with_view(
@@ -292,8 +298,6 @@ def resume(
     trust_stored_cluster: TrustOption = False,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
-    from tomosweep.sweep.api import resume_study
-
     _ACTIVE["store"] = store
     if study is not None and extend:  # an interrupted extension: the same command finishes it
         _ACTIVE["again"] = f"tomosweep resume {store} --study {study} --extend"
@@ -322,8 +326,6 @@ def status(
     fmt: FormatOption = TableFormat.table,
 ) -> None:
     """Table of cells: trials done / failed, best NRMSE, best parameters (--format csv|json for scripts)."""
-    from tomosweep.sweep.api import study_status
-
     frame = study_status(store)
     if fmt is not TableFormat.table:
         print_data(frame, fmt=fmt)
@@ -369,8 +371,6 @@ def _fmt(value: Any) -> str:
 def _measure(table: Table) -> Any:
     """The widths ``table`` can take: ``minimum`` with every cell wrapped at its longest word,
     ``maximum`` with nothing wrapped (a :class:`rich.measure.Measurement`)."""
-    from rich.measure import Measurement
-
     return Measurement.get(out, out.options.update_width(1_000_000), table)
 
 
@@ -427,10 +427,6 @@ def view(
     """Serve a live page of a study: NRMSE heatmaps, per-cell trials and curves, progress, workers.
 
     Prints the page's address on stdout; Ctrl-C stops it."""
-    import threading
-
-    from tomosweep.sweep.view import serve_view
-
     server = serve_view(store, host=host, port=port, refresh_s=refresh, wait=wait)
     try:
         out.print(server.url, markup=False, highlight=False, soft_wrap=True)
@@ -452,8 +448,6 @@ def check(
     ] = False,
 ) -> None:
     """Report a store's health: attributes, shapes, every trial readable, maps, optimiser state."""
-    from tomosweep.sweep.api import check_store
-
     findings = check_store(store, repair=repair)
     if not findings:
         out.print(f"{store}: healthy")
@@ -482,8 +476,6 @@ def export(
 ) -> None:
     """Heatmaps (PNG+SVG), best-weights maps, best-params table, trials CSV and Parquet,
     convergence plot, and with --cell the GP's view of that cell's objective."""
-    from tomosweep.sweep.api import export_store
-
     for path in export_store(store, out_dir, cell=parse_cell(cell) if cell else None, overwrite=overwrite):
         out.print(str(path))
 
@@ -502,8 +494,6 @@ def reconstruct(
     ] = False,
 ) -> None:
     """Rerun a cell's best trial and save its element volumes with the NRMSE they get."""
-    from tomosweep.sweep.api import reconstruct_cell
-
     path, metrics = reconstruct_cell(store, parse_cell(cell), out_file, method=method, overwrite=overwrite)
     out.print(f"wrote {path}; NRMSE " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
@@ -511,8 +501,6 @@ def reconstruct(
 @app.command()
 def methods(fmt: FormatOption = TableFormat.table) -> None:
     """List the methods a study can use, their parameters, defaults and default ranges."""
-    from tomosweep.sweep.methods import METHODS
-
     rows = [
         {
             "method": method.name,
@@ -529,7 +517,7 @@ def methods(fmt: FormatOption = TableFormat.table) -> None:
         for p in method.params
     ]
     if fmt is not TableFormat.table:
-        import pandas as pd
+        import pandas as pd  # deferred: pandas is slow to import, and only this table needs it
 
         print_data(pd.DataFrame(rows, columns=list(_METHOD_COLUMNS)), fmt=fmt)
         return
@@ -554,8 +542,6 @@ _METHOD_COLUMNS = ("method", "parameter", "type", "default", "low", "high", "pri
 def _methods_table(title: str, rows: list[dict], *, with_method: bool) -> Table:
     """The parameters of ``rows``: all methods with a method column, or one method's without it,
     the prior beside the range and light rules, to leave the meanings room at 80 columns."""
-    from rich import box
-
     if with_method:
         table = _new_table(title)
         headers = ("method", "parameter", "type", "default", "range", "prior", "empty table")
@@ -585,8 +571,6 @@ def job_script(
     cluster: ClusterOption = None,
 ) -> None:
     """Print the batch script each worker job would run (nothing is submitted)."""
-    from tomosweep.sweep.api import worker_job_script
-
     out.print(worker_job_script(study, cluster=cluster), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -635,8 +619,6 @@ def _os_error_line(exc: OSError) -> str:
 def dependency_warnings_to_log() -> None:
     """Warnings of dependencies (mrcfile, numpy, pydantic, …) go to tomosweep's log, not the terminal
     (STYLE 11: the terminal shows what the user asked for); ``-v`` shows the log."""
-    import logging
-
     logging.captureWarnings(False)  # reinstalled: something may have replaced warnings.showwarning since
     logging.captureWarnings(True)
     captured = logging.getLogger("py.warnings")
@@ -666,8 +648,6 @@ def main() -> None:
     Exit status: 0 done, 2 a user error (one ``error:`` line), 130 interrupted by
     Ctrl-C, 143 stopped by SIGTERM; after 130 or 143 every finished trial is committed.
     """
-    import signal
-
     signal.signal(signal.SIGTERM, _on_sigterm)
     dependency_warnings_to_log()
     try:
@@ -678,8 +658,6 @@ def main() -> None:
     except KeyboardInterrupt:
         raise _interrupted(130) from None
     except OSError as exc:  # a full or read-only disk, a permission: one line, the details in the log
-        import logging
-
         logging.getLogger("tomosweep").debug("%s", exc, exc_info=True)
         console.print(f"[red]error:[/] {escape(_os_error_line(exc))}", highlight=False)
         raise SystemExit(2) from None

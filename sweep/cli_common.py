@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 
 from tomosweep.errors import TomosweepError
+from tomosweep.results import SweepStore
+from tomosweep.sweep.replicates import stored_cluster_needs_consent
 
 #: what a signal handler or an error line needs to name: the store of a run or resume, and for
 #: commands with their own way on, ``again`` (the command that continues) and ``kept`` (what is safe)
@@ -98,9 +100,6 @@ def consent_to_stored_cluster(store: Path, *, trust: bool) -> None:
     without one it is refused unless ``--trust-stored-cluster`` (or ``--cluster``/``--study``
     names the cluster instead).
     """
-    from tomosweep.results import SweepStore
-    from tomosweep.sweep.replicates import stored_cluster_needs_consent
-
     try:
         with SweepStore.open(store) as opened:
             stored = opened.spec.get("cluster") if isinstance(opened.spec, dict) else None

@@ -11,14 +11,22 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tomosweep.errors import InputError
+from tomosweep.results import SweepStore
+from tomosweep.results.outputs import check_replaceable, check_space, replace_file
+from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
+from tomosweep.results.plan import plan as plan_rows
 from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
 from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out, parse_cell
+from tomosweep.sweep.microscope import heldout_lines
+from tomosweep.sweep.outputs import reconstruct_data_into
+from tomosweep.sweep.replicates import continue_command, replicate_cells
 
 #: what a figure may be saved as (matplotlib's writers that need nothing more installed)
 FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps")
@@ -85,11 +93,6 @@ def plan(
     ] = 1.0,
 ) -> None:
     """The cheapest acquisitions of the study's grid that reach --target, with the weights to use."""
-    from tomosweep.results import SweepStore
-    from tomosweep.results.outputs import replace_file
-    from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
-    from tomosweep.results.plan import plan as plan_rows
-
     if store.name in ("", ".", ".."):  # `plan .` inside the store: name it, to put the figure beside it
         store = Path(os.path.abspath(store))
     path = figure_path(store, figure, method)
@@ -158,8 +161,6 @@ def figure_path(store: Path, figure: Path | None, method: str) -> Path:
 
 def check_figures(paths: list[Path]) -> None:
     """Before any drawing: each figure's folder exists and takes files, its name is not the user's."""
-    from tomosweep.results.outputs import check_replaceable, check_space
-
     for path in paths:
         folder = path.absolute().parent
         if not folder.is_dir():
@@ -186,8 +187,6 @@ def replicate(
 
     Each replicate is stored as it finishes; after an interruption the same command runs
     only the missing ones."""
-    from tomosweep.sweep.replicates import continue_command, replicate_cells
-
     cells = [parse_cell(c) for c in cell] if cell else None
     try:
         scales = [float(v) for v in chem_snr_scale.split(",")] if chem_snr_scale else None
@@ -220,8 +219,6 @@ def replicate(
     table = Table(title=f"{method}: best weights under {seeds} fresh noise seeds")
     for column in ("cell", "NRMSE per seed", "mean ± s.d."):
         table.add_column(column)
-    import numpy as np
-
     for key, entry in result.items():
         values = np.array([v for v in entry["nrmse"] if v is not None], dtype=float)
         summary = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if values.size > 1 else "—"
@@ -251,8 +248,6 @@ def reconstruct_data(
 
     The files are written into a folder beside --out and moved in at the end; --overwrite
     replaces only files an earlier reconstruct-data wrote and nobody changed since."""
-    from tomosweep.sweep.outputs import reconstruct_data_into
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with _LazyBar(*columns, description="iterations") as bar:
         summary = reconstruct_data_into(
@@ -268,7 +263,6 @@ def reconstruct_data(
         )
     for note in summary.notes:
         out.print(f"note: {note}", markup=False, highlight=False)
-    from tomosweep.sweep.microscope import heldout_lines
 
     for line in heldout_lines(summary.heldout):
         out.print(line, markup=False, highlight=False)

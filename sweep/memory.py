@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tomosweep.errors import SpecError
+from tomosweep.sweep.methods import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def _gb(n: float) -> str:
 
 def trial_bytes(method: str, *, n: int, n_elements: int, n_haadf: int, n_chem: int, batch: int = 1) -> int:
     """Peak bytes of one trial (``batch`` trials solved together need ``batch`` working sets)."""
-    from tomosweep.sweep.methods import METHODS
-
     volume = n**3 * n_elements * ITEMSIZE
     working = METHODS[method].memory_volumes * volume * batch
     matrices = 2 * NNZ_PER_PIXEL_AND_TILT * n * n * (n_haadf + n_chem) * (ITEMSIZE + 4)
@@ -70,7 +69,7 @@ def largest_trials(study: Any, n: int, n_elements: int) -> list[TrialMemory]:
 def _device_memory() -> int | None:
     """Total memory of this worker's GPU, or None (runs on a worker)."""
     try:
-        import cupy
+        import cupy  # optional (the gpu extra), asked for only when a GPU is
 
         return int(cupy.cuda.runtime.memGetInfo()[1])
     except Exception:

@@ -39,10 +39,19 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.results import SweepStore
 from tomosweep.results.outputs import check_out_folder
+from tomosweep.results.plan import replicate_key, stored_replicates
 from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
+from tomosweep.solvers import Projector, sirt
+from tomosweep.solvers.backend import to_numpy
+from tomosweep.solvers.elements import atomic_numbers
+from tomosweep.sweep.api import stored_study
+from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS, CellData
+from tomosweep.sweep.trial import simulate_cell
+from tomosweep.sweep.weights import checked_weights
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +89,6 @@ class DataReconstruction:
 
 def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
     """A measured series in the form every method takes (chemical maps in counts, ε = background)."""
-    from tomosweep.solvers import Projector
-    from tomosweep.solvers.elements import atomic_numbers
-
     n_det = series.shape[0]
     haadf_op = Projector(n_det, series.haadf_angles) if series.n_haadf else None
     chem_op = Projector(n_det, series.chem_angles)
@@ -113,54 +119,23 @@ def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
     )
 
 
-def nearest_cell(cells: list[tuple[int, int]], n_haadf: int, n_chem: int) -> tuple[int, int]:
-    """The grid cell nearest ``(n_haadf, n_chem)`` in log tilt counts (ties: fewer tilts)."""
-
-    def distance(cell: tuple[int, int]) -> tuple[float, int, int]:
-        h, c = cell
-        dh = math.log(max(h, 1) / max(n_haadf, 1))
-        dc = math.log(max(c, 1) / max(n_chem, 1))
-        return (round(dh * dh + dc * dc, 12), c, h)
-
-    return min(cells, key=distance)
-
-
-def _finished_cells(store: Any, store_path: Any, method: str) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-    """The method's maps and the cells with a finished trial (a clear error for a method not searched)."""
-    if method not in store.methods:
-        raise StoreError(f"{store_path}: the study did not search {method!r} (it has {', '.join(store.methods)})")
-    maps = store.maps(method)
-    finished = [
-        (h, c)
-        for i, h in enumerate(store.n_haadf)
-        for j, c in enumerate(store.n_chem)
-        if np.isfinite(maps["best_nrmse"][i, j])
-    ]
-    return maps, finished
-
-
 def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int, n_chem: int) -> Weights:
     """The best weights of the stored cell nearest the data's tilt counts, merged over the study's fixed ones."""
-    from tomosweep.results import SweepStore
-    from tomosweep.sweep.api import stored_study
-
     with SweepStore.open(store_path) as store:
         study = stored_study(store)
-        maps, done = _finished_cells(store, store_path, method)
+        done = store.finished_cells(method)
         if not done:
             raise StoreError(f"{store_path}: no finished {method} trial to take weights from; run the study first")
         h, c = nearest_cell(done, n_haadf, n_chem)
-        i, j = store.cell_index(h, c)
-        names = [p for p in store.param_names if p in METHODS[method].param_names]
-        best = {p: float(maps["best_params"][i, j, store.param_names.index(p)]) for p in names}
-        best = {k: v for k, v in best.items() if math.isfinite(v)}
+        study_nrmse, stored = store.best(method, (h, c))
+        best = {p: v for p, v in stored.items() if p in METHODS[method].param_names}
         params = {**study.fixed(method), **best}
         return Weights(
             method=method,
             params={k: float(v) for k, v in params.items()},
             source=f"{Path(store_path).name} cell {h}×{c}",
             cell=(h, c),
-            study_nrmse=float(maps["best_nrmse"][i, j]),
+            study_nrmse=study_nrmse,
             gamma=float(study.acquisition.gamma),
         )
 
@@ -173,7 +148,6 @@ def file_weights(series: MeasuredSeries, method: str | None) -> Weights:
         raise InputError(f"the data file's [weights] are for {name!r}, but --method {method} was asked for")
     if name not in METHODS:
         raise InputError(f"[weights] method {name!r} is unknown; allowed: {', '.join(METHODS)}")
-    from tomosweep.sweep.weights import checked_weights
 
     params = checked_weights(name, table)  # text, 2.5 iterations, 0 or inf refused as in a study
     return Weights(method=name, params=params, source="data file [weights]")
@@ -244,8 +218,6 @@ def heldout_check(
         reduced = replace(reduced, chem=series.chem[:, chem_keep], chem_angles=series.chem_angles[chem_keep])
     cell = measured_cell(reduced, gamma=gamma)
     result = _run(cell, weights, device, None)
-    from tomosweep.solvers import Projector
-    from tomosweep.solvers.backend import to_numpy
 
     volumes = np.asarray(to_numpy(result.volume), dtype=float)
     projector = Projector(series.shape[0], series.haadf_angles[left_out])
@@ -284,8 +256,6 @@ DEFAULT_HELDOUT_SPREAD = 0.25
 
 def study_spread(store: Any, method: str, cell: tuple[int, int]) -> tuple[float, str]:
     """The relative spread the comparison allows: 2 × the replicates' relative std, or the default."""
-    from tomosweep.results.plan import replicate_key, stored_replicates
-
     entry = stored_replicates(store).get(replicate_key(method, *cell)) or {}
     values = np.array([v for v in entry.get("nrmse") or [] if v is not None and math.isfinite(v)], dtype=float)
     if values.size >= 2 and values.mean() > 0:
@@ -296,10 +266,6 @@ def study_spread(store: Any, method: str, cell: tuple[int, int]) -> tuple[float,
 
 def study_series(store_path: Any, cell: tuple[int, int], like: MeasuredSeries) -> tuple[MeasuredSeries, Any]:
     """The study's own simulated series of ``cell`` as a measured one, calibrated as ``like`` is."""
-    from tomosweep.results import SweepStore
-    from tomosweep.sweep.api import stored_study
-    from tomosweep.sweep.trial import simulate_cell
-
     with SweepStore.open(store_path) as store:
         study = stored_study(store)
     specimen, acq = simulate_cell(study, *cell)
@@ -381,8 +347,6 @@ def _study_heldout(
     device: str,
 ) -> dict[str, Any] | None:
     """The same held-out figures on the study's simulated series of the cell, compared with the data's."""
-    from tomosweep.results import SweepStore
-
     simulated, _ = study_series(store_path, weights.cell, series)
     figures = heldout_check(simulated, weights, gamma, fraction=fraction, device=device)
     if figures is None:
@@ -400,7 +364,7 @@ def write_ome_zarr(path: Path, volumes: np.ndarray, elements: tuple[str, ...], p
 
     Axes: x along the tilt axis, y across it in the detector plane, z along the beam at 0°.
     """
-    import zarr
+    import zarr  # deferred: zarr is slow to import, only a .zarr output needs it
 
     data = np.ascontiguousarray(volumes.transpose(0, 2, 1, 3), dtype=np.float32)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -451,7 +415,7 @@ def write_ome_zarr(path: Path, volumes: np.ndarray, elements: tuple[str, ...], p
 
 def slices_figure(volumes: np.ndarray, elements: tuple[str, ...]) -> Any:
     """Central orthogonal slices of each element volume ``(n_el, n_y, n_z, n_x)``."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib, for figures only
 
     n_el = len(elements)
     fig = Figure(figsize=(8, 2.6 * n_el), layout="constrained")
@@ -473,7 +437,7 @@ def slices_figure(volumes: np.ndarray, elements: tuple[str, ...]) -> Any:
 
 
 def costs_figure(costs: Mapping[str, np.ndarray], title: str) -> Any:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib, for figures only
 
     fig = Figure(figsize=(6, 3.6), layout="constrained")
     ax = fig.subplots()
@@ -491,7 +455,7 @@ def costs_figure(costs: Mapping[str, np.ndarray], title: str) -> Any:
 
 
 def _write_outputs(out: Path, volumes: np.ndarray, series: MeasuredSeries, result: Any, weights: Weights) -> list[str]:
-    import tifffile
+    import tifffile  # deferred: only a .tif output needs it
 
     files = []
     write_ome_zarr(out / "volumes.ome.zarr", volumes, series.elements, series.pixel_size_nm)
@@ -643,7 +607,6 @@ def reconstruct_data(
     cell = measured_cell(series, gamma=gamma)
     say(f"reconstructing {len(series.elements)} elements on a {series.shape[0]}² × {series.shape[1]} grid")
     result = _run(cell, weights, device, on_iteration)
-    from tomosweep.solvers.backend import to_numpy
 
     if result.info.get("haadf_scale_fit") == "joint":
         say(
@@ -707,9 +670,6 @@ def _haadf_only(
     The held-out check leaves out every k-th tilt, reconstructs from the rest with the
     same iterations and reports the relative error of the predicted projections.
     """
-    from tomosweep.solvers import Projector, sirt
-    from tomosweep.solvers.backend import to_numpy
-
     if method not in (None, "sirt"):
         raise InputError(f"--method {method}: a HAADF-only series is reconstructed by sirt; chemistry needs [chem]")
     table = dict(series.weights or {})
@@ -764,7 +724,3 @@ def _haadf_only(
     (out / _MARK).write_text(json.dumps(record, indent=2, default=float))
     summary.files.append(_MARK)
     return summary
-
-
-# replicate_cells lives in tomosweep.sweep.replicates (kept importable from here)
-from tomosweep.sweep.replicates import replicate_cells  # noqa: E402, F401

@@ -55,6 +55,7 @@ baseline a user can run on their own problem).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -162,7 +163,7 @@ class CellOptimizer:
         stop_tolerance: float | None = None,
         stop_patience: int = 3,
     ) -> None:
-        from skopt.space import Integer, Real, Space
+        from skopt.space import Integer, Real, Space  # deferred: skopt pulls scikit-learn (seconds)
         from skopt.utils import normalize_dimensions
 
         self.names = tuple(space)
@@ -214,13 +215,19 @@ class CellOptimizer:
         ``n_initial - 1`` asks use them, the last initial point is always random)."""
         self.warm_start = list(dict.fromkeys(tuple(self._point(p)) for p in points))
 
-    def forget(self, key: Any) -> None:
-        """Drop a pending point without a result (its trial will be asked again)."""
-        self.pending.pop(key, None)
-
     @property
     def n_told(self) -> int:
         return len(self.X)
+
+    @property
+    def n_spent(self) -> int:
+        """Points told and points in flight: what the cell has spent of its budget."""
+        return len(self.X) + len(self.pending)
+
+    @property
+    def n_failed(self) -> int:
+        """Points told without a result (failed trials)."""
+        return sum(1 for y in self.Y if y is None)
 
     @property
     def exhausted(self) -> bool:
@@ -266,7 +273,7 @@ class CellOptimizer:
         """The GP fitted on every told trial (failures at their penalty), as an skopt
         ``OptimizeResult`` that ``skopt.plots.plot_objective`` can draw; its values are
         in the GP's units (log NRMSE unless ``warp="none"``)."""
-        from skopt.utils import create_result
+        from skopt.utils import create_result  # deferred: skopt pulls scikit-learn
 
         if self.n_told < 2:
             raise ValueError(f"a surrogate needs at least 2 trials, this cell has {self.n_told}")
@@ -304,7 +311,7 @@ class CellOptimizer:
     def ask(self, key: Any = None) -> Proposal | None:
         """A new point, pending under ``key`` until :meth:`tell` or :meth:`forget`;
         ``None`` when the space is exhausted or the cell has stopped (:attr:`stopped`)."""
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # deferred: scikit-learn's dependency, loaded with it
 
         # the GP's linear algebra is small: BLAS threads only contend with the workers
         # on the driver's cores (measured 3× slower asks on a loaded 2-core machine)
@@ -371,7 +378,7 @@ class CellOptimizer:
         """The initial design: ``n_initial`` points of a scrambled Latin hypercube in the
         optimiser's [0, 1]^d (McKay, Beckman & Conover 1979), seeded by the cell's seed."""
         if self._design_cache is None:
-            from scipy.stats import qmc
+            from scipy.stats import qmc  # deferred: scipy.stats is slow to import
 
             sampler = qmc.LatinHypercube(d=len(self.names), seed=derived_seed(self.seed, "design"))
             self._design_cache = sampler.random(max(self.n_initial, 1))
@@ -405,8 +412,6 @@ class CellOptimizer:
         return self._cast(self._space.inverse_transform(self._untaken(taken)[:1])[0])
 
     def _untaken(self, taken: set[tuple[float, ...]]) -> np.ndarray:
-        import itertools
-
         grid = itertools.product(*(range(int(d.low), int(d.high) + 1) for d in self._space.dimensions))
         return self._space.transform([list(p) for p in grid if tuple(p) not in taken])
 
@@ -418,7 +423,7 @@ class CellOptimizer:
         return list(Y)
 
     def _fit(self, X: list[list[float]], Y: list[float], seed: int) -> Any:
-        from skopt.utils import cook_estimator
+        from skopt.utils import cook_estimator  # deferred: skopt pulls scikit-learn
 
         model = cook_estimator("GP", space=self._space, random_state=seed)
         with warnings.catch_warnings():
@@ -466,7 +471,7 @@ class CellOptimizer:
         choice = hedge_choice(self.gains, self.eta, valid, rng)
         ei = None
         if self.stop_tolerance is not None:
-            from skopt.acquisition import gaussian_ei
+            from skopt.acquisition import gaussian_ei  # deferred: skopt pulls scikit-learn
 
             ei = float(np.ravel(gaussian_ei(self.nominees[:1], model, y_opt=y_opt, xi=0.0))[0])
         return points[choice], ACQ_FUNCS[choice], ei
@@ -494,7 +499,7 @@ class CellOptimizer:
 
     def _acq_values(self, acq: str, model: Any, y_opt: float, X: np.ndarray, grad: bool = False) -> Any:
         """The acquisition to *minimise* (skopt's convention: −EI, LCB, −PI)."""
-        from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi
+        from skopt.acquisition import gaussian_ei, gaussian_lcb, gaussian_pi  # deferred: skopt pulls scikit-learn
 
         if acq == "LCB":
             return gaussian_lcb(X, model, kappa=_KAPPA, return_grad=grad)
@@ -511,7 +516,7 @@ class CellOptimizer:
         values = np.asarray(self._acq_values(acq, model, y_opt, candidates), dtype=float)
         order = np.argsort(values)
         if self.acq_optimizer == "lbfgs" and not all(self._is_int):
-            from scipy.optimize import fmin_l_bfgs_b
+            from scipy.optimize import fmin_l_bfgs_b  # deferred: scipy.optimize is slow to import
 
             def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
                 value, gradient = self._acq_values(acq, model, y_opt, x[None, :], grad=True)

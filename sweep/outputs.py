@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tomosweep.results.outputs import StagedOutput, check_out_folder, check_space
+from tomosweep.sweep.microscope import reconstruct_data
 
 
 def reconstruct_data_into(
@@ -25,8 +26,6 @@ def reconstruct_data_into(
 
     Returns its summary with ``out`` the target folder.
     """
-    from tomosweep.sweep.microscope import reconstruct_data
-
     target = check_out_folder(out, overwrite=overwrite)
     check_space(target)
     with StagedOutput(target, command="reconstruct-data", replace_all=True) as staged:

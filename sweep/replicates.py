@@ -26,6 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.results import SweepStore
+from tomosweep.results.plan import replicate_key
+from tomosweep.sweep.api import connect_study, stored_study, with_cluster
+from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +120,6 @@ def replicate_cells(
     weights and noise seed are not run again (module docstring). ``on_plan(total, done)``
     is called once the work is known, before the cluster starts.
     """
-    from tomosweep.results import SweepStore
-    from tomosweep.results.plan import replicate_key
-    from tomosweep.sweep.api import _connect, stored_study, with_cluster
-    from tomosweep.sweep.microscope import _finished_cells
-    from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
-
     if seeds < 2:
         raise InputError(f"--seeds must be at least 2 to give a spread, got {seeds}")
     scales = [1.0] if not chem_snr_scales else [float(v) for v in chem_snr_scales]
@@ -130,7 +128,7 @@ def replicate_cells(
             raise InputError(f"--chem-snr-scale factors must lie in (0, 100], got {scale:g}")
     with SweepStore.open(store_path, writable=True) as store:
         study = with_cluster(stored_study(store), cluster)
-        maps, finished = _finished_cells(store, store_path, method)
+        finished = store.finished_cells(method)
         chosen = finished if cells is None else [tuple(c) for c in cells]
         for cell in chosen:
             if cell not in finished:
@@ -141,12 +139,8 @@ def replicate_cells(
         for scale in scales:
             study_json = json.dumps(_scaled_chem_snr(study, scale).to_json(), sort_keys=True)
             for h, c in chosen:
-                i, j = store.cell_index(h, c)
-                params = {
-                    p: float(maps["best_params"][i, j, store.param_names.index(p)])
-                    for p in study.searched(method)
-                    if p in store.param_names
-                }
+                _, best = store.best(method, (h, c))
+                params = {p: best[p] for p in study.searched(method) if p in best}
                 key = replicate_key(method, h, c, scale)
                 wanted = {k: noise_seed(study, h, c, k) for k in range(1, seeds + 1)}
                 done = _done_before(stored.get(key), params, wanted)
@@ -165,8 +159,8 @@ def replicate_cells(
         if on_plan is not None:
             on_plan(total, total - len(tasks))
         if tasks:
-            with _connect(study, client) as conn:
-                from distributed import as_completed
+            with connect_study(study, client) as conn:
+                from distributed import as_completed  # deferred: distributed takes seconds to import
 
                 futures = {conn.client.submit(run_trial, t, pure=False): (key, t) for key, t in tasks}
                 for future in as_completed(futures):

@@ -39,14 +39,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tomosweep.errors import ClusterError
+from tomosweep.errors import ClusterError, StoreError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
+from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
 from tomosweep.sweep.spec import Study
 from tomosweep.sweep.surrogate import attach_map, map_states, restore_maps
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
-from tomosweep.sweep.view import Heartbeat
+from tomosweep.view.heartbeat import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
 
@@ -130,8 +131,6 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
         try:
             opt.restore(state)
         except (KeyError, TypeError, ValueError) as exc:
-            from tomosweep.errors import StoreError
-
             raise StoreError(
                 f"store {store.path} is damaged: the optimiser state of {state_key(key)} is unreadable ({exc}). "
                 'The trials are intact; deleting the "optimiser" attribute in its zarr.json restarts every '
@@ -225,12 +224,9 @@ def warm_points(
         names = opts[key].names
         usable = [r for r in same if all(n in r.params for n in names)]
         if usable:
-            # nearest cell in log tilt counts (a study on another grid maps onto this one)
-            def distance(r: TrialRecord) -> float:
-                return abs(math.log((r.n_haadf + 1) / (h + 1))) + abs(math.log((r.n_chem + 1) / (c + 1)))
-
-            nearest = min(distance(r) for r in usable)
-            cell_records = sorted((r for r in usable if distance(r) == nearest), key=lambda r: r.nrmse)
+            # a study on another grid maps onto this one
+            nearest = nearest_cell(sorted({r.cell for r in usable}), h, c)
+            cell_records = sorted((r for r in usable if r.cell == nearest), key=lambda r: r.nrmse)
             points += [{n: r.params[n] for n in names} for r in cell_records]
     return points[:MAP_WARM_POINTS] if with_map else points
 
@@ -344,7 +340,7 @@ class Runner:
 
     @staticmethod
     def _best(opts: dict[Key, CellOptimizer]) -> float | None:
-        values = [y for o in opts.values() for y in o.Y if y is not None and math.isfinite(y)]
+        values = [found[1] for o in opts.values() if (found := o.best()) is not None and math.isfinite(found[1])]
         return min(values) if values else None
 
 
@@ -358,7 +354,7 @@ class _Pass:
         self.budget_per = study.budget.trials_per_cell
         self.total = min(self.budget_per * len(self.opts), study.budget.total or math.inf)
         self.in_grid = sum(min(o.n_told, self.budget_per) for o in self.opts.values())
-        self.failed = sum(1 for o in self.opts.values() for y in o.Y if y is None)
+        self.failed = sum(o.n_failed for o in self.opts.values())
         self.n_start = store.n_committed
         self.best = runner._best(self.opts)
         self.active: dict[Any, _Ticket] = {}
@@ -378,7 +374,7 @@ class _Pass:
         self.seen_worker = False
 
     def run(self) -> RunSummary:
-        from distributed import as_completed
+        from distributed import as_completed  # deferred: distributed takes seconds to import
         from distributed.scheduler import KilledWorker
 
         runner, store = self.runner, self.runner.store
@@ -454,12 +450,10 @@ class _Pass:
     def next_key(self) -> Key | None:
         """The open cell with the fewest trials asked (fewest first keeps the grid even)."""
         opts = self.opts
-        open_keys = [
-            k for k, o in opts.items() if k not in self.exhausted and o.n_told + len(o.pending) < self.budget_per
-        ]
-        if not open_keys or sum(o.n_told + len(o.pending) for o in opts.values()) >= self.total:
+        open_keys = [k for k, o in opts.items() if k not in self.exhausted and o.n_spent < self.budget_per]
+        if not open_keys or sum(o.n_spent for o in opts.values()) >= self.total:
             return None
-        return min(open_keys, key=lambda k: opts[k].n_told + len(opts[k].pending))
+        return min(open_keys, key=lambda k: opts[k].n_spent)
 
     def submit(self, ticket: _Ticket) -> None:
         runner = self.runner
@@ -484,7 +478,7 @@ class _Pass:
                 return
             ask_id = next(runner._seq)
             opt = self.opts[key]
-            if study.budget.warm_start and opt.n_told + len(opt.pending) < opt.n_initial:
+            if study.budget.warm_start and opt.n_spent < opt.n_initial:
                 opt.set_warm_start(warm_points(key, self.opts, self.cells, runner.warm_from))
             proposal: Proposal | None = opt.ask(ask_id)
             self.dirty.add(key)

@@ -24,7 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tomosweep.cluster.settings import ClusterSettings
-from tomosweep.errors import SpecError
+from tomosweep.errors import SpecError, TomosweepError
+from tomosweep.phantoms import SPECIMENS, load_specimen
+from tomosweep.phantoms.specimens import specimen_options
 from tomosweep.plugins import PluginsSpec
 from tomosweep.sweep.methods import METHODS
 
@@ -70,8 +72,6 @@ class PhantomSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> PhantomSpec:
-        from tomosweep.phantoms import SPECIMENS
-
         if (self.name is None) == (self.file is None):
             raise ValueError("give exactly one of name = <built-in specimen> or file = <path to .npz/.h5/.zarr>")
         if self.name is not None and self.name not in SPECIMENS:
@@ -79,8 +79,6 @@ class PhantomSpec(BaseModel):
         if self.file is not None and self.options:
             raise ValueError("options apply to built-in specimens only, not to a file")
         if self.name is not None:
-            from tomosweep.phantoms.specimens import specimen_options
-
             allowed = specimen_options(self.name)
             unknown = sorted(set(self.options) - set(allowed))
             if unknown:
@@ -422,9 +420,6 @@ def _check_file_size(phantom: PhantomSpec, *, source: str) -> None:
     Only a study file is checked, where ``size`` is known to be the user's: a stored study
     holds the default size beside its file, which never meant anything.
     """
-    from tomosweep.errors import TomosweepError
-    from tomosweep.phantoms import load_specimen
-
     try:
         shape = load_specimen(phantom.file).volumes.shape
     except TomosweepError:

@@ -37,14 +37,12 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from tomosweep.sweep.optimizer import ACQ_FUNCS, derived_seed, hedge_choice, hedge_reward
-
-if TYPE_CHECKING:
-    from tomosweep.sweep.optimizer import CellOptimizer
+from tomosweep.errors import StoreError
+from tomosweep.sweep.optimizer import ACQ_FUNCS, CellOptimizer, derived_seed, hedge_choice, hedge_reward
 
 Cell = tuple[int, int]
 
@@ -65,6 +63,7 @@ def _map_kernel(n_dims: int) -> Any:
     cell's NRMSE moves with its tilt counts far more than the shape of its surface
     does (more tilts, lower NRMSE everywhere), and a product kernel alone could only
     fit that with short context length scales, making the cells strangers again."""
+    # deferred: skopt pulls scikit-learn
     from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
     n_weights = n_dims - 2
@@ -84,7 +83,7 @@ def _map_kernel(n_dims: int) -> Any:
 
 
 def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None) -> Any:
-    from skopt.learning import GaussianProcessRegressor
+    from skopt.learning import GaussianProcessRegressor  # deferred: skopt pulls scikit-learn
 
     kernel = _map_kernel(n_dims)
     if theta is not None:
@@ -349,7 +348,7 @@ class MapSurrogate:
         if not valid:
             return None, "random", None
         self.nominees = np.array([np.concatenate([x, z]) for x in placed])
-        from skopt.acquisition import gaussian_ei
+        from skopt.acquisition import gaussian_ei  # deferred: skopt pulls scikit-learn
 
         ei = float(np.ravel(gaussian_ei(placed[0][None, :], at, y_opt=incumbent, xi=0.0))[0])
         choice = hedge_choice(self.gains, self.eta, valid, rng)
@@ -381,8 +380,6 @@ def map_states(opts: Mapping[Any, CellOptimizer]) -> dict[str, Any]:
 def restore_maps(opts: Mapping[Any, CellOptimizer], states: Mapping[str, Any]) -> None:
     """Give each map surrogate behind ``opts`` its stored state (resume); a store without
     one (a study that ran with per-cell surrogates until now) starts with fresh gains."""
-    from tomosweep.errors import StoreError
-
     for method, surrogate in _maps(opts).items():
         state = states.get(map_state_key(method))
         if state is None:

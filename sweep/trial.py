@@ -26,12 +26,17 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tomosweep.errors import SpecError
+from tomosweep.phantoms import TiltScheme, load_specimen, simulate, simulate_cached
+from tomosweep.phantoms.specimens import specimen_options
 from tomosweep.results import FAILED, OK, PRUNED, TrialRecord
+from tomosweep.solvers import nrmse
+from tomosweep.solvers.backend import to_numpy
 from tomosweep.sweep.methods import CellData, MethodContractError, UnknownMethodError, check_result, lookup
 from tomosweep.sweep.optimizer import derived_seed
 from tomosweep.sweep.spec import Study, study_from_dict
@@ -102,16 +107,11 @@ def noise_seed(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> i
 
 @functools.lru_cache(maxsize=2)
 def _file_specimen(path: str, mtime: float) -> Any:
-    from tomosweep.phantoms import load_specimen
-
     return load_specimen(path)
 
 
 def simulate_cell(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> tuple[Any, Any]:
     """The specimen and the simulated acquisition every trial of a cell sees (or its replicate's)."""
-    from tomosweep.phantoms import TiltScheme, simulate, simulate_cached
-    from tomosweep.phantoms.specimens import specimen_options
-
     acq = study.acquisition
     scheme = TiltScheme(n_haadf, n_chem=n_chem, tilt_range=tuple(acq.tilt_range))
     settings = {
@@ -127,8 +127,6 @@ def simulate_cell(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -
         if "rng" in specimen_options(phantom.name):
             options.setdefault("rng", study.seed)
         return simulate_cached(phantom.name, phantom.size, scheme, specimen_options=options, **settings)
-    from pathlib import Path
-
     path = Path(phantom.file)
     specimen = _file_specimen(str(path), path.stat().st_mtime if path.exists() else 0.0)
     return specimen, simulate(specimen, scheme, **settings)
@@ -164,7 +162,7 @@ def build_cell_data(study: Study, n_haadf: int, n_chem: int, replicate: int = 0)
 
 def _worker_name() -> str:
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # deferred: distributed, and only on a worker
 
         return str(get_worker().name)
     except (ImportError, ValueError):
@@ -184,9 +182,6 @@ def reconstruct(study: Study, cell: CellData, method: str, params: Mapping[str, 
 
 def score(cell: CellData, volumes: Any) -> np.ndarray:
     """NRMSE per element against the ground truth (Schwartz 2024 Methods)."""
-    from tomosweep.solvers import nrmse
-    from tomosweep.solvers.backend import to_numpy
-
     return np.asarray(nrmse(to_numpy(volumes), cell.truth, channel_axis=0), dtype=float)
 
 

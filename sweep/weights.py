@@ -14,12 +14,11 @@ from typing import Any
 
 from tomosweep.errors import InputError
 from tomosweep.sweep.methods import METHODS
+from tomosweep.sweep.spec import _param_limit
 
 
 def checked_weights(method: str, table: Mapping[str, Any], *, where: str = "[weights]") -> dict[str, float]:
     """``table``'s values for ``method``, every one checked; the method's defaults fill the rest."""
-    from tomosweep.sweep.spec import _param_limit
-
     m = METHODS[method]
     unknown = sorted(set(table) - set(m.param_names))
     if unknown:

@@ -31,9 +31,10 @@ from tomosweep.errors import InputError
 from tomosweep.results import SweepStore
 from tomosweep.results.outputs import MANIFEST, StagedOutput, check_out_folder, read_manifest
 from tomosweep.results.plan import plan, replicate_key
-from tomosweep.results.view import LIVE_FORMAT, live_path, read_live, status_html, write_live
 from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import create_store, run_study
+from tomosweep.view.heartbeat import LIVE_FORMAT, live_path, read_live, write_live
+from tomosweep.view.page import status_html
 
 
 def _one_error_line(code, out, err, *, expect: str, status: int = 2) -> str:
@@ -71,7 +72,8 @@ def use_client(client, monkeypatch):
     def connect(study, given):
         yield Connection(client=given or client, backend="address", description="the test's client")
 
-    monkeypatch.setattr("tomosweep.sweep.api._connect", connect)
+    monkeypatch.setattr("tomosweep.sweep.api.connect_study", connect)
+    monkeypatch.setattr("tomosweep.sweep.replicates.connect_study", connect)
 
 
 # ------------------------------------------------------------------ nothing the user wrote is replaced
@@ -315,7 +317,7 @@ def test_interrupted_replicate_names_the_replicate_command(store, capsys, monkey
         on_plan(6, 1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tomosweep.sweep.replicates.replicate_cells", interrupted)
+    monkeypatch.setattr("tomosweep.sweep.cli_microscope.replicate_cells", interrupted)
     code, o, e = run_cli(["replicate", store, "--method", "sirt", "--seeds", "3", "--cell", "5,3"], capsys)
     assert code == 130, o + e
     assert "every finished replicate is stored" in e
@@ -369,7 +371,8 @@ def received(tmp_path):
 @pytest.mark.parametrize("kind", ["address", "slurm"])
 @pytest.mark.parametrize("command", ["resume", "replicate"])
 def test_a_stored_remote_cluster_is_refused_without_consent(received, capsys, monkeypatch, kind, command):
-    monkeypatch.setattr("tomosweep.sweep.api._connect", lambda *a: pytest.fail("connected without consent"))
+    for module in ("api", "replicates"):
+        monkeypatch.setattr(f"tomosweep.sweep.{module}.connect_study", lambda *a: pytest.fail("connected unasked"))
     before = _tree(received[kind].parent)
     code, o, e = run_cli([command, received[kind]], capsys)
     _one_error_line(code, o, e, expect="not used without consent: pass --trust-stored-cluster")
@@ -389,7 +392,7 @@ def _would_connect(study, client):
     ("flags", "backend"), [(["--trust-stored-cluster"], "address"), (["--cluster", "local"], "local")]
 )
 def test_consent_or_a_named_cluster_lets_resume_connect(received, capsys, monkeypatch, flags, backend):
-    monkeypatch.setattr("tomosweep.sweep.api._connect", _would_connect)
+    monkeypatch.setattr("tomosweep.sweep.api.connect_study", _would_connect)
     with pytest.raises(_Reached, match=f"^{backend}$"):
         run_cli(["resume", received["address"], *flags], capsys)
 
@@ -424,7 +427,7 @@ def test_a_junk_heartbeat_cannot_break_the_view_nor_fake_a_link(store, tmp_path)
     )
     live = read_live(copy)
     assert live["running"] == {"sirt/5/3": 2} and "workers" not in live and live["dashboard"] is None
-    from tomosweep.results.view import StoreReader
+    from tomosweep.view.snapshot import StoreReader
 
     snap = StoreReader(copy).read()
     page = status_html(snap)
@@ -443,7 +446,7 @@ def test_a_junk_heartbeat_cannot_break_the_view_nor_fake_a_link(store, tmp_path)
     ],
 )
 def test_the_dashboard_link_is_local_http_only(link):
-    from tomosweep.results.view import local_link
+    from tomosweep.view.heartbeat import local_link
 
     assert local_link(link) is None
     assert local_link("http://127.0.0.1:8787/status") == "http://127.0.0.1:8787/status"
@@ -451,7 +454,7 @@ def test_the_dashboard_link_is_local_http_only(link):
 
 
 def test_a_forged_running_heartbeat_of_a_dead_process_reads_as_gone(tmp_path):
-    from tomosweep.results.view import driver_state
+    from tomosweep.view.heartbeat import driver_state
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -461,7 +464,7 @@ def test_a_forged_running_heartbeat_of_a_dead_process_reads_as_gone(tmp_path):
 
 @pytest.mark.parametrize("junk", [b"\xff\xfe not json", b"[1, 2]", b'{"format": "tomosweep-live", "updated": "x"}'])
 def test_junk_heartbeat_files_read_as_none_or_plain(tmp_path, junk):
-    from tomosweep.results.view import driver_state
+    from tomosweep.view.heartbeat import driver_state
 
     live_path(tmp_path / "s.zarr").write_bytes(junk)
     live = read_live(tmp_path / "s.zarr")
@@ -469,7 +472,7 @@ def test_junk_heartbeat_files_read_as_none_or_plain(tmp_path, junk):
 
 
 def test_the_heartbeat_is_never_written_through_a_symlink(tmp_path):
-    from tomosweep.sweep.view import Heartbeat
+    from tomosweep.view.heartbeat import Heartbeat
 
     target = tmp_path / "victim.txt"
     target.write_text("precious")
@@ -487,7 +490,7 @@ def test_the_heartbeat_is_never_written_through_a_symlink(tmp_path):
 
 
 def test_view_accepts_the_ipv6_loopback(store):
-    from tomosweep.sweep.view import serve_view
+    from tomosweep.sweep.cli_view import serve_view
 
     try:
         with socket.socket(socket.AF_INET6) as probe:
@@ -515,7 +518,7 @@ def test_notes_keep_their_brackets(capsys, monkeypatch, tmp_path):
     summary = SimpleNamespace(
         notes=["no [chem.sensitivity] given"], heldout=None, out=tmp_path / "[r]", files=["a.npz"], wall_time_s=1.0
     )
-    monkeypatch.setattr("tomosweep.sweep.outputs.reconstruct_data_into", lambda *a, **k: summary)
+    monkeypatch.setattr("tomosweep.sweep.cli_microscope.reconstruct_data_into", lambda *a, **k: summary)
     code, o, e = run_cli(["reconstruct-data", "d.toml", "--out", tmp_path / "[r]"], capsys)
     assert code == 0, o + e
     assert "note: no [chem.sensitivity] given" in o and f"wrote {tmp_path / '[r]'}: a.npz" in o

@@ -15,15 +15,16 @@ import trial_hooks
 from sweep_support import TINY_SIRT_TOML, tiny_study
 
 from tomosweep.results import SweepStore
-from tomosweep.results.view import StoreReader, progress, read_live
 from tomosweep.sweep import run_study, study_from_dict
-from tomosweep.sweep.view import landscape_pngs
+from tomosweep.sweep.landscape import landscape_pngs
+from tomosweep.view.heartbeat import read_live
+from tomosweep.view.snapshot import StoreReader, progress
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_running_driver_publishes_its_workers_and_trials_in_flight(tmp_path, client, monkeypatch):
-    monkeypatch.setattr("tomosweep.sweep.view.HEARTBEAT_S", 0.2)
+    monkeypatch.setattr("tomosweep.view.heartbeat.HEARTBEAT_S", 0.2)
     path = tmp_path / "s.zarr"
     study = study_from_dict(tiny_study())
     done = threading.Event()

@@ -14,7 +14,9 @@ from tomosweep.errors import InputError
 from tomosweep.results import SweepStore
 from tomosweep.results.plan import parse_cost, plan
 from tomosweep.sweep.cli import app
-from tomosweep.sweep.microscope import check_out_folder, nearest_cell, replicate_cells, study_weights
+from tomosweep.sweep.grid import nearest_cell
+from tomosweep.sweep.microscope import check_out_folder, study_weights
+from tomosweep.sweep.replicates import replicate_cells
 from tomosweep.sweep.spec import study_from_dict
 
 

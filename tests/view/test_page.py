@@ -14,20 +14,10 @@ import zarr
 
 from tomosweep.errors import StoreError, TomosweepError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
-from tomosweep.results.view import (
-    StoreReader,
-    cell_table,
-    colour_scale,
-    driver_state,
-    heat_label,
-    live_file_is_ours,
-    live_path,
-    progress,
-    read_live,
-    serve,
-    status_html,
-    write_live,
-)
+from tomosweep.view import serve
+from tomosweep.view.heartbeat import driver_state, live_file_is_ours, live_path, read_live, write_live
+from tomosweep.view.page import status_html
+from tomosweep.view.snapshot import StoreReader, cell_table, colour_scale, heat_label, progress
 
 SPEC = {
     "name": "view-test",

@@ -14,9 +14,10 @@ import threading
 import time
 
 import pytest
-from test_view import new_store, trial
+from test_page import new_store, trial
 
-from tomosweep.results.view import heat_label, serve, write_live
+from tomosweep.view import serve, write_live
+from tomosweep.view.snapshot import heat_label
 
 pytestmark = pytest.mark.browser
 
