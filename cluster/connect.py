@@ -30,7 +30,7 @@ def worker_environ() -> dict[str, Any]:
     A value of None tells the nanny to leave a variable unset, also where this dict is
     merged into a batch job's own Dask config rather than replacing it.
     """
-    import dask
+    import dask.config
     import distributed  # noqa: F401  (registers the distributed config defaults)
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
@@ -108,7 +108,7 @@ def open_cluster(settings: ClusterSettings | None = None) -> Iterator[Connection
     ``start_timeout``) a ``ClusterError`` says what happened; nothing has been
     written anywhere, since callers open stores only after this returns.
     """
-    import dask
+    import dask.config
     from distributed import Client
 
     settings = settings or ClusterSettings()

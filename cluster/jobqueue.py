@@ -62,7 +62,7 @@ prologue = ["module load python", "source ~/venvs/tomosweep/bin/activate"]"""
 
 
 def _config(backend: str) -> dict[str, Any]:
-    import dask
+    import dask.config
     import dask_jobqueue  # noqa: F401  (registers the jobqueue.* defaults)
 
     return dict(dask.config.get(f"jobqueue.{backend}", default={}) or {})
@@ -313,6 +313,13 @@ class PinGPU(WorkerPlugin):
     name = "tomosweep-pin-gpu"
 
     def setup(self, worker: Any) -> None:
+        """Narrow ``CUDA_VISIBLE_DEVICES`` to this worker's own GPU (Dask calls it on the worker).
+
+        Parameters
+        ----------
+        worker : distributed.Worker
+            The worker starting up; its name picks the device.
+        """
         pinned = pinned_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), worker.name)
         if pinned is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = pinned  # CuPy has not touched CUDA in this process yet

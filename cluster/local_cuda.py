@@ -20,7 +20,7 @@ def visible_devices(settings: ClusterSettings) -> list[str]:
             raise ClusterError(f"no GPU is visible: CUDA_VISIBLE_DEVICES / devices is {spec!r}")
         return devices[: settings.n_workers] if settings.n_workers else devices
     try:
-        import cupy
+        import cupy  # pyright: ignore[reportMissingImports]  (optional: the gpu extra)
 
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no CuPy, no driver, or no device
@@ -42,7 +42,7 @@ def start(settings: ClusterSettings, *, environ: dict[str, Any]) -> Started:
     runs on its own GPU.
     """
     try:
-        from dask_cuda import LocalCUDACluster
+        from dask_cuda import LocalCUDACluster  # pyright: ignore[reportMissingImports]  (optional: the gpu extra)
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) and exc.name == "dask_cuda":
             raise ClusterError(

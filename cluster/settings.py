@@ -115,9 +115,9 @@ class ClusterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: str = "local"
-    start_timeout: float | None = Field(None, gt=0)
+    start_timeout: float | None = Field(default=None, gt=0)
     # local, local-cuda
-    n_workers: int | None = Field(None, ge=1)
+    n_workers: int | None = Field(default=None, ge=1)
     memory_limit: str | None = None
     devices: str | None = None
     # address
@@ -129,14 +129,14 @@ class ClusterSettings(BaseModel):
     queue: str | None = None
     account: str | None = None
     walltime: str | None = None
-    cores: int | None = Field(None, ge=1)
+    cores: int | None = Field(default=None, ge=1)
     memory: str | None = None
-    processes: int | None = Field(None, ge=1)
-    gpus: int = Field(0, ge=0)
+    processes: int | None = Field(default=None, ge=1)
+    gpus: int = Field(default=0, ge=0)
     prologue: list[str] = Field(default_factory=list)
     job_directives: list[str] = Field(default_factory=list)
-    min_jobs: int | None = Field(None, ge=1)
-    max_jobs: int | None = Field(None, ge=1)
+    min_jobs: int | None = Field(default=None, ge=1)
+    max_jobs: int | None = Field(default=None, ge=1)
     interface: str | None = None
     log_directory: str | None = None
     python: str | None = None

@@ -8,10 +8,11 @@ last path component at the moment of opening, with no window between a check and
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import sys
-from typing import IO, Any
+from typing import Any
 
 from tomosweep.errors import TomosweepError
 
@@ -43,6 +44,13 @@ class NoFollowFileHandler(logging.FileHandler):
         super().__init__(filename, **kwargs)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Write one record, opening the file without following a link if it is not open yet.
+
+        Parameters
+        ----------
+        record : logging.LogRecord
+            The record to write; a refused open goes to :meth:`handleError`, not to the caller.
+        """
         # FileHandler opens a delayed file outside its own error handling: a refused open would
         # raise into whatever logged the line (the driver loop)
         if self.stream is None:
@@ -63,6 +71,6 @@ class NoFollowFileHandler(logging.FileHandler):
         why = getattr(exc, "strerror", None) or str(exc)
         sys.stderr.write(f"warning: cannot write the log {self.baseFilename} ({why}); the study goes on without it\n")
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> io.TextIOWrapper:
         fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)  # noqa: SIM115 (the handler closes it)

@@ -60,6 +60,7 @@ import functools
 import hashlib
 import json
 import math
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,12 +115,16 @@ class TiltScheme:
 
     @property
     def haadf_angles(self) -> np.ndarray:
+        """The HAADF tilts in degrees, evenly over ``tilt_range`` (empty without HAADF)."""
         return np.linspace(*self.tilt_range, self.n_haadf) if self.n_haadf else np.zeros(0)
 
     @property
     def chem_angles(self) -> np.ndarray:
+        """The chemical tilts in degrees: every ``chem_every``-th HAADF tilt, or ``n_chem``
+        evenly over ``tilt_range`` (one tilt: its middle)."""
         if self.chem_every is not None:
             return self.haadf_angles[:: self.chem_every]
+        assert self.n_chem is not None  # __post_init__ demands n_chem where chem_every is not given
         if self.n_chem == 1:
             return np.array([0.5 * (self.tilt_range[0] + self.tilt_range[1])])
         return np.linspace(*self.tilt_range, self.n_chem)
@@ -352,9 +357,12 @@ def simulate_yuan(
     haadf = None
     if haadf_op is not None:
         # eq. 13: D^H N_V Σ_A (σ_ela/M_A) ∫ C_A ρ dt
-        mass_thickness = sum(
-            z_factor(table[e]) * BARN_CM2 * haadf_op.forward(specimen.volumes[i])
-            for i, e in enumerate(specimen.elements)
+        # np.asarray only tells the type: a sum of arrays is an array already
+        mass_thickness = np.asarray(
+            sum(
+                z_factor(table[e]) * BARN_CM2 * haadf_op.forward(specimen.volumes[i])
+                for i, e in enumerate(specimen.elements)
+            )
         )
         expected = haadf_electrons_per_pixel * AVOGADRO * pixel_cm * mass_thickness
         haadf = _stream(seed, 0).poisson(expected).astype(np.float64)
@@ -392,7 +400,7 @@ def _seed(rng: int | np.random.Generator | None) -> int:
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(2**63))
     if rng is None:
-        return int(np.random.SeedSequence().entropy % 2**63)
+        return secrets.randbits(63)  # what SeedSequence() draws its entropy from
     if isinstance(rng, bool) or not isinstance(rng, int | np.integer) or rng < 0:
         raise InputError(f"rng must be a non-negative integer seed, a numpy Generator or None, got {rng!r}")
     return int(rng)

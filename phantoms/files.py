@@ -90,10 +90,10 @@ def _read_zarr(path: Path) -> dict[str, Any]:
     try:
         group = zarr.open_group(path, mode="r")
         raw: dict[str, Any] = {key: group.attrs[key] for key in (*_TEXT_KEYS, "elements") if key in group.attrs}
-        names = set(group.array_keys())
+        arrays = dict(group.arrays())
         for key in _ARRAY_KEYS + _TEXT_KEYS:
-            if key in names:
-                raw[key] = group[key][...]
+            if key in arrays:
+                raw[key] = arrays[key][...]
         return raw
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"specimen file {path}: cannot be read as zarr (a zarr v3 group: {exc})") from None
@@ -294,7 +294,9 @@ def _what_is_there(path: Path) -> str | None:
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
     with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays, **{k: np.asarray(v) for k, v in text.items()})
+        # one dict of members: numpy's stubs would read an unpacked dict of arrays as its allow_pickle
+        members: dict[str, Any] = {**arrays, **{k: np.asarray(v) for k, v in text.items()}}
+        np.savez_compressed(f, **members)
 
 
 def _write_h5(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:

@@ -73,14 +73,17 @@ class Specimen:
 
     @property
     def n(self) -> int:
+        """Slice size: the volumes' ``n_y`` (= ``n_z``)."""
         return int(self.volumes.shape[1])
 
     @property
     def n_x(self) -> int:
+        """Length along the tilt axis x."""
         return int(self.volumes.shape[3])
 
     @property
     def n_elements(self) -> int:
+        """Number of element volumes."""
         return int(self.volumes.shape[0])
 
     def channel(self, element: str) -> np.ndarray:

@@ -173,7 +173,7 @@ def _place_objects(
             box, offsets = _box(n, centre, bound + 2)
             patch = paint(*offsets)
             grown = ndimage.binary_dilation(patch > 0)
-            if not np.any(grown & (labels[box] > 0)):
+            if not np.any(np.logical_and(grown, labels[box] > 0)):
                 labels[box] = np.where(patch > 0, patch, labels[box])
                 records.append(record)
                 break

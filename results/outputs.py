@@ -237,6 +237,7 @@ class StagedOutput:
         return [self.target / n for n in names]
 
     def discard(self) -> None:
+        """Remove the staging folder and whatever is still in it (nothing after a commit)."""
         shutil.rmtree(self.stage, ignore_errors=True)
 
     def __enter__(self) -> StagedOutput:

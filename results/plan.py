@@ -30,6 +30,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PlanRow:
+    """One cell of an acquisition plan: its value, its cost and whether it meets the target.
+
+    Attributes
+    ----------
+    n_haadf, n_chem : int
+        The cell's HAADF and chemical tilts.
+    best : float
+        The study's best NRMSE of the cell.
+    mean, spread : float or None
+        The replicates' mean NRMSE and standard deviation (None when not replicated).
+    n_replicates : int
+        Replicates counted.
+    value : float
+        What is compared with the target: ``mean + spread``, or ``best``.
+    cost : float
+        The cell's cost, the order of the plan.
+    meets : bool
+        ``value`` ≤ the target.
+    weights : dict of str to float
+        The cell's best weights.
+    replicates_unused : str
+        Why stored replicates were not used ("" when used or absent).
+    """
+
     n_haadf: int
     n_chem: int
     best: float  # the study's best NRMSE of the cell

@@ -98,6 +98,7 @@ class Alignment:
         return out, interpolated
 
     def as_dict(self) -> dict[str, Any]:
+        """The alignment as plain JSON values (for ``reconstruction.json``)."""
         return {
             "method": self.method,
             "tilt_axis_offset_px": float(self.tilt_axis_offset),
@@ -146,7 +147,7 @@ def relative_shift(reference: np.ndarray, moving: np.ndarray, *, max_shift: floa
         if lo[axis] < 0 or hi[axis] >= corr.shape[axis] or not np.isfinite(corr[tuple(lo)] + corr[tuple(hi)]):
             sub.append(0.0)
         else:
-            sub.append(_parabola_peak(corr[tuple(lo)], corr[tuple(peak)], corr[tuple(hi)]))
+            sub.append(_parabola_peak(float(corr[tuple(lo)]), float(corr[tuple(peak)]), float(corr[tuple(hi)])))
     return (peak - centre).astype(float) + np.array(sub)
 
 

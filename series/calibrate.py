@@ -61,6 +61,7 @@ class VacuumLevel:
 
     @property
     def proven(self) -> bool:
+        """Whether any border strip proved to be vacuum (else the level is a guess)."""
         return self.strips_used > 0
 
     def notes(self) -> list[str]:
@@ -81,6 +82,7 @@ class VacuumLevel:
         return out
 
     def as_dict(self) -> dict[str, Any]:
+        """The level and where it came from, as plain JSON values (for ``reconstruction.json``)."""
         return {
             "level": float(self.level),
             "from": (

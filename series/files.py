@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from tomosweep.errors import InputError
 from tomosweep.series.calibrate import vacuum_level
@@ -86,7 +87,11 @@ class SeriesFile(_Model):
 
 
 class HaadfSection(SeriesFile):
-    angles: Angles = "header"
+    """``[haadf]`` of a data file: the HAADF stack, its angles, vacuum level and scale."""
+
+    # narrower than SeriesFile's on purpose: a HAADF series always has angles, from its header by
+    # default; sections are read, never assigned to, so the narrowing cannot be broken through the base
+    angles: Angles = "header"  # pyright: ignore[reportIncompatibleVariableOverride]
     background: float | Literal["auto"] = "auto"
     # HAADF counts per unit of Σ (Z x)^γ per voxel, with x in the units the sensitivities define;
     # "auto" fits it to the chemical start (tomosweep.solvers.fused, haadf_scale)
@@ -94,6 +99,8 @@ class HaadfSection(SeriesFile):
 
 
 class ChemSection(_Model):
+    """``[chem]`` of a data file: one stack per element, their angles, background, sensitivities."""
+
     angles: Angles = "header"
     background: float | Literal["auto"] | dict[str, float] = "auto"
     # counts per unit concentration and voxel length (k-factors, or cross-section × detector
@@ -124,8 +131,10 @@ class ChemSection(_Model):
 
 
 class AlignSection(_Model):
+    """``[align]`` of a data file: how the series are aligned, and the largest shift allowed."""
+
     method: Literal["projmatch", "xcorr", "com", "none"] = "projmatch"
-    max_shift: float | None = Field(None, gt=0)
+    max_shift: float | None = Field(default=None, gt=0)
 
 
 class DataFile(_Model):
@@ -135,10 +144,10 @@ class DataFile(_Model):
     chem: ChemSection | None = None
     angles_unit: Literal["deg", "rad"] | None = None  # None: degrees, refused where they look like radians
     tilt_axis: Literal["horizontal", "vertical"] = "horizontal"
-    tilt_axis_angle: float = Field(0.0, ge=-45, le=45)
-    bin: int = Field(1, ge=1, le=16)
-    gamma: float | None = Field(None, ge=1, le=3)
-    pixel_size_nm: float | None = Field(None, gt=0)
+    tilt_axis_angle: float = Field(default=0.0, ge=-45, le=45)
+    bin: int = Field(default=1, ge=1, le=16)
+    gamma: float | None = Field(default=None, ge=1, le=3)
+    pixel_size_nm: float | None = Field(default=None, gt=0)
     align: AlignSection = AlignSection()
     weights: dict[str, float | str] | None = None
 
@@ -179,10 +188,12 @@ class MeasuredSeries:
 
     @property
     def n_haadf(self) -> int:
+        """Number of HAADF tilts (0 without a HAADF series)."""
         return 0 if self.haadf is None else int(self.haadf.shape[0])
 
     @property
     def n_chem(self) -> int:
+        """Number of chemical tilts."""
         return int(self.chem.shape[1])
 
     @property
@@ -223,6 +234,18 @@ def _resolve(base: Path, name: str) -> Path:
 
 
 def file_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    Returns
+    -------
+    str
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -327,7 +350,7 @@ def _check_values(stack: np.ndarray, what: str, problems: _Problems, *, counts: 
     return True
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: ErrorDetails) -> str:
     """One pydantic error as a line in the data file's words: the key, then what is wrong."""
     loc = [str(p) for p in err["loc"]]
     # drop the union members pydantic tried ("list[float]", "str", "AngleFile", "function-after[…]")
@@ -588,6 +611,7 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
             _check_per_element(spec.chem.sensitivity, elements, "chem.sensitivity", problems, zero=False)
     problems.raise_if_any()
     if haadf is not None:
+        assert haadf_angles is not None  # _Reader.haadf gives the series and its angles, or neither
         _check_tilt_axis(haadf, haadf_angles, spec, problems)
     else:
         _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, problems)
@@ -595,6 +619,8 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
 
     notes = []
     if spec.chem is None:
+        # a data file has [haadf] where it has no [chem], and an unread [haadf] raised above
+        assert haadf is not None
         order = np.zeros(0, dtype=int)
         stacked = np.zeros((0, 0, *haadf.shape[1:]))
         angles = np.zeros(0)
@@ -650,6 +676,8 @@ def write_mrc(path: str | os.PathLike[str], stack: np.ndarray, angles: Sequence[
             ext = np.zeros((stack.shape[0], 2), dtype="<i2")
             ext[:, 0] = np.round(np.asarray(angles, dtype=float) * 100).astype("<i2")
             mrc.set_extended_header(np.frombuffer(ext.tobytes(), dtype="V1"))
-            mrc.header.exttyp = b"SERI"
-            set_imod_nint_nreal(mrc.header, nint, 1)
+            header = mrc.header
+            assert header is not None  # set_data made it
+            header.exttyp = b"SERI"
+            set_imod_nint_nreal(header, nint, 1)
     return path

@@ -131,6 +131,15 @@ def _imod_nint_nreal(header: Any) -> tuple[int, int]:
 
 
 def set_imod_nint_nreal(header: Any, nint: int, nreal: int) -> None:
+    """Write IMOD's ``nint`` and ``nreal`` (the extended header's layout) into an MRC header.
+
+    Parameters
+    ----------
+    header : numpy.recarray
+        An mrcfile header, changed in place.
+    nint, nreal : int
+        Bytes of integers and number of reals per section in the extended header.
+    """
     extra2 = bytearray(bytes(header.extra2))
     extra2[_IMOD_NINT_OFFSET : _IMOD_NINT_OFFSET + 4] = np.array([nint, nreal], dtype="<i2").tobytes()
     header.extra2 = bytes(extra2)
@@ -166,6 +175,7 @@ def _mrc_angles(mrc: Any, n_sections: int) -> np.ndarray | None:
 
 def _read_mrc(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     import mrcfile
+    import mrcfile.utils
 
     with _warnings_to_log(), mrcfile.open(path, permissive=True, header_only=True) as mrc:
         header = mrc.header
@@ -244,7 +254,7 @@ def check_hdf5_links(path: Path, f: Any) -> int:
                         f"{path}: {where} is a virtual dataset drawing on other files; tomosweep reads only what "
                         "is inside the file it names and hashes — copy the data in"
                     )
-                total += int(node.size) * int(node.dtype.itemsize)
+                total += int(node.size or 0) * int(node.dtype.itemsize)  # size is None for an empty (null) dataspace
 
     walk(f, "")
     return total
@@ -496,7 +506,9 @@ def _read_rsciio(
         data = signal["data"]
         check_dtype(path, np.dtype(data.dtype))
         if window is not None:
-            energies, _ = _energy_axis(signal)
+            axis = _energy_axis(signal)
+            assert axis is not None  # with a window, only signals with an energy axis were candidates
+            energies, _ = axis
             lo, hi = window
             inside = (energies >= lo) & (energies <= hi)
             if not inside.any():

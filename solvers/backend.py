@@ -30,7 +30,7 @@ _GPU_HELP = (
 @functools.cache
 def _cupy() -> ModuleType | None:
     try:
-        import cupy
+        import cupy  # pyright: ignore[reportMissingImports]  (optional: the gpu extra)
     except Exception:  # ImportError, or a broken CUDA install raising at import
         return None
     return cupy
@@ -94,6 +94,18 @@ def choose_xp(*arrays: Any, device: str | None = None) -> ModuleType:
 
 
 def is_gpu(xp: ModuleType) -> bool:
+    """Whether ``xp`` is CuPy rather than NumPy.
+
+    Parameters
+    ----------
+    xp : module
+        The array module a call chose (see :func:`array_module`).
+
+    Returns
+    -------
+    bool
+        True for CuPy.
+    """
     return xp is not np
 
 
@@ -101,7 +113,7 @@ def sparse_module(xp: ModuleType) -> ModuleType:
     """``scipy.sparse`` for NumPy, ``cupyx.scipy.sparse`` for CuPy."""
     if xp is np:
         return scipy.sparse
-    import cupyx.scipy.sparse
+    import cupyx.scipy.sparse  # pyright: ignore[reportMissingImports]  (optional: the gpu extra)
 
     return cupyx.scipy.sparse
 

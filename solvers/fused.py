@@ -227,17 +227,18 @@ def _hessian_apply(prob: _Problem, x: Any, lam_h: float, lam_c: float) -> Any:
     """
     xp = prob.xp
     weight = prob.chem / (prob.chem_op.forward_matrix(x) + prob.eps) ** 2
+    haadf_op = prob.haadf_op
     jac = None
-    if prob.haadf_op is not None and lam_h:
+    if haadf_op is not None and lam_h:
         jac = (prob.gamma * prob.z_gamma)[None, :, None] * x.reshape(-1, prob.n_el, prob.n_x) ** (prob.gamma - 1.0)
 
     def apply(v: Any) -> Any:
         hv = xp.zeros_like(v)
         if lam_c:  # the Poisson term never couples elements
             hv += lam_c * prob.chem_op.back_matrix(weight * prob.chem_op.forward_matrix(v))
-        if jac is not None:
+        if jac is not None and haadf_op is not None:  # jac is made only where there is a HAADF term
             jv = (jac * v.reshape(jac.shape)).sum(axis=1)
-            ajv = prob.haadf_op.back_matrix(prob.haadf_op.forward_matrix(jv))
+            ajv = haadf_op.back_matrix(haadf_op.forward_matrix(jv))
             hv += lam_h * (jac * ajv[:, None, :]).reshape(v.shape)
         return hv
 
@@ -309,7 +310,7 @@ def _fista(
     y, t, s = x, 1.0, float(step)
     done = 0
     for k in range(n_iter):
-        if not settled and k > 0 and k % _SCALE_EVERY == 0:
+        if scale_fit is not None and not settled and k > 0 and k % _SCALE_EVERY == 0:
             prob, scale_fit, moved = _fit_haadf_scale(prob, x, scale_fit)
             stats.update(haadf_scale=scale_fit.scale, haadf_scale_refits=stats["haadf_scale_refits"] + 1)
             settled = moved < _SCALE_SETTLED
@@ -454,7 +455,7 @@ def fused_start(
     haadf_tilt_series: Any = None,
     elements: Sequence[str | float] | None = None,
     gamma: float = 1.7,
-    eps: float | Sequence[float] = 0.1,
+    eps: float | Sequence[float] | np.ndarray = 0.1,
     n_init: int = 50,
     haadf_scale: float | str | None = "auto",
     power_iter: int = 20,
@@ -567,7 +568,7 @@ def fused(
     n_iter: int = 100,
     tol: float = 1e-3,
     gamma: float = 1.7,
-    eps: float | Sequence[float] = 0.1,
+    eps: float | Sequence[float] | np.ndarray = 0.1,
     tv_iter: int = 10,
     n_init: int = 50,
     power_iter: int = 20,
@@ -606,7 +607,7 @@ def fused(
         Stop when :math:`\lVert x^{k+1}-x^k\rVert/\lVert x^k\rVert <` ``tol`` (0: never).
     gamma : float
         HAADF Z-contrast exponent γ (≈ 1.7; Schwartz 2024 Results).
-    eps : float or sequence of float
+    eps : float or sequence of float or ndarray
         ε of the Poisson term (Supp. Alg. 1: 0.1), one for all elements or one per
         element. In the model :math:`A_c x_i + \varepsilon` it is the chemical map's
         flat background: with maps in counts, pass each map's known background level
@@ -817,6 +818,7 @@ def _counts_per_pixel(prob: _Problem, x: Any) -> float:
 def _least_squares_scale(prob: _Problem, x: Any, haadf: Any) -> float | None:
     r""":math:`\langle b_H, m\rangle / \langle m, m\rangle`, :math:`m = A_h\sum_i (Z_i x_i)^\gamma`
     (None when the model is zero)."""
+    assert prob.haadf_op is not None  # only a problem with a HAADF series is scaled
     model = prob.haadf_op.forward_matrix(_haadf_model(prob, x))
     mm = float(prob.xp.vdot(model, model).real)
     if not mm > 0:
@@ -859,7 +861,7 @@ def poisson_ml(
     chem_tilt_series: Any,
     *,
     n_iter: int = 50,
-    eps: float | Sequence[float] = 0.1,
+    eps: float | Sequence[float] | np.ndarray = 0.1,
     device: str | None = None,
     callback: Callback | None = None,
 ) -> Result:
@@ -892,7 +894,7 @@ def poisson_ml_tv(
     lambda_tv: float = 1.0,
     n_iter: int = 100,
     tol: float = 1e-3,
-    eps: float | Sequence[float] = 0.1,
+    eps: float | Sequence[float] | np.ndarray = 0.1,
     tv_iter: int = 10,
     n_init: int = 50,
     power_iter: int = 20,
@@ -938,7 +940,7 @@ def fused_objective(
     lambda_chem: float = 1.0,
     lambda_tv: float = 1.0,
     gamma: float = 1.7,
-    eps: float | Sequence[float] = 0.1,
+    eps: float | Sequence[float] | np.ndarray = 0.1,
 ) -> tuple[float, Any]:
     """Eq. 1 and the gradient of its smooth part at ``volumes`` (public layout).
 

@@ -37,7 +37,7 @@ import os
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse
@@ -137,10 +137,14 @@ def build_system_matrix(n: int, angles_deg: Any, n_det: int | None = None) -> sc
             rows_out.append(ray[keep])
             cols_out.append(iy * n + iz)
             vals_out.append(weight[keep])
-    matrix = scipy.sparse.coo_matrix(
-        (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
-        shape=(angles.size * n_det, n * n),
-    ).tocsr()
+    # a coo_matrix converts to a csr_matrix; scipy's inferred types say csr_array
+    matrix = cast(
+        scipy.sparse.csr_matrix,
+        scipy.sparse.coo_matrix(
+            (np.concatenate(vals_out), (np.concatenate(rows_out), np.concatenate(cols_out))),
+            shape=(angles.size * n_det, n * n),
+        ).tocsr(),
+    )
     matrix.sum_duplicates()
     matrix.sort_indices()
     return matrix
@@ -237,12 +241,13 @@ class Projector:
 
     @property
     def n_angles(self) -> int:
+        """Number of tilts."""
         return int(self.angles_deg.size)
 
     @property
     def shape(self) -> tuple[int, int]:
         """Shape of the system matrix: ``(n_angles·n_det, n·n)``."""
-        return self.matrix.shape
+        return self.n_angles * self.n_det, self.n * self.n
 
     def __repr__(self) -> str:
         a = self.angles_deg

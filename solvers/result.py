@@ -76,6 +76,24 @@ class CostLog:
         return False
 
     def result(self, volume: Any, iterations: int, device: str, **info: Any) -> Result:
+        """The :class:`Result` of the run: the recorded costs and the time since this log was made.
+
+        Parameters
+        ----------
+        volume : array
+            The reconstruction, in the solver's public layout.
+        iterations : int
+            Iterations run.
+        device : str
+            ``"cpu"`` or ``"gpu:<name>"``.
+        **info
+            Method-specific scalars for :attr:`Result.info`.
+
+        Returns
+        -------
+        Result
+            The frozen record.
+        """
         costs = {k: np.asarray(v, dtype=np.float64) for k, v in self.history.items()}
         return Result(
             volume=volume,

@@ -55,6 +55,22 @@ def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
 
 
 def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (≥ 0 with ``allow_zero``), or a plain InputError.
+
+    Parameters
+    ----------
+    value : object
+        What the caller was given.
+    name : str
+        Its name in the error message.
+    allow_zero : bool
+        Accept 0.
+
+    Returns
+    -------
+    float
+        The value.
+    """
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -66,6 +82,13 @@ def positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
 
 
 def same_projector_size(*projectors: Any) -> None:
+    """Refuse projectors of different slice sizes or detector widths with a plain InputError.
+
+    Parameters
+    ----------
+    *projectors : Projector
+        The projectors of one reconstruction.
+    """
     sizes = {(p.n, p.n_det) for p in projectors}
     if len(sizes) > 1:
         raise InputError(f"all projectors must share slice size and detector width; got (n, n_det) = {sorted(sizes)}")

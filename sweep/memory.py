@@ -30,6 +30,22 @@ ITEMSIZE = 8  # a sweep's series are float64 (counts over dose), and so are the 
 
 @dataclass(frozen=True)
 class TrialMemory:
+    """The estimated peak memory of one trial of a method on a cell.
+
+    Attributes
+    ----------
+    method : str
+        The method's name.
+    n : int
+        Slice size of the specimen.
+    n_elements : int
+        Number of element volumes.
+    n_haadf, n_chem : int
+        The cell's HAADF and chemical tilts.
+    bytes : int
+        The estimated peak.
+    """
+
     method: str
     n: int
     n_elements: int
@@ -38,6 +54,7 @@ class TrialMemory:
     bytes: int
 
     def describe(self) -> str:
+        """The estimate in one line, for a refusal or the log."""
         return (
             f"{self.method} at {self.n}³ × {self.n_elements} elements with {self.n_haadf} HAADF and "
             f"{self.n_chem} chemical tilts needs about {_gb(self.bytes)}"
@@ -69,7 +86,7 @@ def largest_trials(study: Any, n: int, n_elements: int) -> list[TrialMemory]:
 def _device_memory() -> int | None:
     """Total memory of this worker's GPU, or None (runs on a worker)."""
     try:
-        import cupy  # optional (the gpu extra), asked for only when a GPU is
+        import cupy  # pyright: ignore[reportMissingImports]  (optional, the gpu extra: asked for only when a GPU is)
 
         return int(cupy.cuda.runtime.memGetInfo()[1])
     except Exception:

@@ -25,7 +25,7 @@ of the cell; the absolute λ1 is in each trial's record.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -52,11 +52,11 @@ class CellData:
 
     elements: tuple[str, ...]
     truth: np.ndarray | None  # (n_el, n, n, n_x) ground truth; None for measured data
-    haadf_projector: Projector
+    haadf_projector: Projector | None  # None, and the HAADF series too, for measured data without HAADF
     chem_projector: Projector
-    haadf: np.ndarray  # (n_haadf, n_det, n_x), specimen units
+    haadf: np.ndarray | None  # (n_haadf, n_det, n_x), specimen units
     chem: np.ndarray  # (n_el, n_chem, n_det, n_x), specimen units
-    haadf_counts: np.ndarray
+    haadf_counts: np.ndarray | None
     chem_counts: np.ndarray
     eps: np.ndarray  # (n_el,) chemical background, specimen units
     gamma: float
@@ -220,10 +220,18 @@ def cell_start(cell: CellData, device: str) -> FusedStart:
     return cell.derived[key]
 
 
+def _with_haadf(cell: CellData, method: str) -> tuple[Projector, np.ndarray]:
+    """The cell's HAADF geometry and series, for a method that cannot do without them."""
+    if cell.haadf_projector is None or cell.haadf is None:
+        raise InputError(f"{method} needs a HAADF series, and this cell has none")
+    return cell.haadf_projector, cell.haadf
+
+
 def _fused(cell: CellData, p: Mapping[str, Any], device: str, callback: Callback | None = None) -> Result:
+    haadf_projector, haadf = _with_haadf(cell, "fused")
     return fused(
-        cell.haadf_projector,
-        cell.haadf,
+        haadf_projector,
+        haadf,
         cell.chem_projector,
         cell.chem,
         cell.elements,
@@ -248,12 +256,13 @@ def _hebt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     # HEBT's regression I^H = Σ r_A I_A has no intercept (Yuan 2021 eq. 15): a chemical
     # background would be read as signal and drive the ratios to zero, so it goes first
     # (as Yuan's background-subtracted EDS maps, §3.1.1).
+    haadf_projector, haadf = _with_haadf(cell, "hebt")
     chem = _background_subtracted(cell)
     kwargs: dict[str, Any] = {"alpha": p["alpha"], "n_iter": int(p["n_iter"]), "device": device}
     try:
         return hebt(
-            cell.haadf_projector,
-            cell.haadf,
+            haadf_projector,
+            haadf,
             cell.chem_projector,
             chem,
             haadf_at_chem_tilts=cell.haadf_at_chem,
@@ -267,15 +276,13 @@ def _hebt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     # itself (Schwartz 2024 eq. 1, Σ (Z_A x_A)^γ, linearised at x = 1 in specimen units)
     # then gives the ratios: r_A = Z_A^γ.
     ratios = np.asarray(cell.z, dtype=float) ** cell.gamma
-    result = hebt(cell.haadf_projector, cell.haadf, cell.chem_projector, chem, response_ratios=ratios, **kwargs)
-    result.info["response_ratios_source"] = "Z^gamma (the regression gave a zero ratio)"
-    return result
+    result = hebt(haadf_projector, haadf, cell.chem_projector, chem, response_ratios=ratios, **kwargs)
+    return replace(result, info={**result.info, "response_ratios_source": "Z^gamma (the regression gave a zero ratio)"})
 
 
 def _sirt(cell: CellData, p: Mapping[str, Any], device: str) -> Result:
     result = sirt_per_element(cell.chem_projector, _background_subtracted(cell), n_iter=int(p["n_iter"]), device=device)
-    result.info["input"] = "background-subtracted chemical maps, one SIRT per element"
-    return result
+    return replace(result, info={**result.info, "input": "background-subtracted chemical maps, one SIRT per element"})
 
 
 def _poisson_ml(cell: CellData, p: Mapping[str, Any], device: str, callback: Callback | None = None) -> Result:

@@ -67,7 +67,7 @@ class PhantomSpec(BaseModel):
     model_config = _FORBID
     name: str | None = None
     file: str | None = None
-    size: int = Field(48, ge=16, le=1024)
+    size: int = Field(default=48, ge=16, le=1024)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -96,10 +96,10 @@ class AcquisitionSpec(BaseModel):
     n_haadf: list[int] = Field(min_length=1)
     n_chem: list[int] = Field(min_length=1)
     tilt_range: tuple[float, float] = (-70.0, 70.0)
-    haadf_snr: float = Field(2000.0, gt=0, le=1e7)
+    haadf_snr: float = Field(default=2000.0, gt=0, le=1e7)
     chem_snr: float | dict[str, float] = 2.5
-    background: float = Field(0.15, ge=0, lt=10)
-    gamma: float = Field(1.7, ge=1, le=3)  # Z^γ contrast: 1 (mass-thickness) to 3
+    background: float = Field(default=0.15, ge=0, lt=10)
+    gamma: float = Field(default=1.7, ge=1, le=3)  # Z^γ contrast: 1 (mass-thickness) to 3
 
     @field_validator("n_haadf", "n_chem")
     @classmethod
@@ -153,7 +153,7 @@ class BudgetSpec(BaseModel):
 
     model_config = _FORBID
     trials_per_cell: int = Field(ge=1, le=100000)
-    initial_points: int = Field(5, ge=1)
+    initial_points: int = Field(default=5, ge=1)
     liar: Literal["cl_min", "cl_mean", "cl_max", "kb"] = "cl_min"
     sampler: Literal["gp", "random"] = "gp"
     warm_start: bool = True
@@ -162,11 +162,11 @@ class BudgetSpec(BaseModel):
     # of its reference after a median 104 trials; per-cell GPs had 2-7 of 16 cells there
     # after 192)
     surrogate: Literal["map", "cell"] = "map"
-    stop_tolerance: float | None = Field(None, gt=0, lt=1)
-    stop_patience: int = Field(3, ge=1)
-    total: int | None = Field(None, ge=1)
+    stop_tolerance: float | None = Field(default=None, gt=0, lt=1)
+    stop_patience: int = Field(default=3, ge=1)
+    total: int | None = Field(default=None, ge=1)
     ladder: list[int] = Field(default_factory=list)
-    ladder_trials: int | None = Field(None, ge=1, le=100000)
+    ladder_trials: int | None = Field(default=None, ge=1, le=100000)
 
     @field_validator("ladder")
     @classmethod
@@ -193,7 +193,7 @@ class Study(BaseModel):
 
     model_config = _FORBID
     name: str = "study"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
     device: Literal["cpu", "gpu", "auto"] = "cpu"
     phantom: PhantomSpec
     acquisition: AcquisitionSpec
@@ -281,6 +281,18 @@ class Study(BaseModel):
         return {k: v for k, v in self.methods[method].items() if isinstance(v, SearchRange)}
 
     def fixed(self, method: str) -> dict[str, float]:
+        """The parameters of ``method`` that the study fixes rather than searches.
+
+        Parameters
+        ----------
+        method : str
+            A method of the study.
+
+        Returns
+        -------
+        dict of str to float
+            Name → value.
+        """
         return {k: v for k, v in self.methods[method].items() if not isinstance(v, SearchRange)}
 
     @property
@@ -293,9 +305,11 @@ class Study(BaseModel):
 
     @property
     def cells(self) -> list[tuple[int, int]]:
+        """Every ``(n_haadf, n_chem)`` of the grid, HAADF-major."""
         return [(h, c) for h in self.acquisition.n_haadf for c in self.acquisition.n_chem]
 
     def to_json(self) -> dict[str, Any]:
+        """The study as JSON values (what the store keeps in its ``spec`` attribute)."""
         return self.model_dump(mode="json")
 
     def content_hash(self) -> str:
@@ -420,6 +434,7 @@ def _check_file_size(phantom: PhantomSpec, *, source: str) -> None:
     Only a study file is checked, where ``size`` is known to be the user's: a stored study
     holds the default size beside its file, which never meant anything.
     """
+    assert phantom.file is not None  # checked only for a phantom given as a file
     try:
         shape = load_specimen(phantom.file).volumes.shape
     except TomosweepError:

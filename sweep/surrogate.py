@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -72,12 +72,17 @@ def _map_kernel(n_dims: int) -> Any:
     # (two tilt counts per axis) the likelihood cannot tell a long length scale from
     # none, and preferred none — every cell a stranger again, its first points at corners.
     context = [(CONTEXT_MIN_LENGTH, 100.0)] * 2
+    # Matern takes one length scale per dimension; its signature is only inferred from the default 1.0
     shape = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
-        length_scale=np.ones(n_dims), length_scale_bounds=[(0.01, 100.0)] * n_weights + context, nu=2.5
+        length_scale=np.ones(n_dims),  # pyright: ignore[reportArgumentType]
+        length_scale_bounds=[(0.01, 100.0)] * n_weights + context,
+        nu=2.5,
     )
     # the weights' length scales pinned far beyond the [0, 1] box: a function of the context only
     level = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
-        length_scale=[1e4] * n_weights + [1.0, 1.0], length_scale_bounds=[(1e4, 1e5)] * n_weights + context, nu=2.5
+        length_scale=[1e4] * n_weights + [1.0, 1.0],  # pyright: ignore[reportArgumentType]
+        length_scale_bounds=[(1e4, 1e5)] * n_weights + context,
+        nu=2.5,
     )
     return shape + level + WhiteKernel()
 
@@ -176,6 +181,7 @@ class MapSurrogate:
     # ------------------------------------------------------------------ state
 
     def state(self) -> dict[str, Any]:
+        """What resuming needs, as JSON values: GP-Hedge gains and nominees, the last reward and tuning."""
         return {
             "n_asked": 0,
             "gains": [float(g) for g in self.gains],
@@ -186,6 +192,18 @@ class MapSurrogate:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back a stored :meth:`state` (resume).
+
+        Parameters
+        ----------
+        state : mapping
+            What :meth:`state` returned.
+
+        Raises
+        ------
+        ValueError
+            Where the stored gains or hyper-parameters are not finite numbers of the right shape.
+        """
         gains = np.asarray(state["gains"], dtype=float)
         if gains.shape != (len(ACQ_FUNCS),) or not np.all(np.isfinite(gains)):
             raise ValueError(f"stored GP-Hedge gains must be {len(ACQ_FUNCS)} finite numbers, got {state['gains']!r}")
@@ -318,6 +336,7 @@ class MapSurrogate:
         """A point for ``opt``'s cell, the acquisition that chose it, and the expected
         improvement there in log NRMSE (about the relative improvement) at the EI nominee."""
         cell = opt.cell
+        assert cell is not None  # the map's optimisers are made for their cells
         z = self.context(cell)
         pending_near = any(self.opts[k].pending for k in self.local_cells(cell))
         X, Y, own = self.training_set(cell, with_pending=True)
@@ -340,7 +359,9 @@ class MapSurrogate:
             # a cell's first point is a warm start from the whole map: its best mean there
             for index in np.argsort(at.predict(candidates)):
                 if not opt._is_taken(candidates[index], taken_t):
-                    point = opt._cast(opt._space.inverse_transform(candidates[index][None, :])[0])
+                    # skopt's rows are inferred as None (its transpose fills a list made of Nones)
+                    row = cast("list[Any]", opt._space.inverse_transform(candidates[index][None, :])[0])
+                    point = opt._cast(row)
                     return point, "warm-start", None
         # the cell's own best; a cell with no result yet compares with the map's best guess there
         incumbent = float(np.min(Y[own])) if own else float(np.min(at.predict(candidates)))

@@ -113,7 +113,7 @@ def _file_specimen(path: str, mtime: float) -> Any:
 def simulate_cell(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -> tuple[Any, Any]:
     """The specimen and the simulated acquisition every trial of a cell sees (or its replicate's)."""
     acq = study.acquisition
-    scheme = TiltScheme(n_haadf, n_chem=n_chem, tilt_range=tuple(acq.tilt_range))
+    scheme = TiltScheme(n_haadf, n_chem=n_chem, tilt_range=acq.tilt_range)
     settings = {
         "haadf_snr": acq.haadf_snr,
         "chem_snr": acq.chem_snr,
@@ -127,6 +127,7 @@ def simulate_cell(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -
         if "rng" in specimen_options(phantom.name):
             options.setdefault("rng", study.seed)
         return simulate_cached(phantom.name, phantom.size, scheme, specimen_options=options, **settings)
+    assert phantom.file is not None  # PhantomSpec holds a name or a file
     path = Path(phantom.file)
     specimen = _file_specimen(str(path), path.stat().st_mtime if path.exists() else 0.0)
     return specimen, simulate(specimen, scheme, **settings)
