@@ -531,7 +531,7 @@ def transfer(tables: dict[tuple[str, int, int, int], Table], low: int, high: int
     return summary
 
 
-def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...]) -> dict[str, Any]:
+def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[str] | None = None) -> dict[str, Any]:
     """Direct map search at the top size against the ladder (small size first), fused, per
     specimen: solver core-seconds and trials until every top-size cell is within 5 % of
     its reference (the best any run found there, or the table's best if lower)."""
@@ -539,7 +539,7 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...]) -> dict[str,
 
     tables = load_sized(("map", "map24", "map24_conio"))
     low, high = 16, 24
-    specimens = sorted({k[0] for k in tables if k[1] == high})
+    specimens = [sp for sp in sorted({k[0] for k in tables if k[1] == high}) if not only or sp in only]
     cells = sorted({(k[2], k[3]) for k in tables if k[1] == high})
     # core-seconds per trial: each size's median tabulated trial (the tables were made on shared cores)
     per_trial = {
@@ -633,7 +633,9 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...]) -> dict[str,
     return out
 
 
-def workers(seeds: int, cap: int, in_flight: tuple[int, ...] = (1, 2, 4), delay: float = 0.05) -> dict[str, Any]:
+def workers(
+    seeds: int, cap: int, in_flight: tuple[int, ...] = (1, 2, 4), delay: float = 0.05, only: list[str] | None = None
+) -> dict[str, Any]:
     """The map surrogate with 1, 2 and 4 trials in flight on the same budget (fused, 16³
     tables, both specimens): the median over seeds of the map's mean best / reference at
     the end and halfway. Trials sleep ``delay`` × their tabulated seconds on as many
@@ -641,7 +643,7 @@ def workers(seeds: int, cap: int, in_flight: tuple[int, ...] = (1, 2, 4), delay:
     from distributed import Client
 
     tables = load_sized(("map",))
-    specimens = sorted({k[0] for k in tables})
+    specimens = [sp for sp in sorted({k[0] for k in tables}) if not only or sp in only]
     cells = sorted({(k[2], k[3]) for k in tables})
     out: dict[str, Any] = {"in_flight": list(in_flight), "cap_per_cell": cap, "seeds": seeds, "specimens": {}}
     trial = sized_trial(tables, delay=delay)
@@ -724,7 +726,8 @@ def main() -> None:
         choices=("cell", "map", "ask", "ladder", "workers"),
         default=["cell", "map", "ask", "ladder", "workers"],
     )
-    p.add_argument("--rung-trials", nargs="+", type=int, default=[4, 6], help="ladder_trials in the ladder section")
+    p.add_argument("--rung-trials", nargs="+", type=int, default=[4], help="ladder_trials in the ladder section")
+    p.add_argument("--specimens", nargs="+", default=None, help="ladder and workers: only these specimens")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--before", default="b2ee9a7", help="the commit whose optimiser is 'before'")
@@ -750,9 +753,9 @@ def main() -> None:
     if "ask" in args.only:
         out["ask_time"] = ask_time()
     if "ladder" in args.only:
-        out["ladder"] = ladder_cost(args.map_seeds, args.cap, tuple(args.rung_trials))
+        out["ladder"] = ladder_cost(args.map_seeds, args.cap, tuple(args.rung_trials), args.specimens)
     if "workers" in args.only:
-        out["workers"] = workers(args.map_seeds, args.cap)
+        out["workers"] = workers(args.map_seeds, args.cap, only=args.specimens)
     write(args.out, out)
 
 

@@ -15,7 +15,7 @@ are CPU-core hours at that size, not the paper's.
 given as if every cell cost what that one did — an upper bound when it is the grid's
 largest cell (180,25), a lower bound when it is the smallest.
 
-``--reductions FILE`` (the JSON of ``map_cost.py --only ladder``) re-prices the map with
+``--reductions FILE...`` (the JSON of ``map_cost.py --only ladder``) re-prices the map with
 what the map surrogate, the adaptive budget and the resolution ladder measured there:
 the solver core-seconds each strategy spent, relative to a fixed budget of the same cap
 per cell at the top size. Those fractions are measured on a 4 × 4 grid at 16³ → 24³;
@@ -59,21 +59,14 @@ def cell(text: str) -> tuple[int, int]:
     return h, c
 
 
-def reductions(path: Path) -> dict:
-    """Per strategy of ``map_cost.py --only ladder``: the median (over seeds, then specimens)
-    of the core-seconds spent relative to a fixed budget of its cap per cell at the top
-    size, and of the map's mean best NRMSE over the reference at the end."""
-    ladder = json.loads(path.read_text())["ladder"]
-    per_trial = ladder["core_s_per_trial"]
-    top = per_trial[max(per_trial, key=int)]
+def reductions(paths: list[Path]) -> dict:
+    """Per strategy of ``map_cost.py --only ladder`` (one file per specimen, or one for all):
+    the median (over seeds, then specimens) of the core-seconds spent relative to a fixed
+    budget of its cap per cell at the top size, and of the map's mean best NRMSE over the
+    reference at the end."""
     out: dict = {}
-    for result in ladder["specimens"].values():
-        cells = len(result["reference_per_cell"])
-        for name, summary in result["summary"].items():
-            fixed = ladder["cap_per_cell"] * cells * top
-            out.setdefault(name, {"spent": [], "quality": []})
-            out[name]["spent"].append(summary["median_core_s_spent"] / fixed)
-            out[name]["quality"].append(summary["median_mean_best_over_reference"])
+    for path in paths:
+        _add_reductions(json.loads(path.read_text())["ladder"], out)
     return {
         name: {
             "core_s_fraction": round(statistics.median(v["spent"]), 3),
@@ -81,6 +74,18 @@ def reductions(path: Path) -> dict:
         }
         for name, v in out.items()
     }
+
+
+def _add_reductions(ladder: dict, out: dict) -> None:
+    per_trial = ladder["core_s_per_trial"]
+    top = per_trial[max(per_trial, key=int)]
+    for result in ladder["specimens"].values():
+        cells = len(result["reference_per_cell"])
+        for name, summary in result["summary"].items():
+            fixed = ladder["cap_per_cell"] * cells * top
+            out.setdefault(name, {"spent": [], "quality": []})
+            out[name]["spent"].append(summary["median_core_s_spent"] / fixed)
+            out[name]["quality"].append(summary["median_mean_best_over_reference"])
 
 
 def main() -> None:
@@ -96,7 +101,7 @@ def main() -> None:
         default=None,
         help="run this cell (HAADF,CHEM tilts, e.g. 45,9; repeatable) instead of the grid's four corners",
     )
-    p.add_argument("--reductions", type=Path, default=None, help="map_cost.py's ladder JSON: re-price the map")
+    p.add_argument("--reductions", type=Path, nargs="+", default=None, help="map_cost.py's ladder JSON(s)")
     args = p.parse_args()
 
     raw = tomllib.loads(STUDY.read_text())
