@@ -267,7 +267,9 @@ STRATEGIES = {
 }
 
 
-def map_spec(report: dict[str, Any], method: str, strategy: str, seed: int, cap: int) -> dict[str, Any]:
+def map_spec(
+    report: dict[str, Any], method: str, strategy: str, seed: int, cap: int, specimen: str | None = None
+) -> dict[str, Any]:
     from map_tables import DEFAULT_FUSED_RANGES
 
     fused = {**DEFAULT_FUSED_RANGES, "n_iter": report["n_iter"]} if report.get("n_iter") else {}
@@ -275,7 +277,7 @@ def map_spec(report: dict[str, Any], method: str, strategy: str, seed: int, cap:
     return {
         "name": f"map-{method}-{strategy}",
         "seed": seed,
-        "phantom": {"name": report["specimens"][0], "size": report["size"]},
+        "phantom": {"name": specimen or report["specimens"][0], "size": report["size"]},
         "acquisition": {"n_haadf": report["n_haadf"], "n_chem": report["n_chem"]},
         "methods": {method: searched},
         "budget": {"trials_per_cell": cap, "initial_points": 5, **STRATEGIES[strategy]},
@@ -319,11 +321,13 @@ def run_map(spec: dict[str, Any], trial: Any, path: Path, client: Any) -> tuple[
         return store.records(), store.optimiser_state(), driver_s
 
 
-def map_cost(seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "sirt")) -> dict[str, Any]:
+def map_cost(
+    seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "sirt"), specimen: str | None = None
+) -> dict[str, Any]:
     from distributed import Client
 
     report, tables = load_tables("map")
-    specimen = report["specimens"][0]
+    specimen = specimen or report["specimens"][0]
     trial = table_trial(tables, specimen)
     cells = [(h, c) for h in report["n_haadf"] for c in report["n_chem"]]
     out: dict[str, Any] = {
@@ -344,7 +348,7 @@ def map_cost(seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "si
                 for seed in range(seeds):
                     path = Path(tmp) / f"{method}-{strategy}-{seed}.zarr"
                     records, states, driver_s = run_map(
-                        map_spec(report, method, strategy, seed, cap), trial, path, client
+                        map_spec(report, method, strategy, seed, cap, specimen), trial, path, client
                     )
                     stopped = {k: v.get("stopped") for k, v in states.items() if v.get("stopped")}
                     runs.setdefault(strategy, []).append(
@@ -746,10 +750,12 @@ def main() -> None:
         out["cell"] = one_cell(args.seeds, args.trials, args.before, args.check)
         print(json.dumps(out["cell"]["summary"], indent=1), flush=True)
     if "map" in args.only:
-        result = map_cost(args.map_seeds, cap=args.cap, methods=tuple(args.methods))
-        # a run for one method keeps what an earlier run measured for the others
-        result["methods"] = {**out.get("map", {}).get("methods", {}), **result["methods"]}
-        out["map"] = result
+        for specimen in args.specimens or [None]:
+            key = "map" if specimen in (None, "nanocubes") else f"map_{specimen}"
+            result = map_cost(args.map_seeds, cap=args.cap, methods=tuple(args.methods), specimen=specimen)
+            # a run for one method keeps what an earlier run measured for the others
+            result["methods"] = {**out.get(key, {}).get("methods", {}), **result["methods"]}
+            out[key] = result
     if "ask" in args.only:
         out["ask_time"] = ask_time()
     if "ladder" in args.only:
