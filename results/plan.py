@@ -168,7 +168,9 @@ def plan(
     replicates = stored_replicates(store)
     rows = []
     for h, c in cells:
-        best, weights = store.best(method, (h, c))
+        found = store.best(method, (h, c))
+        assert found is not None  # a finished cell has a best trial
+        best, weights = found
         rep = replicates.get(replicate_key(method, h, c, chem_snr_scale))
         if chem_snr_scale != 1.0 and not rep:
             continue

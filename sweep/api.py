@@ -49,11 +49,13 @@ def _check_device(study: Study) -> None:
 
 def _elements(study: Study) -> tuple[str, ...]:
     """The specimen's elements; a ``chem_snr`` table must name exactly these."""
-    if study.phantom.name is not None:
-        # at the study's own size: an option valid there (a radius in voxels, say) may not be at 16³
-        elements = tuple(make_specimen(study.phantom.name, study.phantom.size, **study.phantom.options).elements)
+    phantom = study.phantom
+    if phantom.file is not None:
+        elements = tuple(load_specimen(phantom.file).elements)
     else:
-        elements = tuple(load_specimen(study.phantom.file).elements)
+        assert phantom.name is not None  # PhantomSpec holds a name or a file
+        # at the study's own size: an option valid there (a radius in voxels, say) may not be at 16³
+        elements = tuple(make_specimen(phantom.name, phantom.size, **phantom.options).elements)
     table = study.acquisition.chem_snr
     if isinstance(table, dict) and set(table) != set(elements):
         missing, unknown = sorted(set(elements) - set(table)), sorted(set(table) - set(elements))
@@ -111,6 +113,7 @@ def with_cluster(study: Study, cluster: str | None) -> Study:
     if not cluster:
         return study
     current = study.cluster
+    raw: dict[str, Any]
     if cluster.startswith(("tcp://", "tls://")):
         tls = {}
         if current.backend == "address":
@@ -144,11 +147,11 @@ def connect_study(study: Study, client: Any) -> Iterator[Connection]:
 
 def _check_memory(study: Study, conn: Connection, elements: tuple[str, ...]) -> None:
     """Refuse a study whose largest trial cannot fit on the workers (see :mod:`tomosweep.sweep.memory`)."""
-    if study.phantom.name is not None:
-        n, n_el = study.phantom.size, len(elements)
-    else:
+    if study.phantom.file is not None:
         shape = load_specimen(study.phantom.file).volumes.shape
         n, n_el = int(shape[1]), int(shape[0])
+    else:
+        n, n_el = study.phantom.size, len(elements)
     gpu = study.device != "cpu" and bool(conn.resources and "GPU" in conn.resources)
     memory.check_fits(memory.largest_trials(study, n, n_el), memory.worker_budget(conn.client, gpu=gpu))
 

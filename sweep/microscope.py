@@ -127,7 +127,9 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
         if not done:
             raise StoreError(f"{store_path}: no finished {method} trial to take weights from; run the study first")
         h, c = nearest_cell(done, n_haadf, n_chem)
-        study_nrmse, stored = store.best(method, (h, c))
+        found = store.best(method, (h, c))
+        assert found is not None  # a finished cell has a best trial
+        study_nrmse, stored = found
         best = {p: v for p, v in stored.items() if p in METHODS[method].param_names}
         params = {**study.fixed(method), **best}
         return Weights(
@@ -339,6 +341,7 @@ def heldout_lines(heldout: dict[str, Any] | None) -> list[str]:
 
 def _study_heldout(
     store_path: Any,
+    cell: tuple[int, int],
     weights: Weights,
     series: MeasuredSeries,
     data_figures: dict[str, Any],
@@ -347,13 +350,13 @@ def _study_heldout(
     device: str,
 ) -> dict[str, Any] | None:
     """The same held-out figures on the study's simulated series of the cell, compared with the data's."""
-    simulated, _ = study_series(store_path, weights.cell, series)
+    simulated, _ = study_series(store_path, cell, series)
     figures = heldout_check(simulated, weights, gamma, fraction=fraction, device=device)
     if figures is None:
         return None
     with SweepStore.open(store_path) as store:
-        spread, why = study_spread(store, weights.method, weights.cell)
-    return {"cell": list(weights.cell), **figures, **compare_heldout(data_figures, figures, spread, why)}
+        spread, why = study_spread(store, weights.method, cell)
+    return {"cell": list(cell), **figures, **compare_heldout(data_figures, figures, spread, why)}
 
 
 # --- writing ------------------------------------------------------------------------
@@ -626,7 +629,9 @@ def reconstruct_data(
             notes.append("held-out check skipped: it needs a HAADF series of 6 tilts or more")
         elif weights_store is not None and weights.cell is not None:
             say(f"held-out check on the study's own simulated series of cell {weights.cell[0]}×{weights.cell[1]}")
-            heldout["study"] = _study_heldout(weights_store, weights, series, heldout, gamma, holdout, device)
+            heldout["study"] = _study_heldout(
+                weights_store, weights.cell, weights, series, heldout, gamma, holdout, device
+            )
 
     out.mkdir(parents=True, exist_ok=True)
     files = _write_outputs(out, volumes, series, result, weights)
@@ -679,13 +684,15 @@ def _haadf_only(
         notes.append("--weights is not used: a study's weights are for chemistry, and this series has no [chem]")
     notes.append("reconstructed by SIRT as one HAADF volume (Σ (Z x)^γ in the HAADF's units), no element maps")
     series, alignment = _aligned(series, notes, say)
+    haadf = series.haadf
+    assert haadf is not None  # a series without [chem] has [haadf]: load_series refuses one with neither
     vacuum = getattr(series, "haadf_vacuum", None)
     if vacuum is not None:
         notes.extend(vacuum.notes())
         say(f"HAADF vacuum level {series.haadf_background:.4g} counts, from {vacuum.as_dict()['from']}")
-    n_det, n_x = series.haadf.shape[1:]
+    n_det, n_x = haadf.shape[1:]
     say(f"reconstructing the HAADF on a {n_det}² × {n_x} grid (SIRT, {n_iter} iterations)")
-    result = sirt(Projector(n_det, series.haadf_angles), series.haadf, n_iter=n_iter, device=device)
+    result = sirt(Projector(n_det, series.haadf_angles), haadf, n_iter=n_iter, device=device)
     volumes = np.asarray(to_numpy(result.volume), dtype=np.float64)[None]
     if not np.all(np.isfinite(volumes)):
         raise InputError("the HAADF reconstruction is not finite; check the series for outliers")
@@ -693,9 +700,9 @@ def _haadf_only(
     if holdout and series.n_haadf >= 6 and (left_out := heldout_indices(series.n_haadf, holdout)).size:
         say("held-out check: reconstructing again without every k-th HAADF tilt")
         keep = np.setdiff1d(np.arange(series.n_haadf), left_out)
-        rest = sirt(Projector(n_det, series.haadf_angles[keep]), series.haadf[keep], n_iter=n_iter, device=device)
+        rest = sirt(Projector(n_det, series.haadf_angles[keep]), haadf[keep], n_iter=n_iter, device=device)
         predicted = np.asarray(Projector(n_det, series.haadf_angles[left_out]).forward(to_numpy(rest.volume)), float)
-        measured = series.haadf[left_out]
+        measured = haadf[left_out]
         heldout = {
             "left_out_angles": [float(a) for a in series.haadf_angles[left_out]],
             "relative_error": float(np.linalg.norm(predicted - measured) / max(np.linalg.norm(measured), 1e-300)),

@@ -60,7 +60,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -374,22 +374,28 @@ class CellOptimizer:
     def _cast(self, point: Sequence[Any]) -> list[float]:
         return [int(round(v)) if is_int else float(v) for v, is_int in zip(point, self._is_int, strict=True)]
 
+    def _from_unit(self, x: np.ndarray) -> list[float]:
+        """The point ``x`` of the optimiser's [0, 1]^d in the parameters' own space, cast."""
+        # skopt has no annotations and pyright infers inverse_transform's rows as None
+        return self._cast(cast("list[Any]", self._space.inverse_transform(x[None, :])[0]))
+
     def _design(self) -> np.ndarray:
         """The initial design: ``n_initial`` points of a scrambled Latin hypercube in the
         optimiser's [0, 1]^d (McKay, Beckman & Conover 1979), seeded by the cell's seed."""
         if self._design_cache is None:
             from scipy.stats import qmc  # deferred: scipy.stats is slow to import
 
-            sampler = qmc.LatinHypercube(d=len(self.names), seed=derived_seed(self.seed, "design"))
+            # `seed`, not scipy ≥ 1.15's `rng`: the two draw different designs from the same integer, and
+            # stored studies resume on the designs `seed` drew; scipy still accepts it, its stubs do not
+            seed = derived_seed(self.seed, "design")
+            sampler = qmc.LatinHypercube(d=len(self.names), seed=seed)  # pyright: ignore[reportCallIssue]
             self._design_cache = sampler.random(max(self.n_initial, 1))
         return self._design_cache
 
     def _design_point(self, taken: set[tuple[float, ...]]) -> list[float] | None:
         """The design point farthest from every point taken (warm starts included), so
         the initial design fills the gaps the warm starts leave; ``None`` once all are used."""
-        free = [
-            x for x in self._design() if tuple(self._cast(self._space.inverse_transform(x[None, :])[0])) not in taken
-        ]
+        free = [x for x in self._design() if tuple(self._from_unit(x)) not in taken]
         if not free:
             return None
         if taken:
@@ -398,7 +404,7 @@ class CellOptimizer:
             x = free[int(np.argmax(gaps))]
         else:
             x = free[0]
-        return self._cast(self._space.inverse_transform(x[None, :])[0])
+        return self._from_unit(x)
 
     def _random_point(self, seed: int, taken: set[tuple[float, ...]]) -> list[float]:
         rng = np.random.default_rng(seed)
@@ -409,10 +415,11 @@ class CellOptimizer:
                 if tuple(point) not in taken:
                     return point
         # a nearly exhausted integer space: enumerate what is left
-        return self._cast(self._space.inverse_transform(self._untaken(taken)[:1])[0])
+        return self._from_unit(self._untaken(taken)[0])
 
     def _untaken(self, taken: set[tuple[float, ...]]) -> np.ndarray:
-        grid = itertools.product(*(range(int(d.low), int(d.high) + 1) for d in self._space.dimensions))
+        # an integer space: each dimension's bounds are its (low, high)
+        grid = itertools.product(*(range(int(low), int(high) + 1) for low, high in self._space.bounds))
         return self._space.transform([list(p) for p in grid if tuple(p) not in taken])
 
     def _warped(self, Y: Sequence[float]) -> list[float]:
@@ -425,7 +432,8 @@ class CellOptimizer:
     def _fit(self, X: list[list[float]], Y: list[float], seed: int) -> Any:
         from skopt.utils import cook_estimator  # deferred: skopt pulls scikit-learn
 
-        model = cook_estimator("GP", space=self._space, random_state=seed)
+        # skopt has no annotations; pyright's inferred return type (a union with str and None) is wrong
+        model: Any = cook_estimator("GP", space=self._space, random_state=seed)
         with warnings.catch_warnings():
             # GP hyper-parameter convergence notes are expected on small, noisy data
             warnings.simplefilter("ignore")
@@ -437,9 +445,8 @@ class CellOptimizer:
         n_finished = len(self.Y)
         if self.nominees is None or n_finished <= self._rewarded_at:
             return
-        if model is None:
-            model = self._fit(self.X, told, seed)
-        self.gains = self.gains + hedge_reward(model.predict(self.nominees), warp=self.warp)
+        fitted = model if model is not None else self._fit(self.X, told, seed)
+        self.gains = self.gains + hedge_reward(fitted.predict(self.nominees), warp=self.warp)
         self._rewarded_at = n_finished
 
     def _gp_point(self, seed: int, taken: set[tuple[float, ...]]) -> tuple[list[float] | None, str, float | None]:
@@ -490,7 +497,7 @@ class CellOptimizer:
         for acq in ACQ_FUNCS:
             x = self._optimise(acq, model, incumbent, candidates, taken_t)
             nominees.append(x)
-            points.append(None if x is None else self._cast(self._space.inverse_transform(x[None, :])[0]))
+            points.append(None if x is None else self._from_unit(x))
         valid = [i for i, p in enumerate(points) if p is not None and tuple(p) not in taken]
         if not valid:
             return [], points, []
@@ -504,11 +511,11 @@ class CellOptimizer:
         if acq == "LCB":
             return gaussian_lcb(X, model, kappa=_KAPPA, return_grad=grad)
         fn = gaussian_ei if acq == "EI" else gaussian_pi
-        out = fn(X, model, y_opt=y_opt, xi=_XI, return_grad=grad)
         if grad:
-            value, gradient = out
+            value, gradient = fn(X, model, y_opt=y_opt, xi=_XI, return_grad=True)
             return -value, -gradient
-        return -out
+        # skopt has no annotations; without the gradient its acquisitions return one array
+        return -cast("np.ndarray", fn(X, model, y_opt=y_opt, xi=_XI))
 
     def _optimise(
         self, acq: str, model: Any, y_opt: float, candidates: np.ndarray, taken: np.ndarray
@@ -542,6 +549,6 @@ class CellOptimizer:
     def _is_taken(self, x: np.ndarray, taken: np.ndarray) -> bool:
         if taken.size == 0:
             return False
-        point = self._cast(self._space.inverse_transform(x[None, :])[0])
+        point = self._from_unit(x)
         back = self._space.transform([point])[0]
         return bool(np.min(np.max(np.abs(taken - back), axis=1)) < _SAME)

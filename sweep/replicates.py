@@ -139,7 +139,9 @@ def replicate_cells(
         for scale in scales:
             study_json = json.dumps(_scaled_chem_snr(study, scale).to_json(), sort_keys=True)
             for h, c in chosen:
-                _, best = store.best(method, (h, c))
+                found = store.best(method, (h, c))
+                assert found is not None  # a finished cell has a best trial
+                _, best = found
                 params = {p: best[p] for p in study.searched(method) if p in best}
                 key = replicate_key(method, h, c, scale)
                 wanted = {k: noise_seed(study, h, c, k) for k in range(1, seeds + 1)}

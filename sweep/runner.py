@@ -352,7 +352,8 @@ class _Pass:
         study, store = runner.study, runner.store
         self.opts = build_optimisers(study, store)
         self.budget_per = study.budget.trials_per_cell
-        self.total = min(self.budget_per * len(self.opts), study.budget.total or math.inf)
+        cap = self.budget_per * len(self.opts)
+        self.total = min(cap, study.budget.total) if study.budget.total else cap
         self.in_grid = sum(min(o.n_told, self.budget_per) for o in self.opts.values())
         self.failed = sum(o.n_failed for o in self.opts.values())
         self.n_start = store.n_committed

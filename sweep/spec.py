@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -399,7 +400,7 @@ def study_from_dict(raw: Mapping[str, Any], *, source: str = "study") -> Study:
         raise SpecError(f"{source}: invalid study file\n  - " + "\n  - ".join(lines)) from None
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | os.PathLike[str]) -> Study:
     """Read and validate a TOML study file."""
     path = Path(path)
     try:

@@ -215,7 +215,7 @@ class Page:
             fill_color={"field": "nrmse", "transform": self.mapper},
             line_color="white",
             selection_line_color="red",
-            selection_line_width=3,
+            selection_line_width=3,  # pyright: ignore[reportCallIssue]  bokeh's stubs list colours and alphas only
             nonselection_fill_alpha=1.0,
             nonselection_line_color="white",
         )
@@ -376,13 +376,13 @@ class Page:
             return
         source = next(s for s in self.heat_sources.values() if s.selected.indices == new)
         k = new[0]
-        self._select((int(source.data["y"][k]), int(source.data["x"][k])))
+        self._select((int(np.asarray(source.data["y"])[k]), int(np.asarray(source.data["x"])[k])))
 
     def _on_table_select(self, attr: str, old: list[int], new: list[int]) -> None:
         if self._syncing or not new:
             return
         data = self.cells_source.data
-        self._select((int(data["n_haadf"][new[0]]), int(data["n_chem"][new[0]])))
+        self._select((int(np.asarray(data["n_haadf"])[new[0]]), int(np.asarray(data["n_chem"])[new[0]])))
 
     def _select(self, cell: tuple[int, int]) -> None:
         self.cell = cell
@@ -424,17 +424,17 @@ class Page:
             )
             nrmse = np.where(cols["status"][rows] == 0, cols["nrmse"][rows], np.nan)
             src.data = {"trial": trial, "best": best, "nrmse": nrmse}
-        data = cell_trials(snap, cell)
+        data: dict[str, Any] = cell_trials(snap, cell)  # Any: bokeh's DataDict wants Sequence, not list, columns
         if [c.field for c in self.trials_table.columns] != list(data):
             self.trials_table.columns = [_trial_column(name, snap) for name in data]
         self.trials_source.data = data
         if draw_landscape and self.landscape is not None and self._landscape_for != cell:
-            self._draw_landscape(cell)
+            self._draw_landscape(cell, self.landscape)
 
-    def _draw_landscape(self, cell: tuple[int, int]) -> None:
+    def _draw_landscape(self, cell: tuple[int, int], landscape: Landscape) -> None:
         self._landscape_for = cell
         self.landscape_div.text = f"<i>drawing the optimiser's landscape at {cell[0]} × {cell[1]} …</i>"
-        future = self.executor.submit(self.landscape, self.reader.path, cell)
+        future = self.executor.submit(landscape, self.reader.path, cell)
 
         def done(fut: concurrent.futures.Future) -> None:
             self.doc.add_next_tick_callback(lambda: self._show_landscape(cell, fut))

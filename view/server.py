@@ -40,7 +40,7 @@ def _origins(host: str, port: int) -> list[str]:
     if host in ("0.0.0.0", "::", ""):
         names |= {socket.gethostname(), socket.getfqdn()}
         with contextlib.suppress(OSError):
-            names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+            names |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
     # Bokeh's allowlist splits host:port at every colon, so an IPv6 literal cannot be listed: a page
     # served on ::1 is opened as http://localhost:PORT (the browser reaches ::1 by that name)
     return sorted(f"{n}:{port}" for n in names if n and ":" not in n)

@@ -62,10 +62,11 @@ class Snapshot:
 
     def running(self) -> dict[tuple[str, int, int], int]:
         """Trials in flight per (method, n_haadf, n_chem), from a fresh heartbeat only."""
-        if driver_state(self.live, self.read_at) != "running":
+        live = self.live
+        if live is None or driver_state(live, self.read_at) != "running":
             return {}
         out = {}
-        for key, n in dict(self.live.get("running") or {}).items():
+        for key, n in dict(live.get("running") or {}).items():
             method, h, c = str(key).split("/")
             out[(method, int(h), int(c))] = int(n)
         return out
