@@ -154,10 +154,12 @@ class TrialRecord:
 
     @property
     def ok(self) -> bool:
+        """Whether the trial finished (status ``OK``) rather than failed or was pruned."""
         return self.status == OK
 
     @property
     def cell(self) -> tuple[int, int]:
+        """The grid cell ``(n_haadf, n_chem)`` the trial ran at."""
         return (self.n_haadf, self.n_chem)
 
 
@@ -483,24 +485,29 @@ class SweepStore:
 
     @property
     def writable(self) -> bool:
+        """Whether this handle holds the store's driver lock (opened for writing)."""
         return self._lock is not None
 
     # ------------------------------------------------------------------ attributes
 
     @property
     def spec(self) -> dict[str, Any]:
+        """The study the store was created for, as its JSON dict (a copy)."""
         return dict(self._attrs["spec"])
 
     @property
     def spec_hash(self) -> str:
+        """The content hash of the stored study (resume refuses another study's file)."""
         return str(self._attrs["spec_hash"])
 
     @property
     def attrs(self) -> dict[str, Any]:
+        """The store's root attributes (spec, hashes, version, commit counter…), a copy."""
         return dict(self._attrs)
 
     @property
     def n_committed(self) -> int:
+        """How many trial rows the commit counter covers: the rows that count."""
         return self._n_committed
 
     @property
@@ -516,6 +523,7 @@ class SweepStore:
         return self._n_committed
 
     def cell_index(self, n_haadf: int, n_chem: int) -> tuple[int, int]:
+        """The ``(row, column)`` of a cell in the maps; a clear error for a cell not on the grid."""
         try:
             return self.n_haadf.index(int(n_haadf)), self.n_chem.index(int(n_chem))
         except ValueError:

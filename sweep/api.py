@@ -243,6 +243,7 @@ def run_study(
 
 
 def stored_study(store: SweepStore) -> Study:
+    """The study stored in ``store``, validated as a study file is."""
     return study_from_dict(store.spec, source=f"{store.path} (stored study)")
 
 

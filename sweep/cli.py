@@ -96,10 +96,12 @@ class RichProgress:
         return "–" if best is None or not math.isfinite(best) else f"{best:.4f}"
 
     def start(self, *, total: int, done: int, failed: int, best: float | None) -> None:
+        """Show the bar at ``done`` of ``total`` trials, with the failures and best NRMSE so far."""
         self._bar.start()
         self._task = self._bar.add_task("trials", total=total, completed=done, failed=failed, best=self._best(best))
 
     def update(self, record: Any, *, done: int, failed: int, best: float | None) -> None:
+        """Move the bar after ``record`` was committed; a failed trial gets a line of its own."""
         self._bar.update(self._task, completed=done, failed=failed, best=self._best(best))
         if not record.ok:
             self._bar.console.print(
@@ -109,6 +111,7 @@ class RichProgress:
             )
 
     def close(self) -> None:
+        """Stop the live bar (its last state stays on the terminal)."""
         self._bar.stop()
 
 

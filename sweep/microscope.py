@@ -440,6 +440,7 @@ def slices_figure(volumes: np.ndarray, elements: tuple[str, ...]) -> Any:
 
 
 def costs_figure(costs: Mapping[str, np.ndarray], title: str) -> Any:
+    """A matplotlib figure of a reconstruction's cost history, one line per term."""
     from matplotlib.figure import Figure  # deferred: matplotlib, for figures only
 
     fig = Figure(figsize=(6, 3.6), layout="constrained")

@@ -217,6 +217,7 @@ class CellOptimizer:
 
     @property
     def n_told(self) -> int:
+        """Points told a result (finished or failed)."""
         return len(self.X)
 
     @property
@@ -235,6 +236,7 @@ class CellOptimizer:
         return len(self._taken()) >= self._size
 
     def best(self) -> tuple[dict[str, float], float] | None:
+        """The best finished point and its NRMSE; None before the first finished trial."""
         finished = [(y, x) for x, y in zip(self.X, self.Y, strict=True) if y is not None]
         if not finished:
             return None

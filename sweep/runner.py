@@ -58,11 +58,17 @@ log = logging.getLogger(__name__)
 class Progress(Protocol):
     """What the runner reports to (a progress bar, a log, a test)."""
 
-    def start(self, *, total: int, done: int, failed: int, best: float | None) -> None: ...
+    def start(self, *, total: int, done: int, failed: int, best: float | None) -> None:
+        """A run begins: ``done`` of ``total`` trials are in the store, ``failed`` of them failed."""
+        ...
 
-    def update(self, record: TrialRecord, *, done: int, failed: int, best: float | None) -> None: ...
+    def update(self, record: TrialRecord, *, done: int, failed: int, best: float | None) -> None:
+        """``record`` was committed; the counts and the best NRMSE after it."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The run ended (finished, stopped or failed)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class RunSummary:
 
     @property
     def complete(self) -> bool:
+        """Whether the whole budget is spent (cells whose space ran out count as spent)."""
         return self.n_trials + self.exhausted_unused >= self.budget
 
 

@@ -31,36 +31,6 @@ CHECKS = {
     "PR10": "a parameter without a space before its colon",
 }
 
-# Names in modules that are being restructured elsewhere, checked once that work has landed:
-# empty this list then (test_pending_names_still_need_docstrings fails for each name fixed or moved).
-PENDING = {
-    "tomosweep.results.store.SweepStore.attrs",
-    "tomosweep.results.store.SweepStore.cell_index",
-    "tomosweep.results.store.SweepStore.n_committed",
-    "tomosweep.results.store.SweepStore.spec",
-    "tomosweep.results.store.SweepStore.spec_hash",
-    "tomosweep.results.store.SweepStore.writable",
-    "tomosweep.results.store.TrialRecord.cell",
-    "tomosweep.results.store.TrialRecord.ok",
-    "tomosweep.results.view.Snapshot.budget",
-    "tomosweep.results.view.Snapshot.finished_at",
-    "tomosweep.results.view.ViewServer.start",
-    "tomosweep.results.view.ViewServer.url",
-    "tomosweep.results.view.page_url",
-    "tomosweep.sweep.api.stored_study",
-    "tomosweep.sweep.cli.RichProgress.close",
-    "tomosweep.sweep.cli.RichProgress.start",
-    "tomosweep.sweep.cli.RichProgress.update",
-    "tomosweep.sweep.microscope.costs_figure",
-    "tomosweep.sweep.optimizer.CellOptimizer.best",
-    "tomosweep.sweep.optimizer.CellOptimizer.n_told",
-    "tomosweep.sweep.runner.Progress.close",
-    "tomosweep.sweep.runner.Progress.start",
-    "tomosweep.sweep.runner.Progress.update",
-    "tomosweep.sweep.runner.RunSummary.complete",
-    "tomosweep.sweep.view.Heartbeat.start",
-}
-
 
 def _modules() -> list[str]:
     found = pkgutil.walk_packages(tomosweep.__path__, "tomosweep.")
@@ -102,13 +72,5 @@ def test_public_names_have_numpydoc_docstrings(module_name: str) -> None:
     module = importlib.import_module(module_name)
     problems = [] if module.__doc__ else [f"{module_name}: no module docstring"]
     for qualname, obj in _public(module_name):
-        if qualname not in PENDING:
-            problems += [f"{qualname}: {p}" for p in _problems(qualname, obj)]
+        problems += [f"{qualname}: {p}" for p in _problems(qualname, obj)]
     assert not problems, "\n".join(problems)
-
-
-def test_pending_names_still_need_docstrings() -> None:
-    """The allow-list only shrinks: a name documented, renamed or gone leaves it."""
-    public = dict(item for module_name in MODULES for item in _public(module_name))
-    stale = sorted(name for name in PENDING if name not in public or not _problems(name, public[name]))
-    assert not stale, f"remove from PENDING (documented, renamed or gone): {stale}"

@@ -243,6 +243,7 @@ class Heartbeat:
             self._stop.wait(self.interval_s)
 
     def start(self) -> Heartbeat:
+        """Start beating on a thread of its own (not at all beside a file that is not a heartbeat)."""
         if not live_file_is_ours(self.store):
             log.warning("%s.live.json is not a tomosweep heartbeat: the view will not show workers", self.store)
             return self

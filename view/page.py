@@ -348,6 +348,7 @@ class Page:
         }
 
     def refresh(self) -> None:
+        """Read the store and heartbeat again and redraw what changed (a periodic callback)."""
         snap = self.reader.read_or_last()
         if snap is None:
             return  # the store does not exist yet (``--wait``), or cannot be read: keep waiting

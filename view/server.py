@@ -47,6 +47,7 @@ def _origins(host: str, port: int) -> list[str]:
 
 
 def page_url(host: str, port: int) -> str:
+    """The address to open the page served on ``host``:``port`` at."""
     if host == "::1":
         return f"http://localhost:{port}/"  # see _origins
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
@@ -80,6 +81,7 @@ class ViewServer:
 
     @property
     def url(self) -> str:
+        """The page's address (see :func:`page_url`)."""
         return page_url(self.host, self.port)
 
     def _document(self, doc: Any) -> None:
@@ -117,6 +119,7 @@ class ViewServer:
             loop.close(all_fds=True)
 
     def start(self, *, timeout: float = 30.0) -> ViewServer:
+        """Serve the page; a clear error if it is not up within ``timeout`` seconds or the port is taken."""
         self._thread.start()
         if not self._ready.wait(timeout):
             raise TomosweepError(f"the view of {self.path} did not start within {timeout:g} s")

@@ -54,10 +54,12 @@ class Snapshot:
 
     @property
     def finished_at(self) -> np.ndarray:
+        """When each committed trial finished (seconds since the epoch; 0 where not recorded)."""
         return np.array([float(m.get("finished_at", 0.0) or 0.0) for m in self.meta])
 
     @property
     def budget(self) -> int:
+        """The study's trials over every method and cell."""
         return self.trials_per_cell * len(self.methods) * len(self.n_haadf) * len(self.n_chem)
 
     def running(self) -> dict[tuple[str, int, int], int]:
