@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -193,6 +194,22 @@ def _alloy_density(au_weight_fraction: float) -> float:
     return 1.0 / (au_weight_fraction / DENSITY_G_CM3["Au"] + (1 - au_weight_fraction) / DENSITY_G_CM3["Ag"])
 
 
+_AG_AU_ELEMENTS = ("Ag", "Au")
+
+
+def _ag_au_options(
+    n: int, *, core_radius: Any, shell_radius: Any, core_au: Any, shell_au: Any
+) -> tuple[float, float, float, float]:
+    """The Ag-Au particle's options, checked: ``(core_radius, shell_radius, core_au, shell_au)``."""
+    core_radius = _check_fraction("core_radius", core_radius, low=0.0, high=0.5)
+    shell_radius = _check_fraction("shell_radius", shell_radius, low=0.0, high=0.5)
+    if core_radius >= shell_radius:
+        raise InputError(f"core_radius ({core_radius}) must be smaller than shell_radius ({shell_radius})")
+    core_au = _check_fraction("core_au", core_au, low=0.0, high=1.0, low_open=False)
+    shell_au = _check_fraction("shell_au", shell_au, low=0.0, high=1.0, low_open=False)
+    return core_radius, shell_radius, core_au, shell_au
+
+
 def _ag_au_core_shell(
     name: str,
     radius: np.ndarray,
@@ -203,12 +220,9 @@ def _ag_au_core_shell(
     core_au: float,
     shell_au: float,
 ) -> Specimen:
-    core_radius = _check_fraction("core_radius", core_radius, low=0.0, high=0.5)
-    shell_radius = _check_fraction("shell_radius", shell_radius, low=0.0, high=0.5)
-    if core_radius >= shell_radius:
-        raise InputError(f"core_radius ({core_radius}) must be smaller than shell_radius ({shell_radius})")
-    core_au = _check_fraction("core_au", core_au, low=0.0, high=1.0, low_open=False)
-    shell_au = _check_fraction("shell_au", shell_au, low=0.0, high=1.0, low_open=False)
+    core_radius, shell_radius, core_au, shell_au = _ag_au_options(
+        n, core_radius=core_radius, shell_radius=shell_radius, core_au=core_au, shell_au=shell_au
+    )
 
     core = radius <= core_radius * n
     shell = (radius <= shell_radius * n) & ~core
@@ -218,7 +232,7 @@ def _ag_au_core_shell(
     weight_fractions = np.stack([ag, au])
     return Specimen.from_symbols(
         name,
-        ("Ag", "Au"),
+        _AG_AU_ELEMENTS,
         weight_fractions * density,
         units="g/cm^3",
         weight_fractions=weight_fractions,
@@ -318,6 +332,21 @@ def core_shell_sphere(
 # ---------------------------------------------------------------- Schwartz 2024 Fig. 4c: nanocubes
 
 _NANOCUBE_PHASES = ("CoO", "CuO", "Au")
+_NANOCUBE_ELEMENTS = ("Co", "Cu", "O", "Au")
+
+
+def _nanocube_options(
+    *, n_coo: Any, n_cuo: Any, cube_edge: Any, gold_radius: Any, gold_per_cube: Any
+) -> tuple[int, int, tuple[float, float], tuple[float, float], int]:
+    """The nanocubes' options, checked: ``(n_coo, n_cuo, cube_edge, gold_radius, gold_per_cube)``."""
+    n_coo = validation.positive_int(n_coo, "n_coo", minimum=0)
+    n_cuo = validation.positive_int(n_cuo, "n_cuo", minimum=0)
+    if n_coo + n_cuo == 0:
+        raise InputError("nanocubes needs at least one cube: n_coo + n_cuo must be ≥ 1")
+    edge_range = _check_range("cube_edge", cube_edge, high=0.5)
+    gold_range = _check_range("gold_radius", gold_radius, high=0.1)
+    gold_per_cube = validation.positive_int(gold_per_cube, "gold_per_cube", minimum=0)
+    return n_coo, n_cuo, edge_range, gold_range, gold_per_cube
 
 
 def _decorated_cube(
@@ -411,13 +440,9 @@ def nanocubes(
         ``units="atomic fraction"``; ``info["cubes"]`` records each cube.
     """
     n = validation.positive_int(n, "n", minimum=_MIN_N)
-    n_coo = validation.positive_int(n_coo, "n_coo", minimum=0)
-    n_cuo = validation.positive_int(n_cuo, "n_cuo", minimum=0)
-    if n_coo + n_cuo == 0:
-        raise InputError("nanocubes needs at least one cube: n_coo + n_cuo must be ≥ 1")
-    edge_range = _check_range("cube_edge", cube_edge, high=0.5)
-    gold_range = _check_range("gold_radius", gold_radius, high=0.1)
-    gold_per_cube = validation.positive_int(gold_per_cube, "gold_per_cube", minimum=0)
+    n_coo, n_cuo, edge_range, gold_range, gold_per_cube = _nanocube_options(
+        n_coo=n_coo, n_cuo=n_cuo, cube_edge=cube_edge, gold_radius=gold_radius, gold_per_cube=gold_per_cube
+    )
     seed = _seed_info(rng)
     generator = np.random.default_rng(rng)
 
@@ -434,7 +459,7 @@ def nanocubes(
             what=f"{_NANOCUBE_PHASES[material - 1]} cube",
             hint="use fewer or smaller cubes (n_coo, n_cuo, cube_edge) or a larger n",
         )
-    elements = ("Co", "Cu", "O", "Au")
+    elements = _NANOCUBE_ELEMENTS
     return Specimen.from_symbols(
         "nanocubes",
         elements,
@@ -458,6 +483,27 @@ def nanocubes(
 # ---------------------------------------------------------------- Schwartz 2024 Supp. Fig. 10: CoNiO
 
 _CONIO_PHASES = ("NiO", "CoO")
+_CONIO_ELEMENTS = ("Co", "Ni", "O")
+
+
+def _conio_options(
+    n: int, *, outer_radius: Any, inner_radius: Any, length: Any, particle_radius: Any, n_particles: Any
+) -> tuple[float, float, float, tuple[float, float], int]:
+    """The composite's options at size ``n``, checked: ``(outer, inner, length, particle_radius, n_particles)``."""
+    outer = _check_fraction("outer_radius", outer_radius, low=0.0, high=0.5 - 1 / n)
+    inner = _check_fraction("inner_radius", inner_radius, low=0.0, high=0.5, low_open=False)
+    if inner >= outer:
+        raise InputError(f"inner_radius ({inner}) must be smaller than outer_radius ({outer})")
+    tube_length = _check_fraction("length", length, low=0.0, high=1.0)
+    radius_range = _check_range("particle_radius", particle_radius, high=0.25)
+    n_particles = validation.positive_int(n_particles, "n_particles", minimum=0)
+    wall = (outer - inner) * n
+    if max(radius_range[0] * n, 1.0) > wall / 2:
+        raise InputError(
+            f"particle_radius {radius_range} does not fit in a tube wall {wall:.1f} voxels thick at n={n}; "
+            "use smaller particles or a thicker wall (outer_radius − inner_radius)"
+        )
+    return outer, inner, tube_length, radius_range, n_particles
 
 
 def conio_composite(
@@ -502,19 +548,15 @@ def conio_composite(
         ``units="atomic fraction"``; ``info["particles"]`` records each particle.
     """
     n = validation.positive_int(n, "n", minimum=_MIN_N)
-    outer = _check_fraction("outer_radius", outer_radius, low=0.0, high=0.5 - 1 / n)
-    inner = _check_fraction("inner_radius", inner_radius, low=0.0, high=0.5, low_open=False)
-    if inner >= outer:
-        raise InputError(f"inner_radius ({inner}) must be smaller than outer_radius ({outer})")
-    tube_length = _check_fraction("length", length, low=0.0, high=1.0)
-    radius_range = _check_range("particle_radius", particle_radius, high=0.25)
-    n_particles = validation.positive_int(n_particles, "n_particles", minimum=0)
+    outer, inner, tube_length, radius_range, n_particles = _conio_options(
+        n,
+        outer_radius=outer_radius,
+        inner_radius=inner_radius,
+        length=length,
+        particle_radius=particle_radius,
+        n_particles=n_particles,
+    )
     wall = (outer - inner) * n
-    if max(radius_range[0] * n, 1.0) > wall / 2:
-        raise InputError(
-            f"particle_radius {radius_range} does not fit in a tube wall {wall:.1f} voxels thick at n={n}; "
-            "use smaller particles or a thicker wall (outer_radius − inner_radius)"
-        )
     seed = _seed_info(rng)
     generator = np.random.default_rng(rng)
 
@@ -550,7 +592,7 @@ def conio_composite(
         hint="use fewer or smaller particles (n_particles, particle_radius) or a longer tube",
     )
     labels = np.where(particles_labels > 0, particles_labels, labels)
-    elements = ("Co", "Ni", "O")
+    elements = _CONIO_ELEMENTS
     return Specimen.from_symbols(
         "conio_composite",
         elements,
@@ -573,6 +615,7 @@ def conio_composite(
 # ---------------------------------------------------------------- Schwartz 2024 Fig. 2: Co3O4/Mn3O4
 
 _CORE_SHELL_CUBE_PHASES = ("Co3O4", "Mn3O4")
+_CORE_SHELL_CUBE_ELEMENTS = ("Co", "Mn", "O")
 
 
 def _face_thicknesses(value: Any) -> tuple[float, ...]:
@@ -584,6 +627,21 @@ def _face_thicknesses(value: Any) -> tuple[float, ...]:
     return tuple(
         _check_fraction(f"shell_thickness[{k}]", v, low=0.0, high=0.5, low_open=False) for k, v in enumerate(values)
     )
+
+
+def _core_shell_cube_options(n: int, *, core_edge: Any, shell_thickness: Any) -> tuple[float, tuple[float, ...]]:
+    """The cube's options at size ``n``, checked: ``(core_edge, shell_thickness per face)``."""
+    edge = _check_fraction("core_edge", core_edge, low=1 / n, high=1.0)
+    thickness = _face_thicknesses(shell_thickness)
+    lower = [-edge / 2 - t for t in thickness[0::2]]
+    upper = [edge / 2 + t for t in thickness[1::2]]
+    reach_yz = np.hypot(max(-lower[0], upper[0]), max(-lower[1], upper[1]))
+    if reach_yz > 0.5 - 1 / n or max(-lower[2], upper[2]) > 0.5:
+        raise InputError(
+            f"core_edge {edge} with shell_thickness {thickness} does not fit the field at n={n}: "
+            "the particle must lie inside the cylinder inscribed around the tilt axis; use a smaller core or shell"
+        )
+    return edge, thickness
 
 
 def core_shell_cube(
@@ -617,16 +675,9 @@ def core_shell_cube(
         ``units="atomic fraction"``.
     """
     n = validation.positive_int(n, "n", minimum=_MIN_N)
-    edge = _check_fraction("core_edge", core_edge, low=1 / n, high=1.0)
-    thickness = _face_thicknesses(shell_thickness)
+    edge, thickness = _core_shell_cube_options(n, core_edge=core_edge, shell_thickness=shell_thickness)
     lower = [-edge / 2 - t for t in thickness[0::2]]
     upper = [edge / 2 + t for t in thickness[1::2]]
-    reach_yz = np.hypot(max(-lower[0], upper[0]), max(-lower[1], upper[1]))
-    if reach_yz > 0.5 - 1 / n or max(-lower[2], upper[2]) > 0.5:
-        raise InputError(
-            f"core_edge {edge} with shell_thickness {thickness} does not fit the field at n={n}: "
-            "the particle must lie inside the cylinder inscribed around the tilt axis; use a smaller core or shell"
-        )
     coords = _grid_3d(n)
     core = np.ones((n, n, n), dtype=bool)
     particle = np.ones((n, n, n), dtype=bool)
@@ -634,7 +685,7 @@ def core_shell_cube(
         core &= np.abs(c) <= edge * n / 2
         particle &= (c >= lower[axis] * n) & (c <= upper[axis] * n)
     labels = np.where(core, np.int8(1), np.where(particle, np.int8(2), np.int8(0)))
-    elements = ("Co", "Mn", "O")
+    elements = _CORE_SHELL_CUBE_ELEMENTS
     return Specimen.from_symbols(
         "core_shell_cube",
         elements,
@@ -657,6 +708,31 @@ SPECIMENS: dict[str, Callable[..., Specimen]] = {
     "nanocubes": nanocubes,
     "conio_composite": conio_composite,
     "core_shell_cube": core_shell_cube,
+}
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What a study needs to know of a built-in specimen before building one.
+
+    ``elements`` are the element symbols in the order of the specimen's volumes;
+    ``check`` checks options as the generator does, without building anything: it is
+    called with the keywords it names, of ``n`` and the options (defaults filled in),
+    and raises :class:`~tomosweep.errors.InputError` as the generator would.
+    """
+
+    elements: tuple[str, ...]
+    check: Callable[..., object]
+
+
+#: Declarations of the built-in specimens. A specimen registered in :data:`SPECIMENS` without one
+#: (a plugin's) is built to learn its elements.
+DECLARATIONS: dict[str, Declaration] = {
+    "core_shell_2d": Declaration(_AG_AU_ELEMENTS, _ag_au_options),
+    "core_shell_sphere": Declaration(_AG_AU_ELEMENTS, _ag_au_options),
+    "nanocubes": Declaration(_NANOCUBE_ELEMENTS, _nanocube_options),
+    "conio_composite": Declaration(_CONIO_ELEMENTS, _conio_options),
+    "core_shell_cube": Declaration(_CORE_SHELL_CUBE_ELEMENTS, _core_shell_cube_options),
 }
 
 
@@ -695,10 +771,54 @@ def make_specimen(name: str, n: int, **options: Any) -> Specimen:
         For an unknown name or option, naming the known ones.
     """
     generator = _lookup(name)
+    _check_option_names(name, options)
+    return generator(n, **options)
+
+
+def _check_option_names(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The specimen's options with the defaults filled in; an error naming the known ones for another."""
     allowed = specimen_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise InputError(
             f"specimen {name!r} has no option(s) {', '.join(unknown)}; its options are: {', '.join(allowed)}"
         )
-    return generator(n, **options)
+    return {**allowed, **options}
+
+
+def declared_elements(name: str, n: int, **options: Any) -> tuple[str, ...] | None:
+    """The elements of a specimen, from its declaration, without building it.
+
+    The options are checked at size ``n`` as :func:`make_specimen` checks them (names
+    and values), except what only a build can find (no room to place a random
+    specimen's particles at this seed).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`SPECIMENS`.
+    n : int
+        Grid size (≥ 16).
+    **options
+        The generator's keyword options.
+
+    Returns
+    -------
+    tuple of str or None
+        The element symbols in the order of the volumes; None for a specimen without a
+        :class:`Declaration` (a plugin's), which must be built to know them.
+
+    Raises
+    ------
+    InputError
+        For an unknown name or option, or an option value the build would refuse.
+    """
+    _lookup(name)
+    given = _check_option_names(name, options)
+    declared = DECLARATIONS.get(name)
+    if declared is None:
+        return None
+    given["n"] = validation.positive_int(n, "n", minimum=_MIN_N)
+    wanted = inspect.signature(declared.check).parameters
+    declared.check(**{key: value for key, value in given.items() if key in wanted})
+    return declared.elements

@@ -17,6 +17,7 @@ from tomosweep.cluster.connect import Connection
 from tomosweep.errors import BackendError, ClusterError, SpecError, StoreError
 from tomosweep.phantoms import Specimen, load_specimen, make_specimen, save_specimen
 from tomosweep.phantoms.files import check_output
+from tomosweep.phantoms.specimens import declared_elements
 from tomosweep.results import SweepStore, TrialRecord
 from tomosweep.results.export import best_params_frame, check_export_folder, export, export_names
 from tomosweep.results.store import check_store_location
@@ -55,7 +56,9 @@ def _elements(study: Study) -> tuple[str, ...]:
     else:
         assert phantom.name is not None  # PhantomSpec holds a name or a file
         # at the study's own size: an option valid there (a radius in voxels, say) may not be at 16³
-        elements = tuple(make_specimen(phantom.name, phantom.size, **phantom.options).elements)
+        elements = declared_elements(phantom.name, phantom.size, **phantom.options)
+        if elements is None:  # a specimen without a declaration (a plugin's): build it to learn them
+            elements = tuple(make_specimen(phantom.name, phantom.size, **phantom.options).elements)
     table = study.acquisition.chem_snr
     if isinstance(table, dict) and set(table) != set(elements):
         missing, unknown = sorted(set(elements) - set(table)), sorted(set(table) - set(elements))

@@ -16,7 +16,7 @@ from tomosweep.phantoms import (
     make_specimen,
     nanocubes,
 )
-from tomosweep.phantoms.specimens import DENSITY_G_CM3, specimen_options
+from tomosweep.phantoms.specimens import DECLARATIONS, DENSITY_G_CM3, declared_elements, specimen_options
 
 EXPECTED = {
     "core_shell_2d": ("Ag", "Au"),
@@ -264,6 +264,41 @@ def test_registry_errors_name_what_is_known():
         make_specimen("teapot", 32)
     with pytest.raises(InputError, match="no option\\(s\\) radius; its options are: core_radius, shell_radius"):
         make_specimen("core_shell_2d", 32, radius=0.2)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_built_in_declares_the_elements_it_builds(name):
+    assert set(DECLARATIONS) == set(SPECIMENS)
+    assert declared_elements(name, 16) == EXPECTED[name] == tuple(make_specimen(name, 16).elements)
+
+
+@pytest.mark.parametrize(
+    ("name", "n", "options", "match"),
+    [
+        ("core_shell_2d", 32, {"core_radius": 0.3, "shell_radius": 0.2}, "must be smaller than shell_radius"),
+        ("core_shell_sphere", 32, {"core_au": 1.5}, "core_au must lie in"),
+        ("nanocubes", 32, {"n_coo": 0, "n_cuo": 0}, "at least one cube"),
+        ("nanocubes", 32, {"cube_edge": (0.2, 0.1)}, "cube_edge must be"),
+        ("conio_composite", 32, {"inner_radius": 0.28, "outer_radius": 0.3}, "does not fit in a tube wall"),
+        ("conio_composite", 16, {"inner_radius": 0.25}, "does not fit in a tube wall"),
+        ("core_shell_cube", 40, {"core_edge": 0.6}, "does not fit the field"),
+        ("core_shell_cube", 40, {"shell_thickness": (0.1, 0.1)}, "one number or six"),
+        ("core_shell_cube", 15, {}, "n must be an integer ≥ 16"),
+        ("core_shell_2d", 32, {"radius": 0.2}, "no option\\(s\\) radius"),
+    ],
+)
+def test_declared_elements_check_the_options_as_the_build_does(name, n, options, match):
+    with pytest.raises(InputError, match=match):
+        make_specimen(name, n, **options)
+    with pytest.raises(InputError, match=match):
+        declared_elements(name, n, **options)
+
+
+def test_a_specimen_without_a_declaration_has_no_declared_elements(monkeypatch):
+    monkeypatch.setitem(SPECIMENS, "teapot", core_shell_2d)
+    assert declared_elements("teapot", 32, core_au=0.5) is None
+    with pytest.raises(InputError, match="unknown specimen 'kettle'"):
+        declared_elements("kettle", 32)
 
 
 @pytest.mark.parametrize("n", [4, 15, 16.5, "32", True, None])

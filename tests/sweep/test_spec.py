@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 from sweep_support import tiny_study
 
-from tomosweep.errors import SpecError
+from tomosweep.errors import InputError, SpecError
 from tomosweep.sweep.spec import SearchRange, check_extension, load_study, study_from_dict
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -207,6 +208,27 @@ def test_element_names_come_from_the_specimen_at_the_studys_size():
         tiny_study(phantom={"name": "conio_composite", "size": 64, "options": {"inner_radius": 0.25}})
     )
     assert _elements(study) == ("Co", "Ni", "O")
+
+
+def test_element_names_of_a_built_in_specimen_are_declared_not_built(monkeypatch):
+    from tomosweep.phantoms import SPECIMENS, core_shell_2d
+    from tomosweep.sweep.api import _elements
+
+    def never(n, **options):
+        raise AssertionError("the driver built a specimen to learn its elements")
+
+    monkeypatch.setitem(SPECIMENS, "conio_composite", functools.wraps(SPECIMENS["conio_composite"])(never))
+    study = study_from_dict(tiny_study(phantom={"name": "conio_composite", "size": 32}))
+    assert _elements(study) == ("Co", "Ni", "O")
+    # the options are still checked at the study's size, as the build checked them
+    thin = study_from_dict(
+        tiny_study(phantom={"name": "conio_composite", "size": 16, "options": {"inner_radius": 0.25}})
+    )
+    with pytest.raises(InputError, match="does not fit in a tube wall"):
+        _elements(thin)
+    # a specimen without a declaration (a plugin's) is built to learn them
+    monkeypatch.setitem(SPECIMENS, "plugin_particle", core_shell_2d)
+    assert _elements(study_from_dict(tiny_study(phantom={"name": "plugin_particle", "size": 16}))) == ("Ag", "Au")
 
 
 def test_a_method_is_one_adapter_and_one_registration_line():
