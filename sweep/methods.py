@@ -56,8 +56,6 @@ class CellData:
     chem_projector: Projector
     haadf: np.ndarray | None  # (n_haadf, n_det, n_x), specimen units
     chem: np.ndarray  # (n_el, n_chem, n_det, n_x), specimen units
-    haadf_counts: np.ndarray | None
-    chem_counts: np.ndarray
     eps: np.ndarray  # (n_el,) chemical background, specimen units
     gamma: float
     # HAADF recorded alongside each chemical map, specimen units (HEBT's pairing, Yuan 2021 eq. 15)

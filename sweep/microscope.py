@@ -109,8 +109,6 @@ def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
         chem_projector=chem_op,
         haadf=series.haadf,
         chem=chem,
-        haadf_counts=series.haadf,
-        chem_counts=series.chem,
         eps=np.asarray(series.chem_background, dtype=float) / k,
         gamma=float(gamma),
         haadf_at_chem=haadf_at_chem,
