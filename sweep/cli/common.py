@@ -1,14 +1,15 @@
-"""What the ``tomosweep`` commands share: the consoles, the state a signal handler reports, and the
-consent a stored cluster needs. A module of its own: ``python -m tomosweep.sweep.cli`` runs the
-CLI as ``__main__``, so the command modules cannot import these from it.
+"""What the ``tomosweep`` commands share: the consoles, the state of one invocation, the log's
+set-up, the options and the consent a stored cluster needs.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,12 +17,67 @@ import typer
 from rich.console import Console
 
 from tomosweep.errors import TomosweepError
+from tomosweep.nofollow import NoFollowFileHandler
 from tomosweep.results import SweepStore
 from tomosweep.sweep.replicates import stored_cluster_needs_consent
 
-#: what a signal handler or an error line needs to name: the store of a run or resume, and for
-#: commands with their own way on, ``again`` (the command that continues) and ``kept`` (what is safe)
-ACTIVE: dict[str, Any] = {}
+
+@dataclass
+class CliState:
+    """What one ``tomosweep`` invocation carries from its global options to its command, and on to
+    the line that ends it (an interruption, a signal, an operating-system error).
+
+    :func:`tomosweep.sweep.cli.main` makes one and hands it to the app as typer's context
+    object; a command reads it as ``ctx.obj``.
+    """
+
+    #: ``--verbose`` on the terminal: tomosweep's log lines are shown there already
+    terminal_log: bool = False
+    #: the global ``--log-file`` (a driver's log goes there instead of beside its store)
+    log_file: Path | None = None
+    #: ``run -v`` / ``resume -v``: Dask's log lines stay on the terminal
+    driver_verbose: bool = True
+    #: the store a run or resume writes: an interruption says how to resume it
+    store: Path | None = None
+    #: for a command with its own way on: the command that continues it, and what is kept
+    again: str | None = None
+    kept: str | None = None
+    #: the live page served beside a run (``--view``)
+    view: Any = None
+    #: stopped by SIGTERM, not Ctrl-C (exit 143)
+    terminated: bool = False
+
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+def setup_logging(state: CliState, verbose: int, log_file: Path | None) -> None:
+    """tomosweep's own loggers: INFO (``-v``) or DEBUG (``-vv``) on the terminal, and the
+    whole INFO record to ``--log-file`` (a study's driver also logs beside its store)."""
+    logger = logging.getLogger("tomosweep")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    if verbose:
+        state.terminal_log = True
+        terminal = logging.StreamHandler()
+        terminal.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        terminal.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+        logger.addHandler(terminal)
+    if log_file is not None:
+        state.log_file = log_file
+        add_file_handler(logger, log_file, logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def add_file_handler(logger: Any, path: Path | str, level: int) -> None:
+    """Log ``logger`` to the file at ``path`` from ``level`` on (once: a second call adds nothing)."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(Path(path).resolve()):
+            return
+
+    handler = NoFollowFileHandler(path, delay=True)  # created only when there is something to say
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
 
 
 def _console(*, stderr: bool) -> Console:

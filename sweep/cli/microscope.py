@@ -1,8 +1,7 @@
 """``tomosweep plan``, ``replicate`` and ``reconstruct-data``: from a study to the microscope and back.
 
-:func:`register` adds them to the one ``tomosweep`` app (:mod:`tomosweep.sweep.cli`,
-which also runs as ``python -m``, so the app is handed over rather than imported); errors
-end in one red line there like every other command's.
+The one ``tomosweep`` app (:mod:`tomosweep.sweep.cli`) holds them; their errors end in one
+red line there like every other command's.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ from tomosweep.results import SweepStore
 from tomosweep.results.outputs import check_replaceable, check_space, replace_file
 from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
 from tomosweep.results.plan import plan as plan_rows
-from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
-from tomosweep.sweep.cli_common import TrustOption, consent_to_stored_cluster, console, out, parse_cell
+from tomosweep.sweep.cli.common import CliState, TrustOption, consent_to_stored_cluster, console, out, parse_cell
 from tomosweep.sweep.microscope import heldout_lines
 from tomosweep.sweep.outputs import reconstruct_data_into
 from tomosweep.sweep.replicates import continue_command, replicate_cells
@@ -67,13 +65,6 @@ class _LazyBar:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-def register(app: typer.Typer) -> None:
-    """Add plan, replicate and reconstruct-data to ``app``."""
-    app.command()(plan)
-    app.command()(replicate)
-    app.command("reconstruct-data")(reconstruct_data)
 
 
 def plan(
@@ -173,6 +164,7 @@ def check_figures(paths: list[Path]) -> None:
 
 
 def replicate(
+    ctx: typer.Context,
     store: Annotated[Path, typer.Argument(help="study store")],
     method: Annotated[str, typer.Option("--method")] = "fused",
     cell: Annotated[list[str] | None, typer.Option("--cell", help="H,C (repeatable; default: all)")] = None,
@@ -187,6 +179,7 @@ def replicate(
 
     Each replicate is stored as it finishes; after an interruption the same command runs
     only the missing ones."""
+    state: CliState = ctx.obj
     cells = [parse_cell(c) for c in cell] if cell else None
     try:
         scales = [float(v) for v in chem_snr_scale.split(",")] if chem_snr_scale else None
@@ -203,7 +196,7 @@ def replicate(
 
         def planned(total: int, done: int) -> None:
             # from here on the store holds each finished replicate: an interruption keeps them
-            _ACTIVE.update(again=again, kept="every finished replicate is stored")
+            state.again, state.kept = again, "every finished replicate is stored"
             bar.update(total=total, completed=done)
 
         result = replicate_cells(

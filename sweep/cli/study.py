@@ -1,19 +1,13 @@
-"""The ``tomosweep`` command: run, resume, status, view, export, reconstruct, methods (and plan,
-replicate, reconstruct-data from :mod:`tomosweep.sweep.cli_microscope`).
-
-Every user mistake ends in one red line (exit status 2), never a traceback; Ctrl-C
-stops the driver, keeps every finished trial and says how to resume (exit 130).
+"""The commands of a study: ``run``, ``resume``, ``status``, ``check``, ``export``, ``reconstruct``,
+``methods`` and ``job-script`` (the app that holds them: :mod:`tomosweep.sweep.cli`).
 """
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import math
 import os
-import shlex
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +20,6 @@ from rich.table import Table
 from rich.text import Text
 
 from tomosweep.errors import TomosweepError
-from tomosweep.nofollow import NoFollowFileHandler
 from tomosweep.sweep.api import (
     check_store,
     export_store,
@@ -36,42 +29,21 @@ from tomosweep.sweep.api import (
     study_status,
     worker_job_script,
 )
-from tomosweep.sweep.cli_common import ACTIVE as _ACTIVE
-from tomosweep.sweep.cli_common import (
+from tomosweep.sweep.cli.common import (
+    CliState,
     FormatOption,
     TableFormat,
     TrustOption,
+    add_file_handler,
     consent_to_stored_cluster,
     console,
     out,
     parse_cell,
     print_data,
+    setup_logging,
 )
-from tomosweep.sweep.cli_microscope import register as _register_microscope
-from tomosweep.sweep.cli_view import ViewProcess, serve_view
+from tomosweep.sweep.cli.view import ViewProcess
 from tomosweep.sweep.methods import METHODS
-
-app = typer.Typer(
-    name="tomosweep",
-    help="Bayesian hyperparameter sweeps for fused chemical electron tomography.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def _global_options(
-    verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="tomosweep's log on the terminal (-vv: debug)")
-    ] = 0,
-    log_file: Annotated[
-        Path | None,
-        typer.Option("--log-file", help="append tomosweep's log to this file (run/resume: instead of STORE.log)"),
-    ] = None,
-) -> None:
-    """Bayesian hyperparameter sweeps for fused chemical electron tomography."""
-    _setup_logging(verbose, log_file)
 
 
 class RichProgress:
@@ -115,69 +87,37 @@ class RichProgress:
         self._bar.stop()
 
 
-def _dask_logs(verbose: bool) -> None:
+def _dask_logs(state: CliState, verbose: bool) -> None:
     """Unless ``--verbose``: Dask's log lines stay out of the terminal (local workers drop
     everything below CRITICAL; see :func:`tomosweep.cluster.local.worker_log_level`)."""
     if not verbose:
         os.environ["TOMOSWEEP_DASK_LOG_LEVEL"] = "CRITICAL"
-    elif not _ACTIVE.get("terminal_log"):
-        _setup_logging(1, None)  # `run -v` shows tomosweep's own lines with Dask's
-    _ACTIVE["verbose"] = verbose
+    elif not state.terminal_log:
+        setup_logging(state, 1, None)  # `run -v` shows tomosweep's own lines with Dask's
+    state.driver_verbose = verbose
 
 
-_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
-
-
-def _setup_logging(verbose: int, log_file: Path | None) -> None:
-    """tomosweep's own loggers: INFO (``-v``) or DEBUG (``-vv``) on the terminal, and the
-    whole INFO record to ``--log-file`` (a study's driver also logs beside its store)."""
-    logger = logging.getLogger("tomosweep")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    if verbose:
-        _ACTIVE["terminal_log"] = True
-        terminal = logging.StreamHandler()
-        terminal.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
-        terminal.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
-        logger.addHandler(terminal)
-    if log_file is not None:
-        _ACTIVE["log_file"] = log_file
-        _add_file_handler(logger, log_file, logging.DEBUG if verbose > 1 else logging.INFO)
-
-
-def _add_file_handler(logger: Any, path: Path | str, level: int) -> None:
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(Path(path).resolve()):
-            return
-
-    handler = NoFollowFileHandler(path, delay=True)  # created only when there is something to say
-    handler.setLevel(level)
-    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-    logger.addHandler(handler)
-
-
-def _log_to_file() -> None:
+def _log_to_file(state: CliState) -> None:
     """The driver's log beside its store (``STORE.log``, or the global ``--log-file``): tomosweep's
     own INFO lines and Dask's warnings; Dask's lines leave the terminal unless ``--verbose``.
 
     Called once the cluster is up: starting a local cluster resets the level of every
     stream handler of the ``distributed`` logger, a file handler included.
     """
-    store = _ACTIVE.get("store")
-    if store is None:
+    if state.store is None:
         return
-    path = _ACTIVE.get("log_file") or f"{store}.log"
-    _add_file_handler(logging.getLogger("tomosweep"), path, logging.INFO)
+    path = state.log_file or f"{state.store}.log"
+    add_file_handler(logging.getLogger("tomosweep"), path, logging.INFO)
     distributed = logging.getLogger("distributed")
-    if not _ACTIVE.get("verbose", True):
+    if not state.driver_verbose:
         for handler in list(distributed.handlers):
             if type(handler) is logging.StreamHandler:
                 distributed.removeHandler(handler)
-    _add_file_handler(distributed, path, logging.WARNING)
+    add_file_handler(distributed, path, logging.WARNING)
 
 
-def _connected(conn: Any) -> None:
-    _log_to_file()
+def _connected(state: CliState, conn: Any) -> None:
+    _log_to_file(state)
     for warning in getattr(conn, "warnings", ()):  # e.g. TLS turned off: the terminal and the study's log
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         logging.getLogger("tomosweep.cluster").warning("%s", warning)
@@ -190,10 +130,10 @@ def _connected(conn: Any) -> None:
         markup=False,
         highlight=False,
     )
-    if _ACTIVE.get("view") is not None:
+    if state.view is not None:
         try:
             console.print(
-                f"live view {_ACTIVE['view'].url()} (read-only; `tomosweep view` serves it after the run)",
+                f"live view {state.view.url()} (read-only; `tomosweep view` serves it after the run)",
                 soft_wrap=True,
             )
         except TomosweepError as exc:  # the study goes on without its page
@@ -220,16 +160,17 @@ ViewOption = Annotated[
 ]
 
 
-def _study_with_view(view: bool, store: Path, call: Any) -> Any:
+def _study_with_view(state: CliState, view: bool, store: Path, call: Any) -> Any:
     """Run ``call()`` with `tomosweep view STORE` serving beside it (``--view``), stopped after."""
     if not view:
         return call()
 
-    _ACTIVE["view"] = ViewProcess(store)
+    state.view = ViewProcess(store)
     try:
         return call()
     finally:
-        _ACTIVE.pop("view").stop()
+        state.view.stop()
+        state.view = None
 
 
 WarmStartOption = Annotated[
@@ -256,8 +197,8 @@ def _summary(summary: Any) -> None:
         )
 
 
-@app.command()
 def run(
+    ctx: typer.Context,
     study: Annotated[Path, typer.Argument(help="study file (TOML)")],
     store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
     cluster: ClusterOption = None,
@@ -267,9 +208,11 @@ def run(
     view: ViewOption = False,
 ) -> None:
     """Run a study: create STORE and spend the whole budget."""
-    _ACTIVE["store"] = store
-    _dask_logs(verbose)
+    state: CliState = ctx.obj
+    state.store = store
+    _dask_logs(state, verbose)
     summary = _study_with_view(
+        state,
         view,
         store,
         lambda: run_study(
@@ -277,15 +220,15 @@ def run(
             store,
             cluster=cluster,
             progress=None if quiet else RichProgress(),
-            on_client=_connected,
+            on_client=functools.partial(_connected, state),
             warm_start=warm_start,
         ),
     )
     _summary(summary)
 
 
-@app.command()
 def resume(
+    ctx: typer.Context,
     store: Annotated[Path, typer.Argument(help="store written by `tomosweep run`")],
     study: Annotated[
         Path | None, typer.Option("--study", help="study file to check against (or to extend with)")
@@ -301,13 +244,15 @@ def resume(
     trust_stored_cluster: TrustOption = False,
 ) -> None:
     """Resume a study after a crash or Ctrl-C (or extend it): finish the budget from the stored trials."""
-    _ACTIVE["store"] = store
+    state: CliState = ctx.obj
+    state.store = store
     if study is not None and extend:  # an interrupted extension: the same command finishes it
-        _ACTIVE["again"] = f"tomosweep resume {store} --study {study} --extend"
-    _dask_logs(verbose)
+        state.again = f"tomosweep resume {store} --study {study} --extend"
+    _dask_logs(state, verbose)
     if cluster is None and study is None:
         consent_to_stored_cluster(store, trust=trust_stored_cluster)
     summary = _study_with_view(
+        state,
         view,
         store,
         lambda: resume_study(
@@ -316,14 +261,13 @@ def resume(
             extend=extend,
             cluster=cluster,
             progress=None if quiet else RichProgress(),
-            on_client=_connected,
+            on_client=functools.partial(_connected, state),
             warm_start=warm_start,
         ),
     )
     _summary(summary)
 
 
-@app.command()
 def status(
     store: Annotated[Path, typer.Argument(help="store to summarise")],
     fmt: FormatOption = TableFormat.table,
@@ -417,33 +361,6 @@ def _status_table(store: Path, rows: list[dict], params: list[str], *, wide: boo
     return table
 
 
-@app.command()
-def view(
-    store: Annotated[Path, typer.Argument(help="store to watch, read-only (no lock: safe while a driver writes)")],
-    port: Annotated[int, typer.Option("--port", help="port to listen on (default: a free one)")] = 0,
-    host: Annotated[
-        str, typer.Option("--host", help="address to listen on (default 127.0.0.1: this machine only)")
-    ] = "127.0.0.1",
-    refresh: Annotated[float, typer.Option("--refresh", help="seconds between two reads of the store")] = 3.0,
-    wait: Annotated[bool, typer.Option("--wait", help="serve before the store exists (a run is creating it)")] = False,
-) -> None:
-    """Serve a live page of a study: NRMSE heatmaps, per-cell trials and curves, progress, workers.
-
-    Prints the page's address on stdout; Ctrl-C stops it."""
-    server = serve_view(store, host=host, port=port, refresh_s=refresh, wait=wait)
-    try:
-        out.print(server.url, markup=False, highlight=False, soft_wrap=True)
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            console.print(f"[yellow]warning:[/] listening on {escape(host)}: whoever reaches it can read the study")
-        console.print(f"serving {escape(str(store))} read-only; Ctrl-C stops", highlight=False, soft_wrap=True)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-
-
-@app.command()
 def check(
     store: Annotated[Path, typer.Argument(help="store to check")],
     repair: Annotated[
@@ -466,7 +383,6 @@ def check(
     raise typer.Exit(1)
 
 
-@app.command()
 def export(
     store: Annotated[Path, typer.Argument(help="store to export")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the files")],
@@ -483,7 +399,6 @@ def export(
         out.print(str(path))
 
 
-@app.command()
 def reconstruct(
     store: Annotated[Path, typer.Argument(help="store to read the best parameters from")],
     cell: Annotated[str, typer.Option("--cell", help="H,C: HAADF tilts, chemical tilts")],
@@ -501,7 +416,6 @@ def reconstruct(
     out.print(f"wrote {path}; NRMSE " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
-@app.command()
 def methods(fmt: FormatOption = TableFormat.table) -> None:
     """List the methods a study can use, their parameters, defaults and default ranges."""
     rows = [
@@ -568,117 +482,9 @@ def _methods_table(title: str, rows: list[dict], *, with_method: bool) -> Table:
     return table
 
 
-@app.command("job-script")
 def job_script(
     study: Annotated[Path, typer.Argument(help="study file (TOML) with a slurm, pbs, lsf or sge [cluster]")],
     cluster: ClusterOption = None,
 ) -> None:
     """Print the batch script each worker job would run (nothing is submitted)."""
     out.print(worker_job_script(study, cluster=cluster), markup=False, highlight=False, soft_wrap=True)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (a batch system's walltime, `kill`): stop like Ctrl-C, exit 143."""
-    _ACTIVE["terminated"] = True
-    raise KeyboardInterrupt  # click turns it into its Abort, like Ctrl-C
-
-
-def _interrupted(code: int) -> SystemExit:
-    if _ACTIVE.get("terminated"):
-        code = 143
-    store = _ACTIVE.get("store")
-    what = "terminated" if code == 143 else "interrupted"
-    kept = _ACTIVE.get("kept", "every finished trial is stored")
-    where = _ACTIVE.get("again") or (f"tomosweep resume {shlex.quote(str(store))}" if store is not None else None)
-    if where is None:  # a command that had not started writing
-        console.print(f"[yellow]{what}[/]", highlight=False)
-        return SystemExit(code)
-    console.print(f"[yellow]{what}[/]: {escape(kept)}; continue with `{escape(where)}`", highlight=False)
-    return SystemExit(code)
-
-
-# plan, replicate and reconstruct-data
-_register_microscope(app)
-
-
-def _os_error_line(exc: OSError) -> str:
-    """One line for an operating-system error: what failed, where, and what is kept."""
-    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        what = f"no space left on the device{where}"
-    elif exc.errno == errno.EROFS:
-        what = f"the file system is read-only{where}"
-    elif exc.errno in (errno.EACCES, errno.EPERM):
-        what = f"permission denied{where}"
-    else:
-        what = f"{exc.strerror or exc}{where}"
-    if _ACTIVE.get("again"):
-        return f"{what}; {_ACTIVE.get('kept', 'every finished result is stored')}: continue with `{_ACTIVE['again']}`"
-    if _ACTIVE.get("store") is not None:
-        return f"{what}; every committed trial is kept: continue with `tomosweep resume {_ACTIVE['store']}`"
-    return f"{what}; nothing was written"
-
-
-def dependency_warnings_to_log() -> None:
-    """Warnings of dependencies (mrcfile, numpy, pydantic, …) go to tomosweep's log, not the terminal
-    (STYLE 11: the terminal shows what the user asked for); ``-v`` shows the log."""
-    logging.captureWarnings(False)  # reinstalled: something may have replaced warnings.showwarning since
-    logging.captureWarnings(True)
-    captured = logging.getLogger("py.warnings")
-    captured.propagate = False
-    tomosweep_log = logging.getLogger("tomosweep")
-    if not any(isinstance(h, _ToTomosweepLog) for h in captured.handlers):
-        captured.addHandler(_ToTomosweepLog(tomosweep_log))
-
-
-class _ToTomosweepLog(logging.Handler):
-    """Hands captured warnings to the ``tomosweep`` logger's handlers (its file, and ``-v``)."""
-
-    def __init__(self, target: Any) -> None:
-        super().__init__()
-        self._target = target
-
-    def emit(self, record: Any) -> None:
-        record.levelno, record.levelname = 30, "WARNING"
-        for handler in self._target.handlers:
-            if record.levelno >= handler.level:
-                handler.handle(record)
-
-
-def main() -> None:
-    """Entry point: run the app, turning tomosweep errors, Ctrl-C and SIGTERM into clean exits.
-
-    Exit status: 0 done, 2 a user error (one ``error:`` line), 130 interrupted by
-    Ctrl-C, 143 stopped by SIGTERM; after 130 or 143 every finished trial is committed.
-    """
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    dependency_warnings_to_log()
-    try:
-        code = app(standalone_mode=False)
-    except TomosweepError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        raise _interrupted(130) from None
-    except OSError as exc:  # a full or read-only disk, a permission: one line, the details in the log
-        logging.getLogger("tomosweep").debug("%s", exc, exc_info=True)
-        console.print(f"[red]error:[/] {escape(_os_error_line(exc))}", highlight=False)
-        raise SystemExit(2) from None
-    except typer.TyperException as exc:  # usage errors (click's, vendored by typer): a missing option, a bad value
-        command = getattr(getattr(exc, "ctx", None), "command_path", None) or "tomosweep"
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        # typer checks a value with pydantic, whose prefix says nothing to a user
-        message = message.replace(": Value error, ", ": ", 1)
-        console.print(f"[red]error:[/] {escape(message)}", highlight=False)
-        console.print(f"(see `{escape(command)} --help`)", highlight=False)
-        raise SystemExit(getattr(exc, "exit_code", 2)) from None
-    except typer.Abort:
-        raise _interrupted(130) from None
-    # click, outside standalone mode, *returns* the exit status of an interrupted command
-    # (130 after Ctrl-C) instead of raising it: pass it on, or a batch script sees success
-    if isinstance(code, int) and code != 0:
-        raise _interrupted(code) if code in (130, 143) else SystemExit(code)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""``tomosweep view``'s wiring in the sweep layer: the page with the landscape drawer, and ``run --view``."""
+"""``tomosweep view``: the live page of a store with the landscape drawer, and ``run --view``'s process."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
 
 from tomosweep.errors import TomosweepError
+from tomosweep.sweep.cli.common import console, out
 from tomosweep.sweep.landscape import landscape_pngs
 from tomosweep.view import ViewServer, serve
 
@@ -82,3 +88,28 @@ class ViewProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+
+
+def view(
+    store: Annotated[Path, typer.Argument(help="store to watch, read-only (no lock: safe while a driver writes)")],
+    port: Annotated[int, typer.Option("--port", help="port to listen on (default: a free one)")] = 0,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    refresh: Annotated[float, typer.Option("--refresh", help="seconds between two reads of the store")] = 3.0,
+    wait: Annotated[bool, typer.Option("--wait", help="serve before the store exists (a run is creating it)")] = False,
+) -> None:
+    """Serve a live page of a study: NRMSE heatmaps, per-cell trials and curves, progress, workers.
+
+    Prints the page's address on stdout; Ctrl-C stops it."""
+    server = serve_view(store, host=host, port=port, refresh_s=refresh, wait=wait)
+    try:
+        out.print(server.url, markup=False, highlight=False, soft_wrap=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]warning:[/] listening on {escape(host)}: whoever reaches it can read the study")
+        console.print(f"serving {escape(str(store))} read-only; Ctrl-C stops", highlight=False, soft_wrap=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

@@ -62,6 +62,5 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = saved
-        cli._ACTIVE.clear()
     captured = capsys.readouterr()
     return code, captured.out, captured.err

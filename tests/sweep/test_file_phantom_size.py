@@ -69,7 +69,6 @@ def test_the_cli_refuses_it_in_one_line_and_writes_nothing(folder, capsys, monke
     monkeypatch.setattr(sys, "argv", ["tomosweep", "run", str(study), "--store", str(store)])
     with pytest.raises(SystemExit) as exited:
         cli.main()
-    cli._ACTIVE.clear()
     captured = capsys.readouterr()
     assert exited.value.code == 2
     assert captured.err.splitlines() == [f"error: {_refusal(folder, 48)}"], captured.err

@@ -317,7 +317,7 @@ def test_interrupted_replicate_names_the_replicate_command(store, capsys, monkey
         on_plan(6, 1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tomosweep.sweep.cli_microscope.replicate_cells", interrupted)
+    monkeypatch.setattr("tomosweep.sweep.cli.microscope.replicate_cells", interrupted)
     code, o, e = run_cli(["replicate", store, "--method", "sirt", "--seeds", "3", "--cell", "5,3"], capsys)
     assert code == 130, o + e
     assert "every finished replicate is stored" in e
@@ -398,7 +398,7 @@ def test_consent_or_a_named_cluster_lets_resume_connect(received, capsys, monkey
 
 
 def test_a_local_stored_cluster_needs_no_consent(store, capsys, monkeypatch):
-    from tomosweep.sweep.cli_common import consent_to_stored_cluster
+    from tomosweep.sweep.cli.common import consent_to_stored_cluster
 
     consent_to_stored_cluster(store, trust=False)  # no error, no prompt
     assert "beyond this machine" not in capsys.readouterr().err
@@ -490,7 +490,7 @@ def test_the_heartbeat_is_never_written_through_a_symlink(tmp_path):
 
 
 def test_view_accepts_the_ipv6_loopback(store):
-    from tomosweep.sweep.cli_view import serve_view
+    from tomosweep.sweep.cli.view import serve_view
 
     try:
         with socket.socket(socket.AF_INET6) as probe:
@@ -518,7 +518,7 @@ def test_notes_keep_their_brackets(capsys, monkeypatch, tmp_path):
     summary = SimpleNamespace(
         notes=["no [chem.sensitivity] given"], heldout=None, out=tmp_path / "[r]", files=["a.npz"], wall_time_s=1.0
     )
-    monkeypatch.setattr("tomosweep.sweep.cli_microscope.reconstruct_data_into", lambda *a, **k: summary)
+    monkeypatch.setattr("tomosweep.sweep.cli.microscope.reconstruct_data_into", lambda *a, **k: summary)
     code, o, e = run_cli(["reconstruct-data", "d.toml", "--out", tmp_path / "[r]"], capsys)
     assert code == 0, o + e
     assert "note: no [chem.sensitivity] given" in o and f"wrote {tmp_path / '[r]'}: a.npz" in o
@@ -547,8 +547,9 @@ def test_bad_hand_given_weights_are_one_line(tmp_path, capsys, line, message):
 
 def test_os_errors_are_one_line_that_names_the_file():
     from tomosweep.sweep.cli import _os_error_line
+    from tomosweep.sweep.cli.common import CliState
 
-    assert _os_error_line(OSError(errno.EROFS, "x", "/data/out")) == (
+    assert _os_error_line(OSError(errno.EROFS, "x", "/data/out"), CliState()) == (
         "the file system is read-only (/data/out); nothing was written"
     )
 

@@ -70,15 +70,13 @@ def _run_cli(args, capsys, monkeypatch, *, width: int | None = None, errors: lis
     screen = io.StringIO()
     if width is not None:
         terminal = Console(file=screen, width=width, force_terminal=True, color_system=None, legacy_windows=False)
-        monkeypatch.setattr(cli, "out", terminal)
+        monkeypatch.setattr(cli.study, "out", terminal)
     monkeypatch.setattr(sys, "argv", ["tomosweep", *map(str, args)])
     try:
         cli.main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        cli._ACTIVE.clear()
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err, captured.err
     if errors is not None:
@@ -190,10 +188,10 @@ def _method_rows() -> list[dict]:
 @pytest.mark.parametrize("width", [80, None])
 def test_methods_never_cut_a_name_a_number_or_a_meaning(width, capsys, monkeypatch):
     if width is None:  # piped: the real stdout console of a command whose output is captured
-        from tomosweep.sweep import cli, cli_common
+        from tomosweep.sweep.cli import common, study
 
         monkeypatch.setenv("COLUMNS", "80")
-        monkeypatch.setattr(cli, "out", cli_common._console(stderr=False))
+        monkeypatch.setattr(study, "out", common._console(stderr=False))
     code, text = _run_cli(["methods"], capsys, monkeypatch, width=width)
     assert code == 0
     assert "…" not in text
