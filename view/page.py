@@ -112,7 +112,8 @@ class Page:
         self.grid: tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]] | None = None
         self.snap: Snapshot | None = None
         self._landscape_for: tuple[int, int] | None = None
-        self._shown: tuple | None = None  # what the heatmaps and tables show: (trials, trials in flight)
+        # what the heatmaps and tables show: (trials, trials in flight, cells stopped early)
+        self._shown: tuple | None = None
         self._syncing = False
         from bokeh.models import Div
 
@@ -239,6 +240,7 @@ class Page:
                     ("best NRMSE", "@label"),
                     ("trials", "@done of @budget (@failed failed, @pruned pruned, @running running)"),
                     ("best weights", "@weights"),
+                    ("stopped early", "@stopped"),
                 ],
             ),
         )
@@ -252,7 +254,8 @@ class Page:
         return fig
 
     def _build_cells_table(self, snap: Snapshot) -> Any:
-        """Per cell: trials done / failed / pruned / running, best NRMSE and weights; a row selects the cell."""
+        """Per cell: trials done / failed / pruned / running, best NRMSE and weights, why it stopped early;
+        a row selects the cell."""
         from bokeh.models import ColumnDataSource, DataTable, NumberFormatter, TableColumn
 
         number = NumberFormatter(format="0.0000", nan_format="–")
@@ -270,10 +273,11 @@ class Page:
                 TableColumn(field="running", title="running", width=60),
                 TableColumn(field="best_nrmse", title="best NRMSE", formatter=number, width=90),
                 TableColumn(field="best_weights", title="best weights", width=360),
+                TableColumn(field="stopped", title="stopped early", width=300),
             ],
             index_position=None,
             reorderable=False,
-            width=940,
+            width=1240,
             height=min(420, 28 * (len(self.cells_source.data["method"]) + 1) + 8),
             sortable=True,
         )
@@ -329,6 +333,7 @@ class Page:
             "pruned": [table["pruned"][k] for k in rows],
             "running": [table["running"][k] for k in rows],
             "weights": [table["best_weights"][k] or "–" for k in rows],
+            "stopped": [table["stopped"][k] or "no" for k in rows],
         }
 
     @staticmethod
@@ -345,6 +350,7 @@ class Page:
             "running": table["running"],
             "best_nrmse": table["best_nrmse"],
             "best_weights": table["best_weights"],
+            "stopped": table["stopped"],
         }
 
     def refresh(self) -> None:
@@ -357,7 +363,7 @@ class Page:
             self._shown = None
         self.snap = snap
         self.header.text = status_html(snap)
-        shown = (snap.n_committed, tuple(sorted(snap.running().items())))
+        shown = (snap.n_committed, tuple(sorted(snap.running().items())), tuple(sorted(snap.stopped.items())))
         if shown == self._shown:
             return  # nothing new: the browser keeps what it drew (and a selection in progress)
         self._shown = shown
@@ -413,6 +419,8 @@ class Page:
             )
             if table["best_weights"][k]:
                 lines.append(f"&nbsp;&nbsp;best weights: {html.escape(table['best_weights'][k])}")
+            if table["stopped"][k]:
+                lines.append(f"&nbsp;&nbsp;stopped before its cap: {html.escape(table['stopped'][k])}")
         self.cell_div.text = "<br>".join(lines)
         self.curve.visible = True
         for method, src in self.curve_sources.items():

@@ -49,6 +49,9 @@ class Snapshot:
     columns: dict[str, np.ndarray]
     meta: list[dict[str, Any]]
     live: dict[str, Any] | None = None
+    #: why a cell's optimiser stopped before its cap (``budget.stop_tolerance``), keyed
+    #: ``method/n_haadf/n_chem``; committed with the trials, so it agrees with them
+    stopped: dict[str, str] = field(default_factory=dict)
     read_at: float = field(default_factory=time.time)
     note: str = ""  # why the last read failed, if it did (the view shown is the one before)
 
@@ -72,6 +75,15 @@ class Snapshot:
             method, h, c = str(key).split("/")
             out[(method, int(h), int(c))] = int(n)
         return out
+
+
+def _stopped(states: Mapping[str, Any]) -> dict[str, str]:
+    """The reason of each cell that stopped early, from the stored optimiser states (as the exports read it)."""
+    return {
+        str(key): str(state["stopped"])
+        for key, state in states.items()
+        if isinstance(state, dict) and state.get("stopped")
+    }
 
 
 def _searched(spec: Mapping[str, Any], methods: Sequence[str], param_names: Sequence[str]) -> dict[str, tuple]:
@@ -136,6 +148,7 @@ class StoreReader:
                     columns={k: v for k, v in columns.items() if k != "meta"},
                     meta=self._meta[:n],
                     live=read_live(self.path),
+                    stopped=_stopped(store.optimiser_state()),
                 )
             self._last = snapshot
             return snapshot
@@ -156,7 +169,8 @@ class StoreReader:
 
 
 def cell_table(snap: Snapshot) -> dict[str, list[Any]]:
-    """One row per (method, cell), in method-then-grid order: counts, best NRMSE, best weights."""
+    """One row per (method, cell), in method-then-grid order: counts, best NRMSE, best weights, and
+    why the cell stopped before its cap ("" while it has not)."""
     cols, n_h, n_c = snap.columns, len(snap.n_haadf), len(snap.n_chem)
     n_cells = len(snap.methods) * n_h * n_c
     h_index = {h: i for i, h in enumerate(snap.n_haadf)}
@@ -180,7 +194,7 @@ def cell_table(snap: Snapshot) -> dict[str, list[Any]]:
         best[k], best_row[k] = cols["nrmse"][r], r
     running = snap.running()
     table: dict[str, list[Any]] = {k: [] for k in ("method", "n_haadf", "n_chem", "done", "failed", "pruned")}
-    table.update({"running": [], "best_nrmse": [], "best_weights": [], "best_trial": [], "budget": []})
+    table.update({"running": [], "best_nrmse": [], "best_weights": [], "best_trial": [], "budget": [], "stopped": []})
     for m, method in enumerate(snap.methods):
         for a, h in enumerate(snap.n_haadf):
             for b, c in enumerate(snap.n_chem):
@@ -202,6 +216,7 @@ def cell_table(snap: Snapshot) -> dict[str, list[Any]]:
                         f"{name} {params[snap.param_names.index(name)]:.3g}" for name in snap.searched[method]
                     )
                 table["best_weights"].append(weights)
+                table["stopped"].append(snap.stopped.get(f"{method}/{h}/{c}", ""))
     return table
 
 

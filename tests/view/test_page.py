@@ -238,3 +238,31 @@ def test_the_server_serves_the_page_and_refuses_a_missing_store(filled, tmp_path
         serve(filled.path, port=70000)
     with serve(filled.path) as server, pytest.raises(TomosweepError, match="cannot serve the view on 127.0.0.1"):
         serve(filled.path, port=server.port)
+
+
+def test_cells_that_stopped_early_say_why_in_the_table_the_tooltip_and_the_cell(filled):
+    import concurrent.futures
+
+    from bokeh.document import Document
+
+    from tomosweep.view.page import Page
+
+    reason = "converged: expected improvement below 1 % of its best for 3 asks in a row"
+    filled.append(trial("sirt", 9, 6, 0.30, weight=25), optimiser={"sirt/9/6": {"stopped": reason}, "sirt/5/3": {}})
+    reader = StoreReader(filled.path)
+    stopped = by_cell(cell_table(reader.read()), "stopped")
+    assert stopped[("sirt", 9, 6)] == reason
+    assert [v for k, v in stopped.items() if k != ("sirt", 9, 6)] == [""] * 7  # as the exports' `stopped` column
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        page = Page(Document(), reader, refresh_s=60.0, landscape=None, executor=executor)
+        cells = page.cells_source.data
+        row = [k for k, key in enumerate(zip(cells["method"], cells["cell"], strict=True)) if key == ("sirt", "9 × 6")]
+        assert [cells["stopped"][k] for k in row] == [reason]
+        heat = page.heat_sources["sirt"].data  # the heatmap's tooltip field
+        tips = {(y, x): s for y, x, s in zip(heat["y"], heat["x"], heat["stopped"], strict=True)}
+        assert tips[("9", "6")] == reason and tips[("5", "3")] == "no"
+        page._select((9, 6))
+        assert f"stopped before its cap: {reason}" in page.cell_div.text
+        page._select((5, 3))
+        assert "stopped before its cap" not in page.cell_div.text
