@@ -535,6 +535,71 @@ def transfer(tables: dict[tuple[str, int, int, int], Table], low: int, high: int
     return summary
 
 
+def price(per_run: list[dict[str, Any]], per_trial: dict[Any, float], low: int, high: int) -> dict[str, Any]:
+    """A ladder strategy's runs in solver core-seconds: its rung trials at the small size's
+    price, its top-size trials at the top size's."""
+    for p in per_run:
+        rung_s = p["rung_trials"] * per_trial[str(low)]
+        reached = p["top_trials_until_every_cell_within_5pct"]
+        p["core_s_until_every_cell_within_5pct"] = None if reached is None else rung_s + reached * per_trial[str(high)]
+        p["core_s_spent"] = rung_s + p["top_trials_spent"] * per_trial[str(high)]
+    reached = [p["core_s_until_every_cell_within_5pct"] for p in per_run]
+    trials = [p["top_trials_until_every_cell_within_5pct"] for p in per_run]
+    return {
+        "runs": per_run,
+        "median_top_trials_until_every_cell_within_5pct": None if None in trials else statistics.median(trials),
+        "median_core_s_until_every_cell_within_5pct": None if None in reached else statistics.median(reached),
+        "runs_reaching_5pct": sum(x is not None for x in reached),
+        "median_core_s_spent": statistics.median(p["core_s_spent"] for p in per_run),
+        "median_mean_best_over_reference": statistics.median(p["mean_best_over_reference"] for p in per_run),
+    }
+
+
+def trial_seconds(specimen: str, sizes: tuple[int, ...], rounds: int = 3) -> dict[str, float]:
+    """Solver seconds of one real fused trial per size (median over the grid's four corner
+    cells and ``rounds`` rounds, the sizes interleaved so a shared machine's load falls on
+    all alike; each cell run once before, so its simulation and projector are cached)."""
+    from map_tables import TABLES, spec
+
+    from tomosweep.sweep import study_from_dict
+    from tomosweep.sweep.trial import TrialTask, run_trial
+
+    setup = TABLES["map"]
+    corners = [
+        (h, c) for h in (setup["n_haadf"][0], setup["n_haadf"][-1]) for c in (setup["n_chem"][0], setup["n_chem"][-1])
+    ]
+    studies = {}
+    for size in sizes:
+        study = study_from_dict(spec(specimen, size, setup["n_haadf"], setup["n_chem"], setup["n_iter"]))
+        studies[size] = (study, json.dumps(study.to_json(), sort_keys=True))
+    seconds: dict[int, list[float]] = {size: [] for size in sizes}
+    for k in range(rounds + 1):
+        for size, (study, text) in studies.items():
+            for h, c in corners:
+                centre = {n: math.sqrt(r.low * r.high) for n, r in study.searched("fused").items()}
+                record = run_trial(TrialTask(text, "fused", h, c, {**study.fixed("fused"), **centre}))
+                if not record.ok:
+                    raise RuntimeError(f"a timing trial failed: {record.error}")
+                if k:  # the first round fills the caches
+                    seconds[size].append(record.wall_time_s)
+    return {str(size): statistics.median(v) for size, v in seconds.items()}
+
+
+def reprice(paths: list[Path]) -> None:
+    """Re-price ladder reports with solver seconds measured now (``trial_seconds``)."""
+    for path in paths:
+        report = json.loads(path.read_text())
+        ladder = report["ladder"]
+        low, high = ladder["sizes"]
+        for specimen, result in ladder["specimens"].items():
+            per_trial = trial_seconds(specimen, (low, high))
+            result["core_s_per_trial"] = per_trial
+            for name, summary in result["summary"].items():
+                result["summary"][name] = price(summary["runs"], per_trial, low, high)
+                print(specimen, name, {k: v for k, v in result["summary"][name].items() if k != "runs"}, flush=True)
+        write(path, report)
+
+
 def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[str] | None = None) -> dict[str, Any]:
     """Direct map search at the top size against the ladder (small size first), fused, per
     specimen: solver core-seconds and trials until every top-size cell is within 5 % of
@@ -545,11 +610,6 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[s
     low, high = 16, 24
     specimens = [sp for sp in sorted({k[0] for k in tables if k[1] == high}) if not only or sp in only]
     cells = sorted({(k[2], k[3]) for k in tables if k[1] == high})
-    # core-seconds per trial: each size's median tabulated trial (the tables were made on shared cores)
-    per_trial = {
-        size: statistics.median(float(np.median(t.seconds)) for k, t in tables.items() if k[1] == size)
-        for size in (low, high)
-    }
     strategies = {
         "direct map": {},
         "direct map + adaptive": {"stop_tolerance": 0.01},
@@ -569,7 +629,6 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[s
         "cap_per_cell": cap,
         "seeds": seeds,
         "transfer": transfer(tables, low, high),
-        "core_s_per_trial": per_trial,
         "specimens": {},
     }
     print(json.dumps({k: {m: v[m] for m in ("median_ratio", "max_ratio")} for k, v in out["transfer"].items()}))
@@ -578,6 +637,8 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[s
         tempfile.TemporaryDirectory() as tmp,
     ):
         for specimen in specimens:
+            # solver seconds per trial, timed on real trials: the tables' own were taken under varying load
+            per_trial = trial_seconds(specimen, (low, high))
             runs: dict[str, list[dict[str, Any]]] = {}
             for name, budget in strategies.items():
                 for seed in range(seeds):
@@ -596,7 +657,6 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[s
             for name, rs in runs.items():
                 per_run = []
                 for run in rs:
-                    rung_s = run["rung_trials"] * per_trial[low]
                     best = dict.fromkeys(cells, math.inf)
                     reached = None
                     for n, r in enumerate(run["top"], start=1):
@@ -609,28 +669,14 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[s
                             "rung_trials": run["rung_trials"],
                             "top_trials_spent": len(run["top"]),
                             "top_trials_until_every_cell_within_5pct": reached,
-                            "core_s_until_every_cell_within_5pct": None
-                            if reached is None
-                            else rung_s + reached * per_trial[high],
-                            "core_s_spent": rung_s + len(run["top"]) * per_trial[high],
                             "cells_within_5pct_at_end": sum(best[k] <= 1.05 * reference[k] for k in cells),
                             "mean_best_over_reference": float(np.mean([best[k] / reference[k] for k in cells])),
                         }
                     )
-                reached = [p["core_s_until_every_cell_within_5pct"] for p in per_run]
-                summary[name] = {
-                    "runs": per_run,
-                    "median_core_s_until_every_cell_within_5pct": None
-                    if None in reached
-                    else statistics.median(reached),
-                    "runs_reaching_5pct": sum(x is not None for x in reached),
-                    "median_core_s_spent": statistics.median(p["core_s_spent"] for p in per_run),
-                    "median_mean_best_over_reference": statistics.median(
-                        p["mean_best_over_reference"] for p in per_run
-                    ),
-                }
+                summary[name] = price(per_run, per_trial, low, high)
                 print(specimen, name, {k: v for k, v in summary[name].items() if k != "runs"}, flush=True)
             out["specimens"][specimen] = {
+                "core_s_per_trial": per_trial,
                 "reference_per_cell": {f"{h}x{c}": v for (h, c), v in reference.items()},
                 "summary": summary,
             }
@@ -732,6 +778,7 @@ def main() -> None:
     )
     p.add_argument("--rung-trials", nargs="+", type=int, default=[4], help="ladder_trials in the ladder section")
     p.add_argument("--specimens", nargs="+", default=None, help="ladder and workers: only these specimens")
+    p.add_argument("--reprice", nargs="+", type=Path, default=None, help="re-price these ladder reports and stop")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--before", default="b2ee9a7", help="the commit whose optimiser is 'before'")
@@ -741,6 +788,9 @@ def main() -> None:
     p.add_argument("--check", type=int, default=0, help="real trials to check the table with")
     p.add_argument("--tables", type=Path, default=None, help="where map_tables.py wrote its tables")
     args = p.parse_args()
+    if args.reprice:
+        reprice(args.reprice)
+        return
     if args.tables is not None:
         global TABLES_DIR
         TABLES_DIR = args.tables

@@ -77,9 +77,9 @@ def reductions(paths: list[Path]) -> dict:
 
 
 def _add_reductions(ladder: dict, out: dict) -> None:
-    per_trial = ladder["core_s_per_trial"]
-    top = per_trial[max(per_trial, key=int)]
     for result in ladder["specimens"].values():
+        per_trial = result["core_s_per_trial"]
+        top = per_trial[max(per_trial, key=int)]
         cells = len(result["reference_per_cell"])
         for name, summary in result["summary"].items():
             fixed = ladder["cap_per_cell"] * cells * top
