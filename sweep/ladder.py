@@ -9,12 +9,14 @@ store. Each rung, and then the study at its own size, starts every cell from the
 points of the rung below at that cell (warm starts, as ``--warm-start`` gives), then
 searches as the study says.
 
-Why it can pay: a trial's cost grows about as size⁴ (voxels × tilts), and the weights
-are relative to a balance point the solver computes from the data, so the best relative
-weights move little with size (measured in ``benchmarks/map_cost.py --only ladder``).
-Why warm starts and not size as one more context dimension of the map's GP: a rung's
-NRMSE level differs from the top size's everywhere, and its trials would crowd the local
-GP's points; the best point per cell is what transfers (same benchmark).
+Why it could pay: a trial's cost grows as the cube of the size (voxels; the tilts are the
+cell's), and the weights are relative to a balance point the solver computes from the
+data, so the best relative weights should move little with size. Measured
+(``benchmarks/map_cost.py --only ladder``, 4 × 4 fused maps, 16³ → 24³): the 16³ best
+weights score 1.09-1.12× the 24³ best at 24³, and since the map surrogate already needs
+only a few trials per cell, the ladder cost 1.63× the core-seconds of a direct search to
+the same quality. It is therefore opt-in. Size as one more context dimension of the map's
+GP, instead of warm starts, has not been tried.
 """
 
 from __future__ import annotations
