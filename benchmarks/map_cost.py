@@ -525,13 +525,28 @@ def transfer(tables: dict[tuple[str, int, int, int], Table], low: int, high: int
             return {"lambda_haadf": 10 ** a[i], "lambda_tv": 10 ** v[j]}, float(np.exp(values[i, j]))
 
         low_point, _ = best(table)
-        _, high_best = best(top)
+        high_point, high_best = best(top)
         moved, _ = top.fused(low_point)
-        out.setdefault(specimen, {})[f"{h}x{c}"] = {"with_low_best": moved, "high_best": high_best}
+        out.setdefault(specimen, {})[f"{h}x{c}"] = {
+            "with_low_best": moved,
+            "high_best": high_best,
+            "low_point": low_point,
+            "high_point": high_point,
+        }
     summary = {}
     for specimen, cells in out.items():
         ratios = [v["with_low_best"] / v["high_best"] for v in cells.values()]
-        summary[specimen] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios), "cells": cells}
+        # where the best point moves between the sizes, per weight, in decades
+        shift = {
+            name: statistics.median(math.log10(v["high_point"][name] / v["low_point"][name]) for v in cells.values())
+            for name in SPACE
+        }
+        summary[specimen] = {
+            "median_ratio": statistics.median(ratios),
+            "max_ratio": max(ratios),
+            "median_shift_decades": shift,
+            "cells": cells,
+        }
     return summary
 
 
@@ -773,7 +788,7 @@ def main() -> None:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=("cell", "map", "ask", "ladder", "workers"),
+        choices=("cell", "map", "ask", "ladder", "workers", "transfer"),
         default=["cell", "map", "ask", "ladder", "workers"],
     )
     p.add_argument("--rung-trials", nargs="+", type=int, default=[4], help="ladder_trials in the ladder section")
@@ -808,6 +823,10 @@ def main() -> None:
             out[key] = result
     if "ask" in args.only:
         out["ask_time"] = ask_time()
+    if "transfer" in args.only:  # the ladder section's first part alone: the tables, no search
+        out["transfer"] = transfer(load_sized(("map", "map24", "map24_conio")), 16, 24)
+        for specimen, found in out["transfer"].items():
+            print(specimen, {k: v for k, v in found.items() if k != "cells"}, flush=True)
     if "ladder" in args.only:
         out["ladder"] = ladder_cost(args.map_seeds, args.cap, tuple(args.rung_trials), args.specimens)
     if "workers" in args.only:
