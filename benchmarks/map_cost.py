@@ -322,11 +322,15 @@ def run_map(spec: dict[str, Any], trial: Any, path: Path, client: Any) -> tuple[
 
 
 def map_cost(
-    seeds: int, cap: int = 12, methods: tuple[str, ...] = ("fused", "sirt"), specimen: str | None = None
+    seeds: int,
+    cap: int = 12,
+    methods: tuple[str, ...] = ("fused", "sirt"),
+    specimen: str | None = None,
+    table: str = "map",
 ) -> dict[str, Any]:
     from distributed import Client
 
-    report, tables = load_tables("map")
+    report, tables = load_tables(table)
     specimen = specimen or report["specimens"][0]
     trial = table_trial(tables, specimen)
     cells = [(h, c) for h in report["n_haadf"] for c in report["n_chem"]]
@@ -621,7 +625,7 @@ def ladder_cost(seeds: int, cap: int, rung_trials: tuple[int, ...], only: list[s
     its reference (the best any run found there, or the table's best if lower)."""
     from distributed import Client
 
-    tables = load_sized(("map", "map24", "map24_conio"))
+    tables = load_sized(("map", "map24"))
     low, high = 16, 24
     specimens = [sp for sp in sorted({k[0] for k in tables if k[1] == high}) if not only or sp in only]
     cells = sorted({(k[2], k[3]) for k in tables if k[1] == high})
@@ -800,6 +804,7 @@ def main() -> None:
     p.add_argument("--map-seeds", type=int, default=3)
     p.add_argument("--cap", type=int, default=12, help="trials_per_cell in the map section")
     p.add_argument("--methods", nargs="+", default=["fused", "sirt"])
+    p.add_argument("--table", default="map", help="the map section's tables: map (16³) or map24 (24³, fused only)")
     p.add_argument("--check", type=int, default=0, help="real trials to check the table with")
     p.add_argument("--tables", type=Path, default=None, help="where map_tables.py wrote its tables")
     args = p.parse_args()
@@ -817,14 +822,17 @@ def main() -> None:
     if "map" in args.only:
         for specimen in args.specimens or [None]:
             key = "map" if specimen in (None, "nanocubes") else f"map_{specimen}"
-            result = map_cost(args.map_seeds, cap=args.cap, methods=tuple(args.methods), specimen=specimen)
+            key += "" if args.table == "map" else f"_{args.table}"
+            result = map_cost(
+                args.map_seeds, cap=args.cap, methods=tuple(args.methods), specimen=specimen, table=args.table
+            )
             # a run for one method keeps what an earlier run measured for the others
             result["methods"] = {**out.get(key, {}).get("methods", {}), **result["methods"]}
             out[key] = result
     if "ask" in args.only:
         out["ask_time"] = ask_time()
     if "transfer" in args.only:  # the ladder section's first part alone: the tables, no search
-        out["transfer"] = transfer(load_sized(("map", "map24", "map24_conio")), 16, 24)
+        out["transfer"] = transfer(load_sized(("map", "map24")), 16, 24)
         for specimen, found in out["transfer"].items():
             print(specimen, {k: v for k, v in found.items() if k != "cells"}, flush=True)
     if "ladder" in args.only:

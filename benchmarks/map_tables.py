@@ -12,8 +12,8 @@ that interpolation; ``map_cost.py`` checks the interpolation against real trials
     nice -n 10 python benchmarks/map_tables.py --table map    # 4 × 4 cells, 16³, 5 × 5, ≤ 50 iterations (+ SIRT)
     nice -n 10 python benchmarks/map_tables.py --table map24  # the same at 24³ (fused only): the ladder's top rung
 
-A table's specimens may be split over processes: ``--specimens conio_composite --out
-benchmarks/results/map_tables_map24_conio.json`` (``map_cost.py`` reads that file too).
+A table's specimens may be split over processes (``--specimens conio_composite --out
+OTHER.json``); merge the ``cells`` of the two files into one afterwards.
 """
 
 from __future__ import annotations
