@@ -56,6 +56,18 @@ def rung_path(store: str | Path, size: int) -> Path:
     return Path(store) / LADDER_DIR / str(size)
 
 
+def stored_rungs(store: str | Path) -> list[tuple[int, Path, int]]:
+    """The ladder rungs stored inside ``store``: (size, path, committed trials), smallest first."""
+    folder = Path(store) / LADDER_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        with SweepStore.open(path) as rung:
+            found.append((int(path.name), path, rung.n_committed))
+    return found
+
+
 RunRung = Callable[[Study, SweepStore, list[TrialRecord]], object]
 
 

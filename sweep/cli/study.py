@@ -43,6 +43,7 @@ from tomosweep.sweep.cli.common import (
     setup_logging,
 )
 from tomosweep.sweep.cli.view import ViewProcess
+from tomosweep.sweep.ladder import stored_rungs
 from tomosweep.sweep.methods import METHODS
 
 
@@ -301,6 +302,8 @@ def status(
         out.print(Text(f"{len(stopped)} cell(s) stopped before their cap (budget.stop_tolerance):"))
         for r in stopped:
             out.print(Text(f"  {r['method']} {r['n_haadf']}×{r['n_chem']} after {r['trials']} trials: {r['stopped']}"))
+    for size, path, n in stored_rungs(store):
+        out.print(Text(f"ladder rung {size}³: {n} trials (tomosweep status {path})"))
     if frame["n_pruned"].sum():
         out.print(
             f"{int(frame['n_pruned'].sum())} trials pruned by the median stopping rule, saving about "

@@ -50,6 +50,8 @@ def test_each_cell_starts_from_the_rung_below_and_a_resume_goes_on(tmp_path, cli
     # a larger budget: the rung grows with it, then the study
     code, out, err = run_cli(["check", path], capsys)
     assert code == 0, out + err
+    code, out, err = run_cli(["status", path], capsys)
+    assert code == 0 and f"ladder rung 16³: 6 trials (tomosweep status {rung_path(path, 16)})" in " ".join(out.split())
     resume_study(
         path,
         study=study_from_dict(_laddered(trials=8)),
