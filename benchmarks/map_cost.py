@@ -284,24 +284,29 @@ def map_spec(
     }
 
 
+def table_record(task: Any, value: float, seconds: float) -> Any:
+    """The record a worker would have sent for ``task``, with the table's NRMSE and seconds."""
+    from tomosweep.results import OK, TrialRecord
+
+    return TrialRecord(
+        method=task.method,
+        n_haadf=task.n_haadf,
+        n_chem=task.n_chem,
+        params=dict(task.params),
+        status=OK,
+        nrmse=value,
+        nrmse_elements=(value,),
+        wall_time_s=seconds,
+        finished_at=time.time(),
+    )
+
+
 def table_trial(tables: dict[tuple[str, int, int], Table], specimen: str) -> Any:
     """A trial function that answers from the tables (what a worker would have computed)."""
-    from tomosweep.results import OK, TrialRecord
 
     def trial(task: Any) -> Any:
         table = tables[(specimen, task.n_haadf, task.n_chem)]
-        value, seconds = getattr(table, task.method)(dict(task.params))
-        return TrialRecord(
-            method=task.method,
-            n_haadf=task.n_haadf,
-            n_chem=task.n_chem,
-            params=dict(task.params),
-            status=OK,
-            nrmse=value,
-            nrmse_elements=(value,),
-            wall_time_s=seconds,
-            finished_at=time.time(),
-        )
+        return table_record(task, *getattr(table, task.method)(dict(task.params)))
 
     return trial
 
@@ -442,8 +447,6 @@ def sized_trial(tables: dict[tuple[str, int, int, int], Table], delay: float = 0
     """A trial answered from the table of its study's specimen and size; with ``delay``,
     it takes ``delay`` × its tabulated solver seconds, so trials in flight overlap as on a
     cluster (the order results arrive in is then the cluster's, not the asking order)."""
-    from tomosweep.results import OK, TrialRecord
-
     phantoms: dict[str, tuple[str, int]] = {}
 
     def trial(task: Any) -> Any:
@@ -454,17 +457,7 @@ def sized_trial(tables: dict[tuple[str, int, int, int], Table], delay: float = 0
         value, seconds = tables[(specimen, size, task.n_haadf, task.n_chem)].fused(dict(task.params))
         if delay:
             time.sleep(delay * seconds)
-        return TrialRecord(
-            method=task.method,
-            n_haadf=task.n_haadf,
-            n_chem=task.n_chem,
-            params=dict(task.params),
-            status=OK,
-            nrmse=value,
-            nrmse_elements=(value,),
-            wall_time_s=seconds,
-            finished_at=time.time(),
-        )
+        return table_record(task, value, seconds)
 
     return trial
 
