@@ -2,21 +2,22 @@
 
 ``[budget] ladder = [16, 24]`` makes a study of 32³ search its whole map at 16³, then at
 24³, then at 32³. Each rung is a study of its own — the same specimen, grid, methods,
-ranges and seeds at the rung's size, ``ladder_trials`` per cell (default half of
-``trials_per_cell``) — stored as a complete tomosweep store inside the study's store
-directory, under ``ladder/<size>``, so a rung is resumed, checked and exported like any
-store. Each rung, and then the study at its own size, starts every cell from the best
-points of the rung below at that cell (warm starts, as ``--warm-start`` gives), then
-searches as the study says.
+ranges and seeds at the rung's size, ``ladder_trials`` per cell (default 2) — stored as
+a complete tomosweep store inside the study's store directory, under ``ladder/<size>``,
+so a rung is resumed, checked and exported like any store. Each rung, and then the study
+at its own size, starts every cell from the best points of the rung below at that cell
+(warm starts, as ``--warm-start`` gives), then searches as the study says.
 
 Why it could pay: a trial's cost grows as the cube of the size (voxels; the tilts are the
 cell's), and the weights are relative to a balance point the solver computes from the
 data, so the best relative weights should move little with size. Measured
 (``benchmarks/map_cost.py --only ladder``, 4 × 4 fused maps, 16³ → 24³): the 16³ best
-weights score 1.09-1.12× the 24³ best at 24³, and since the map surrogate already needs
-only a few trials per cell, the ladder cost 1.63× the core-seconds of a direct search to
-the same quality. It is therefore opt-in. Size as one more context dimension of the map's
-GP, instead of warm starts, has not been tried.
+weights score 1.09-1.12× the 24³ best at 24³ (the best ``lambda_tv`` grows about as n²),
+and since the map surrogate already needs only a few trials per cell, a ladder with 2 rung
+trials per cell cost 0.60× the core-seconds of a direct search to the same quality on one
+specimen and 1.44× on the other (4 rung trials: 1.63× and worse). It is therefore opt-in.
+Size as one more context dimension of the map's GP, instead of warm starts, has not been
+tried.
 """
 
 from __future__ import annotations

@@ -29,16 +29,16 @@ def test_a_rung_is_the_same_study_at_its_size_with_its_own_budget():
     assert rung.phantom.size == 16 and rung.phantom.name == study.phantom.name
     assert rung.budget.trials_per_cell == 4 and rung.budget.ladder == []
     assert rung.acquisition == study.acquisition and rung.methods == study.methods and rung.seed == study.seed
-    # the default rung budget is half the cap (never below the initial points)
-    assert study_from_dict(_laddered(trials=10)).budget.rung_trials() == 5
-    assert study_from_dict(_laddered(trials=4)).budget.rung_trials() == 3
+    # the default rung budget is 2 trials per cell (never above the cap)
+    assert study_from_dict(_laddered(trials=10)).budget.rung_trials() == 2
+    assert study_from_dict(_laddered(trials=1, initial_points=1)).budget.rung_trials() == 1
 
 
 def test_each_cell_starts_from_the_rung_below_and_a_resume_goes_on(tmp_path, client, capsys):
     path = tmp_path / "s.zarr"
-    run_study(study_from_dict(_laddered()), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    run_study(study_from_dict(_laddered(ladder_trials=3)), path, client=client, trial_fn=trial_hooks.synthetic_trial)
     rung = SweepStore.open(rung_path(path, 16))
-    assert rung.spec["phantom"]["size"] == 16 and rung.n_committed == 2 * 3  # 2 cells × half of 6
+    assert rung.spec["phantom"]["size"] == 16 and rung.n_committed == 2 * 3  # 2 cells × 3
     main = SweepStore.open(path)
     assert main.n_committed == 2 * 6
     for h in (5, 9):
@@ -47,14 +47,14 @@ def test_each_cell_starts_from_the_rung_below_and_a_resume_goes_on(tmp_path, cli
         # under the map surrogate: the rung's two best points at this cell, best first
         assert [r.proposed_by for r in cell[:2]] == ["warm-start", "warm-start"]
         assert [r.params for r in cell[:2]] == [r.params for r in rung_best[:2]]
-    # a larger budget: the rung grows with it, then the study
+    # a larger budget for the rung and the study: the rung grows first, then the study
     code, out, err = run_cli(["check", path], capsys)
     assert code == 0, out + err
     code, out, err = run_cli(["status", path], capsys)
     assert code == 0 and f"ladder rung 16³: 6 trials (tomosweep status {rung_path(path, 16)})" in " ".join(out.split())
     resume_study(
         path,
-        study=study_from_dict(_laddered(trials=8)),
+        study=study_from_dict(_laddered(trials=8, ladder_trials=4)),
         extend=True,
         client=client,
         trial_fn=trial_hooks.synthetic_trial,
