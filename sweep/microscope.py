@@ -70,6 +70,31 @@ class Weights:
     cell: tuple[int, int] | None = None
     study_nrmse: float | None = None
     gamma: float | None = None
+    study_size: int | None = None  # the study's built-in specimen edge in voxels (None: a file's specimen)
+
+
+# how far the data's size may lie from the study's before the weights are said not to carry
+SIZE_RATIO = 1.25
+
+
+def size_note(weights: Weights, n: int) -> str | None:
+    """A note when a study's ``lambda_tv`` is applied to data of another size in voxels.
+
+    The best ``lambda_tv`` grows about as n² with the specimen's size in voxels (it is
+    relative to the data's intensity, not to their size): 2.0-2.3× from 16³ to 24³ on two
+    specimens (``benchmarks/map_cost.py --only transfer``), while ``lambda_haadf`` carries.
+    """
+    if weights.study_size is None or "lambda_tv" not in weights.params:
+        return None
+    ratio = n / weights.study_size
+    if 1 / SIZE_RATIO <= ratio <= SIZE_RATIO:
+        return None
+    return (
+        f"the study searched its weights at {weights.study_size}³ and these data are {n} voxels across: "
+        f"the best lambda_tv grows about as the square of the size in voxels (measured 2.0-2.3× from 16³ to "
+        f"24³), so the study's lambda_tv = {weights.params['lambda_tv']:.3g} may be about {ratio**2:.2g}× off "
+        "here; a study at the data's size (or a lambda_tv range that reaches that far) would tell"
+    )
 
 
 @dataclass
@@ -137,6 +162,7 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
             cell=(h, c),
             study_nrmse=study_nrmse,
             gamma=float(study.acquisition.gamma),
+            study_size=study.phantom.size if study.phantom.file is None else None,
         )
 
 
@@ -607,6 +633,10 @@ def reconstruct_data(
         say(f"HAADF vacuum level {series.haadf_background:.4g} counts, from {vacuum.as_dict()['from']}")
 
     cell = measured_cell(series, gamma=gamma)
+    off_size = size_note(weights, int(series.shape[0]))
+    if off_size is not None:
+        notes.append(off_size)
+        log.info(off_size)
     say(f"reconstructing {len(series.elements)} elements on a {series.shape[0]}² × {series.shape[1]} grid")
     result = _run(cell, weights, device, on_iteration)
 

@@ -213,3 +213,16 @@ def test_missing_sensitivities_are_named_with_what_they_cost_the_fused_maps(tmp_
     assert "distort the maps themselves, not only their ratios" in note
     record = json.loads((tmp_path / "out" / "reconstruction.json").read_text())
     assert note in record["notes"]
+
+
+def test_a_study_of_another_size_is_named_for_its_lambda_tv(study_store):
+    """The best lambda_tv grows about as n² (map_cost.py --only transfer): data far from the study's size are told."""
+    from tomosweep.sweep.microscope import size_note, study_weights
+
+    weights = study_weights(study_store, "fused", 12, 4)
+    assert weights.study_size == 16 and "lambda_tv" in weights.params
+    assert size_note(weights, 16) is None and size_note(weights, 19) is None and size_note(weights, 13) is None
+    note = size_note(weights, 64)
+    assert note.startswith("the study searched its weights at 16³ and these data are 64 voxels across")
+    assert "may be about 16× off here" in note
+    assert "0.062×" in size_note(weights, 4)
