@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -39,6 +40,16 @@ def parser(description: str, default_name: str) -> argparse.ArgumentParser:
         help="where to write the JSON report (default: %(default)s)",
     )
     return p
+
+
+def trials_to_within(values: list[float], target: float) -> int:
+    """Trials until the best so far is at most ``target`` (``len(values) + 1``: never)."""
+    best = math.inf
+    for k, v in enumerate(values, start=1):
+        best = min(best, v)
+        if best <= target:
+            return k
+    return len(values) + 1
 
 
 def best_of(fn, repeat: int) -> float:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, parser, write
+from _common import machine, parser, trials_to_within, write
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -86,15 +86,6 @@ def load_tables(name: str) -> tuple[dict[str, Any], dict[tuple[str, int, int], T
         specimen, h, c = key.split("/")
         tables[(specimen, int(h), int(c))] = Table(entry, report["axes"])
     return report, tables
-
-
-def trials_to_within(values: list[float], target: float) -> int:
-    best = math.inf
-    for k, v in enumerate(values, start=1):
-        best = min(best, v)
-        if best <= target:
-            return k
-    return len(values) + 1
 
 
 # ---------------------------------------------------------------------- one cell

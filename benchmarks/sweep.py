@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, parser, write
+from _common import machine, parser, trials_to_within, write
 
 from tomosweep.cluster import open_client
 from tomosweep.results import OK, SweepStore, TrialRecord
@@ -139,15 +139,6 @@ def throughput(tmp: Path, n_trials: int) -> dict:
         "target": 1.8,
         "met": serial / summary.wall_time_s >= 1.8,
     }
-
-
-def trials_to_within(values: list[float], target: float) -> int:
-    best = math.inf
-    for k, v in enumerate(values, start=1):
-        best = min(best, v)
-        if best <= target:
-            return k
-    return len(values) + 1
 
 
 def search_study(
