@@ -456,9 +456,10 @@ def _check_file_size(phantom: PhantomSpec, *, source: str) -> None:
 def check_extension(stored: Study, new: Study) -> list[str]:
     """What ``new`` changes relative to ``stored``, if it only extends it; raise otherwise.
 
-    An extension may raise ``budget.trials_per_cell`` and add tilt counts to either
-    grid axis. Anything else (phantom, noise, methods, ranges, seed) would make the
-    stored trials answer a different question, so it is refused.
+    An extension may raise ``budget.trials_per_cell``, ``ladder_trials`` and ``total`` (or
+    lift the total cap) and add tilt counts to either grid axis. Anything else (phantom,
+    noise, methods, ranges, seed) would make the stored trials answer a different
+    question, so it is refused.
     """
     a, b = stored.to_json(), new.to_json()
     changes = []
@@ -477,13 +478,14 @@ def check_extension(stored: Study, new: Study) -> list[str]:
         if new_values != old:
             changes.append(f"{axis} + {sorted(new_values - old)}")
     budget_a, budget_b = a["budget"], b["budget"]
-    growing = ("trials_per_cell", "ladder_trials")
-    if {k: v for k, v in budget_a.items() if k not in growing} != {
-        k: v for k, v in budget_b.items() if k not in growing
-    }:
+    growing = ("trials_per_cell", "ladder_trials", "total")
+    fixed = sorted(
+        k for k in budget_a.keys() | budget_b.keys() if k not in growing and budget_a.get(k) != budget_b.get(k)
+    )
+    if fixed:
         raise SpecError(
-            "budget.initial_points, liar, sampler, warm_start, prune and ladder must stay as stored; "
-            "only trials_per_cell and ladder_trials may grow"
+            f"budget.{', budget.'.join(fixed)} must stay as stored; "
+            "only trials_per_cell, ladder_trials and total may grow"
         )
     rung_a, rung_b = BudgetSpec(**budget_a).rung_trials(), BudgetSpec(**budget_b).rung_trials()
     if rung_b < rung_a:
@@ -498,3 +500,12 @@ def check_extension(stored: Study, new: Study) -> list[str]:
     if budget_b["trials_per_cell"] > budget_a["trials_per_cell"]:
         changes.append(f"trials_per_cell {budget_a['trials_per_cell']} → {budget_b['trials_per_cell']}")
     return changes
+    # no total is no cap: removing one raises it, setting one where there was none lowers it
+    total_a, total_b = budget_a.get("total"), budget_b.get("total")
+    if total_b is not None and (total_a is None or total_b < total_a):
+        raise SpecError(
+            f"budget.total may only grow (stored {total_a if total_a is not None else 'none, no cap'}, "
+            f"new {total_b}); leave it out to lift the cap"
+        )
+    if total_a != total_b:
+        changes.append(f"total {total_a} → {total_b if total_b is not None else 'no cap'}")

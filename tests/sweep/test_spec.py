@@ -149,6 +149,20 @@ def test_extension_allows_only_budget_and_grid():
         check_extension(stored, study_from_dict(noisier))
 
 
+def test_an_extension_may_raise_or_lift_the_total_and_names_what_it_may_not_change():
+    def budget(**extra):
+        return study_from_dict(tiny_study(budget={"trials_per_cell": 4, "initial_points": 2, **extra}))
+
+    assert check_extension(budget(total=6), budget(total=8)) == ["total 6 → 8"]
+    assert check_extension(budget(total=6), budget()) == ["total 6 → no cap"]
+    with pytest.raises(SpecError, match=r"budget.total may only grow \(stored 6, new 5\)"):
+        check_extension(budget(total=6), budget(total=5))
+    with pytest.raises(SpecError, match=r"budget.total may only grow \(stored none, no cap, new 5\)"):
+        check_extension(budget(), budget(total=5))
+    with pytest.raises(SpecError, match=r"^budget.liar, budget.prune must stay as stored; only trials_per_cell, "):
+        check_extension(budget(), budget(liar="cl_max", prune=True))
+
+
 def test_an_empty_method_table_searches_the_default_ranges():
     from tomosweep.sweep.methods import METHODS
 
