@@ -50,6 +50,7 @@ from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.view.heartbeat import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
+EXHAUSTED = "every point of its search space is evaluated"
 
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,10 @@ class RunSummary:
     n_failed: int
     budget: int
     wall_time_s: float
-    exhausted: tuple[Key, ...] = ()  # cells whose whole (finite) space was evaluated
+    exhausted: tuple[Key, ...] = ()  # cells that stopped before their cap (see stop_reasons)
     exhausted_unused: int = 0  # budget those cells did not need
+    # why each of them stopped: its finite space evaluated, or the adaptive budget's reason
+    stop_reasons: tuple[tuple[Key, str], ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -97,6 +100,11 @@ class _Ticket:
     ask_id: int
     attempt: int = 1
     proposed_by: str = ""
+
+
+def stop_reason(opt: CellOptimizer) -> str:
+    """Why a cell asked no more points: the adaptive budget's reason, else its finite space is spent."""
+    return opt.stopped or EXHAUSTED
 
 
 def state_key(key: Key) -> str:
@@ -421,6 +429,7 @@ class _Pass:
             wall_time_s=time.perf_counter() - t0,
             exhausted=tuple(sorted(self.exhausted)),
             exhausted_unused=sum(max(0, self.budget_per - self.opts[k].n_told) for k in self.exhausted),
+            stop_reasons=tuple((k, stop_reason(self.opts[k])) for k in sorted(self.exhausted)),
         )
         log.info("run finished: %d new trials, %d failed, %.1f s", summary.n_new, self.failed, summary.wall_time_s)
         return summary
@@ -492,8 +501,7 @@ class _Pass:
             self.dirty.add(key)
             if proposal is None:
                 self.exhausted.add(key)
-                why = opt.stopped or "every point of its finite space is evaluated"
-                log.info("%s: %s; the cell stops", state_key(key), why)
+                log.info("%s: %s; the cell stops", state_key(key), stop_reason(opt))
                 continue
             # the trial and its record carry the full setting; the optimiser reads its own names
             params = {**study.fixed(key[0]), **proposal.params}

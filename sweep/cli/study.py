@@ -45,6 +45,7 @@ from tomosweep.sweep.cli.common import (
 from tomosweep.sweep.cli.view import ViewProcess
 from tomosweep.sweep.ladder import stored_rungs
 from tomosweep.sweep.methods import METHODS
+from tomosweep.sweep.runner import EXHAUSTED
 
 
 class RichProgress:
@@ -191,11 +192,16 @@ def _summary(summary: Any) -> None:
         f"holds {summary.n_trials} trials ({summary.n_failed} failed), budget {summary.budget}: {state}.",
         highlight=False,
     )
-    for method, h, c in summary.exhausted:
-        console.print(
-            f"{escape(str(method))} at {h} HAADF × {c} chemical tilts: every point of its search space is evaluated; "
-            "the cell stopped early (the objective is deterministic, so repeating a point teaches nothing)."
-        )
+    for (method, h, c), why in summary.stop_reasons:
+        cell = f"{method} at {h} HAADF × {c} chemical tilts"
+        if why == EXHAUSTED:
+            line = (
+                f"{cell}: {why}; the cell stopped early "
+                "(the objective is deterministic, so repeating a point teaches nothing)."
+            )
+        else:
+            line = f"{cell} stopped early (budget.stop_tolerance): {why}."
+        console.print(Text(line))
 
 
 def run(
