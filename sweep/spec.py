@@ -499,7 +499,6 @@ def check_extension(stored: Study, new: Study) -> list[str]:
         )
     if budget_b["trials_per_cell"] > budget_a["trials_per_cell"]:
         changes.append(f"trials_per_cell {budget_a['trials_per_cell']} → {budget_b['trials_per_cell']}")
-    return changes
     # no total is no cap: removing one raises it, setting one where there was none lowers it
     total_a, total_b = budget_a.get("total"), budget_b.get("total")
     if total_b is not None and (total_a is None or total_b < total_a):
@@ -509,3 +508,4 @@ def check_extension(stored: Study, new: Study) -> list[str]:
         )
     if total_a != total_b:
         changes.append(f"total {total_a} → {total_b if total_b is not None else 'no cap'}")
+    return changes
