@@ -21,9 +21,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from tomosweep import __version__
 from tomosweep.errors import TomosweepError
 from tomosweep.sweep.cli import microscope, study, view
-from tomosweep.sweep.cli.common import CliState, console, setup_logging
+from tomosweep.sweep.cli.common import CliState, console, out, setup_logging
 
 app = typer.Typer(
     name="tomosweep",
@@ -32,6 +33,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"tomosweep {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
@@ -44,6 +51,12 @@ def _global_options(
         Path | None,
         typer.Option("--log-file", help="append tomosweep's log to this file (run/resume: instead of STORE.log)"),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="print tomosweep's version (from its git tag)"
+        ),
+    ] = False,
 ) -> None:
     """Bayesian hyperparameter sweeps for fused chemical electron tomography."""
     # main() hands its state in; an app invoked otherwise (typer's test runner) gets a fresh one
