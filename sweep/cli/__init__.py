@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from tomosweep import __version__
 from tomosweep.errors import TomosweepError
+from tomosweep.results import SweepStore
 from tomosweep.sweep.cli import microscope, study, view
 from tomosweep.sweep.cli.common import CliState, console, out, setup_logging
 
@@ -84,11 +85,26 @@ def _on_sigterm(state: CliState, signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # click turns it into its Abort, like Ctrl-C
 
 
+def _store_exists(state: CliState) -> bool:
+    """Whether the command's store is there to continue: stopped before it was created (a plugin's
+    import, a cluster that never came up), there is nothing to resume."""
+    if state.store is None:
+        return False
+    try:
+        SweepStore.open(state.store).close()
+    except TomosweepError:
+        return False
+    return True
+
+
 def _interrupted(state: CliState, code: int) -> SystemExit:
     if state.terminated:
         code = 143
     what = "terminated" if code == 143 else "interrupted"
     kept = state.kept or "every finished trial is stored"
+    if state.store is not None and not _store_exists(state):
+        console.print(f"[yellow]{what}[/] before the store {escape(str(state.store))} was made", highlight=False)
+        return SystemExit(code)
     where = state.again or (f"tomosweep resume {shlex.quote(str(state.store))}" if state.store is not None else None)
     if where is None:  # a command that had not started writing
         console.print(f"[yellow]{what}[/]", highlight=False)
@@ -108,6 +124,8 @@ def _os_error_line(exc: OSError, state: CliState) -> str:
         what = f"permission denied{where}"
     else:
         what = f"{exc.strerror or exc}{where}"
+    if state.store is not None and not _store_exists(state):
+        return f"{what}; the store {state.store} was not made"
     if state.again:
         return f"{what}; {state.kept or 'every finished result is stored'}: continue with `{state.again}`"
     if state.store is not None:
