@@ -343,7 +343,8 @@ class SweepStore:
         if self._columns["nrmse_elements"].shape[1:] != (len(self.elements),):
             problems.append(f"trials/nrmse_elements does not match the {len(self.elements)} elements")
         grid = (len(self.n_haadf), len(self.n_chem))
-        if min(self.n_haadf + self.n_chem) < 1:
+        # a tune's one cell may have no HAADF or no chemical tilts (a series of one kind only)
+        if min(self.n_haadf + self.n_chem) < (0 if "data" in (self._attrs.get("spec") or {}) else 1):
             problems.append(
                 f"the grid holds a tilt count below 1 (n_haadf {list(self.n_haadf)}, n_chem {list(self.n_chem)})"
             )
@@ -1026,6 +1027,35 @@ class SweepStore:
         values = maps["best_params"][i, j]
         params = {name: float(values[k]) for k, name in enumerate(self.param_names) if math.isfinite(float(values[k]))}
         return nrmse, params
+
+    # ------------------------------------------------------------------ what a study derived from its inputs
+
+    def write_prepared(self, name: str, arrays: Mapping[str, np.ndarray | None], meta: Mapping[str, Any]) -> None:
+        """Keep what the driver derived once from the study's inputs (a tune's aligned series) in
+        ``prepared/<name>/``; ``attrs["prepared"][name]`` (the scalars, JSON) is written last, so
+        arrays without it are a leftover that the next write replaces."""
+        self._require_writable()
+        with self._disk_guard():
+            for key, value in arrays.items():
+                if value is not None:
+                    self._group.create_array(f"prepared/{name}/{key}", data=np.asarray(value), overwrite=True)
+            prepared = {**dict(self._attrs.get("prepared") or {}), name: _jsonable(dict(meta))}
+            self._group.update_attributes({"prepared": prepared})
+        self._attrs["prepared"] = prepared
+
+    def read_prepared(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The arrays and scalars :meth:`write_prepared` kept under ``name`` (None if not complete)."""
+        meta = (self._attrs.get("prepared") or {}).get(name)
+        if not isinstance(meta, dict):
+            return None
+        try:
+            group = self._group[f"prepared/{name}"]
+            arrays = {key: np.asarray(arr[...]) for key, arr in group.arrays()}
+        except Exception as exc:  # a deleted or truncated chunk: zarr and its codecs raise many types
+            raise StoreError(
+                f"store {self.path} is damaged: prepared/{name} cannot be read ({type(exc).__name__}: {exc})"
+            ) from None
+        return arrays, dict(meta)
 
 
 _REPLICATE_KEY = re.compile(r"([A-Za-z][\w-]*)/([1-9]\d*)/([1-9]\d*)(?:/snr×([0-9.eE+-]+))?")

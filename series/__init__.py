@@ -4,6 +4,7 @@ from tomosweep.series.align import Alignment, align_series, apply_shifts
 from tomosweep.series.files import (
     DataFile,
     MeasuredSeries,
+    load_data_file,
     load_series,
     read_stack,
     tilt_axis_misfit,
@@ -18,6 +19,7 @@ __all__ = [
     "MeasuredSeries",
     "align_series",
     "apply_shifts",
+    "load_data_file",
     "load_series",
     "read_stack",
     "tilt_axis_misfit",

@@ -50,7 +50,16 @@ from tomosweep.series.readers import (
 )
 from tomosweep.solvers.elements import ATOMIC_NUMBER
 
-__all__ = ["DataFile", "MeasuredSeries", "load_series", "read_stack", "tilt_axis_misfit", "write_mrc", "write_rawtlt"]
+__all__ = [
+    "DataFile",
+    "MeasuredSeries",
+    "load_data_file",
+    "load_series",
+    "read_stack",
+    "tilt_axis_misfit",
+    "write_mrc",
+    "write_rawtlt",
+]
 
 # Fewer than three tilts leave every slice undetermined beyond a two-pixel object, and the
 # tilt-axis fit (c + y cos θ − z sin θ has three unknowns) and the held-out check impossible
@@ -150,6 +159,16 @@ class DataFile(_Model):
     pixel_size_nm: float | None = Field(default=None, gt=0)
     align: AlignSection = AlignSection()
     weights: dict[str, float | str] | None = None
+    # what `tomosweep tune` searches on these data, in a study file's words; validated there
+    # (tomosweep.sweep.tune), read by nothing else
+    name: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    methods: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None
+    cluster: dict[str, Any] | None = None
+    plugins: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _some_series(self) -> DataFile:
@@ -369,6 +388,11 @@ def _describe(err: ErrorDetails) -> str:
     if "input" in err and kind not in ("value_error", "assertion_error") and not isinstance(err["input"], dict):
         text += f" (got {err['input']!r})"[:120]
     return text
+
+
+def load_data_file(path: str | os.PathLike[str]) -> DataFile:
+    """The data file's tables, validated, without reading any series (:func:`load_series` reads them)."""
+    return _load_toml(Path(path))
 
 
 def _load_toml(path: Path) -> DataFile:

@@ -14,7 +14,7 @@ import numpy as np
 
 from tomosweep.cluster import BACKENDS, JOBQUEUE, ClusterSettings, open_cluster, worker_environ
 from tomosweep.cluster.connect import Connection
-from tomosweep.errors import BackendError, ClusterError, SpecError, StoreError
+from tomosweep.errors import BackendError, ClusterError, InputError, SpecError, StoreError
 from tomosweep.phantoms import Specimen, load_specimen, make_specimen, save_specimen
 from tomosweep.phantoms.files import check_output
 from tomosweep.phantoms.specimens import declared_elements
@@ -29,6 +29,17 @@ from tomosweep.sweep.optimizer import CellOptimizer
 from tomosweep.sweep.runner import Progress, Runner, RunSummary
 from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
+from tomosweep.sweep.tune import (
+    HAADF_ONLY,
+    Prepared,
+    prepare,
+    prepared_from,
+    prepared_meta,
+    run_tune_trial,
+    tune_elements,
+    tune_objective,
+    tune_study,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -49,8 +60,10 @@ def _check_device(study: Study) -> None:
 
 
 def _elements(study: Study) -> tuple[str, ...]:
-    """The specimen's elements; a ``chem_snr`` table must name exactly these."""
-    phantom = study.phantom
+    """The specimen's elements; a ``chem_snr`` table must name exactly these (a tune: the data's)."""
+    if study.is_tune:
+        return tune_elements(study)
+    phantom = study.specimen
     if phantom.file is not None:
         elements = tuple(load_specimen(phantom.file).elements)
     else:
@@ -86,14 +99,34 @@ def file_hash(path: PathLike) -> str:
 
 def study_inputs(study: Study) -> dict[str, Any]:
     """What a study reads besides its own text, with content hashes (stored at creation)."""
-    if study.phantom.file is None:
+    if study.phantom is None or study.phantom.file is None:
         return {}
     return {"phantom.file": {"path": str(study.phantom.file), "sha256": file_hash(study.phantom.file)}}
 
 
+def tune_inputs(data: PathLike, sources: dict[str, str]) -> dict[str, Any]:
+    """What a tune pins: its data file and every series file it names, each with its SHA-256."""
+    pinned = {"data.file": {"path": str(Path(data).resolve()), "sha256": file_hash(data)}}
+    for i, (path, digest) in enumerate(sorted(sources.items())):
+        pinned[f"data.series.{i}"] = {"path": path, "sha256": digest}
+    return pinned
+
+
 def _check_inputs(store: SweepStore, study: Study) -> None:
-    """Refuse to resume on inputs that changed since the store was created."""
-    now = study_inputs(study)
+    """Refuse to resume on inputs that changed since the store was created.
+
+    A tune's inputs are its data files: one that changed is refused; one that is gone is
+    not needed (the tune's aligned series is stored) and is only logged."""
+    if study.is_tune:
+        now = {}
+        for name, then in store.inputs.items():
+            path = Path(str(then.get("path", "")))
+            if path.is_file():
+                now[name] = {"path": str(path), "sha256": file_hash(path)}
+            else:
+                log.info("%s %s is gone; the tune goes on from the series stored in %s", name, path, store.path)
+    else:
+        now = study_inputs(study)
     for name, then in store.inputs.items():
         if name not in now:
             continue
@@ -148,13 +181,17 @@ def connect_study(study: Study, client: Any) -> Iterator[Connection]:
         yield opened
 
 
-def _check_memory(study: Study, conn: Connection, elements: tuple[str, ...]) -> None:
-    """Refuse a study whose largest trial cannot fit on the workers (see :mod:`tomosweep.sweep.memory`)."""
-    if study.phantom.file is not None:
-        shape = load_specimen(study.phantom.file).volumes.shape
+def _check_memory(study: Study, conn: Connection, elements: tuple[str, ...], *, n: int | None = None) -> None:
+    """Refuse a study whose largest trial cannot fit on the workers (see :mod:`tomosweep.sweep.memory`).
+
+    ``n``: the volume's edge where the study has no phantom to tell it (a tune's data)."""
+    if n is not None:
+        n_el = len(elements)
+    elif study.specimen.file is not None:
+        shape = load_specimen(study.specimen.file).volumes.shape
         n, n_el = int(shape[1]), int(shape[0])
     else:
-        n, n_el = study.phantom.size, len(elements)
+        n, n_el = study.specimen.size, len(elements)
     gpu = study.device != "cpu" and bool(conn.resources and "GPU" in conn.resources)
     memory.check_fits(memory.largest_trials(study, n, n_el), memory.worker_budget(conn.client, gpu=gpu))
 
@@ -191,7 +228,13 @@ def _earlier_trials(path: PathLike | None, study: Study) -> list[TrialRecord]:
         return [r for r in other.records() if r.ok and r.method in shared]
 
 
-def create_store(study: Study, path: PathLike, *, elements: tuple[str, ...] | None = None) -> SweepStore:
+def create_store(
+    study: Study,
+    path: PathLike,
+    *,
+    elements: tuple[str, ...] | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> SweepStore:
     """A new, locked, empty store for ``study``: its spec, grid, methods and input hashes."""
     return SweepStore.create(
         path,
@@ -202,7 +245,7 @@ def create_store(study: Study, path: PathLike, *, elements: tuple[str, ...] | No
         elements=elements if elements is not None else _elements(study),
         n_haadf=study.acquisition.n_haadf,
         n_chem=study.acquisition.n_chem,
-        inputs=study_inputs(study),
+        inputs=study_inputs(study) if inputs is None else inputs,
     )
 
 
@@ -245,6 +288,84 @@ def run_study(
             return _runner(study, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
 
 
+_PREPARED = "tune"  # the name a tune's aligned series is kept under (SweepStore.write_prepared)
+
+
+def _keep_prepared(store: SweepStore, prepared: Prepared, report: dict[str, Any], notes: list[str]) -> None:
+    arrays = {
+        "haadf": prepared.haadf,
+        "haadf_angles": prepared.haadf_angles,
+        "chem": prepared.chem,
+        "chem_angles": prepared.chem_angles,
+        "chem_shifts": prepared.chem_shifts,
+    }
+    store.write_prepared(_PREPARED, arrays, {**prepared_meta(prepared), "alignment": report, "notes": notes})
+
+
+def stored_prepared(store: SweepStore) -> Prepared | None:
+    """A tune's aligned, calibrated series as its store keeps it (None if it was never written)."""
+    found = store.read_prepared(_PREPARED)
+    if found is None:
+        return None
+    arrays, meta = found
+    try:
+        return prepared_from(arrays, meta)
+    except InputError as exc:
+        raise StoreError(f"store {store.path} is damaged: {exc}. The trials are intact") from None
+
+
+def _tune_prepared(store: SweepStore, study: Study, on_stage: Callable[[str], None] | None) -> Prepared:
+    """The stored series, or — where the tune was stopped before it was written — prepared again
+    from the data files (checked against the hashes the store pinned)."""
+    prepared = stored_prepared(store)
+    if prepared is not None:
+        return prepared
+    assert study.data is not None
+    data = Path(study.data.file)
+    if not data.is_file():
+        raise InputError(
+            f"{store.path} was stopped before its aligned series was stored, and its data file {data} is gone; "
+            "restore the data file (the same one) and resume"
+        )
+    _, series = tune_study(data)
+    prepared, report = prepare(series, say=on_stage)
+    _keep_prepared(store, prepared, report, list(series.notes))
+    return prepared
+
+
+def run_tune(
+    data: PathLike,
+    store: PathLike,
+    *,
+    cluster: str | None = None,
+    client: Any = None,
+    progress: Progress | None = None,
+    on_client: Callable[[Connection], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Tune the weights on a measured series (:mod:`tomosweep.sweep.tune`): create ``store`` and run the budget.
+
+    Everything is read and checked, and the series aligned, before the cluster starts and
+    before the store exists: bad input leaves nothing behind.
+    """
+    study, series = tune_study(data)
+    study = with_cluster(study, cluster)
+    _check_device(study)
+    store = check_store_location(store)
+    prepared, report = prepare(series, say=on_stage)
+    elements = prepared.elements or (HAADF_ONLY,)
+    with connect_study(study, client) as conn:
+        _check_memory(study, conn, elements, n=prepared.n_det)
+        if on_client:
+            on_client(conn)
+        inputs = tune_inputs(data, series.sources)
+        with create_store(study, store, elements=elements, inputs=inputs) as opened:
+            _keep_prepared(opened, prepared, report, list(series.notes))
+            log.info("created %s for a tune of %s (%s)", store, data, conn.description)
+            runner = _runner(study, opened, conn, progress=progress, trial_fn=run_tune_trial, task_data=prepared)
+            return runner.run()
+
+
 def stored_study(store: SweepStore) -> Study:
     """The study stored in ``store``, validated as a study file is."""
     return study_from_dict(store.spec, source=f"{store.path} (stored study)")
@@ -274,7 +395,7 @@ def resume_study(
         stored = stored_study(opened)
         new = stored
         if study is not None:
-            new = _as_study(study)
+            new = tune_study(study)[0] if stored.is_tune else _as_study(study)
             if new.content_hash() != stored.content_hash():
                 if not extend:
                     raise SpecError(
@@ -285,12 +406,15 @@ def resume_study(
                 check_extension(stored, new)
         new = with_cluster(new, cluster)
         _check_device(new)
-        elements = _elements(new)
+        elements = tuple(opened.elements) if new.is_tune else _elements(new)
         _check_inputs(opened, new)
         earlier = _earlier_trials(warm_start, new)
+        prepared = _tune_prepared(opened, new, None) if new.is_tune else None
+        if new.is_tune and trial_fn is run_trial:
+            trial_fn = run_tune_trial
         # nothing is written before the cluster is up: a cluster that fails leaves the store as it was
         with connect_study(new, client) as conn:
-            _check_memory(new, conn, elements)
+            _check_memory(new, conn, elements, n=None if prepared is None else prepared.n_det)
             if new.content_hash() != stored.content_hash():
                 opened.update_study(
                     spec=new.to_json(),
@@ -304,7 +428,10 @@ def resume_study(
                 on_client(conn)
             log.info("resuming %s: %d trials stored (%s)", store, opened.n_committed, conn.description)
             earlier = _climb(new, opened, conn, progress=progress, trial_fn=trial_fn) + earlier
-            return _runner(new, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier).run()
+            runner = _runner(
+                new, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier, task_data=prepared
+            )
+            return runner.run()
 
 
 def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) -> str:
@@ -326,6 +453,9 @@ def study_status(store: PathLike) -> Any:
         study = stored_study(opened)
         frame = best_params_frame(opened).rename(columns={"n_trials": "trials", "n_failed": "failed"})
     frame.insert(frame.columns.get_loc("trials") + 1, "budget", study.budget.trials_per_cell)
+    if study.is_tune:  # a loss the data give, not an NRMSE against a truth
+        frame = frame.rename(columns={"best_nrmse": "best_loss"})
+        frame.insert(frame.columns.get_loc("best_loss") + 1, "loss", tune_objective(study, tuple(opened.elements)))
     return frame
 
 

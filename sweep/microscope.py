@@ -162,7 +162,7 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
             cell=(h, c),
             study_nrmse=study_nrmse,
             gamma=float(study.acquisition.gamma),
-            study_size=study.phantom.size if study.phantom.file is None else None,
+            study_size=study.phantom.size if study.phantom is not None and study.phantom.file is None else None,
         )
 
 

@@ -105,7 +105,9 @@ class AcquisitionSpec(BaseModel):
     @field_validator("n_haadf", "n_chem")
     @classmethod
     def _tilt_counts(cls, values: list[int]) -> list[int]:
-        if any(v < 1 or v > _MAX_TILTS for v in values):
+        # 0 only in a tune's one cell (a series without HAADF or without chemistry); a study's
+        # grid needs tilts of both kinds (Study._grid_of_a_study)
+        if any(v < 0 or v > _MAX_TILTS for v in values):
             raise ValueError(f"tilt counts must lie in 1–{_MAX_TILTS} (got {values})")
         if len(set(values)) != len(values):
             raise ValueError(f"tilt counts must be distinct (got {values})")
@@ -194,14 +196,39 @@ class BudgetSpec(BaseModel):
         return self
 
 
+class TuneSpec(BaseModel):
+    """A tune's measured series and its self-supervised loss (:mod:`tomosweep.sweep.tune`).
+
+    ``file`` is the data file (resolved); ``splits`` the K Poisson-thinning splits a trial
+    averages over; ``fraction`` the share p of each chemical count that goes to the part the
+    reconstruction is fitted on (the rest, 1 − p, is held out); ``haadf_holdout`` the share of
+    HAADF tilts held out; ``loss``: which held-out term is the searched value ("chem": the
+    chemical maps' Poisson deviance, the default when the data have chemical maps; "haadf":
+    the held-out HAADF tilts' error, the only one for a HAADF-only series).
+    """
+
+    model_config = _FORBID
+    file: str
+    splits: int = Field(default=2, ge=1, le=16)
+    fraction: float = Field(default=0.5, ge=0.1, le=0.9)
+    haadf_holdout: float = Field(default=0.1, gt=0, lt=0.5)
+    loss: Literal["chem", "haadf"] | None = None
+
+
 class Study(BaseModel):
-    """A validated study. ``methods`` maps a method name to its resolved parameters."""
+    """A validated study. ``methods`` maps a method name to its resolved parameters.
+
+    A study of a simulated specimen has a ``phantom``; a tune (``tomosweep tune``) has
+    ``data`` instead: one cell, the measured series' own tilt counts, scored by a loss that
+    needs no ground truth.
+    """
 
     model_config = _FORBID
     name: str = "study"
     seed: int = Field(default=0, ge=0)
     device: Literal["cpu", "gpu", "auto"] = "cpu"
-    phantom: PhantomSpec
+    phantom: PhantomSpec | None = None
+    data: TuneSpec | None = None
     acquisition: AcquisitionSpec
     # before methods and cluster: importing the modules registers what those name
     plugins: PluginsSpec = Field(default_factory=PluginsSpec)
@@ -210,8 +237,41 @@ class Study(BaseModel):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="after")
+    def _phantom_or_data(self) -> Study:
+        if (self.phantom is None) == (self.data is None):
+            raise ValueError("a study names a [phantom] (a tune, made by `tomosweep tune`, names its data instead)")
+        if self.data is not None:
+            if self.budget.ladder:
+                raise ValueError("budget.ladder needs a simulated specimen; a tune searches the measured series itself")
+            if self.budget.prune:
+                raise ValueError("budget.prune scores iterates against a ground truth, which a tune does not have")
+            if len(self.cells) != 1:
+                raise ValueError("a tune has one cell: the measured series' own tilt counts")
+        elif min(self.acquisition.n_haadf + self.acquisition.n_chem) < 1:
+            raise ValueError(
+                f"acquisition: tilt counts must lie in 1–{_MAX_TILTS} "
+                f"(got n_haadf {self.acquisition.n_haadf}, n_chem {self.acquisition.n_chem})"
+            )
+        return self
+
+    @property
+    def specimen(self) -> PhantomSpec:
+        """The simulated specimen of a study (a :class:`SpecError` for a tune, which has none)."""
+        if self.phantom is None:
+            raise SpecError(
+                "this store holds a tune of measured data: it has no simulated specimen or ground truth "
+                "(use tomosweep reconstruct-data DATA.toml --weights STORE for its weights)"
+            )
+        return self.phantom
+
+    @property
+    def is_tune(self) -> bool:
+        """Whether this is a tune of measured data (``data``) rather than a study of a phantom."""
+        return self.data is not None
+
+    @model_validator(mode="after")
     def _ladder_below_the_size(self) -> Study:
-        if self.budget.ladder:
+        if self.budget.ladder and self.phantom is not None:
             if self.phantom.file is not None:
                 raise ValueError(
                     "budget.ladder needs a built-in specimen (phantom.name): a file's specimen has one size"
@@ -315,8 +375,15 @@ class Study(BaseModel):
         return [(h, c) for h in self.acquisition.n_haadf for c in self.acquisition.n_chem]
 
     def to_json(self) -> dict[str, Any]:
-        """The study as JSON values (what the store keeps in its ``spec`` attribute)."""
-        return self.model_dump(mode="json")
+        """The study as JSON values (what the store keeps in its ``spec`` attribute).
+
+        The one of ``phantom`` and ``data`` that is not given is left out, so a study's JSON
+        (and its content hash) is what it was before tunes existed."""
+        body = self.model_dump(mode="json")
+        for key in ("phantom", "data"):
+            if body.get(key) is None:
+                body.pop(key, None)
+        return body
 
     def content_hash(self) -> str:
         """Hash of everything that determines the trials' results and budget (not the cluster)."""
@@ -358,6 +425,7 @@ def _first_message(exc: ValidationError) -> str:
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": Study,
     "phantom": PhantomSpec,
+    "data": TuneSpec,
     "acquisition": AcquisitionSpec,
     "budget": BudgetSpec,
     "cluster": ClusterSettings,
@@ -424,7 +492,7 @@ def load_study(path: str | os.PathLike[str]) -> Study:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
     study = study_from_dict(raw, source=str(path))
-    if study.phantom.file is not None:
+    if study.phantom is not None and study.phantom.file is not None:
         resolved = (path.parent / study.phantom.file).expanduser()
         phantom = study.phantom.model_copy(update={"file": str(resolved.resolve())})
         study = study.model_copy(update={"phantom": phantom})
@@ -463,8 +531,8 @@ def check_extension(stored: Study, new: Study) -> list[str]:
     """
     a, b = stored.to_json(), new.to_json()
     changes = []
-    for section in ("name", "seed", "device", "phantom", "methods"):
-        if a[section] != b[section]:
+    for section in ("name", "seed", "device", "phantom", "data", "methods"):
+        if a.get(section) != b.get(section):
             raise SpecError(f"the study's {section!r} differs from the stored one; only the budget and grid may change")
     acq_a = {k: v for k, v in a["acquisition"].items() if k not in ("n_haadf", "n_chem")}
     acq_b = {k: v for k, v in b["acquisition"].items() if k not in ("n_haadf", "n_chem")}

@@ -56,6 +56,8 @@ class TrialTask:
     prune: Mapping[int, float] | None = None
     # 0: the cell's own noise; k > 0: the k-th fresh noise realisation (tomosweep replicate)
     replicate: int = 0
+    # a tune's measured series, aligned and calibrated once by the driver (tomosweep.sweep.tune.Prepared)
+    data: Any = None
 
 
 CHECKPOINT = 10  # iterations between two intermediate scores of a prunable trial
@@ -121,7 +123,7 @@ def simulate_cell(study: Study, n_haadf: int, n_chem: int, replicate: int = 0) -
         "gamma": acq.gamma,
         "rng": noise_seed(study, n_haadf, n_chem, replicate),
     }
-    phantom = study.phantom
+    phantom = study.specimen
     if phantom.name is not None:
         options = dict(phantom.options)
         if "rng" in specimen_options(phantom.name):
@@ -192,14 +194,7 @@ def _solver_scalars(info: Mapping[str, Any]) -> dict[str, Any]:
 def run_trial(task: TrialTask) -> TrialRecord:
     """Run one trial; never raises for a failing reconstruction (returns a failed record)."""
     t0 = time.perf_counter()
-    base = {
-        "method": task.method,
-        "n_haadf": task.n_haadf,
-        "n_chem": task.n_chem,
-        "params": dict(task.params),
-        "worker": _worker_name(),
-        "attempts": task.attempt,
-    }
+    base = trial_base(task)
     try:
         study = study_from_json(task.study_json)
         cell = _cell_data_cached(task.study_json, task.n_haadf, task.n_chem, task.replicate)
@@ -235,17 +230,34 @@ def run_trial(task: TrialTask) -> TrialRecord:
             info=info,
         )
     except Exception as exc:  # a failed trial is data, not a crash of the study
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = (
-            f" (at {frames[-1].name}, {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})"
-            # a broken contract or an unknown method is the user's method, not a line of tomosweep
-            if frames and not isinstance(exc, MethodContractError | UnknownMethodError)
-            else ""
-        )
-        return TrialRecord(
-            **base,
-            status=FAILED,
-            error=f"{type(exc).__name__}: {exc}{where}",
-            wall_time_s=time.perf_counter() - t0,
-            finished_at=time.time(),
-        )
+        return failed_record(base, exc, t0)
+
+
+def trial_base(task: TrialTask) -> dict[str, Any]:
+    """The fields every record of ``task`` carries, finished or failed."""
+    return {
+        "method": task.method,
+        "n_haadf": task.n_haadf,
+        "n_chem": task.n_chem,
+        "params": dict(task.params),
+        "worker": _worker_name(),
+        "attempts": task.attempt,
+    }
+
+
+def failed_record(base: Mapping[str, Any], exc: Exception, t0: float) -> TrialRecord:
+    """The failed record of a trial that raised ``exc``: its type, message and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = (
+        f" (at {frames[-1].name}, {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})"
+        # a broken contract or an unknown method is the user's method, not a line of tomosweep
+        if frames and not isinstance(exc, MethodContractError | UnknownMethodError)
+        else ""
+    )
+    return TrialRecord(
+        **base,
+        status=FAILED,
+        error=f"{type(exc).__name__}: {exc}{where}",
+        wall_time_s=time.perf_counter() - t0,
+        finished_at=time.time(),
+    )

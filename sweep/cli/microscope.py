@@ -6,6 +6,7 @@ red line there like every other command's.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,19 @@ from tomosweep.results import SweepStore
 from tomosweep.results.outputs import check_replaceable, check_space, replace_file
 from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
 from tomosweep.results.plan import plan as plan_rows
+from tomosweep.sweep.api import run_tune
 from tomosweep.sweep.cli.common import CliState, TrustOption, consent_to_stored_cluster, console, out, parse_cell
+from tomosweep.sweep.cli.study import (
+    ClusterOption,
+    DriverVerboseOption,
+    QuietOption,
+    RichProgress,
+    ViewOption,
+    _connected,
+    _dask_logs,
+    _study_with_view,
+    _summary,
+)
 from tomosweep.sweep.microscope import heldout_lines
 from tomosweep.sweep.outputs import reconstruct_data_into
 from tomosweep.sweep.replicates import continue_command, replicate_cells
@@ -263,4 +276,40 @@ def reconstruct_data(
         f"wrote {summary.out}: " + ", ".join(summary.files) + f" ({summary.wall_time_s:.1f} s)",
         markup=False,
         highlight=False,
+    )
+
+
+def tune(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="data file (TOML) naming the measured series, its [methods], [budget]")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="new zarr store to create")],
+    cluster: ClusterOption = None,
+    quiet: QuietOption = False,
+    verbose: DriverVerboseOption = False,
+    view: ViewOption = False,
+) -> None:
+    """Tune the weights on the measured series itself: a one-cell study scored by a loss without ground truth.
+
+    The chemical counts are split by Poisson thinning (fit on one part, held-out deviance
+    of the other) and HAADF tilts held out; see the data file's [tune] table. Then
+    `tomosweep reconstruct-data DATA --weights STORE --out R` reconstructs with the best weights."""
+    state: CliState = ctx.obj
+    state.store = store
+    _dask_logs(state, verbose)
+    summary = _study_with_view(
+        state,
+        view,
+        store,
+        lambda: run_tune(
+            data,
+            store,
+            cluster=cluster,
+            progress=None if quiet else RichProgress(scored_by="loss"),
+            on_client=functools.partial(_connected, state),
+            on_stage=lambda text: console.print(escape(text), highlight=False),
+        ),
+    )
+    _summary(summary)
+    out.print(
+        f"next: tomosweep reconstruct-data {data} --weights {store} --out <folder>", markup=False, highlight=False
     )

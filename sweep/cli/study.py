@@ -51,13 +51,13 @@ from tomosweep.sweep.runner import EXHAUSTED
 class RichProgress:
     """A live bar: trials done/total, failed, best NRMSE so far, ETA."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, scored_by: str = "NRMSE") -> None:
         self._bar = Progress(
             TextColumn("[bold]trials"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("failed {task.fields[failed]}"),
-            TextColumn("best NRMSE {task.fields[best]}"),
+            TextColumn(f"best {scored_by} {{task.fields[best]}}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -284,6 +284,7 @@ def status(
     if fmt is not TableFormat.table:
         print_data(frame, fmt=fmt)
         return
+    score = "best_loss" if "best_loss" in frame.columns else "best_nrmse"  # a tune's loss, a study's NRMSE
     fixed = (
         "method",
         "n_haadf",
@@ -293,16 +294,20 @@ def status(
         "failed",
         "n_pruned",
         "solver_s_saved",
-        "best_nrmse",
+        score,
+        "loss",
         "stopped",
     )
     # a parameter no cell has a best for (a method's fixed one left out of the study) is a column of dashes
     params = [c for c in frame.columns if c not in fixed and frame[c].notna().any()]
     rows = frame.to_dict("records")
-    table = _status_table(store, rows, params, wide=True)
+    table = _status_table(store, rows, params, wide=True, score=score)
     if _measure(table).maximum > out.width:
-        table = _status_table(store, rows, params, wide=False)
+        table = _status_table(store, rows, params, wide=False, score=score)
     out.print(table)
+    if "loss" in frame.columns:
+        out.print(Text(f"loss (a tune of measured data, no ground truth): {rows[0]['loss']}"))
+        out.print(Text(f"reconstruct with its best weights: tomosweep reconstruct-data DATA.toml --weights {store}"))
     stopped = [r for r in rows if r.get("stopped")]
     if stopped:
         out.print(Text(f"{len(stopped)} cell(s) stopped before their cap (budget.stop_tolerance):"))
@@ -340,13 +345,13 @@ def _column(table: Table, header: str, *, right: bool = False, min_width: int | 
     table.add_column(header, justify="right" if right else "left", overflow="fold", min_width=min_width)
 
 
-def _status_table(store: Path, rows: list[dict], params: list[str], *, wide: bool) -> Table:
+def _status_table(store: Path, rows: list[dict], params: list[str], *, wide: bool, score: str) -> Table:
     """One row per (method, cell). ``wide``: a column per parameter; otherwise the best parameters
     as ``name=value`` pairs in one column that wraps between pairs (fits 80 columns)."""
     table = _new_table(str(store))
     _column(table, "method")
     _column(table, "HAADF×chem" if wide else "tilts", right=True)
-    for header in ("trials", "failed", "pruned", "best NRMSE"):
+    for header in ("trials", "failed", "pruned", "best loss" if score == "best_loss" else "best NRMSE"):
         _column(table, header, right=True)
     for p in params if wide else ["best parameters"]:
         _column(table, p, right=wide)
@@ -357,7 +362,7 @@ def _status_table(store: Path, rows: list[dict], params: list[str], *, wide: boo
             f"{row['trials']}/{row['budget']}",
             str(row["failed"]),
             str(row["n_pruned"]),
-            _fmt(row["best_nrmse"]),
+            _fmt(row[score]),
         ]
         if wide:
             cells += [_fmt(row[p]) for p in params]
