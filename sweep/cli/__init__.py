@@ -77,6 +77,7 @@ app.command("job-script")(study.job_script)
 app.command()(microscope.plan)
 app.command()(microscope.replicate)
 app.command("reconstruct-data")(microscope.reconstruct_data)
+app.command()(microscope.tune)
 
 
 def _on_sigterm(state: CliState, signum: int, frame: Any) -> None:
