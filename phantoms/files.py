@@ -1,4 +1,4 @@
-"""A user's own ground truth: load and save specimens as .npz, .h5/.hdf5 or .zarr.
+"""A user's own ground truth: load and save specimens as .npz, .h5/.hdf5, .zarr or .hspy.
 
 File format (the same names in every container)
 -----------------------------------------------
@@ -22,6 +22,12 @@ File format (the same names in every container)
 In ``.npz`` these are arrays (``units`` and ``info`` 0-d strings); in HDF5 datasets at
 the file root (``units`` and ``info`` may also be root attributes); in zarr v3 arrays
 of a root group (``units``, ``info`` and ``elements`` may also be group attributes).
+
+A ``.hspy`` file is one HyperSpy signal (written and read through RosettaSciIO) that
+HyperSpy and ETSpy open as it is (:func:`write_hspy`): the volumes in the order
+``(element, z, y, x)``, axes named so (z along the beam at 0°, x along the tilt axis),
+the elements in ``metadata.Sample.elements`` and the title, and the other entries under
+``metadata.Tomosweep`` (``weight_fractions`` and ``density`` in the signal's order).
 :func:`save_specimen` writes exactly this, so a saved built-in specimen is a template.
 
 Every problem with a file raises :class:`~tomosweep.errors.InputError` naming the
@@ -40,8 +46,9 @@ import numpy as np
 
 from tomosweep.errors import InputError, TomosweepError
 from tomosweep.phantoms.specimen import Specimen
+from tomosweep.solvers.elements import ATOMIC_NUMBER
 
-SUFFIXES = (".npz", ".h5", ".hdf5", ".zarr")
+SUFFIXES = (".npz", ".h5", ".hdf5", ".zarr", ".hspy")
 _ARRAY_KEYS = ("volumes", "elements", "z", "weight_fractions", "density")
 _TEXT_KEYS = ("units", "info")
 _LAYOUT = "volumes (n_elements, n, n, n_x) or (n_elements, n, n), elements (symbols), optional z"
@@ -97,6 +104,38 @@ def _read_zarr(path: Path) -> dict[str, Any]:
         return raw
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"specimen file {path}: cannot be read as zarr (a zarr v3 group: {exc})") from None
+
+
+#: the axes of a ``.hspy`` signal, in array order: a stack of beam-normal images (HyperSpy's Signal2D)
+HSPY_AXES = ("element", "z", "y", "x")
+
+
+def _read_hspy(path: Path) -> dict[str, Any]:
+    from rsciio.hspy import file_reader  # deferred: RosettaSciIO, for .hspy only
+
+    try:
+        signals = file_reader(str(path))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"specimen file {path}: cannot be read as hspy ({exc})") from None
+    if len(signals) != 1:
+        raise InputError(f"specimen file {path}: holds {len(signals)} signals, expected one")
+    signal = signals[0]
+    names = tuple(axis.get("name") for axis in signal["axes"])
+    if names != HSPY_AXES:
+        raise InputError(
+            f"specimen file {path}: a signal with axes {names}, expected {HSPY_AXES} (the layout write_hspy writes)"
+        )
+    metadata = signal["metadata"]
+    own = dict(metadata.get("Tomosweep", {}))
+    raw: dict[str, Any] = {key: own[key] for key in (*_TEXT_KEYS, "z", _MARK) if key in own}
+    raw["volumes"] = np.asarray(signal["data"]).transpose(0, 2, 1, 3)
+    if "elements" in metadata.get("Sample", {}):
+        raw["elements"] = metadata["Sample"]["elements"]
+    if "weight_fractions" in own:
+        raw["weight_fractions"] = np.asarray(own["weight_fractions"]).transpose(0, 2, 1, 3)
+    if "density" in own:
+        raw["density"] = np.asarray(own["density"]).transpose(1, 0, 2)
+    return raw
 
 
 # ---------------------------------------------------------------- validation: raw dict → Specimen
@@ -214,7 +253,7 @@ def _specimen(path: Path, raw: dict[str, Any]) -> Specimen:
 
 
 def load_specimen(path: str | os.PathLike[str]) -> Specimen:
-    """Load a user's ground truth from ``.npz``, ``.h5``/``.hdf5`` or ``.zarr``.
+    """Load a user's ground truth from ``.npz``, ``.h5``/``.hdf5``, ``.zarr`` or ``.hspy``.
 
     See the module docstring for the format; :func:`save_specimen` writes a template.
 
@@ -240,7 +279,7 @@ def load_specimen(path: str | os.PathLike[str]) -> Specimen:
     suffix = _suffix(path)
     if not path.exists():
         raise InputError(f"specimen file {path}: no such file")
-    reader = {".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".zarr": _read_zarr}[suffix]
+    reader = {".npz": _read_npz, ".h5": _read_h5, ".hdf5": _read_h5, ".zarr": _read_zarr, ".hspy": _read_hspy}[suffix]
     return _specimen(path, reader(path))
 
 
@@ -285,6 +324,14 @@ def _what_is_there(path: Path) -> str | None:
 
             with h5py.File(path, "r") as f:
                 marked = str(f.attrs.get(_MARK, "")) == "tomosweep"
+        elif suffix == ".hspy":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                experiments = f.get("Experiments")
+                names = list(experiments) if isinstance(experiments, h5py.Group) else []
+                own = f.get(f"Experiments/{names[0]}/metadata/Tomosweep") if len(names) == 1 else None
+                marked = isinstance(own, h5py.Group) and str(own.attrs.get(_MARK, "")) == "tomosweep"
         else:
             marked = False
     except Exception:  # unreadable as a specimen container: not ours
@@ -324,6 +371,87 @@ def _write_zarr(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str])
     group.attrs.update(text)
 
 
+def _write_hspy(path: Path, arrays: dict[str, np.ndarray], text: dict[str, str]) -> None:
+    own: dict[str, Any] = {**text, "z": arrays["z"]}
+    if "weight_fractions" in arrays:
+        own["weight_fractions"] = arrays["weight_fractions"].transpose(0, 2, 1, 3)
+    if "density" in arrays:
+        own["density"] = arrays["density"].transpose(1, 0, 2)
+    write_hspy(path, arrays["volumes"], tuple(str(e) for e in arrays["elements"]), tomosweep=own)
+
+
+def write_hspy(
+    path: str | os.PathLike[str],
+    volumes: np.ndarray,
+    elements: tuple[str, ...],
+    *,
+    pixel_size_nm: float | None = None,
+    tomosweep: dict[str, Any] | None = None,
+) -> Path:
+    """Write element volumes as one HyperSpy signal (``.hspy``, through RosettaSciIO).
+
+    HyperSpy opens it as a Signal2D: a stack of beam-normal ``(y, x)`` images navigated
+    by ``z`` and ``element``. ETSpy's and HyperSpy's tools read the axes and units.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write (replaced if it exists: check first).
+    volumes : numpy.ndarray
+        ``(n_elements, n_y, n_z, n_x)`` in the solver layout; written as
+        ``(element, z, y, x)`` (:data:`HSPY_AXES`), z along the beam at 0°, x along the
+        tilt axis.
+    elements : tuple of str
+        One label per volume, a chemical symbol or ``"HAADF"``: ``metadata.General.title``
+        (``"Co, O"``); the chemical symbols also ``metadata.Sample.elements``.
+    pixel_size_nm : float, optional
+        The voxel size: the scale of the z, y and x axes in nm. Without it the axes are
+        in pixels, with no unit.
+    tomosweep : dict, optional
+        More entries for ``metadata.Tomosweep`` (beside ``written_by`` and ``version``).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    from rsciio.hspy import file_writer  # deferred: RosettaSciIO, for .hspy only
+
+    from tomosweep import __version__
+
+    data = np.ascontiguousarray(np.asarray(volumes).transpose(0, 2, 1, 3))
+    if data.shape[0] != len(elements):
+        raise InputError(f"{path}: {len(elements)} element symbols for {data.shape[0]} volumes")
+    spatial = {"units": "nm", "scale": float(pixel_size_nm)} if pixel_size_nm else {"scale": 1.0}
+    axes = [
+        {"name": name, "size": size, "offset": 0.0, "navigate": name in ("element", "z"), "is_binned": False}
+        | ({"scale": 1.0} if name == "element" else spatial)
+        for name, size in zip(HSPY_AXES, data.shape, strict=True)
+    ]
+    own = {_MARK: "tomosweep", "version": __version__, "layout": ", ".join(HSPY_AXES), **(tomosweep or {})}
+    signal = {
+        "data": data,
+        "axes": axes,
+        "metadata": {
+            "General": {"title": ", ".join(elements)},
+            "Signal": {"signal_type": ""},
+            "Tomosweep": own,
+        },
+        "original_metadata": {},
+        # what HyperSpy's own signal dictionary carries beside (RosettaSciIO's writer reads them)
+        "tmp_parameters": {},
+        "attributes": {"_lazy": False},
+        "learning_results": {},
+        "models": {},
+        "package_info": {},
+    }
+    symbols = [e for e in elements if e in ATOMIC_NUMBER]  # a HAADF volume is no element of the sample
+    if symbols:
+        signal["metadata"]["Sample"] = {"elements": symbols}
+    file_writer(str(path), signal, show_progressbar=False)
+    return Path(path)
+
+
 def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Refuse an output path :func:`save_specimen` must not write (call it before the work).
 
@@ -346,7 +474,7 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Pa
 
 
 def save_specimen(specimen: Specimen, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write a specimen as ``.npz``, ``.h5``/``.hdf5`` or ``.zarr`` in the format
+    """Write a specimen as ``.npz``, ``.h5``/``.hdf5``, ``.zarr`` or ``.hspy`` in the format
     :func:`load_specimen` reads (a template for your own ground truth).
 
     Parameters
@@ -371,7 +499,9 @@ def save_specimen(specimen: Specimen, path: str | os.PathLike[str], *, overwrite
     path = Path(path)
     suffix = _suffix(path)
     check_output(path, overwrite=overwrite)
-    writer = {".npz": _write_npz, ".h5": _write_h5, ".hdf5": _write_h5, ".zarr": _write_zarr}[suffix]
+    writer = {".npz": _write_npz, ".h5": _write_h5, ".hdf5": _write_h5, ".zarr": _write_zarr, ".hspy": _write_hspy}[
+        suffix
+    ]
     arrays, text = _payload(specimen)
     try:
         writer(path, arrays, text)

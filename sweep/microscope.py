@@ -497,6 +497,18 @@ def _write_outputs(out: Path, volumes: np.ndarray, series: MeasuredSeries, resul
             layout=np.asarray("(element, y across the tilt axis, z along the beam, x along the tilt axis)"),
         )
     files.append("volumes.npz")
+    # for HyperSpy/ETSpy users: one signal with named axes, units and the element names, in the layout
+    # of a .hspy specimen file (so a reconstruction can serve as a study's ground truth)
+    from tomosweep.phantoms.files import write_hspy
+
+    write_hspy(
+        out / "volumes.hspy",
+        volumes.astype(np.float32),
+        series.elements,
+        pixel_size_nm=series.pixel_size_nm,
+        tomosweep={"method": weights.method},
+    )
+    files.append("volumes.hspy")
     for i, e in enumerate(series.elements):
         name = f"{e}.tif"
         metadata = {"axes": "ZYX", "unit": "nm", "spacing": series.pixel_size_nm} if series.pixel_size_nm else {}

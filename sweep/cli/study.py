@@ -416,7 +416,7 @@ def export(
 def reconstruct(
     store: Annotated[Path, typer.Argument(help="store to read the best parameters from")],
     cell: Annotated[str, typer.Option("--cell", help="H,C: HAADF tilts, chemical tilts")],
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="output .npz or .zarr")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="output .npz, .h5, .zarr or .hspy (a HyperSpy signal)")],
     method: Annotated[str | None, typer.Option("--method", help="method (default: the study's first)")] = None,
     overwrite: Annotated[
         bool,

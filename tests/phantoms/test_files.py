@@ -11,8 +11,9 @@ import zarr
 
 from tomosweep.errors import InputError
 from tomosweep.phantoms import Specimen, core_shell_2d, load_specimen, nanocubes, save_specimen
+from tomosweep.phantoms.files import HSPY_AXES, write_hspy
 
-FORMATS = [".npz", ".h5", ".hdf5", ".zarr"]
+FORMATS = [".npz", ".h5", ".hdf5", ".zarr", ".hspy"]
 GOOD = {"volumes": np.ones((2, 6, 6, 6)), "elements": np.array(["Co", "O"])}
 
 
@@ -42,6 +43,32 @@ def test_round_trip_partial_densities_with_weight_fractions(tmp_path, suffix):
     np.testing.assert_array_equal(loaded.volumes, original.volumes)
     np.testing.assert_array_equal(loaded.weight_fractions, original.weight_fractions)
     np.testing.assert_array_equal(loaded.density, original.density)
+
+
+def test_hspy_is_a_hyperspy_signal_with_axes_units_and_element_names(tmp_path):
+    from rsciio.hspy import file_reader
+
+    volumes = np.random.default_rng(0).random((2, 8, 8, 5))  # (element, y, z, x): x along the tilt axis
+    write_hspy(tmp_path / "v.hspy", volumes, ("Co", "O"), pixel_size_nm=0.4, tomosweep={"method": "fused"})
+    [signal] = file_reader(str(tmp_path / "v.hspy"))
+    np.testing.assert_array_equal(signal["data"], volumes.transpose(0, 2, 1, 3))
+    axes = signal["axes"]
+    assert tuple(a["name"] for a in axes) == HSPY_AXES == ("element", "z", "y", "x")
+    assert [a["navigate"] for a in axes] == [True, True, False, False]  # HyperSpy: a stack of (y, x) images
+    assert [a.get("units") for a in axes] == [None, "nm", "nm", "nm"]
+    assert [float(a["scale"]) for a in axes] == [1.0, 0.4, 0.4, 0.4]
+    metadata = signal["metadata"]
+    assert metadata["General"]["title"] == "Co, O"
+    assert list(metadata["Sample"]["elements"]) == ["Co", "O"]
+    assert metadata["Tomosweep"]["method"] == "fused" and metadata["Tomosweep"]["written_by"] == "tomosweep"
+
+
+def test_hspy_of_another_layout_is_refused_with_the_expected_axes(tmp_path):
+    path = write_hspy(tmp_path / "v.hspy", np.ones((1, 4, 4, 4)), ("Co",))
+    with h5py.File(path, "a") as f:
+        f["Experiments/Co/axis-1"].attrs["name"] = "tilt"
+    with pytest.raises(InputError, match=r"axes \('element', 'tilt', 'y', 'x'\), expected \('element', 'z'"):
+        load_specimen(path)
 
 
 def test_save_refuses_to_overwrite_unless_asked(tmp_path):
@@ -150,7 +177,7 @@ def test_missing_unsupported_and_corrupt_files(tmp_path):
     for path, message in [
         (tmp_path / "absent.npz", "no such file"),
         (tmp_path / "absent.zarr", "no such file"),
-        (tmp_path / "x.tif", "unsupported file type '.tif'; use one of .npz, .h5, .hdf5, .zarr"),
+        (tmp_path / "x.tif", "unsupported file type '.tif'; use one of .npz, .h5, .hdf5, .zarr, .hspy"),
         (tmp_path / "noext", "unsupported file type '\\(none\\)'"),
     ]:
         with pytest.raises(InputError, match=message) as info:
@@ -163,10 +190,13 @@ def test_missing_unsupported_and_corrupt_files(tmp_path):
     corrupt_npz.write_bytes(b"definitely not a zip archive")
     empty_zarr = tmp_path / "empty.zarr"
     empty_zarr.mkdir()
+    corrupt_hspy = tmp_path / "corrupt.hspy"
+    corrupt_hspy.write_bytes(b"definitely not HDF5")
     for path, message in [
         (corrupt_h5, "cannot be read as h5"),
         (corrupt_npz, "cannot be read as npz"),
         (empty_zarr, "cannot be read as zarr"),
+        (corrupt_hspy, "cannot be read as hspy"),
     ]:
         with pytest.raises(InputError, match=message) as info:
             load_specimen(path)
@@ -212,7 +242,7 @@ def test_zarr_bad_values_are_checked_like_npz(tmp_path):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".h5", ".zarr"])
+@pytest.mark.parametrize("suffix", [".npz", ".h5", ".zarr", ".hspy"])
 def test_overwrite_replaces_only_what_tomosweep_wrote(tmp_path, suffix):
     spec = core_shell_2d(16)
     ours = save_specimen(spec, tmp_path / f"ours{suffix}")
@@ -223,6 +253,10 @@ def test_overwrite_replaces_only_what_tomosweep_wrote(tmp_path, suffix):
     elif suffix == ".h5":
         with h5py.File(foreign, "w") as f:
             f.create_dataset("volumes", data=spec.volumes)
+    elif suffix == ".hspy":  # a HyperSpy signal of the same layout, but not tomosweep's
+        write_hspy(foreign, spec.volumes, spec.elements)
+        with h5py.File(foreign, "a") as f:
+            del f[f"Experiments/{', '.join(spec.elements)}/metadata/Tomosweep"]
     else:
         zarr.open_group(foreign, mode="w").create_array("volumes", data=spec.volumes)
     before = sorted(p.name for p in foreign.rglob("*")) if foreign.is_dir() else foreign.read_bytes()
