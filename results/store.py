@@ -517,8 +517,10 @@ class SweepStore:
         return dict(self._attrs.get("inputs") or {})
 
     def optimiser_state(self) -> dict[str, Any]:
-        """Each cell optimiser's committed state, keyed ``method/n_haadf/n_chem``."""
-        return dict(self._attrs.get("optimiser") or {})
+        """Each cell optimiser's committed state, keyed ``method/n_haadf/n_chem`` (empty where the
+        attribute is not a table: ``tomosweep check`` names that, and a resume refuses it)."""
+        raw = self._attrs.get("optimiser") or {}
+        return dict(raw) if isinstance(raw, Mapping) else {}
 
     def __len__(self) -> int:
         return self._n_committed
@@ -601,7 +603,8 @@ class SweepStore:
         return row
 
     def reset_optimiser_state(self, keys: Sequence[str]) -> None:
-        """Drop the stored optimiser states of ``keys`` (they restart from the trials)."""
+        """Drop the stored optimiser states of ``keys`` (they restart from the trials); an
+        attribute that is not a table of states is dropped whole."""
         self._require_writable()
         kept = {k: v for k, v in self.optimiser_state().items() if k not in set(keys)}
         with self._disk_guard():

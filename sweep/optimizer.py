@@ -97,10 +97,65 @@ def hedge_reward(predicted: np.ndarray, *, warp: str) -> np.ndarray:
 
 def hedge_choice(gains: np.ndarray, eta: float, valid: Sequence[int], rng: np.random.Generator) -> int:
     """GP-Hedge's pick (Hoffman et al. 2011): acquisition ``i`` with probability ∝ exp(η g_i), valid ones only."""
-    probs = np.exp(eta * (gains - gains.max()))
-    probs[[i for i in range(len(ACQ_FUNCS)) if i not in valid]] = 0.0
-    probs /= probs.sum()
+    probs = np.zeros(len(ACQ_FUNCS))
+    among = np.asarray(gains, dtype=float)[list(valid)]
+    # shifted by the valid ones' maximum: a far larger gain of an invalid function must not
+    # underflow every valid probability to zero
+    with np.errstate(over="ignore", invalid="ignore"):
+        weights = np.exp(eta * (among - among.max()))
+    if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
+        weights = np.ones(len(among))  # gains that say nothing: the valid functions share the draw
+    probs[list(valid)] = weights / weights.sum()
     return int(rng.choice(len(ACQ_FUNCS), p=probs))
+
+
+def unreadable(exc: Exception) -> str:
+    """Why a stored search state could not be restored, as one phrase."""
+    if isinstance(exc, KeyError):
+        return f"it has no {exc.args[0]!r}" if exc.args else "a value is missing"
+    return str(exc)
+
+
+def stored_count(state: Mapping[str, Any], name: str, default: int | None = None) -> int:
+    """A counter of a stored search state: a whole number ≥ 0 (a ``ValueError`` names it otherwise)."""
+    value = state.get(name, default) if default is not None else state[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"stored {name} must be a whole number, got {value!r}")
+    if value < 0 or value != int(value):
+        raise ValueError(f"stored {name} must be a whole number ≥ 0, got {value!r}")
+    return int(value)
+
+
+def stored_gains(state: Mapping[str, Any]) -> np.ndarray:
+    """GP-Hedge's gains of a stored search state: one finite number per acquisition function."""
+    raw = state["gains"]
+    try:
+        gains = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError):
+        gains = np.array([])
+    if gains.shape != (len(ACQ_FUNCS),) or not np.all(np.isfinite(gains)):
+        raise ValueError(f"stored GP-Hedge gains must be {len(ACQ_FUNCS)} finite numbers, got {raw!r}")
+    return gains
+
+
+def stored_nominees(state: Mapping[str, Any], n_dims: int) -> np.ndarray | None:
+    """The last nominees of a stored search state: one point per acquisition function in the
+    search's [0, 1] space of ``n_dims`` dimensions (None: none yet). Anything else would be
+    fed to the GP at the next reward, and a point far outside the box gives it no finite mean."""
+    raw = state.get("nominees")
+    if raw is None:
+        return None
+    try:
+        nominees = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError):
+        nominees = np.array([])
+    if nominees.shape != (len(ACQ_FUNCS), n_dims):
+        raise ValueError(
+            f"stored nominees must be {len(ACQ_FUNCS)} points of {n_dims} numbers in [0, 1], got {str(raw)[:80]}"
+        )
+    if not np.all(np.isfinite(nominees)) or nominees.min() < -_SAME or nominees.max() > 1 + _SAME:
+        raise ValueError(f"stored nominees must lie in the search's [0, 1] box, got {str(raw)[:80]}")
+    return nominees
 
 
 @dataclass(frozen=True)
@@ -256,19 +311,27 @@ class CellOptimizer:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state` (after the stored trials have been told)."""
-        self.n_asked = int(state["n_asked"])
-        gains = np.asarray(state["gains"], dtype=float)
-        if gains.shape != (len(ACQ_FUNCS),) or not np.all(np.isfinite(gains)):
-            raise ValueError(f"stored GP-Hedge gains must be {len(ACQ_FUNCS)} finite numbers, got {state['gains']!r}")
-        self.gains = gains
-        nominees = state.get("nominees")
-        self.nominees = None if nominees is None else np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
-        self._rewarded_at = int(state.get("rewarded_at", 0))
-        self.streak = int(state.get("streak", 0))
+        """Continue from :meth:`state` (after the stored trials have been told).
+
+        Every value is checked before any is taken: a ``ValueError`` (or ``KeyError`` /
+        ``TypeError``) names the first that this optimiser could not continue from, and
+        leaves it as it was.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a stored search state is a table, got {type(state).__name__}")
+        n_asked = stored_count(state, "n_asked")
+        gains = stored_gains(state)
+        nominees = stored_nominees(state, len(self.names))
+        rewarded_at = stored_count(state, "rewarded_at", 0)
+        streak = stored_count(state, "streak", 0)
         stopped = state.get("stopped")
-        self.stopped = None if stopped is None else str(stopped)
+        if stopped is not None and not isinstance(stopped, str):
+            raise ValueError(f"stored stopped must be a reason (text) or null, got {stopped!r}")
         last_ei = state.get("last_ei")
+        if last_ei is not None and (isinstance(last_ei, bool) or not isinstance(last_ei, int | float)):
+            raise ValueError(f"stored last_ei must be a number or null, got {last_ei!r}")
+        self.n_asked, self.gains, self.nominees = n_asked, gains, nominees
+        self._rewarded_at, self.streak, self.stopped = rewarded_at, streak, stopped
         self.last_ei = None if last_ei is None else float(last_ei)
 
     def surrogate(self) -> Any:

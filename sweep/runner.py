@@ -33,7 +33,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -43,7 +43,7 @@ from tomosweep.errors import ClusterError, StoreError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
 from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS
-from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed
+from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed, unreadable
 from tomosweep.sweep.spec import Study
 from tomosweep.sweep.surrogate import attach_map, map_states, restore_maps
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
@@ -112,9 +112,8 @@ def state_key(key: Key) -> str:
     return "/".join(str(v) for v in key)
 
 
-def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer]:
-    """One optimiser per (method, cell), told every stored trial of that cell and
-    given its stored state (resume)."""
+def _optimisers(study: Study) -> dict[Key, CellOptimizer]:
+    """One fresh optimiser per (method, cell), attached to its method's map surrogate (if any)."""
     opts: dict[Key, CellOptimizer] = {}
     for method in study.methods:
         space = {}
@@ -132,12 +131,15 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
             )
         if study.budget.surrogate == "map":
             attach_map(method, {(h, c): opts[(method, h, c)] for h, c in study.cells}, seed=study.seed)
-    for record in store.records():
-        opt = opts.get((record.method, record.n_haadf, record.n_chem))
-        if opt is not None:
-            opt.tell(record.params, record.nrmse if record.ok else None)
-    states = store.optimiser_state()
-    restore_maps(opts, states)
+    return opts
+
+
+def _restore(opts: dict[Key, CellOptimizer], states: Any) -> list[tuple[str, str]]:
+    """Give every optimiser and map surrogate its stored state; ``(key, why)`` for each state
+    that the code which continues the search could not continue from (left fresh)."""
+    if not isinstance(states, Mapping):
+        return [("", f'the stored search states (attribute "optimiser") are a {type(states).__name__}, not a table')]
+    problems = restore_maps(opts, states)
     for key, opt in opts.items():
         state = states.get(state_key(key))
         if state is None:
@@ -146,11 +148,35 @@ def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer
         try:
             opt.restore(state)
         except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(
-                f"store {store.path} is damaged: the optimiser state of {state_key(key)} is unreadable ({exc}). "
-                'The trials are intact; deleting the "optimiser" attribute in its zarr.json restarts every '
-                "cell's optimiser from them (with fresh GP-Hedge gains)"
-            ) from None
+            problems.append((state_key(key), unreadable(exc)))
+    return problems
+
+
+def state_problems(study: Study, store: SweepStore) -> list[tuple[str, str]]:
+    """``(key, why)`` for every stored search state of ``store`` that a resume of ``study`` would
+    refuse: each is restored by the very code a resume continues from (``key`` "" for the
+    attribute as a whole). Reads no trial."""
+    return _restore(_optimisers(study), store.attrs.get("optimiser") or {})
+
+
+def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer]:
+    """One optimiser per (method, cell), told every stored trial of that cell and
+    given its stored state (resume)."""
+    opts = _optimisers(study)
+    for record in store.records():
+        opt = opts.get((record.method, record.n_haadf, record.n_chem))
+        if opt is not None:
+            opt.tell(record.params, record.nrmse if record.ok else None)
+    problems = _restore(opts, store.attrs.get("optimiser") or {})
+    if problems:
+        key, why = problems[0]
+        raise StoreError(
+            f"store {store.path} is damaged: "
+            + (f"the stored search state {key} is unreadable ({why})" if key else why)
+            + f". The trials are intact: `tomosweep check --repair {store.path}` resets "
+            + ("it" if len(problems) == 1 else f"all {len(problems)}")
+            + " (the search restarts from the trials), then resume"
+        )
     return opts
 
 

@@ -41,8 +41,17 @@ from typing import Any, cast
 
 import numpy as np
 
-from tomosweep.errors import StoreError
-from tomosweep.sweep.optimizer import ACQ_FUNCS, CellOptimizer, derived_seed, hedge_choice, hedge_reward
+from tomosweep.sweep.optimizer import (
+    ACQ_FUNCS,
+    CellOptimizer,
+    derived_seed,
+    hedge_choice,
+    hedge_reward,
+    stored_count,
+    stored_gains,
+    stored_nominees,
+    unreadable,
+)
 
 Cell = tuple[int, int]
 
@@ -100,6 +109,37 @@ def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None) -> Any:
         n_restarts_optimizer=2 if theta is None else 0,
         random_state=seed,
     )
+
+
+# log units: a stored hyper-parameter this far beyond its kernel's bounds was not fitted here
+THETA_SLACK = 2.0
+
+
+def _stored_theta(raw: Any, n_dims: int | None) -> list[float] | None:
+    """The GP's stored log hyper-parameters: finite numbers, each within (a little beyond) its
+    kernel's bounds; None when there are none. A list of another length is kept: :meth:`MapSurrogate.fit`
+    estimates fresh ones then, as for a grid of another shape."""
+    if raw is None:
+        return None
+    if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+        raise ValueError(f"stored GP hyper-parameters must be a list of numbers, got {str(raw)[:80]!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in raw):
+        raise ValueError(f"stored GP hyper-parameters must be finite numbers, got {str(raw)[:80]}")
+    theta = [float(v) for v in raw]
+    if n_dims is not None:
+        bounds = _map_kernel(n_dims).bounds
+        if len(theta) == len(bounds):
+            outside = [
+                k
+                for k, (v, (lo, hi)) in enumerate(zip(theta, bounds, strict=True))
+                if not lo - THETA_SLACK <= v <= hi + THETA_SLACK
+            ]
+            if outside:
+                raise ValueError(
+                    f"stored GP hyper-parameter {outside[0]} is {theta[outside[0]]:g}, far outside its kernel's "
+                    f"bounds ({bounds[outside[0]][0]:.3g} to {bounds[outside[0]][1]:.3g} in log units)"
+                )
+    return theta
 
 
 class _AtContext:
@@ -202,20 +242,30 @@ class MapSurrogate:
         Raises
         ------
         ValueError
-            Where the stored gains or hyper-parameters are not finite numbers of the right shape.
+            Where a stored value is not one this surrogate could continue from: gains or
+            hyper-parameters that are not finite numbers (or lie far outside the kernel's
+            bounds), nominees outside the search's [0, 1] box, counters that are not whole
+            numbers. Nothing is taken then.
         """
-        gains = np.asarray(state["gains"], dtype=float)
-        if gains.shape != (len(ACQ_FUNCS),) or not np.all(np.isfinite(gains)):
-            raise ValueError(f"stored GP-Hedge gains must be {len(ACQ_FUNCS)} finite numbers, got {state['gains']!r}")
-        self.gains = gains
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a stored search state is a table, got {type(state).__name__}")
+        gains = stored_gains(state)
+        n_dims = self._n_dims()
         nominees = state.get("nominees")
-        self.nominees = None if nominees is None else np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
-        self._rewarded_at = int(state.get("rewarded_at", 0))
-        theta = state.get("theta")
-        if theta is not None and not np.all(np.isfinite(np.asarray(theta, dtype=float))):
-            raise ValueError(f"stored GP hyper-parameters must be finite numbers, got {theta!r}")
-        self.theta = None if theta is None else [float(v) for v in theta]
-        self._tuned_at = int(state.get("tuned_at", 0))
+        if n_dims is not None:
+            nominees = stored_nominees(state, n_dims)
+        elif nominees is not None:
+            nominees = np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
+        rewarded_at = stored_count(state, "rewarded_at", 0)
+        tuned_at = stored_count(state, "tuned_at", 0)
+        theta = _stored_theta(state.get("theta"), n_dims)
+        self.gains, self.nominees, self._rewarded_at = gains, nominees, rewarded_at
+        self.theta, self._tuned_at = theta, tuned_at
+
+    def _n_dims(self) -> int | None:
+        """Dimensions of the map's GP inputs (weights and the two context axes); None before any cell attached."""
+        opt = next(iter(self.opts.values()), None)
+        return None if opt is None else len(opt.names) + 2
 
     @property
     def n_finished(self) -> int:
@@ -398,18 +448,21 @@ def map_states(opts: Mapping[Any, CellOptimizer]) -> dict[str, Any]:
     return {map_state_key(method): surrogate.state() for method, surrogate in _maps(opts).items()}
 
 
-def restore_maps(opts: Mapping[Any, CellOptimizer], states: Mapping[str, Any]) -> None:
+def restore_maps(opts: Mapping[Any, CellOptimizer], states: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Give each map surrogate behind ``opts`` its stored state (resume); a store without
-    one (a study that ran with per-cell surrogates until now) starts with fresh gains."""
+    one (a study that ran with per-cell surrogates until now) starts with fresh gains.
+
+    Returns ``(key, why)`` for each stored state the surrogate could not continue from; those
+    surrogates are left fresh (the caller refuses, or resets them on request)."""
+    problems = []
     for method, surrogate in _maps(opts).items():
-        state = states.get(map_state_key(method))
+        key = map_state_key(method)
+        state = states.get(key)
         if state is None:
             surrogate._rewarded_at = surrogate.n_finished
             continue
         try:
             surrogate.restore(state)
         except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(
-                f"the stored state of the {method} map surrogate is unreadable ({exc}); the trials are intact: "
-                f'deleting "{map_state_key(method)}" from the "optimiser" attribute restarts it from them'
-            ) from None
+            problems.append((key, unreadable(exc)))
+    return problems
