@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,9 @@ from tomosweep.results.export import best_params_frame, check_export_folder, exp
 from tomosweep.results.store import check_store_location
 from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason, to_numpy
 from tomosweep.sweep import memory
-from tomosweep.sweep.ladder import climb
+from tomosweep.sweep.ladder import LadderEntry, climb, refuse_linked_ladder, survey_ladder
 from tomosweep.sweep.landscape import cell_surrogates
-from tomosweep.sweep.optimizer import CellOptimizer
-from tomosweep.sweep.runner import Progress, Runner, RunSummary
+from tomosweep.sweep.runner import Progress, Runner, RunSummary, state_problems
 from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
 from tomosweep.sweep.tune import (
@@ -211,7 +211,10 @@ def _climb(study: Study, store: SweepStore, conn: Connection, **kwargs: Any) -> 
     def create(rung: Study, path: Path) -> SweepStore:
         return create_store(rung, path, elements=tuple(store.elements))
 
-    return climb(study, store.path, run, create=create)
+    def refuse(rung: SweepStore) -> None:
+        refuse_damaged(rung, top=store.path)
+
+    return climb(study, store.path, run, create=create, refuse=refuse)
 
 
 def _earlier_trials(path: PathLike | None, study: Study) -> list[TrialRecord]:
@@ -393,6 +396,7 @@ def resume_study(
     with SweepStore.open(store, writable=True) as opened:
         refuse_damaged(opened)
         stored = stored_study(opened)
+        refuse_damaged_ladder(opened.path, stored)
         new = stored
         if study is not None:
             new = tune_study(study)[0] if stored.is_tune else _as_study(study)
@@ -492,42 +496,80 @@ def study_findings(store: SweepStore) -> list[str]:
     return findings
 
 
-def refuse_damaged(store: SweepStore) -> None:
-    """Refuse to write a store whose trials or study cannot be trusted: one line naming the first
-    problem and the command that lists them all (a resume would build on, or write over, them)."""
+def _state_findings(store: SweepStore) -> tuple[list[str], list[str], list[str]]:
+    """Stored search states, as (findings of states no resume reads, findings of states a resume
+    would refuse, the keys ``--repair`` resets): states that name no method of the store, and
+    states the code a resume continues from cannot continue from."""
+    foreign, unreadable, bad = [], [], []
+    raw = store.attrs.get("optimiser") or {}
+    for key in raw if isinstance(raw, dict) else ():
+        if str(key).split("/")[0] not in store.methods:
+            bad.append(str(key))
+            foreign.append(f"optimiser state {key} names no method of this store; --repair removes it")
+    try:
+        study = stored_study(store)
+    except SpecError:
+        return foreign, unreadable, bad  # study_findings says so, and no resume reads such a store's states
+    for key, why in state_problems(study, store):
+        bad.append(key)
+        where = f"optimiser state {key} is unreadable ({why})" if key else why
+        unreadable.append(f"{where}; --repair resets it (the search there restarts from its trials)")
+    return foreign, unreadable, bad
+
+
+def refuse_damaged(store: SweepStore, *, top: Path | None = None) -> None:
+    """Refuse to write a store whose trials, study or search states cannot be trusted: one line
+    naming the first problem and the command that lists them all (a resume would build on, or
+    write over, them). ``top``: the study's store, for a ladder rung inside it (its check
+    walks the rungs)."""
     audit = store.audit()
     problems = study_findings(store)
     if audit.blocks_resume:
         problems = [f for f in audit.findings if "maps" not in f.split(":")[0]] + problems
+    states = [] if problems else _state_findings(store)[1]  # a damaged store's are never read
+    problems += states
     if not problems:
         return
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    fix = (
-        f"`tomosweep check --repair {store.path}` counts them back in, then resume"
-        if audit.lowered
-        else (f"`tomosweep check {store.path}` lists what is wrong")
-    )
-    raise StoreError(f"store {store.path} is damaged: {problems[0]}{more}. Nothing was written; {fix}")
+    where = top if top is not None else store.path
+    if audit.lowered:
+        fix = f"`tomosweep check --repair {where}` counts them back in, then resume"
+    elif states:
+        fix = f"`tomosweep check --repair {where}` resets the search state (the trials stay), then resume"
+    else:
+        fix = f"`tomosweep check {where}` lists what is wrong"
+    what = f"the ladder rung {store.path}" if top is not None else f"store {store.path}"
+    raise StoreError(f"{what} is damaged: {problems[0]}{more}. Nothing was written; {fix}")
 
 
-def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
-    """A store's health, one finding per line (empty: healthy).
+def refuse_damaged_ladder(store: Path, study: Study) -> None:
+    """Refuse a resume of ``study`` whose ladder cannot be climbed as stored (before anything is
+    written): a linked ``ladder/``, and for each rung it climbs, one that is half-created, made
+    for another study or damaged (trials, study or search states), as the top store is refused."""
+    if not study.budget.ladder:
+        return
+    refuse_linked_ladder(store)
+    for entry in survey_ladder(store, study):
+        if entry.size not in study.budget.ladder:
+            continue  # strays: no resume touches them; `check` names them
+        if entry.half_created:
+            raise StoreError(
+                f"the ladder rung {entry.path} was left half-created (a driver stopped while creating it; it holds "
+                f"no trial): `tomosweep check --repair {store}` removes it, then resume"
+            )
+        if entry.problem:
+            raise StoreError(
+                f"{entry.path} is {entry.problem}: the study cannot climb its ladder through it. Nothing was "
+                "written; move it out of the store, then resume"
+            )
+        with SweepStore.open(entry.path) as rung:
+            refuse_damaged(rung, top=store)
 
-    Opening validates the attributes and array shapes (a damaged store raises
-    :class:`StoreError` naming the damage); then the trial rows are audited without trusting
-    any of them (:meth:`SweepStore.audit`: missing or unreadable chunks, impossible values,
-    written rows after the commit counter, maps against the intact rows), the store is
-    compared with its stored study (:func:`study_findings`), and the replicates and every
-    optimiser state are checked.
 
-    ``repair`` only ever adds back: it counts intact written rows after the commit counter
-    back in, adds to the maps what the intact trials hold (never lowering a count, never
-    losing a best), rebuilds unreadable maps and resets unreadable optimiser states.
-    Whatever it cannot prove (damaged trials, an edited study) it leaves as it is; the
-    returned lines are the findings before the repair, and a second check says what is left.
-    """
+def _check_one(path: Path) -> tuple[list[str], list[str]]:
+    """One store's findings (see :func:`check_store`) and the search states ``--repair`` resets."""
     findings: list[str] = []
-    with SweepStore.open(store) as opened:
+    with SweepStore.open(path) as opened:
         audit = opened.audit()
         findings += audit.findings
         findings += study_findings(opened)
@@ -535,28 +577,71 @@ def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
             f"replicate entry {key!r}: {why}; left as it is (plan and figures skip it)" if key else f"{why}; left"
             for key, why in opened.replicate_problems()
         ]
-        methods = set(opened.methods)
-        bad_states = []
-        for key, state in opened.optimiser_state().items():
-            if key.split("/")[0] not in methods:
-                bad_states.append(key)
-                findings.append(f"optimiser state {key} names no method of this store; --repair removes it")
-                continue
-            probe = CellOptimizer({"x": (0.0, 1.0, "linear", "real")}, n_initial=1, seed=0)
-            try:
-                probe.restore(state)
-            except (KeyError, TypeError, ValueError) as exc:
-                bad_states.append(key)
-                findings.append(f"optimiser state {key} is unreadable ({exc}); --repair resets it")
+        foreign, unreadable, bad_states = _state_findings(opened)
+        findings += foreign + unreadable
+    return findings, bad_states
+
+
+def _repair_one(opened: SweepStore, bad_states: list[str]) -> None:
+    """What ``check --repair`` does to one store it holds the lock of: only adds back."""
+    audit = opened.audit()  # again, under the lock
+    if audit.uncommitted:
+        opened.recommit(audit.uncommitted)
+        audit = opened.audit()
+    opened.add_to_maps(audit.damaged_rows)
+    if bad_states:
+        opened.reset_optimiser_state(bad_states)
+
+
+def check_store(store: PathLike, *, repair: bool = False) -> list[str]:
+    """A store's health, one finding per line (empty: healthy), its ladder rungs' included.
+
+    Opening validates the attributes and array shapes (a damaged store raises
+    :class:`StoreError` naming the damage); then the trial rows are audited without trusting
+    any of them (:meth:`SweepStore.audit`: missing or unreadable chunks, impossible values,
+    written rows after the commit counter, maps against the intact rows), the store is
+    compared with its stored study (:func:`study_findings`), and the replicates and every
+    stored search state are checked, each state by the code a resume continues from
+    (:func:`~tomosweep.sweep.runner.state_problems`). Every rung under ``ladder/`` gets the
+    same audit, its lines prefixed ``ladder/<size>:``; whatever else is there (a stray or
+    linked folder, a half-created rung, a rung of another study) is named.
+
+    ``repair`` only ever adds back: it counts intact written rows after the commit counter
+    back in, adds to the maps what the intact trials hold (never lowering a count, never
+    losing a best), rebuilds unreadable maps and resets the search states a resume could
+    not continue from; in every rung too, and it removes a half-created rung (which holds
+    no trial). Whatever it cannot prove (damaged trials, an edited study, a foreign rung)
+    it leaves as it is; the returned lines are the findings before the repair, and a
+    second check says what is left.
+    """
+    path = Path(store)
+    findings, bad_states = _check_one(path)
+    with SweepStore.open(path) as opened:
+        try:
+            study: Study | None = stored_study(opened)
+        except SpecError:
+            study = None  # study_findings said so: no size is known to be a rung
+    rungs: list[tuple[LadderEntry, list[str]]] = []
+    for entry in survey_ladder(path, study):
+        if entry.problem:
+            outcome = "--repair removes it" if entry.half_created else "left as it is"
+            findings.append(f"{entry.name} is {entry.problem}: {outcome}")
+            continue
+        rung_findings, rung_states = _check_one(entry.path)
+        findings += [f"{entry.name}: {line}" for line in rung_findings]
+        if rung_findings:
+            rungs.append((entry, rung_states))
     if repair and findings:
-        with SweepStore.open(store, writable=True) as opened:
-            audit = opened.audit()  # again, under the lock
-            if audit.uncommitted:
-                opened.recommit(audit.uncommitted)
-                audit = opened.audit()
-            opened.add_to_maps(audit.damaged_rows)
-            if bad_states:
-                opened.reset_optimiser_state(bad_states)
+        # under the study's lock: no driver climbs the ladder meanwhile
+        with SweepStore.open(path, writable=True) as opened:
+            _repair_one(opened, bad_states)
+            for entry in survey_ladder(path, study):
+                if entry.half_created:
+                    log.info("%s: removing the half-created ladder rung %s", path, entry.path)
+                    shutil.rmtree(entry.path)
+            for entry, rung_states in rungs:
+                with SweepStore.open(entry.path, writable=True) as rung:
+                    _repair_one(rung, rung_states)
     return findings
 
 

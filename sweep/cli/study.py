@@ -43,7 +43,7 @@ from tomosweep.sweep.cli.common import (
     setup_logging,
 )
 from tomosweep.sweep.cli.view import ViewProcess
-from tomosweep.sweep.ladder import stored_rungs
+from tomosweep.sweep.ladder import ladder_problems, stored_rungs
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.runner import EXHAUSTED
 
@@ -315,6 +315,9 @@ def status(
             out.print(Text(f"  {r['method']} {r['n_haadf']}×{r['n_chem']} after {r['trials']} trials: {r['stopped']}"))
     for size, path, n in stored_rungs(store):
         out.print(Text(f"ladder rung {size}³: {n} trials (tomosweep status {path})"))
+    others = ladder_problems(store)
+    if others:
+        out.print(Text(f"{len(others)} thing(s) under ladder/ are not rungs of this study: `tomosweep check {store}`"))
     if frame["n_pruned"].sum():
         out.print(
             f"{int(frame['n_pruned'].sum())} trials pruned by the median stopping rule, saving about "

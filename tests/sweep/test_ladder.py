@@ -6,7 +6,7 @@ import pytest
 import trial_hooks
 from sweep_support import run_cli, tiny_study
 
-from tomosweep.errors import SpecError
+from tomosweep.errors import SpecError, StoreError
 from tomosweep.results import SweepStore
 from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import resume_study, run_study
@@ -69,7 +69,7 @@ def test_a_stored_rung_of_another_study_is_refused(tmp_path, client):
     other = study_from_dict({**_laddered(), "seed": 99})
     with SweepStore.open(rung_path(path, 16), writable=True) as store:
         store.update_study(spec=rung_study(other, 16).to_json(), spec_hash="0" * 16, n_haadf=[5, 9], n_chem=[3])
-    with pytest.raises(SpecError, match="ladder rung stored at .* was made for another study"):
+    with pytest.raises(StoreError, match=r"ladder/16 is a rung made for another study .*Nothing was written"):
         resume_study(path, client=client, trial_fn=trial_hooks.synthetic_trial)
 
 
