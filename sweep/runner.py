@@ -289,6 +289,7 @@ class Runner:
         slots: int | None = None,
         resources: dict[str, float] | None = None,
         warm_from: list[TrialRecord] | None = None,
+        task_data: Any = None,
     ) -> None:
         self.study = study
         self.store = store
@@ -301,6 +302,7 @@ class Runner:
         self.slots = slots
         self.resources = resources
         self.warm_from = list(warm_from or [])
+        self.task_data = task_data  # a tune's prepared series, carried by every trial (TrialTask.data)
         self._study_json = json.dumps(study.to_json(), sort_keys=True)
         self._seq = itertools.count()
         self._capacity_at = -math.inf
@@ -503,7 +505,16 @@ class _Pass:
         method, h, c = ticket.key
         prune = runner.study.budget.prune and METHODS[method].prunable
         thresholds = prune_thresholds(self.curves[ticket.key]) if prune else None
-        task = TrialTask(runner._study_json, method, h, c, ticket.params, ticket.attempt, prune=thresholds or None)
+        task = TrialTask(
+            runner._study_json,
+            method,
+            h,
+            c,
+            ticket.params,
+            ticket.attempt,
+            prune=thresholds or None,
+            data=runner.task_data,
+        )
         name = f"trial-{method}-{h}x{c}-{next(runner._seq)}-{uuid.uuid4().hex[:12]}"
         future = runner.client.submit(runner.trial_fn, task, key=name, pure=False, resources=runner.resources)
         self.active[future] = ticket

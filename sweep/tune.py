@@ -393,6 +393,38 @@ def _make_split(prepared: Prepared, p: float, holdout: float, s: int, seed: int)
     return _Split(cell, held, fit_totals, left_out, {})
 
 
+def full_cell(prepared: Prepared) -> CellData:
+    """The whole prepared series (every count, every tilt) as a method takes it: what the final
+    reconstruction with the tuned weights sees (``reconstruct-data`` builds the same)."""
+    n_det = prepared.n_det
+    if prepared.haadf_only:
+        assert prepared.haadf is not None
+        return CellData(
+            elements=(HAADF_ONLY,),
+            truth=None,
+            haadf_projector=None,
+            chem_projector=Projector(n_det, prepared.haadf_angles),
+            haadf=None,
+            chem=prepared.haadf[None],
+            eps=np.zeros(1),
+            gamma=1.0,
+        )
+    k = np.ones(len(prepared.elements)) if prepared.sensitivity is None else np.asarray(prepared.sensitivity, float)
+    moved = np.stack([apply_shifts(c, prepared.chem_shifts) for c in prepared.chem])
+    return CellData(
+        elements=prepared.elements,
+        truth=None,
+        haadf_projector=None if prepared.haadf is None else Projector(n_det, prepared.haadf_angles),
+        chem_projector=Projector(n_det, prepared.chem_angles),
+        haadf=prepared.haadf,
+        chem=moved / k[:, None, None, None],
+        eps=np.asarray(prepared.background, dtype=float) / k,
+        gamma=prepared.gamma,
+        z=atomic_numbers(prepared.elements),
+        haadf_scale=prepared.haadf_scale,
+    )
+
+
 def poisson_deviance(counts: np.ndarray, mean: np.ndarray) -> float:
     r"""Mean Poisson deviance per pixel, :math:`\frac{2}{N}\sum b\log(b/\mu) - (b - \mu)` (0 · log 0 = 0)."""
     mean = np.maximum(mean, 1e-12)
@@ -440,6 +472,20 @@ def _haadf_error(prepared: Prepared, split: _Split, volumes: np.ndarray) -> floa
     return float(np.linalg.norm(scale * predicted - measured) / max(np.linalg.norm(measured), 1e-300))
 
 
+_HAADF_REF = "(haadf)"  # the key of the start's held-out HAADF error in a split's reference
+
+
+def _reference(prepared: Prepared, split: _Split, study: Study, p: float) -> dict[str, float]:
+    """The held-out terms of the chemical-only ML-EM start of a split (computed once per worker)."""
+    if not split.reference:
+        start = np.asarray(to_numpy(cell_start(split.cell, study.device).volume), dtype=float)
+        split.reference.update(zip(prepared.elements, _chem_deviances(prepared, split, start, p), strict=True))
+        haadf = _haadf_error(prepared, split, start)
+        if haadf is not None:
+            split.reference[_HAADF_REF] = haadf
+    return split.reference
+
+
 def fit_weights(method: str, params: Mapping[str, float], p: float, *, thinned: bool) -> dict[str, float]:
     """The weights the thinned part is fitted with: :data:`THINNED` ones divided by ``p``."""
     out = {k: float(v) for k, v in params.items()}
@@ -467,14 +513,15 @@ def tune_trial_terms(study: Study, prepared: Prepared, method: str, params: Mapp
             raise FloatingPointError(f"method {method!r} returned a non-finite reconstruction")
         entry: dict[str, Any] = {"split": s, "haadf": _haadf_error(prepared, split, volumes)}
         if not prepared.haadf_only:
+            reference = _reference(prepared, split, study, p)
             deviance = _chem_deviances(prepared, split, volumes, p)
-            if not split.reference:
-                start = np.asarray(to_numpy(cell_start(split.cell, study.device).volume), dtype=float)
-                split.reference.update(zip(prepared.elements, _chem_deviances(prepared, split, start, p), strict=True))
-            ref = [max(split.reference[e], 1e-300) for e in prepared.elements]
+            ref = [max(reference[e], 1e-300) for e in prepared.elements]
             entry["chem_deviance"] = deviance
             entry["chem_relative"] = [d / r for d, r in zip(deviance, ref, strict=True)]
             entry["chem"] = float(np.mean(entry["chem_relative"]))
+            if entry["haadf"] is not None and reference.get(_HAADF_REF):
+                entry["haadf_relative"] = entry["haadf"] / reference[_HAADF_REF]
+                entry["both"] = 0.5 * (entry["chem"] + entry["haadf_relative"])
         splits.append(entry)
         last = result
     return {"splits": splits, "result": last}
