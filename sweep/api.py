@@ -22,6 +22,7 @@ from tomosweep.phantoms.specimens import declared_elements
 from tomosweep.results import SweepStore, TrialRecord
 from tomosweep.results.export import best_params_frame, check_export_folder, export, export_names
 from tomosweep.results.store import check_store_location
+from tomosweep.series.files import file_hash as series_file_hash
 from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason, to_numpy
 from tomosweep.sweep import memory
 from tomosweep.sweep.ladder import LadderEntry, climb, refuse_linked_ladder, survey_ladder
@@ -36,6 +37,7 @@ from tomosweep.sweep.tune import (
     prepared_from,
     prepared_meta,
     run_tune_trial,
+    series_digest,
     tune_elements,
     tune_objective,
     tune_study,
@@ -105,8 +107,11 @@ def study_inputs(study: Study) -> dict[str, Any]:
 
 
 def tune_inputs(data: PathLike, sources: dict[str, str]) -> dict[str, Any]:
-    """What a tune pins: its data file and every series file it names, each with its SHA-256."""
-    pinned = {"data.file": {"path": str(Path(data).resolve()), "sha256": file_hash(data)}}
+    """What a tune pins: its data file's series tables and every series file it names, each by SHA-256.
+
+    The data file itself is pinned by what describes the series (:func:`series_digest`), not by
+    its bytes: its ``[budget]`` may grow on ``resume --extend`` like a study file's."""
+    pinned = {"data.file": {"path": str(Path(data).resolve()), "sha256": series_digest(data)}}
     for i, (path, digest) in enumerate(sorted(sources.items())):
         pinned[f"data.series.{i}"] = {"path": path, "sha256": digest}
     return pinned
@@ -122,7 +127,9 @@ def _check_inputs(store: SweepStore, study: Study) -> None:
         for name, then in store.inputs.items():
             path = Path(str(then.get("path", "")))
             if path.is_file():
-                now[name] = {"path": str(path), "sha256": file_hash(path)}
+                # the series files are pinned as load_series hashes them: their bytes
+                digest = series_digest(path) if name == "data.file" else series_file_hash(path)
+                now[name] = {"path": str(path), "sha256": digest}
             else:
                 log.info("%s %s is gone; the tune goes on from the series stored in %s", name, path, store.path)
     else:
@@ -134,8 +141,13 @@ def _check_inputs(store: SweepStore, study: Study) -> None:
             raise SpecError(
                 f"{name} {now[name]['path']} has changed since {store.path} was created "
                 f"(sha256 then {then.get('sha256', '?')[:16]}…, now {now[name]['sha256'][:16]}…): "
-                "new trials would be scored against another ground truth. Restore the file, "
-                "or start a new study on the new one"
+                + (
+                    "new trials would be scored on other data than the stored ones. Restore the file, or tune the "
+                    "new data in a new store"
+                    if study.is_tune
+                    else "new trials would be scored against another ground truth. Restore the file, "
+                    "or start a new study on the new one"
+                )
             )
 
 
@@ -367,6 +379,16 @@ def run_tune(
             log.info("created %s for a tune of %s (%s)", store, data, conn.description)
             runner = _runner(study, opened, conn, progress=progress, trial_fn=run_tune_trial, task_data=prepared)
             return runner.run()
+
+
+def refuse_tune(store: PathLike, question: str) -> None:
+    """Refuse a question that needs a ground truth (``plan``, ``replicate``…) on a tune's store."""
+    with SweepStore.open(store) as opened:
+        if "data" in opened.spec:
+            raise StoreError(
+                f"{store} holds a tune of measured data: its values are a held-out loss, not an NRMSE against a "
+                f"ground truth, so {question} needs a study of a simulated specimen (tomosweep run STUDY.toml)"
+            )
 
 
 def stored_study(store: SweepStore) -> Study:

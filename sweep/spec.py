@@ -247,6 +247,8 @@ class Study(BaseModel):
                 raise ValueError("budget.prune scores iterates against a ground truth, which a tune does not have")
             if len(self.cells) != 1:
                 raise ValueError("a tune has one cell: the measured series' own tilt counts")
+            if self.budget.surrogate != "cell":
+                raise ValueError('budget.surrogate = "map" shares what the cells of a map learn; a tune has one cell')
         elif min(self.acquisition.n_haadf + self.acquisition.n_chem) < 1:
             raise ValueError(
                 f"acquisition: tilt counts must lie in 1–{_MAX_TILTS} "

@@ -59,6 +59,7 @@ stored with the trials (:func:`write_prepared`); every trial carries the prepare
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -267,7 +268,11 @@ def tune_study(data: str | os.PathLike[str]) -> tuple[Study, MeasuredSeries]:
             "gamma": float(series.gamma if series.gamma is not None else DEFAULT_GAMMA),
         },
         "methods": methods,
-        "budget": spec.budget if spec.budget is not None else {"trials_per_cell": DEFAULT_TRIALS},
+        # one cell: a GP of its own (the map's surrogate shares what cells learn, and there is one)
+        "budget": {
+            "surrogate": "cell",
+            **(spec.budget if spec.budget is not None else {"trials_per_cell": DEFAULT_TRIALS}),
+        },
     }
     for key in ("seed", "device", "cluster", "plugins"):
         value = getattr(spec, key)
@@ -288,6 +293,17 @@ def loss_of(study: Study, prepared: Prepared) -> str:
     if study.data.loss is not None:
         return study.data.loss
     return "haadf" if prepared.haadf_only else "chem"
+
+
+# the data file's tables that say what a tune searches, not what the series are
+_SEARCH_TABLES = ("name", "seed", "device", "methods", "budget", "tune", "cluster", "plugins", "weights")
+
+
+def series_digest(data: str | os.PathLike[str]) -> str:
+    """SHA-256 of what a data file says about its series (every table but the search's, canonical JSON)."""
+    spec = load_data_file(data)
+    body = spec.model_dump(mode="json", exclude=set(_SEARCH_TABLES))
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def tune_objective(study: Study, elements: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ from tomosweep.results import SweepStore
 from tomosweep.results.outputs import check_replaceable, check_space, replace_file
 from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
 from tomosweep.results.plan import plan as plan_rows
-from tomosweep.sweep.api import run_tune
+from tomosweep.sweep.api import refuse_tune, run_tune
 from tomosweep.sweep.cli.common import CliState, TrustOption, consent_to_stored_cluster, console, out, parse_cell
 from tomosweep.sweep.cli.study import (
     ClusterOption,
@@ -97,6 +97,7 @@ def plan(
     ] = 1.0,
 ) -> None:
     """The cheapest acquisitions of the study's grid that reach --target, with the weights to use."""
+    refuse_tune(store, "plan (which acquisition reaches an NRMSE)")
     if store.name in ("", ".", ".."):  # `plan .` inside the store: name it, to put the figure beside it
         store = Path(os.path.abspath(store))
     path = figure_path(store, figure, method)
@@ -193,6 +194,7 @@ def replicate(
     Each replicate is stored as it finishes; after an interruption the same command runs
     only the missing ones."""
     state: CliState = ctx.obj
+    refuse_tune(store, "replicate (the NRMSE under fresh noise)")
     cells = [parse_cell(c) for c in cell] if cell else None
     try:
         scales = [float(v) for v in chem_snr_scale.split(",")] if chem_snr_scale else None
