@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tomosweep.errors import InputError
 from tomosweep.solvers import backend, validation
 from tomosweep.solvers.projector import Projector
 from tomosweep.solvers.result import Callback, CostLog, Result
@@ -120,7 +121,7 @@ def sirt(
     else:
         x0 = validation.finite_array(x0, "x0")
         if tuple(x0.shape) != (projector.n, projector.n, n_x):
-            raise validation.InputError(f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}")
+            raise InputError(f"x0 must have shape {(projector.n, projector.n, n_x)}, got {tuple(x0.shape)}")
         x = backend.asarray(x0, xp, dtype).reshape(projector.shape[1], n_x).copy()
     inv_row = safe_inverse(xp, projector.row_sums(xp, dtype))[:, None]
     inv_col = safe_inverse(xp, projector.col_sums(xp, dtype))[:, None]

@@ -421,7 +421,10 @@ def resume_study(
         refuse_damaged_ladder(opened.path, stored)
         new = stored
         if study is not None:
-            new = tune_study(study)[0] if stored.is_tune else _as_study(study)
+            if stored.is_tune and not isinstance(study, Study):  # a tune is extended with its data file
+                new = tune_study(study)[0]
+            else:
+                new = _as_study(study)
             if new.content_hash() != stored.content_hash():
                 if not extend:
                     raise SpecError(

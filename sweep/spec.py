@@ -500,7 +500,7 @@ def load_study(path: str | os.PathLike[str]) -> Study:
         study = study.model_copy(update={"phantom": phantom})
         given = raw.get("phantom")
         if isinstance(given, Mapping) and "size" in given:
-            _check_file_size(study.phantom, source=str(path))
+            _check_file_size(phantom, source=str(path))
     return study
 
 
