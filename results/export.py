@@ -19,6 +19,7 @@ import numpy as np
 
 from tomosweep.errors import StoreError
 from tomosweep.results.outputs import StagedOutput, check_replaceable, check_space
+from tomosweep.results.spreadsheet import write_csv
 from tomosweep.results.store import SweepStore, pruning_summary
 
 
@@ -317,11 +318,11 @@ def _write_export(
 ) -> list[Path]:
     written = []
     trials = trials_frame(store)
-    for path in (out / "trials.csv", out / "trials.parquet"):
-        (trials.to_csv if path.suffix == ".csv" else trials.to_parquet)(path, index=False)
-        written.append(path)
+    write_csv(trials, out / "trials.csv")  # spreadsheet-safe; Parquet keeps the store's strings as they are
+    trials.to_parquet(out / "trials.parquet", index=False)
+    written += [out / "trials.csv", out / "trials.parquet"]
     best = best_params_frame(store)
-    best.to_csv(out / "best_params.csv", index=False)
+    write_csv(best, out / "best_params.csv")
     written.append(out / "best_params.csv")
     fig = heatmap_figure(store)
     for suffix in (".png", ".svg"):

@@ -19,6 +19,7 @@ from rich.console import Console
 from tomosweep.errors import TomosweepError
 from tomosweep.nofollow import NoFollowFileHandler
 from tomosweep.results import SweepStore
+from tomosweep.results.spreadsheet import csv_text
 from tomosweep.sweep.replicates import stored_cluster_needs_consent
 
 
@@ -135,10 +136,11 @@ def print_data(frame: Any, *, fmt: TableFormat) -> None:
 
     No Rich: no markup read, no wrapping, no colour, whatever the terminal. Floats keep
     every digit (CSV as pandas writes them, JSON as Python's ``repr``); a missing value is
-    an empty CSV field or JSON ``null``.
+    an empty CSV field or JSON ``null``. A CSV string cell that a spreadsheet would run as a
+    formula gets a ``'`` before it (:mod:`tomosweep.results.spreadsheet`); JSON keeps it as it is.
     """
     if fmt is TableFormat.csv:
-        typer.echo(frame.to_csv(index=False, lineterminator="\n"), nl=False)
+        typer.echo(csv_text(frame), nl=False)
     else:
         records = [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
         typer.echo(json.dumps(records, indent=2, ensure_ascii=False, allow_nan=False))
