@@ -138,9 +138,10 @@ class PluginsSpec(BaseModel):
     importable there: installed in the workers' environment, or on their ``PYTHONPATH``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     modules: tuple[str, ...] = ()
+    """Modules to import, by dotted name, on the driver and on every worker before the rest is read."""
 
     @field_validator("modules")
     @classmethod

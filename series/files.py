@@ -74,14 +74,18 @@ _AXIS_MIN_SPAN = 30.0  # degrees of tilt: over less, both directions look invari
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # use_attribute_docstrings: the docstring under a field is its description, which the
+    # documentation's data-file reference shows (docs/_ext/tomosweep_reference.py)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 class AngleFile(_Model):
     """Angles in a container: ``{file = "series.h5", dataset = "/tilts"}``."""
 
     file: str
+    """The container holding the angles (HDF5, NPZ), relative to the data file."""
     dataset: str | None = None
+    """The dataset (HDF5) or array (NPZ) inside it."""
 
 
 Angles = Annotated[list[float] | str | AngleFile, Field(union_mode="left_to_right")]
@@ -91,8 +95,13 @@ class SeriesFile(_Model):
     """One image stack: the file, the dataset (or signal title) inside it and its angles."""
 
     file: str
+    """The image stack, relative to the data file: ``.mrc/.st/.ali``, ``.tif``, ``.dm3/.dm4``, ``.hspy``, ``.emd``,
+    ``.h5`` or ``.npz``."""
     dataset: str | None = None
+    """The dataset inside an HDF5 or NPZ file, or the title of the signal in an ``.emd`` or ``.hspy``."""
     angles: Angles | None = None
+    """Tilt angles: ``"header"`` (from the file), an angle file (``.rawtlt``, ``.tlt``), a list of degrees, or
+    ``{ file, dataset }`` in a container; not set: the section's angles."""
 
 
 class HaadfSection(SeriesFile):
@@ -101,27 +110,36 @@ class HaadfSection(SeriesFile):
     # narrower than SeriesFile's on purpose: a HAADF series always has angles, from its header by
     # default; sections are read, never assigned to, so the narrowing cannot be broken through the base
     angles: Angles = "header"  # pyright: ignore[reportIncompatibleVariableOverride]
+    """Tilt angles: ``"header"`` (SerialEM, FEI or HyperSpy metadata), an angle file (``.rawtlt``, ``.tlt``), a list
+    of degrees, or ``{ file, dataset }`` in a container."""
     background: float | Literal["auto"] = "auto"
-    # HAADF counts per unit of Σ (Z x)^γ per voxel, with x in the units the sensitivities define;
-    # "auto" fits it to the chemical start (tomosweep.solvers.fused, haadf_scale)
+    """The HAADF vacuum level in counts; ``"auto"``: from detector border strips shown to be vacuum, else 0 with a
+    note."""
     scale: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """HAADF counts per unit of Σ (Z x)^γ per voxel, with x in the units the sensitivities define; ``"auto"`` fits it
+    with the volumes inside the fused solve (:func:`tomosweep.solvers.fused`, ``haadf_scale``)."""
 
 
 class ChemSection(_Model):
     """``[chem]`` of a data file: one stack per element, their angles, background, sensitivities."""
 
     angles: Angles = "header"
+    """Tilt angles of every element's maps (an element's own ``angles`` overrides them): as ``haadf.angles``."""
     background: float | Literal["auto"] | dict[str, float] = "auto"
-    # counts per unit concentration and voxel length (k-factors, or cross-section × detector
-    # efficiency; relative values suffice while haadf.scale is "auto"); equal when not given
+    """Flat background of each map in counts, the Poisson model's ε: one number, one per element, or ``"auto"``
+    (from the detector border)."""
     sensitivity: dict[str, float] | None = None
-    # "counts": raw counts per pixel (checked: whole numbers, some above 1), what the Poisson
-    # model of the fused solver assumes; "normalised": maps proportional to counts (background-
-    # subtracted, normalised or quantified), taken as they are, with a note
+    """Counts per unit concentration and voxel length per element (k-factors, or cross-section × detector efficiency;
+    relative values suffice while ``haadf.scale`` is ``"auto"``); equal when not given, with a note."""
     units: Literal["counts", "normalised"] = "counts"
-    # keV per element: the element's file is an EDS spectrum image, summed over this window
+    """``"counts"``: raw counts per pixel (checked: whole numbers, some above 1), what the Poisson model assumes;
+    ``"normalised"``: maps proportional to counts (background-subtracted, normalised or quantified), taken as they
+    are, with a note."""
     windows: dict[str, tuple[float, float]] | None = None
+    """Energy window ``[low, high]`` in keV per element: that element's file is an EDS spectrum image (or a stack of
+    them), summed over the window."""
     elements: dict[str, str | SeriesFile]
+    """One map series per element symbol: a file name, or ``{ file, dataset, angles }``."""
 
     @field_validator("elements")
     @classmethod
@@ -143,32 +161,55 @@ class AlignSection(_Model):
     """``[align]`` of a data file: how the series are aligned, and the largest shift allowed."""
 
     method: Literal["projmatch", "xcorr", "com", "none"] = "projmatch"
+    """``"projmatch"``: projection matching after a cross-correlation chain; ``"xcorr"``: the chain alone;
+    ``"com"``: centres of mass (exact for an isolated particle); ``"none"``: leave the series as it is."""
     max_shift: float | None = Field(default=None, gt=0)
+    """The largest shift between successive tilts, in pixels, that the cross-correlation chain searches (not set: a
+    quarter of the projection)."""
 
 
 class DataFile(_Model):
     """The schema of a data file (see ``examples/measured_data.toml``)."""
 
     haadf: HaadfSection | None = None
+    """The HAADF series (a data file names this, ``[chem]``, or both)."""
     chem: ChemSection | None = None
-    angles_unit: Literal["deg", "rad"] | None = None  # None: degrees, refused where they look like radians
+    """The chemical maps, one series per element."""
+    angles_unit: Literal["deg", "rad"] | None = None
+    """The unit of every angle; not set: degrees, and angles that all lie within ±π/2 are refused as radians."""
     tilt_axis: Literal["horizontal", "vertical"] = "horizontal"
+    """Direction of the tilt axis in the images; ``"vertical"`` is IMOD's layout."""
     tilt_axis_angle: float = Field(default=0.0, ge=-45, le=45)
+    """Degrees by which a slightly rotated tilt axis is turned back before anything else."""
     bin: int = Field(default=1, ge=1, le=16)
+    """Sum bin × bin pixels of every image."""
     gamma: float | None = Field(default=None, ge=1, le=3)
+    """HAADF contrast exponent γ of Z^γ; not set: the weights' (a study's ``--weights``), else 1.7."""
     pixel_size_nm: float | None = Field(default=None, gt=0)
+    """Pixel size in nm before binning, written into the volumes' axes (OME-Zarr, TIFF, ``.hspy``)."""
     align: AlignSection = AlignSection()
+    """How the series are aligned."""
     weights: dict[str, float | str] | None = None
+    """The method and weights to reconstruct with when no ``--weights`` store is given: ``method = "fused"`` and
+    the method's parameters (``lambda_haadf`` relative to the data's balance point, as a study searches it)."""
     # what `tomosweep tune` searches on these data, in a study file's words; validated there
     # (tomosweep.sweep.tune), read by nothing else
     name: str | None = None
+    """``tomosweep tune``: the tune's name, as a study file's ``name``."""
     seed: int | None = None
+    """``tomosweep tune``: the seed of the splits and the optimiser, as a study file's ``seed``."""
     device: str | None = None
+    """``tomosweep tune``: where trials reconstruct, as a study file's ``device``."""
     methods: dict[str, Any] | None = None
+    """``tomosweep tune``: the methods and weights to search, as a study file's ``[methods.<name>]``."""
     budget: dict[str, Any] | None = None
+    """``tomosweep tune``: how many trials, as a study file's ``[budget]`` (one cell, no ladder or pruning)."""
     tune: dict[str, Any] | None = None
+    """``tomosweep tune``: the self-supervised loss (the keys below)."""
     cluster: dict[str, Any] | None = None
+    """``tomosweep tune``: where the trials run, as a study file's ``[cluster]``."""
     plugins: dict[str, Any] | None = None
+    """``tomosweep tune``: modules to import, as a study file's ``[plugins]``."""
 
     @model_validator(mode="after")
     def _some_series(self) -> DataFile:

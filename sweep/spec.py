@@ -32,7 +32,9 @@ from tomosweep.plugins import PluginsSpec
 from tomosweep.sweep.methods import METHODS
 
 # allow_inf_nan=False: inf and nan pass float parsing but fail every trial later
-_FORBID = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# use_attribute_docstrings: the docstring under a field is its description, which the
+# documentation's study-file reference shows (docs/_ext/tomosweep_reference.py)
+_FORBID = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
 _MAX_TILTS = 1000  # per series; the paper's largest is 141
 
 
@@ -41,8 +43,11 @@ class SearchRange(BaseModel):
 
     model_config = _FORBID
     low: float
+    """Lower bound of the searched range."""
     high: float
+    """Upper bound of the searched range (larger than ``low``)."""
     prior: Literal["log", "linear"] = "linear"
+    """``"log"``: uniform in the logarithm (needs ``low > 0``), for weights spanning decades; ``"linear"``: uniform."""
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchRange:
@@ -67,9 +72,14 @@ class PhantomSpec(BaseModel):
 
     model_config = _FORBID
     name: str | None = None
+    """A built-in specimen, by name (:data:`tomosweep.phantoms.SPECIMENS`); give this or ``file``."""
     file: str | None = None
+    """Your own ground truth: ``.npz``, ``.h5``, ``.zarr`` or ``.hspy`` with ``volumes`` and ``elements``
+    (:func:`tomosweep.phantoms.load_specimen`); its SHA-256 is recorded and checked on resume."""
     size: int = Field(default=48, ge=16, le=1024)
+    """Edge of a built-in specimen in voxels (an n × n × n volume); beside a ``file`` it must equal the file's."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the built-in specimen's generator (refused for a file, and named when unknown)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> PhantomSpec:
@@ -95,12 +105,19 @@ class AcquisitionSpec(BaseModel):
 
     model_config = _FORBID
     n_haadf: list[int] = Field(min_length=1)
+    """HAADF tilt counts: one axis of the map, each a cell row (distinct, 1–1000)."""
     n_chem: list[int] = Field(min_length=1)
+    """Chemical (EDS/EELS map) tilt counts: the other axis of the map (distinct, 1–1000)."""
     tilt_range: tuple[float, float] = (-70.0, 70.0)
+    """First and last tilt in degrees, ``[low, high]`` with −90 ≤ low < high ≤ 90; tilts are spread evenly."""
     haadf_snr: float = Field(default=2000.0, gt=0, le=1e7)
+    """HAADF signal-to-noise ratio: mean noise-free signal over the RMS of the Poisson noise."""
     chem_snr: float | dict[str, float] = 2.5
+    """Chemical SNR: one number, or a table ``{ Co = 1.9, Cu = 2.9, … }`` naming exactly the specimen's elements."""
     background: float = Field(default=0.15, ge=0, lt=10)
-    gamma: float = Field(default=1.7, ge=1, le=3)  # Z^γ contrast: 1 (mass-thickness) to 3
+    """Flat chemical background added before the noise, as a fraction of each map's maximum (Schwartz 2024 Methods)."""
+    gamma: float = Field(default=1.7, ge=1, le=3)
+    """HAADF contrast exponent γ of Z^γ: 1 (mass-thickness) to 3."""
 
     @field_validator("n_haadf", "n_chem")
     @classmethod
@@ -156,20 +173,37 @@ class BudgetSpec(BaseModel):
 
     model_config = _FORBID
     trials_per_cell: int = Field(ge=1, le=100000)
+    """Trials per (method, cell): each cell's cap."""
     initial_points: int = Field(default=5, ge=1)
+    """Points before the Gaussian process takes over: warm starts, then a Latin-hypercube design
+    (at most ``trials_per_cell``)."""
     liar: Literal["cl_min", "cl_mean", "cl_max", "kb"] = "cl_min"
+    """The lie told for trials in flight: the constant liar at the min, mean or max of the results so far, or
+    ``"kb"`` (kriging believer: the GP's own prediction)."""
     sampler: Literal["gp", "random"] = "gp"
+    """``"gp"``: GP-Hedge over EI, LCB and PI; ``"random"``: random search, the baseline to check the GP against."""
     warm_start: bool = True
+    """Start each cell from the best points of its neighbours (per-cell surrogate) or of an earlier study or rung."""
     prune: bool = False
+    """Stop hopeless trials by the median stopping rule (Golovin et al. 2017); off because it cost map quality when
+    measured."""
     # "map" measures better (benchmarks/map_cost.py: every cell of a 4 × 4 grid within 5 %
     # of its reference after a median 104 trials; per-cell GPs had 2-7 of 16 cells there
     # after 192)
     surrogate: Literal["map", "cell"] = "map"
+    """``"map"``: one GP per method over (weights, log tilt counts), shared by every cell; ``"cell"``: one GP per
+    cell."""
     stop_tolerance: float | None = Field(default=None, gt=0, lt=1)
+    """Stop a cell once the expected improvement stayed below this fraction of its best for ``stop_patience`` asks
+    (off when not set)."""
     stop_patience: int = Field(default=3, ge=1)
+    """Asks in a row below ``stop_tolerance`` before a cell stops."""
     total: int | None = Field(default=None, ge=1)
+    """Cap on the whole study's trials (all methods and cells); a stopped cell's unused trials go to the others."""
     ladder: list[int] = Field(default_factory=list)
+    """Specimen sizes to search the same map at first, smallest first (each ≥ 16): the resolution ladder."""
     ladder_trials: int | None = Field(default=None, ge=1, le=100000)
+    """Trials per cell on each rung of the ladder (not set: 2, which measured better than 4)."""
 
     @field_validator("ladder")
     @classmethod
@@ -209,10 +243,16 @@ class TuneSpec(BaseModel):
 
     model_config = _FORBID
     file: str
+    """The data file, resolved (written by ``tomosweep tune``)."""
     splits: int = Field(default=2, ge=1, le=16)
+    """Poisson-thinning splits K a trial averages its loss over, each with its own seed."""
     fraction: float = Field(default=0.5, ge=0.1, le=0.9)
+    """Share p of each chemical count in the part the reconstruction is fitted on; the rest, 1 − p, is held out."""
     haadf_holdout: float = Field(default=0.1, gt=0, lt=0.5)
+    """Share of the interior HAADF tilts held out of the fit and predicted."""
     loss: Literal["chem", "haadf"] | None = None
+    """The held-out term the search minimises: ``"chem"`` (the maps' Poisson deviance; the default with chemical
+    maps) or ``"haadf"`` (the held-out tilts' error; the only one for a HAADF-only series)."""
 
 
 class Study(BaseModel):
@@ -225,16 +265,27 @@ class Study(BaseModel):
 
     model_config = _FORBID
     name: str = "study"
+    """The study's name, in its log and in the names of what it writes."""
     seed: int = Field(default=0, ge=0)
+    """Seeds the phantom, each cell's noise (a seed derived from it and the cell) and the optimisers."""
     device: Literal["cpu", "gpu", "auto"] = "cpu"
+    """Where trials reconstruct: ``"gpu"`` needs the ``gpu`` extra and a CUDA device; ``"auto"`` uses one if present."""
     phantom: PhantomSpec | None = None
+    """The ground truth the study simulates and scores against (a study names this; a tune names ``data``)."""
     data: TuneSpec | None = None
+    """A tune's measured series and loss, written by ``tomosweep tune``."""
     acquisition: AcquisitionSpec
+    """The simulated acquisition and the grid of (HAADF tilts × chemical tilts)."""
     # before methods and cluster: importing the modules registers what those name
     plugins: PluginsSpec = Field(default_factory=PluginsSpec)
+    """Modules to import before the rest is read: methods and cluster backends of your own."""
     methods: dict[str, dict[str, ParamValue]] = Field(min_length=1)
+    """One table per method, ``[methods.<name>]``: a number holds a parameter, ``{ low, high, prior }`` searches it,
+    an empty table searches the method's default ranges (``tomosweep methods`` lists them)."""
     budget: BudgetSpec
+    """How many trials, and how they are chosen."""
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    """Where the trials run: this machine, its GPUs, a batch cluster or a running scheduler."""
 
     @model_validator(mode="after")
     def _phantom_or_data(self) -> Study:
