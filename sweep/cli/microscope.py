@@ -180,7 +180,7 @@ def check_figures(paths: list[Path]) -> None:
 def replicate(
     ctx: typer.Context,
     store: Annotated[Path, typer.Argument(help="study store")],
-    method: Annotated[str, typer.Option("--method")] = "fused",
+    method: Annotated[str, typer.Option("--method", help="method whose best weights to replicate")] = "fused",
     cell: Annotated[list[str] | None, typer.Option("--cell", help="H,C (repeatable; default: all)")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="fresh noise realisations per cell")] = 4,
     chem_snr_scale: Annotated[
