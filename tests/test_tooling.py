@@ -2,7 +2,7 @@
 
 The package folders become ``tomosweep.<name>`` through setuptools' ``package-dir``; the
 default editable install maps them with an import hook only Python runs, the strict one
-(README, "Tests and benchmarks") with a tree of links that pyright and jedi follow. CI
+(CONTRIBUTING.md, "Developer install") with a tree of links that pyright and jedi follow. CI
 installs the strict way and runs pyright over the package; these tests say the same on a
 developer's machine, and skip with the reason under another install.
 """

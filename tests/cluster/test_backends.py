@@ -123,19 +123,19 @@ def test_a_batch_clusters_scheduler_admits_only_the_studys_certificate(tmp_path)
         assert_only_the_study_certificate_gets_in(cluster.scheduler_address, folder)
 
 
-def test_the_readmes_htcondor_backend_is_valid_everywhere_once_registered(tmp_path):
-    """The README's registration line: [cluster], --cluster and job-script know the backend at once."""
+def test_the_documented_htcondor_backend_is_valid_everywhere_once_registered(tmp_path):
+    """The how-to's registration line: [cluster], --cluster and job-script know the backend at once."""
     import re
 
     from tomosweep.cluster.backends import BACKENDS
     from tomosweep.sweep.api import worker_job_script
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    code = next(c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if '"htcondor"' in c)
+    howto = (Path(__file__).parents[2] / "docs" / "howto" / "add-backend.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", howto, re.S) if '"htcondor"' in c)
     study = study_from_dict(small_study(backend="local", n_workers=1))
     with pytest.raises(ClusterError, match="--cluster 'htcondor': not a backend"):
         with_cluster(study, "htcondor")
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/howto/add-backend.md", "exec"), {})
     try:
         with dask.config.set({"jobqueue.htcondor.disk": "4GB"}):  # a setting [cluster] has no key for
             settings = ClusterSettings(backend="htcondor", cores=8, memory="16GB", interface="lo", gpus=1)

@@ -183,5 +183,5 @@ def test_a_bad_command_line_is_refused_cleanly(folder, capsys, case, args):
 
 
 def test_the_count_of_bad_inputs():
-    # the README's reliability section quotes this number
+    # the README's status table and docs/explanation/reliability.md quote this number
     assert len(STUDIES) + len(CLI_CASES) == 80

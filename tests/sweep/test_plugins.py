@@ -26,7 +26,7 @@ from tomosweep.sweep.methods import METHODS, Method
 from tomosweep.sweep.spec import study_from_dict
 from tomosweep.sweep.trial import TrialTask, run_trial
 
-README = Path(__file__).parents[2] / "README.md"
+HOWTO = Path(__file__).parents[2] / "docs" / "howto" / "add-method.md"
 EXAMPLE = SOURCE / "tomosweep_plugin_example.py"
 
 
@@ -43,12 +43,12 @@ def forget_plugins():
             del sys.modules[name]
 
 
-def test_the_readme_example_is_the_distributions_module():
-    """The README's method example is, character for character, the module the tests install."""
-    readme = README.read_text()
-    assert f"```python\n{EXAMPLE.read_text()}```" in readme
-    assert '[project.entry-points."tomosweep.methods"]\nraw_sirt = "tomosweep_plugin_example:METHOD"' in readme
-    assert "first_element_sirt" not in readme  # the example that failed every trial is gone
+def test_the_documented_example_is_the_distributions_module():
+    """The how-to's method example is, character for character, the module the tests install."""
+    howto = HOWTO.read_text()
+    assert f"```python\n{EXAMPLE.read_text()}```" in howto
+    assert '[project.entry-points."tomosweep.methods"]\nraw_sirt = "tomosweep_plugin_example:METHOD"' in howto
+    assert "first_element_sirt" not in howto  # the example that failed every trial is gone
 
 
 def test_an_installed_distribution_is_found_through_its_entry_point(tmp_path, monkeypatch, forget_plugins):
