@@ -139,6 +139,7 @@ register(
     )
 )
 register(Backend("address", "tomosweep.cluster.address:start", 15.0))
+BACKENDS.seal_builtins()  # a plugin's backend cannot take one of these names
 
 
 def batch_backends() -> tuple[str, ...]:

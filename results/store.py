@@ -370,11 +370,15 @@ class SweepStore:
         n_haadf: Sequence[int],
         n_chem: Sequence[int],
         inputs: Mapping[str, Any] | None = None,
+        method_sources: Mapping[str, Any] | None = None,
     ) -> SweepStore:
         """Create a new, empty, locked store. An existing path is refused, never overwritten.
 
         ``inputs``: what the study read besides its own text (a specimen file's path and
-        content hash), kept so that ``resume`` can refuse a changed input.
+        content hash), kept so that ``resume`` can refuse a changed input. ``method_sources``:
+        where each method's code came from (built in, a plugin's distribution and version, or a
+        module's path and SHA-256) and its parameters' kinds, read by commands that only read the
+        store instead of importing a plugin.
         """
         path = Path(path)
         if path.exists():
@@ -409,6 +413,7 @@ class SweepStore:
                     "n_committed": 0,
                     "optimiser": {},
                     "inputs": _jsonable(dict(inputs or {})),
+                    "method_sources": _jsonable(dict(method_sources or {})),
                 }
             )
             group.create_array("grid/n_haadf", data=np.asarray(n_haadf, dtype="int32"))
@@ -515,6 +520,12 @@ class SweepStore:
     def inputs(self) -> dict[str, Any]:
         """The inputs recorded at creation (e.g. ``{"phantom.file": {"path", "sha256"}}``)."""
         return dict(self._attrs.get("inputs") or {})
+
+    def method_sources(self) -> dict[str, Any]:
+        """Where each method's code came from and its parameters' kinds (empty in a store made before
+        stores recorded it): see :meth:`create`."""
+        raw = self._attrs.get("method_sources")
+        return dict(raw) if isinstance(raw, Mapping) else {}
 
     def optimiser_state(self) -> dict[str, Any]:
         """Each cell optimiser's committed state, keyed ``method/n_haadf/n_chem`` (empty where the

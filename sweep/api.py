@@ -27,8 +27,9 @@ from tomosweep.solvers.backend import gpu_available, gpu_unavailable_reason, to_
 from tomosweep.sweep import memory
 from tomosweep.sweep.ladder import LadderEntry, climb, refuse_linked_ladder, survey_ladder
 from tomosweep.sweep.landscape import cell_surrogates
+from tomosweep.sweep.methods import method_sources
 from tomosweep.sweep.runner import Progress, Runner, RunSummary, state_problems
-from tomosweep.sweep.spec import Study, check_extension, load_study, study_from_dict
+from tomosweep.sweep.spec import PluginCodeNeeded, Study, check_extension, load_study, stored_study
 from tomosweep.sweep.trial import TrialTask, build_cell_data, reconstruct, run_trial, score
 from tomosweep.sweep.tune import (
     HAADF_ONLY,
@@ -261,6 +262,7 @@ def create_store(
         n_haadf=study.acquisition.n_haadf,
         n_chem=study.acquisition.n_chem,
         inputs=study_inputs(study) if inputs is None else inputs,
+        method_sources=method_sources(study.methods),
     )
 
 
@@ -391,11 +393,6 @@ def refuse_tune(store: PathLike, question: str) -> None:
             )
 
 
-def stored_study(store: SweepStore) -> Study:
-    """The study stored in ``store``, validated as a study file is."""
-    return study_from_dict(store.spec, source=f"{store.path} (stored study)")
-
-
 def resume_study(
     store: PathLike,
     *,
@@ -417,7 +414,7 @@ def resume_study(
     """
     with SweepStore.open(store, writable=True) as opened:
         refuse_damaged(opened)
-        stored = stored_study(opened)
+        stored = stored_study(opened, to_run=True)
         refuse_damaged_ladder(opened.path, stored)
         new = stored
         if study is not None:
@@ -535,7 +532,12 @@ def _state_findings(store: SweepStore) -> tuple[list[str], list[str], list[str]]
         study = stored_study(store)
     except SpecError:
         return foreign, unreadable, bad  # study_findings says so, and no resume reads such a store's states
-    for key, why in state_problems(study, store):
+    try:
+        problems = state_problems(study, store)
+    except PluginCodeNeeded as exc:  # resume checks them again, with the plugin imported
+        foreign.append(f"the stored search states were not checked: {exc}")
+        return foreign, unreadable, bad
+    for key, why in problems:
         bad.append(key)
         where = f"optimiser state {key} is unreadable ({why})" if key else why
         unreadable.append(f"{where}; --repair resets it (the search there restarts from its trials)")
@@ -693,7 +695,7 @@ def reconstruct_cell(
     """Rerun a cell's best trial and save its volumes (``.npz`` or ``.zarr``) with the NRMSE it gets."""
     check_output(out, overwrite=overwrite)  # before any work, and never onto a store
     with SweepStore.open(store) as opened:
-        study = stored_study(opened)
+        study = stored_study(opened, to_run=True)
         method = method or opened.methods[0]
         if method not in opened.methods:
             raise StoreError(f"method {method!r} is not in this store ({', '.join(opened.methods)})")

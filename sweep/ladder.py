@@ -164,7 +164,7 @@ def _judge_rung(name: str, path: Path, size: int, study: Study | None) -> Ladder
     rung = rung_study(study, size)
     if spec_hash != rung.content_hash():
         try:
-            check_extension(study_from_dict(spec, source=f"{path} (stored ladder rung)"), rung)
+            check_extension(study_from_dict(spec, source=f"{path} (stored ladder rung)", read_only=True), rung)
         except SpecError as exc:
             return LadderEntry(name, path, size, f"a rung made for another study ({exc})")
     return LadderEntry(name, path, size, n_committed=n)
@@ -174,7 +174,7 @@ def _survey_stored(store: str | Path) -> list[LadderEntry]:
     with SweepStore.open(store) as opened:
         spec = opened.spec
     try:
-        study = study_from_dict(spec, source=f"{store} (stored study)")
+        study = study_from_dict(spec, source=f"{store} (stored study)", read_only=True)  # status imports no plugin
     except SpecError:
         study = None  # `check` says so; the rungs are then listed unjudged
     return survey_ladder(store, study)

@@ -14,20 +14,19 @@ from typing import Any
 from tomosweep.errors import StoreError
 from tomosweep.results import SweepStore
 from tomosweep.results.export import objective_figure, searched_ranges
-from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer
-from tomosweep.sweep.spec import study_from_dict
+from tomosweep.sweep.spec import stored_study
 
 
 def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
     """Per method, a GP fitted on one cell's stored trials (what its optimiser sees)."""
     store.cell_index(*cell)  # a clear error for a cell off the grid
-    study = study_from_dict(store.spec, source=f"{store.path} (stored study)")
+    study = stored_study(store)  # without its plugins: only their trials and recorded kinds are needed
     records = store.records()
     out = {}
     for method in study.methods:
         ranges = study.searched(method)
-        space = {n: (r.low, r.high, r.prior, METHODS[method].param(n).kind) for n, r in ranges.items()}
+        space = {n: (r.low, r.high, r.prior, study.param_kind(method, n)) for n, r in ranges.items()}
         opt = CellOptimizer(space, n_initial=1, seed=study.seed)
         for r in records:
             if r.method == method and r.cell == tuple(cell):

@@ -24,7 +24,7 @@ of the cell; the absolute λ1 is in each trial's record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -376,12 +376,36 @@ for _builtin in (
     ),
 ):
     METHODS.register(_builtin)
+METHODS.seal_builtins()  # a plugin's method cannot take one of these names (the store records each one's origin)
 
 
 def register(method: Method) -> Method:
     """Add a reconstruction method: a study file can then name it (see the README, "Extending").
 
     Returns ``method``, so a module can write ``METHOD = register(Method(...))``; a name
-    that is taken is a ``ValueError``.
+    that is taken is a ``ValueError``, a built-in's (``fused``, ``sirt``…) above all.
     """
     return METHODS.register(method)
+
+
+def method_sources(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Where each named method comes from, and its parameters' kinds: what a store records at creation.
+
+    Each is :meth:`~tomosweep.plugins.Registry.origin` (built in; an entry point's distribution
+    and version; a ``[plugins]`` module's path and SHA-256; or the running program) with
+    ``param_kinds`` (parameter → ``"int"`` or ``"real"``), which a command that only reads the
+    store uses instead of the plugin's code.
+
+    Parameters
+    ----------
+    names : iterable of str
+        Registered method names.
+
+    Returns
+    -------
+    dict of str to dict
+        Method name → its origin, as JSON values.
+    """
+    return {
+        name: {**METHODS.origin(name), "param_kinds": {p.name: p.kind for p in METHODS[name].params}} for name in names
+    }

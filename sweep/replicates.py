@@ -28,7 +28,8 @@ from typing import Any
 from tomosweep.errors import InputError, StoreError
 from tomosweep.results import SweepStore
 from tomosweep.results.plan import replicate_key
-from tomosweep.sweep.api import connect_study, stored_study, with_cluster
+from tomosweep.sweep.api import connect_study, with_cluster
+from tomosweep.sweep.spec import stored_study
 from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def replicate_cells(
         if not (math.isfinite(scale) and 0 < scale <= 100):
             raise InputError(f"--chem-snr-scale factors must lie in (0, 100], got {scale:g}")
     with SweepStore.open(store_path, writable=True) as store:
-        study = with_cluster(stored_study(store), cluster)
+        study = with_cluster(stored_study(store, to_run=True), cluster)
         finished = store.finished_cells(method)
         chosen = finished if cells is None else [tuple(c) for c in cells]
         for cell in chosen:

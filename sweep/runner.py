@@ -118,7 +118,7 @@ def _optimisers(study: Study) -> dict[Key, CellOptimizer]:
     for method in study.methods:
         space = {}
         for name, rng in study.searched(method).items():
-            space[name] = (rng.low, rng.high, rng.prior, METHODS[method].param(name).kind)
+            space[name] = (rng.low, rng.high, rng.prior, study.param_kind(method, name))
         for h, c in study.cells:
             opts[(method, h, c)] = CellOptimizer(
                 space,

@@ -22,13 +22,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from tomosweep.cluster.backends import BACKENDS as BACKEND_REGISTRY
 from tomosweep.cluster.settings import ClusterSettings
 from tomosweep.errors import SpecError, TomosweepError
 from tomosweep.phantoms import SPECIMENS, load_specimen
 from tomosweep.phantoms.specimens import specimen_options
-from tomosweep.plugins import PluginsSpec
+from tomosweep.plugins import READ_ONLY, PluginsSpec, reading_only
 from tomosweep.sweep.methods import METHODS
 
 # allow_inf_nan=False: inf and nan pass float parsing but fail every trial later
@@ -82,9 +92,11 @@ class PhantomSpec(BaseModel):
     """Keyword options of the built-in specimen's generator (refused for a file, and named when unknown)."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> PhantomSpec:
+    def _one_source(self, info: ValidationInfo) -> PhantomSpec:
         if (self.name is None) == (self.file is None):
             raise ValueError("give exactly one of name = <built-in specimen> or file = <path to .npz/.h5/.zarr>")
+        if self.name is not None and self.name not in SPECIMENS and reading_only(info):
+            return self  # a plugin's specimen, read as stored: its module is not imported to check it
         if self.name is not None and self.name not in SPECIMENS:
             raise ValueError(f"unknown specimen {self.name!r}; built-in specimens: {', '.join(sorted(SPECIMENS))}")
         if self.file is not None and self.options:
@@ -286,6 +298,10 @@ class Study(BaseModel):
     """How many trials, and how they are chosen."""
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     """Where the trials run: this machine, its GPUs, a batch cluster or a running scheduler."""
+    # a stored study read without importing its plugins (status, check, export): the kinds of its
+    # plugin methods' parameters, as the store recorded them (method -> parameter -> kind)
+    _read_only: bool = PrivateAttr(default=False)
+    _stored_kinds: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _phantom_or_data(self) -> Study:
@@ -347,17 +363,23 @@ class Study(BaseModel):
 
     @field_validator("methods", mode="before")
     @classmethod
-    def _methods(cls, raw: Any) -> Any:
+    def _methods(cls, raw: Any, info: ValidationInfo) -> Any:
         if not isinstance(raw, Mapping):
             return raw
         out: dict[str, dict[str, Any]] = {}
         for name, params in raw.items():
-            if name not in METHODS:
+            if reading_only(info):  # no plugin is imported: a plugin method is read as the store resolved it
+                method = METHODS.builtin(name)
+                if method is None:
+                    out[name] = _stored_params(name, params)
+                    continue
+            elif name not in METHODS:
                 raise ValueError(f"unknown method {name!r}{METHODS.unknown(name)}; allowed: {', '.join(METHODS)}")
+            else:
+                method = METHODS[name]
             params = params or {}
             if not isinstance(params, Mapping):
                 raise ValueError(f"[methods.{name}] must be a table of parameters")
-            method = METHODS[name]
             unknown = sorted(set(params) - set(method.param_names))
             if unknown:
                 raise ValueError(
@@ -418,9 +440,48 @@ class Study(BaseModel):
     def param_names(self) -> tuple[str, ...]:
         """Every parameter of every method, first-seen order: the store's ``params`` columns."""
         names: list[str] = []
-        for method in self.methods:
-            names.extend(n for n in METHODS[method].param_names if n not in names)
+        for params in self.methods.values():  # resolved in each method's own parameter order
+            names.extend(n for n in params if n not in names)
         return tuple(names)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this is a stored study read without importing its plugins (see :func:`study_from_dict`)."""
+        return self._read_only
+
+    def param_kind(self, method: str, name: str) -> str:
+        """The kind (``"int"`` or ``"real"``) of ``method``'s parameter ``name``.
+
+        A study read without its plugins takes a plugin method's kinds from what its store
+        recorded; where the store recorded none, the method's code would be needed, which a
+        command that only reads a store does not import (:class:`PluginCodeNeeded`).
+
+        Parameters
+        ----------
+        method : str
+            A method of the study.
+        name : str
+            One of its parameters.
+
+        Returns
+        -------
+        str
+            ``"int"`` or ``"real"``.
+        """
+        stored = self._stored_kinds.get(method, {})
+        if name in stored:
+            return stored[name]
+        if not self._read_only:
+            return METHODS[method].param(name).kind
+        builtin = METHODS.builtin(method)
+        if builtin is not None:
+            return builtin.param(name).kind
+        where = ", ".join(self.plugins.modules) or "an installed distribution"
+        raise PluginCodeNeeded(
+            f"method {method!r} comes from a plugin ({where}) and this store does not record whether its parameter "
+            f"{name!r} is an integer (it was made before stores recorded their methods); a command that only reads a "
+            "store never imports a plugin's code: `tomosweep resume` imports it, and needs it installed"
+        )
 
     @property
     def cells(self) -> list[tuple[int, int]]:
@@ -442,6 +503,33 @@ class Study(BaseModel):
         """Hash of everything that determines the trials' results and budget (not the cluster)."""
         body = {k: v for k, v in self.to_json().items() if k != "cluster"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class PluginCodeNeeded(SpecError):
+    """A command that only reads a store needed a plugin method's code, which it never imports."""
+
+
+def _stored_params(method: str, raw: Any) -> dict[str, ParamValue]:
+    """A plugin method's parameters as its store resolved them, read without the plugin: each a
+    finite number (fixed) or a range, in the method's own order, at least one of them searched."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"[methods.{method}] must be a table of parameters")
+    resolved: dict[str, ParamValue] = {}
+    for name, value in raw.items():
+        key = f"methods.{method}.{name}"
+        if isinstance(value, Mapping):
+            try:
+                resolved[str(name)] = SearchRange(**value)
+            except (ValidationError, TypeError) as exc:
+                detail = _first_message(exc) if isinstance(exc, ValidationError) else str(exc)
+                raise ValueError(f"{key}: {detail}") from None
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number or a range, not {value!r}")
+        else:
+            resolved[str(name)] = value
+    if not any(isinstance(v, SearchRange) for v in resolved.values()):
+        raise ValueError(f"method {method!r} searches nothing")
+    return resolved
 
 
 def _search_range(method: str, p: Any, raw: Mapping[str, Any]) -> SearchRange:
@@ -513,10 +601,29 @@ def _describe(err: Mapping[str, Any]) -> str:
     return text
 
 
-def study_from_dict(raw: Mapping[str, Any], *, source: str = "study") -> Study:
-    """Validate a parsed study; raise :class:`SpecError` listing every mistake by key."""
+def study_from_dict(
+    raw: Mapping[str, Any],
+    *,
+    source: str = "study",
+    read_only: bool = False,
+    param_kinds: Mapping[str, Mapping[str, str]] | None = None,
+) -> Study:
+    """Validate a parsed study; raise :class:`SpecError` listing every mistake by key.
+
+    ``read_only``: a stored study, for a command that only reads its store. Its ``[plugins]``
+    modules are not imported and no installed plugin is loaded: a plugin's method is taken as
+    the store resolved it, with the parameter kinds ``param_kinds`` the store recorded, and a
+    ``[cluster]`` backend that is not built in is read as the default (nothing is run). The
+    study says so (:attr:`Study.read_only`) and runs nothing.
+    """
+    raw = dict(raw)
+    if read_only:
+        cluster = raw.get("cluster")
+        backend = cluster.get("backend", "local") if isinstance(cluster, Mapping) else None
+        if isinstance(backend, str) and BACKEND_REGISTRY.builtin(backend) is None:
+            raw.pop("cluster")  # a plugin's backend: its settings are not read without its code
     try:
-        return Study.model_validate(dict(raw))
+        study = Study.model_validate(raw, context={READ_ONLY: True} if read_only else None)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -524,6 +631,42 @@ def study_from_dict(raw: Mapping[str, Any], *, source: str = "study") -> Study:
             if line not in lines:
                 lines.append(line)
         raise SpecError(f"{source}: invalid study file\n  - " + "\n  - ".join(lines)) from None
+    if read_only:
+        study._read_only = True
+        study._stored_kinds = {m: dict(k) for m, k in (param_kinds or {}).items() if METHODS.builtin(m) is None}
+    return study
+
+
+def stored_study(store: Any, *, to_run: bool = False) -> Study:
+    """The study stored in ``store``, validated as a study file is.
+
+    Without ``to_run`` (a command that only reads the store: ``status``, ``check``,
+    ``export``), none of its plugins is imported, so a received store's code never runs
+    there: its plugin methods are read as stored, with the parameter kinds the store recorded
+    (see :func:`~tomosweep.sweep.spec.study_from_dict`). ``to_run``: a command that runs its
+    methods, which imports its ``[plugins] modules`` as ``run`` did.
+
+    Parameters
+    ----------
+    store : SweepStore
+        An open store.
+    to_run : bool
+        Import the study's plugins, for a command that runs its methods.
+
+    Returns
+    -------
+    Study
+        The validated study (:attr:`Study.read_only` without ``to_run``).
+    """
+    source = f"{store.path} (stored study)"
+    if to_run:
+        return study_from_dict(store.spec, source=source)
+    kinds = {
+        name: entry["param_kinds"]
+        for name, entry in store.method_sources().items()
+        if isinstance(entry, dict) and isinstance(entry.get("param_kinds"), dict)
+    }
+    return study_from_dict(store.spec, source=source, read_only=True, param_kinds=kinds)
 
 
 def load_study(path: str | os.PathLike[str]) -> Study:
