@@ -112,36 +112,69 @@ class ClusterSettings(BaseModel):
     study ends.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # use_attribute_docstrings: the docstring under a field is its description, which the
+    # documentation's study-file reference shows (docs/_ext/tomosweep_reference.py)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     backend: str = "local"
+    """Where the trials run: ``local``, ``local-cuda``, ``slurm``, ``pbs``, ``lsf``, ``sge``, ``address``, or a
+    backend a plugin registers."""
     start_timeout: float | None = Field(default=None, gt=0)
+    """Seconds to wait for the first worker; not set: the backend's own (60 local, 120 local-cuda, 15 for an
+    address, 600 for batch jobs)."""
     # local, local-cuda
     n_workers: int | None = Field(default=None, ge=1)
+    """``local``: worker processes (not set: one per core); ``local-cuda``: at most this many GPUs."""
     memory_limit: str | None = None
+    """``local``, ``local-cuda``: Dask's memory limit per worker, e.g. ``"4GB"``."""
     devices: str | None = None
+    """``local-cuda``: the GPUs to use, ``"0,1"`` (not set: ``CUDA_VISIBLE_DEVICES``, else all)."""
     # address
     address: str | None = None
+    """``address``: the running scheduler, ``tcp://host:8786`` or ``tls://host:8786``."""
     tls_ca_file: str | None = None
+    """``address`` with ``tls://``: the certificate authority's PEM file."""
     tls_cert: str | None = None
+    """``address`` with ``tls://``: this client's certificate (PEM)."""
     tls_key: str | None = None
+    """``address`` with ``tls://``: this client's private key (PEM)."""
     # slurm, pbs, lsf, sge (None: from the Dask config jobqueue.<backend>.*)
     queue: str | None = None
+    """Batch backends: the queue or partition (not set: the Dask config's, else the scheduler's default)."""
     account: str | None = None
+    """Batch backends: the account or project charged."""
     walltime: str | None = None
+    """Batch backends: each worker job's walltime, in the scheduler's format (``"04:00:00"``)."""
     cores: int | None = Field(default=None, ge=1)
+    """Batch backends: cores per job (one single-threaded worker each unless ``processes`` says otherwise)."""
     memory: str | None = None
+    """Batch backends: memory per job, e.g. ``"64GB"``."""
     processes: int | None = Field(default=None, ge=1)
+    """Batch backends: worker processes per job (not set: one per core, or one per GPU)."""
     gpus: int = Field(default=0, ge=0)
+    """Batch backends: GPUs per job; each job then runs one worker per GPU, pinned to its device."""
     prologue: list[str] = Field(default_factory=list)
+    """Batch backends: shell lines each job runs first (module loads, a venv's activation)."""
     job_directives: list[str] = Field(default_factory=list)
+    """Batch backends: extra scheduler directives, one line each, without the ``#SBATCH``/``#PBS``/``#BSUB``/``#$``
+    prefix."""
     min_jobs: int | None = Field(default=None, ge=1)
+    """Batch backends: the fewest worker jobs the cluster adapts down to (a lost job is replaced)."""
     max_jobs: int | None = Field(default=None, ge=1)
+    """Batch backends: the most worker jobs the cluster adapts up to."""
     interface: str | None = None
+    """Batch backends: the network interface the scheduler listens on, which the compute nodes must reach
+    (not set: the interface of this host's default route)."""
     log_directory: str | None = None
+    """Batch backends: where the worker jobs write their output."""
     python: str | None = None
+    """Batch backends: the Python the worker jobs run (not set: the driver's own interpreter path)."""
     tls: bool | None = None  # None: on (batch backends)
+    """Batch backends: TLS with the study's own certificates (not set: on; ``false`` warns that anyone who can
+    reach the port can run code on the workers)."""
     shared_temp_directory: str | None = None
+    """Batch backends: where the study's certificates are written, on a file system the compute nodes
+    see (not set: the Dask config's ``jobqueue.<backend>.shared-temp-directory``, else ``~/.tomosweep/tls``)."""
 
     @field_validator("backend")
     @classmethod
