@@ -61,7 +61,12 @@ def best_params_frame(store: SweepStore) -> Any:
     rows = []
     for method in store.methods:
         maps = store.maps(method)
-        names = [n for n in store.param_names if n in spec_methods.get(method, store.param_names)]
+        # a tune's searched sensitivities (sensitivity_<element>) belong to every method it searched
+        names = [
+            n
+            for n in store.param_names
+            if n in spec_methods.get(method, store.param_names) or n.startswith("sensitivity_")
+        ]
         for i, h in enumerate(store.n_haadf):
             for j, c in enumerate(store.n_chem):
                 row = {

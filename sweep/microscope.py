@@ -47,9 +47,9 @@ from tomosweep.series.align import Alignment, alignment_figure
 from tomosweep.solvers import Projector, sirt
 from tomosweep.solvers.backend import to_numpy
 from tomosweep.solvers.elements import atomic_numbers
-from tomosweep.sweep.api import stored_study
 from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS, CellData
+from tomosweep.sweep.spec import SENSITIVITY_PREFIX, stored_study
 from tomosweep.sweep.trial import simulate_cell
 from tomosweep.sweep.weights import checked_weights
 
@@ -71,6 +71,8 @@ class Weights:
     study_nrmse: float | None = None
     gamma: float | None = None
     study_size: int | None = None  # the study's built-in specimen edge in voxels (None: a file's specimen)
+    # a tune's searched sensitivities, relative to its first element (None: the data file's, or equal)
+    sensitivity: dict[str, float] | None = None
 
 
 # how far the data's size may lie from the study's before the weights are said not to carry
@@ -145,7 +147,7 @@ def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
 def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int, n_chem: int) -> Weights:
     """The best weights of the stored cell nearest the data's tilt counts, merged over the study's fixed ones."""
     with SweepStore.open(store_path) as store:
-        study = stored_study(store)
+        study = stored_study(store, to_run=True)
         done = store.finished_cells(method)
         if not done:
             raise StoreError(f"{store_path}: no finished {method} trial to take weights from; run the study first")
@@ -155,7 +157,15 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
         study_nrmse, stored = found
         best = {p: v for p, v in stored.items() if p in METHODS[method].param_names}
         params = {**study.fixed(method), **best}
+        searched = study.data.sensitivity_ranges() if study.data is not None else {}
+        sensitivity = None
+        if searched:
+            elements = study.data.elements if study.data is not None else []
+            sensitivity = {
+                e: 1.0 if i == 0 else float(stored[f"{SENSITIVITY_PREFIX}{e}"]) for i, e in enumerate(elements)
+            }
         return Weights(
+            sensitivity=sensitivity,
             method=method,
             params={k: float(v) for k, v in params.items()},
             source=f"{Path(store_path).name} cell {h}×{c}",
@@ -164,6 +174,30 @@ def study_weights(store_path: str | os.PathLike[str], method: str, n_haadf: int,
             gamma=float(study.acquisition.gamma),
             study_size=study.phantom.size if study.phantom is not None and study.phantom.file is None else None,
         )
+
+
+def _tuned_sensitivity(
+    series: MeasuredSeries, weights: Weights, notes: list[str], say: Callable[[str], None]
+) -> MeasuredSeries:
+    """The series with the sensitivities a tune searched on it, where the data file gives none."""
+    if weights.sensitivity is None:
+        return series
+    if series.sensitivity is not None:
+        notes.append(f"the data file's [chem] sensitivity is used, not the ones {weights.source} searched")
+        return series
+    if tuple(weights.sensitivity) != tuple(series.elements):
+        raise InputError(
+            f"{weights.source} searched the sensitivities of {', '.join(weights.sensitivity)}, but these data have "
+            f"{', '.join(series.elements)}: tune these data (tomosweep tune) or give [chem] sensitivity"
+        )
+    tuned = tuple(weights.sensitivity[e] for e in series.elements)
+    say(
+        "sensitivities from the tune, relative to "
+        + series.elements[0]
+        + ": "
+        + ", ".join(f"{e} {k:.3g}" for e, k in zip(series.elements, tuned, strict=True))
+    )
+    return replace(series, sensitivity=tuned)
 
 
 def file_weights(series: MeasuredSeries, method: str | None) -> Weights:
@@ -293,7 +327,7 @@ def study_spread(store: Any, method: str, cell: tuple[int, int]) -> tuple[float,
 def study_series(store_path: Any, cell: tuple[int, int], like: MeasuredSeries) -> tuple[MeasuredSeries, Any]:
     """The study's own simulated series of ``cell`` as a measured one, calibrated as ``like`` is."""
     with SweepStore.open(store_path) as store:
-        study = stored_study(store)
+        study = stored_study(store, to_run=True)
     specimen, acq = simulate_cell(study, *cell)
     elements = tuple(specimen.elements)
     dose = tuple(float(acq.dose[e]) for e in elements)
@@ -619,6 +653,7 @@ def reconstruct_data(
         return _haadf_only(data, out, series, notes, weights_store, method, device, holdout, say, t0)
     weights = _weights_for(series, weights_store, method, say)
     gamma = series.gamma if series.gamma is not None else (weights.gamma or DEFAULT_GAMMA)
+    series = _tuned_sensitivity(series, weights, notes, say)
     if series.sensitivity is None and len(series.elements) > 1:
         # Measured (benchmarks/measured.py --factors, conio_composite at 32³, sensitivities 19:1:1): the
         # maps' NRMSE is 0.53 with equal sensitivities, 0.27 with the true ones. Fitting them to the

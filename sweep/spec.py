@@ -273,6 +273,31 @@ class Study(BaseModel):
     A study of a simulated specimen has a ``phantom``; a tune (``tomosweep tune``) has
     ``data`` instead: one cell, the measured series' own tilt counts, scored by a loss that
     needs no ground truth.
+    elements: list[str] = Field(default_factory=list)
+    """The data's elements, in the data file's order (filled by ``tomosweep tune``)."""
+    sensitivity: Literal["search", "fixed"] = "fixed"
+    """``"search"``: each element's counts per unit concentration relative to the first element's are searched
+    like a weight (``sensitivity_<element>``), for data without k-factors; ``"fixed"``: as the data file gives
+    them (equal where it gives none). ``tomosweep tune`` searches them when the data file gives none."""
+    sensitivity_range: float = Field(default=30.0, gt=1, le=1e4)
+    """A searched relative sensitivity lies within [1/range, range] (log prior)."""
+
+    def sensitivity_ranges(self) -> dict[str, SearchRange]:
+        """The searched relative sensitivities, ``sensitivity_<element>`` for every element but the first.
+
+        Returns
+        -------
+        dict of str to SearchRange
+            Empty unless ``sensitivity = "search"``.
+        """
+        if self.sensitivity != "search":
+            return {}
+        r = self.sensitivity_range
+        return {f"{SENSITIVITY_PREFIX}{e}": SearchRange(low=1 / r, high=r, prior="log") for e in self.elements[1:]}
+
+
+#: the name prefix of a tune's searched relative sensitivities (TuneSpec.sensitivity_ranges)
+SENSITIVITY_PREFIX = "sensitivity_"
     """
 
     model_config = _FORBID
@@ -418,8 +443,9 @@ class Study(BaseModel):
     # ------------------------------------------------------------------ derived
 
     def searched(self, method: str) -> dict[str, SearchRange]:
-        """The searched parameters of ``method``, in the method's order."""
-        return {k: v for k, v in self.methods[method].items() if isinstance(v, SearchRange)}
+        """The searched parameters of ``method``, in the method's order (a tune's searched sensitivities last)."""
+        ranges = {k: v for k, v in self.methods[method].items() if isinstance(v, SearchRange)}
+        return {**ranges, **(self.data.sensitivity_ranges() if self.data is not None else {})}
 
     def fixed(self, method: str) -> dict[str, float]:
         """The parameters of ``method`` that the study fixes rather than searches.
@@ -450,6 +476,8 @@ class Study(BaseModel):
         return self._read_only
 
     def param_kind(self, method: str, name: str) -> str:
+        if self.data is not None:
+            names.extend(self.data.sensitivity_ranges())
         """The kind (``"int"`` or ``"real"``) of ``method``'s parameter ``name``.
 
         A study read without its plugins takes a plugin method's kinds from what its store
@@ -476,6 +504,8 @@ class Study(BaseModel):
         builtin = METHODS.builtin(method)
         if builtin is not None:
             return builtin.param(name).kind
+        if self.data is not None and name in self.data.sensitivity_ranges():
+            return "real"
         where = ", ".join(self.plugins.modules) or "an installed distribution"
         raise PluginCodeNeeded(
             f"method {method!r} comes from a plugin ({where}) and this store does not record whether its parameter "

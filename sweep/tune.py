@@ -79,7 +79,7 @@ from tomosweep.solvers.backend import to_numpy
 from tomosweep.solvers.elements import atomic_numbers
 from tomosweep.sweep.methods import CellData, cell_start, check_result, lookup
 from tomosweep.sweep.optimizer import derived_seed
-from tomosweep.sweep.spec import Study, study_from_dict
+from tomosweep.sweep.spec import SENSITIVITY_PREFIX, Study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, failed_record, study_from_json, trial_base
 
 DEFAULT_GAMMA = 1.7
@@ -258,9 +258,17 @@ def tune_study(data: str | os.PathLike[str]) -> tuple[Study, MeasuredSeries]:
     tilt_range = (float(angles.min()), float(angles.max()))
     if tilt_range[0] == tilt_range[1]:
         tilt_range = (tilt_range[0] - 1.0, tilt_range[1] + 1.0)
+    tune = {**(spec.tune or {}), "file": str(path.resolve()), "elements": list(series.elements)}
+    if tune.get("sensitivity") == "search" and series.sensitivity is not None:
+        raise SpecError(
+            f'{path}: [tune] sensitivity = "search" searches the k-factors the data file does not give, but its '
+            "[chem] sensitivity gives them: remove one of the two"
+        )
+    if "sensitivity" not in tune and _searches_sensitivity(series, methods):
+        tune["sensitivity"] = "search"
     raw: dict[str, Any] = {
         "name": spec.name or path.stem,
-        "data": {**(spec.tune or {}), "file": str(path.resolve())},
+        "data": tune,
         "acquisition": {
             "n_haadf": [series.n_haadf],
             "n_chem": [series.n_chem],
@@ -285,6 +293,28 @@ def tune_study(data: str | os.PathLike[str]) -> tuple[Study, MeasuredSeries]:
     if study.data.loss == "haadf" and (series.haadf is None or series.n_haadf < 6):
         raise SpecError(f'{path}: [tune] loss = "haadf" needs a HAADF series of 6 tilts or more')
     return study, series
+
+
+def _searches_sensitivity(series: MeasuredSeries, methods: Mapping[str, Any]) -> bool:
+    """Whether a tune searches the relative sensitivities by default: the data give none, there are two
+    elements or more, and a method ties the maps to the HAADF, where unequal sensitivities distort the maps
+    themselves (``benchmarks/self_tuning.py``: the held-out chemical loss is lowest near the true ones)."""
+    return series.sensitivity is None and len(series.elements) >= 2 and bool(set(methods) & {"fused", "hebt"})
+
+
+def with_sensitivity(prepared: Prepared, params: Mapping[str, float]) -> tuple[Prepared, dict[str, float]]:
+    """``prepared`` with the relative sensitivities a point names (``sensitivity_<element>``, the first
+    element's 1), and the point's other parameters (the method's)."""
+    rest = {k: float(v) for k, v in params.items() if not k.startswith(SENSITIVITY_PREFIX)}
+    named = {k[len(SENSITIVITY_PREFIX) :]: float(v) for k, v in params.items() if k.startswith(SENSITIVITY_PREFIX)}
+    if not named:
+        return prepared, rest
+    unknown = sorted(set(named) - set(prepared.elements[1:]))
+    if unknown:
+        raise InputError(f"sensitivity of {', '.join(unknown)}: not an element of the data after the first")
+    k = tuple(1.0 if i == 0 else named.get(e, 1.0) for i, e in enumerate(prepared.elements))
+    tag = hashlib.sha256(repr(k).encode()).hexdigest()[:12]
+    return Prepared(**{**prepared.__dict__, "sensitivity": k, "digest": f"{prepared.digest}/k{tag}"}), rest
 
 
 def loss_of(study: Study, prepared: Prepared) -> str:
@@ -516,6 +546,7 @@ def tune_trial_terms(study: Study, prepared: Prepared, method: str, params: Mapp
     """Every split's held-out terms for one point (what :func:`run_tune_trial` records)."""
     assert study.data is not None
     p = study.data.fraction
+    prepared, params = with_sensitivity(prepared, params)
     merged = {**study.fixed(method), **params}
     found = lookup(method)
     weights = fit_weights(method, merged, p, thinned=not prepared.haadf_only)
