@@ -265,14 +265,6 @@ class TuneSpec(BaseModel):
     loss: Literal["chem", "haadf"] | None = None
     """The held-out term the search minimises: ``"chem"`` (the maps' Poisson deviance; the default with chemical
     maps) or ``"haadf"`` (the held-out tilts' error; the only one for a HAADF-only series)."""
-
-
-class Study(BaseModel):
-    """A validated study. ``methods`` maps a method name to its resolved parameters.
-
-    A study of a simulated specimen has a ``phantom``; a tune (``tomosweep tune``) has
-    ``data`` instead: one cell, the measured series' own tilt counts, scored by a loss that
-    needs no ground truth.
     elements: list[str] = Field(default_factory=list)
     """The data's elements, in the data file's order (filled by ``tomosweep tune``)."""
     sensitivity: Literal["search", "fixed"] = "fixed"
@@ -298,6 +290,14 @@ class Study(BaseModel):
 
 #: the name prefix of a tune's searched relative sensitivities (TuneSpec.sensitivity_ranges)
 SENSITIVITY_PREFIX = "sensitivity_"
+
+
+class Study(BaseModel):
+    """A validated study. ``methods`` maps a method name to its resolved parameters.
+
+    A study of a simulated specimen has a ``phantom``; a tune (``tomosweep tune``) has
+    ``data`` instead: one cell, the measured series' own tilt counts, scored by a loss that
+    needs no ground truth.
     """
 
     model_config = _FORBID
@@ -468,6 +468,8 @@ SENSITIVITY_PREFIX = "sensitivity_"
         names: list[str] = []
         for params in self.methods.values():  # resolved in each method's own parameter order
             names.extend(n for n in params if n not in names)
+        if self.data is not None:
+            names.extend(self.data.sensitivity_ranges())
         return tuple(names)
 
     @property
@@ -476,8 +478,6 @@ SENSITIVITY_PREFIX = "sensitivity_"
         return self._read_only
 
     def param_kind(self, method: str, name: str) -> str:
-        if self.data is not None:
-            names.extend(self.data.sensitivity_ranges())
         """The kind (``"int"`` or ``"real"``) of ``method``'s parameter ``name``.
 
         A study read without its plugins takes a plugin method's kinds from what its store
@@ -496,6 +496,8 @@ SENSITIVITY_PREFIX = "sensitivity_"
         str
             ``"int"`` or ``"real"``.
         """
+        if self.data is not None and name in self.data.sensitivity_ranges():
+            return "real"
         stored = self._stored_kinds.get(method, {})
         if name in stored:
             return stored[name]
@@ -504,8 +506,6 @@ SENSITIVITY_PREFIX = "sensitivity_"
         builtin = METHODS.builtin(method)
         if builtin is not None:
             return builtin.param(name).kind
-        if self.data is not None and name in self.data.sensitivity_ranges():
-            return "real"
         where = ", ".join(self.plugins.modules) or "an installed distribution"
         raise PluginCodeNeeded(
             f"method {method!r} comes from a plugin ({where}) and this store does not record whether its parameter "
