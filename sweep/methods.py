@@ -126,7 +126,7 @@ class Method:
 
     Examples
     --------
-    See ``tests/plugin_dist`` and the README, "Extending": a distribution declares
+    See ``tests/plugin_dist`` and ``docs/howto/add-method.md``: a distribution declares
     ``[project.entry-points."tomosweep.methods"] raw_sirt = "pkg.module:METHOD"``.
     """
 
@@ -380,7 +380,7 @@ METHODS.seal_builtins()  # a plugin's method cannot take one of these names (the
 
 
 def register(method: Method) -> Method:
-    """Add a reconstruction method: a study file can then name it (see the README, "Extending").
+    """Add a reconstruction method: a study file can then name it (see ``docs/howto/add-method.md``).
 
     Returns ``method``, so a module can write ``METHOD = register(Method(...))``; a name
     that is taken is a ``ValueError``, a built-in's (``fused``, ``sirt``…) above all.
