@@ -9,10 +9,12 @@ or drifting specimen does at high tilt, and nothing warned.
 Here a border strip (the outer ``fraction`` of detector rows on one side, across the
 tilt axis) counts as vacuum at a tilt only if it is shown to be flat and low:
 
-* **flat**: the mean of its inner half of rows exceeds the mean of its outer half by no
-  more than 4 standard errors of that difference (a specimen's tail rises towards the
-  centre); the noise is estimated per pixel from differences of neighbours along each
-  row (robust: the median absolute difference), so a structured border does not inflate it;
+* **flat**: the means of its inner and outer half of rows differ by no more than 4
+  standard errors of that difference (a specimen's tail rises towards the centre; a ramp
+  across the detector falls on one side), and so do the means of its two halves along the
+  tilt axis (a ramp along it has no vacuum either); the noise is estimated per pixel from
+  differences of neighbours along each row (robust: the median absolute difference), so a
+  structured border does not inflate it;
 * **low**: its mean lies no more than 4 standard errors above the common level of all flat
   strips (the median of the lower half of their means: a faint tail only ever adds), or 4
   times the spread of those means (their median absolute deviation, scaled) where that is
@@ -69,9 +71,9 @@ class VacuumLevel:
         out = []
         if not self.proven:
             out.append(
-                "HAADF vacuum level: no border pixel is provably vacuum at any tilt (the specimen reaches "
-                "the detector edge or the border is not flat), so none was subtracted (level 0); "
-                "give [haadf] background = <counts> if the detector has an offset"
+                "HAADF vacuum level: no vacuum: no detector border strip is flat and at a common level at any tilt "
+                "(the specimen reaches the detector edge, or the border is a ramp), so none was subtracted "
+                "(level 0); give [haadf] background = <counts> if the detector has an offset"
             )
         elif self.tilts_with_signal:
             tilts = ", ".join(f"{a:+.1f}°" for a in self.tilts_with_signal)
@@ -89,7 +91,7 @@ class VacuumLevel:
                 f"{self.pixels} border pixels ({self.strips_used} strips of {self.rows} detector rows, "
                 f"each shown flat and at the common level) over {self.n_tilts} tilts"
                 if self.proven
-                else "no provably vacuum pixel: level 0"
+                else "no vacuum: no border strip is flat at any tilt; level 0"
             ),
             "strips_used": int(self.strips_used),
             "pixels": int(self.pixels),
@@ -126,15 +128,18 @@ def vacuum_level(stack: np.ndarray, angles: np.ndarray | None = None, *, fractio
     strips, flat, means, errors = [], [], [], []
     for i in range(n):
         image = stack[i]
-        top = image[:k][::-1]  # ordered from the detector edge inwards
-        bottom = image[n_det - k :]
+        top = image[:k]  # ordered from the detector edge inwards
+        bottom = image[n_det - k :][::-1]
         for strip in (top, bottom):
             sigma = _pixel_noise(strip)
-            half = k // 2
+            half, side = k // 2, n_x // 2
             outer, inner = strip[:half].mean(), strip[k - half :].mean()
-            se_diff = sigma * np.sqrt(2.0 / (half * n_x))
+            left, right = strip[:, :side].mean(), strip[:, n_x - side :].mean()
+            slack = 1e-12 * max(abs(outer), 1.0)
+            across = abs(inner - outer) <= 4 * sigma * np.sqrt(2.0 / (half * n_x)) + slack
+            along = abs(left - right) <= 4 * sigma * np.sqrt(2.0 / (side * k)) + slack
             strips.append((i, strip))
-            flat.append(inner - outer <= 4 * se_diff + 1e-12 * max(abs(outer), 1.0))
+            flat.append(bool(across and along))
             means.append(float(strip.mean()))
             errors.append(sigma / np.sqrt(strip.size))
     flat_arr = np.asarray(flat)
@@ -167,3 +172,51 @@ def vacuum_level(stack: np.ndarray, angles: np.ndarray | None = None, *, fractio
     for note in result.notes():
         log.warning(note)
     return result
+
+
+#: how far (robust z-score) a tilt's total intensity may lie from the series' median before it is named
+OUTLIER_Z = 6.0
+#: and by what share of the median at least: totals drift by some per cent with the field of view
+OUTLIER_SHARE = 0.25
+
+
+def intensity_outliers(stack: np.ndarray, angles: np.ndarray) -> list[str]:
+    """A warning for each tilt whose total intensity is an outlier of the series (empty if none).
+
+    A HAADF projection integrates the same specimen at every tilt, so its total varies only
+    a little across the series; one many times brighter or darker than the others (a
+    saturated or mis-scaled frame, a blanked beam) would be fitted as if it were true. A
+    tilt is named when its total lies more than ``OUTLIER_Z`` robust standard deviations
+    (1.4826 × the median absolute deviation) and more than ``OUTLIER_SHARE`` of the median
+    from the median of all tilts' totals.
+
+    Parameters
+    ----------
+    stack : ndarray
+        The HAADF series ``(n_tilts, n_det, n_x)``.
+    angles : ndarray
+        Its tilts in degrees.
+
+    Returns
+    -------
+    list of str
+        One plain-words warning per outlying tilt.
+    """
+    totals = np.asarray(stack, dtype=float).reshape(len(stack), -1).sum(axis=1)
+    if totals.size < 3:
+        return []
+    median = float(np.median(totals))
+    spread = 1.4826 * float(np.median(np.abs(totals - median)))
+    notes = []
+    for angle, total in zip(np.asarray(angles, dtype=float), totals, strict=True):
+        off = abs(total - median)
+        if off > OUTLIER_Z * spread and off > OUTLIER_SHARE * abs(median):
+            z = f"{off / spread:.3g}" if spread > 0 else "∞"
+            ratio = f"{total / median:.3g}×" if median > 0 else f"{total:.3g} against {median:.3g}"
+            note = (
+                f"HAADF tilt {angle:+.1f}°: its total intensity is {ratio} the series' median (robust z-score {z}); "
+                "a saturated, mis-scaled or blank image? It is reconstructed as it is: check it, or leave it out"
+            )
+            log.warning(note)
+            notes.append(note)
+    return notes

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from tomosweep.errors import InputError
-from tomosweep.series.calibrate import vacuum_level
+from tomosweep.series.calibrate import intensity_outliers, vacuum_level
 from tomosweep.series.readers import (
     ANGLE_CONTAINER_SUFFIXES,
     read_angle_container,
@@ -682,7 +682,7 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, problems)
     problems.raise_if_any()
 
-    notes = []
+    notes = intensity_outliers(haadf, haadf_angles) if haadf is not None and haadf_angles is not None else []
     if spec.chem is None:
         # a data file has [haadf] where it has no [chem], and an unread [haadf] raised above
         assert haadf is not None
