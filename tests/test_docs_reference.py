@@ -126,3 +126,12 @@ def test_a_page_links_only_to_entries_that_exist(page, entries):
     for link in re.findall(r"\{option\}`([^`]+)`", text):
         program, _, option = link.rpartition(" ")
         assert (program, option) in entries["option"], f"{page}: {{option}}`{link}` is no option of {program}"
+
+
+def test_the_readme_is_short_and_every_link_in_it_resolves():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert links
+    missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
