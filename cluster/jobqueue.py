@@ -28,13 +28,16 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from tomosweep.cluster import tls
 from tomosweep.cluster.backends import BACKENDS, BatchSystem, Started
+from tomosweep.cluster.scripts import path_problem, python_problem
 from tomosweep.cluster.settings import GPU_RESOURCE, ClusterSettings
 from tomosweep.compat import submit_first_job
 from tomosweep.errors import ClusterError
@@ -107,10 +110,13 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     interface = _first(settings.interface, conf, "interface") or default_route_interface()
     if interface is not None:
         kwargs["interface"] = interface  # the workers' and, through dask-jobqueue, the scheduler's
-    for key in ("queue", "account", "walltime", "log_directory", "python"):
+    for key in ("queue", "account", "walltime", "log_directory"):
         value = getattr(settings, key)
         if value is not None:
             kwargs[_system(backend).renames.get(key, key)] = value
+    python = worker_python(settings)
+    if python is not None:
+        kwargs["python"] = python
     directives = list(conf.get("job-extra-directives") or []) + list(settings.job_directives)
     if settings.gpus:
         directives.append(_system(backend).gpu_directive.format(n=settings.gpus))
@@ -130,6 +136,23 @@ def resolve(settings: ClusterSettings, environ: dict[str, Any] | None = None) ->
     options.setdefault("dashboard_address", "127.0.0.1:0")  # reach it through an ssh tunnel
     kwargs["scheduler_options"] = options
     return kwargs
+
+
+def worker_python(settings: ClusterSettings) -> str | None:
+    """The workers' interpreter as the job script's command line must hold it: shell-quoted.
+
+    dask-jobqueue writes it unquoted at the head of the worker command. The study's
+    ``python`` must be an executable file here (``ClusterError`` otherwise); without one,
+    this interpreter, unless the Dask config names one (the user's own setting, kept as
+    written). None: leave it to the Dask config."""
+    if settings.python is not None:
+        problem = python_problem(settings.python)
+        if problem:
+            raise ClusterError(f"[cluster] {problem}")
+        return shlex.quote(os.path.expanduser(settings.python))
+    if _config(settings.backend).get("python") is None:
+        return shlex.quote(sys.executable)
+    return None
 
 
 def make_cluster(backend: str, kwargs: dict[str, Any]) -> Any:
@@ -156,10 +179,16 @@ def job_script(settings: ClusterSettings, environ: dict[str, Any] | None = None)
     kwargs.pop("scheduler_options")
     interface = kwargs.get("interface")
     host = next(iter(interface_addresses().get(interface, [])), None) if interface else None
-    tls = settings.tls is not False
-    address = f"{'tls' if tls else 'tcp'}://{host or '<scheduler-host>'}:<port>"
-    if tls:
-        folder = tls_base(settings) / "tls-XXXXXXXX"
+    secure = settings.tls is not False
+    address = f"{'tls' if secure else 'tcp'}://{host or '<scheduler-host>'}:<port>"
+    if secure:
+        base = tls_base(settings)
+        problem = tls.folder_problem(base) if base.exists() else None
+        if problem:
+            raise ClusterError(
+                f"the TLS folder {base} {problem}: set [cluster] shared_temp_directory to a folder of your own"
+            )
+        folder = base / f"{tls.PREFIX}XXXXXXXX"
         kwargs["security"] = _security(folder)
         kwargs["protocol"] = "tls://"
     job_cls = getattr(dask_jobqueue, _system(backend).cluster_class).job_cls
@@ -201,9 +230,18 @@ def interface_addresses() -> dict[str, list[str]]:
 
 
 def tls_base(settings: ClusterSettings) -> Path:
-    """Where a study's certificate directory is made: on a file system the compute nodes see."""
+    """Where a study's certificate directory is made: on a file system the compute nodes see.
+
+    Its path goes unquoted into the worker's command line (``--tls-ca-file <path>``), so
+    it is refused (``ClusterError``) unless the shell reads it as one word once its
+    variables are expanded."""
     configured = settings.shared_temp_directory or _config(settings.backend).get("shared-temp-directory")
-    return Path(os.path.expandvars(configured)).expanduser() if configured else Path.home() / ".tomosweep" / "tls"
+    base = Path(os.path.expandvars(configured)).expanduser() if configured else tls.default_base()
+    problem = path_problem(str(base))
+    if problem:
+        source = "[cluster] shared_temp_directory" if configured else "the TLS folder in your home"
+        raise ClusterError(f"{source} expands to {problem}")
+    return base
 
 
 _PEM_FILES = {"ca": "ca.pem", "cert": "cert.pem", "key": "key.pem"}
@@ -231,10 +269,12 @@ def make_certificates(settings: ClusterSettings) -> tuple[Any, Path]:
     """
     from distributed.security import Security
 
-    base = tls_base(settings)
+    base = tls.private_base(tls_base(settings))
+    for gone in tls.remove_leftovers(base):
+        log.warning("removed %s: certificates left by a driver that is gone", gone)
     try:
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="tls-", dir=base))  # mode 0700, a name nobody else has
+        folder = Path(tempfile.mkdtemp(prefix=tls.PREFIX, dir=base))  # mode 0700, a name nobody else has
+        tls.write_note(folder)
     except OSError as exc:
         raise ClusterError(
             f"cannot make the study's TLS directory under {base}: {exc}. Set [cluster] shared_temp_directory "

@@ -9,12 +9,23 @@ silently ignored line.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Mapping, Set
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tomosweep.cluster.backends import BACKENDS as _REGISTRY
 from tomosweep.cluster.backends import batch_backends
+from tomosweep.cluster.scripts import (
+    ACCOUNT,
+    INTERFACE,
+    MEMORY,
+    QUEUE,
+    control_problem,
+    path_problem,
+    python_problem,
+    walltime_problem,
+)
 
 
 class _Names(Set[str]):
@@ -102,6 +113,12 @@ class ClusterSettings(BaseModel):
     ``start_timeout`` (seconds) bounds the wait for the first worker; past it the run
     stops with the jobs' state, before the store is created.
 
+    Every string lands in a batch job script or a worker's environment, so each is
+    checked for its role (:mod:`tomosweep.cluster.scripts`): one line each, ``queue`` and
+    ``account`` names, ``walltime`` in the scheduler's own format, ``interface`` an
+    interface name, ``log_directory`` and ``shared_temp_directory`` paths a shell reads as
+    one word, ``python`` an absolute path (an executable file when jobs are made).
+
     The batch backends run the scheduler in the driver and the workers in jobs on other
     nodes, so the scheduler listens on ``interface`` (default: the interface of this
     host's default route) and speaks TLS with certificates made for the study
@@ -185,6 +202,76 @@ class ClusterSettings(BaseModel):
             )
         return value
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line_each(cls, value: object) -> object:
+        for text in value if isinstance(value, list) else [value]:
+            problem = control_problem(text) if isinstance(text, str) else None
+            if problem:
+                raise ValueError(f"{text!r} {problem}")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, value: str | None) -> str | None:
+        if value is not None and not QUEUE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a queue or partition name: letters, digits and _ . @ + - "
+                '(several partitions comma-separated), e.g. queue = "batch"'
+            )
+        return value
+
+    @field_validator("account")
+    @classmethod
+    def _account_name(cls, value: str | None) -> str | None:
+        if value is not None and not ACCOUNT.fullmatch(value):
+            raise ValueError(
+                f'{value!r} is not an account name: letters, digits and _ . @ + -, e.g. account = "my-project"'
+            )
+        return value
+
+    @field_validator("interface")
+    @classmethod
+    def _interface_name(cls, value: str | None) -> str | None:
+        if value is not None and not INTERFACE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a network interface name (at most 15 letters, digits and _ . : -), "
+                'e.g. interface = "ib0"; `ip -brief address` lists this host\'s'
+            )
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        if value is not None and not MEMORY.fullmatch(value):
+            raise ValueError(f'{value!r} is not an amount of memory, e.g. memory = "32GB"')
+        return value
+
+    @field_validator("log_directory", "shared_temp_directory")
+    @classmethod
+    def _script_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        problem = None if value is None else path_problem(value, variables=info.field_name == "shared_temp_directory")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python_path(cls, value: str | None) -> str | None:
+        problem = None if value is None else python_problem(value, here=False)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime_format(cls, value: str | None, info: ValidationInfo) -> str | None:
+        backend = info.data.get("backend")  # declared first, so checked already (absent if it failed)
+        problem = None if value is None or backend not in JOBQUEUE else walltime_problem(str(backend), value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ClusterSettings:
         for key in _APPLIES:
@@ -218,3 +305,20 @@ class ClusterSettings(BaseModel):
     def trial_resources(self) -> dict[str, float] | None:
         """The resources each trial is submitted with (None: any worker thread will do)."""
         return dict(GPU_RESOURCE) if self.uses_gpus else None
+
+
+def stored_settings_problem(raw: Mapping[str, Any]) -> str | None:
+    """Why a stored ``[cluster]`` section (a received store's) cannot be used as it is, or None.
+
+    Checked before the user is asked to consent to it: the values a batch job would run
+    are refused for their role, and ``python`` must be an executable file on this host."""
+    try:
+        settings = ClusterSettings.model_validate(dict(raw))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    if settings.python is not None and settings.backend in JOBQUEUE:
+        return python_problem(settings.python)
+    return None

@@ -15,7 +15,7 @@ import numpy as np
 
 from tomosweep.cluster import BACKENDS, JOBQUEUE, ClusterSettings, open_cluster, worker_environ
 from tomosweep.cluster.connect import Connection
-from tomosweep.errors import BackendError, ClusterError, InputError, SpecError, StoreError
+from tomosweep.errors import BackendError, ClusterError, InputError, SpecError, StoreError, TomosweepError
 from tomosweep.phantoms import Specimen, load_specimen, make_specimen, save_specimen
 from tomosweep.phantoms.files import check_output
 from tomosweep.phantoms.specimens import declared_elements
@@ -458,6 +458,26 @@ def resume_study(
                 new, opened, conn, progress=progress, trial_fn=trial_fn, warm_from=earlier, task_data=prepared
             )
             return runner.run()
+
+
+def remove_stale_certificates(store: PathLike) -> list[Path]:
+    """Remove the TLS certificate folders that drivers on this host left when killed; the removed.
+
+    Looked for under the study's own certificate folder (its stored ``[cluster]``, when it
+    is a batch one) and the default one; a store that cannot be read only has the default."""
+    from tomosweep.cluster import tls
+
+    bases = {tls.default_base()}
+    try:
+        with SweepStore.open(store) as opened:
+            settings = stored_study(opened).cluster
+        if settings.backend in JOBQUEUE and settings.tls is not False:
+            from tomosweep.cluster.jobqueue import tls_base  # deferred: imports distributed
+
+            bases.add(tls_base(settings))
+    except TomosweepError:
+        pass  # check reports the store's own problems
+    return [folder for base in sorted(bases) for folder in tls.remove_leftovers(base)]
 
 
 def worker_job_script(study: Study | PathLike, *, cluster: str | None = None) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from tomosweep.cluster.settings import stored_settings_problem
 from tomosweep.errors import TomosweepError
 from tomosweep.nofollow import NoFollowFileHandler
 from tomosweep.results import SweepStore
@@ -166,6 +167,13 @@ def consent_to_stored_cluster(store: Path, *, trust: bool) -> None:
     described = stored_cluster_needs_consent(stored if isinstance(stored, dict) else None)
     if described is None:
         return
+    # a value that would run as a command is refused before it is shown as something to agree to
+    unsafe = stored_settings_problem(stored) if isinstance(stored, dict) else None
+    if unsafe:
+        raise ClusterConsentError(
+            f"{store} stores a [cluster] section that cannot be used ({unsafe}); nothing was run: "
+            "pass --cluster local (or another) to choose one"
+        )
     console.print(
         f"{store} stores a cluster beyond this machine: {described}", markup=False, highlight=False, soft_wrap=True
     )

@@ -24,6 +24,7 @@ from tomosweep.sweep.api import (
     check_store,
     export_store,
     reconstruct_cell,
+    remove_stale_certificates,
     resume_study,
     run_study,
     study_status,
@@ -384,7 +385,10 @@ def check(
         bool, typer.Option("--repair", help="rebuild the maps and reset unreadable optimiser states (never trials)")
     ] = False,
 ) -> None:
-    """Report a store's health: attributes, shapes, every trial readable, maps, optimiser state."""
+    """Report a store's health: attributes, shapes, every trial readable, maps, optimiser state.
+    Removes the TLS certificates that killed drivers of this host left behind, and says so."""
+    for folder in remove_stale_certificates(store):
+        out.print(f"removed {folder}: TLS certificates left by a driver that is gone", markup=False, highlight=False)
     findings = check_store(store, repair=repair)
     if not findings:
         out.print(f"{store}: healthy")

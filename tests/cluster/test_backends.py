@@ -103,7 +103,8 @@ def test_study_certificates_are_private_files_in_a_private_folder(tmp_path):
     security, folder = make_certificates(settings)
     assert folder.parent == tmp_path / "shared" and folder.name.startswith("tls-")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    # the PEM files and the note of the driver that made them (for the next run to find if it dies)
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem", "cert.pem", "driver.json", "key.pem"]
     assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o600}
     assert "PRIVATE KEY" in (folder / "key.pem").read_text()
     assert security.require_encryption and security.tls_worker_key == str(folder / "key.pem")
