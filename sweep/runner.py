@@ -21,7 +21,12 @@ Failures, in the words of the store:
   keeps killing workers ends in ``KilledWorker``. Dask cannot tell the culprit from
   innocent trials queued on the same worker, so the runner keeps its own ledger and
   resubmits each such trial up to ``max_worker_deaths`` times before recording it as
-  failed. Each trial is appended once, when its future is done — never twice.
+  failed. Each trial is appended once, when its future is done — never twice;
+- a trial still running after the study's time limit (``[budget] trial_timeout_s``, see
+  :func:`~tomosweep.sweep.spec.trial_timeout`) is cancelled and recorded as failed,
+  naming where it was stuck, and its worker is restarted: a thread cannot be stopped,
+  only its process. A ``[plugins]`` module whose import hangs on the workers is such a
+  trial (the study is read, and its plugins imported, inside the trial).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
 from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed, unreadable
-from tomosweep.sweep.spec import Study
+from tomosweep.sweep.spec import Study, trial_timeout
 from tomosweep.sweep.surrogate import attach_map, map_states, restore_maps
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.view.heartbeat import Heartbeat
@@ -100,6 +105,18 @@ class _Ticket:
     ask_id: int
     attempt: int = 1
     proposed_by: str = ""
+
+
+def stuck_at(frames: Any) -> str:
+    """Where a hung trial's thread was, from its call stack (distributed's text frames), for its error.
+
+    A trial stuck in an import (a plugin module that hangs on the workers) names the module."""
+    lines = [str(frame).strip().splitlines()[0] for frame in frames or () if str(frame).strip()]
+    if not lines:
+        return ""
+    imports = [line for line in lines if line.endswith("in <module>")]
+    where = imports[-1] if imports else lines[-1]
+    return f", {'while importing' if imports else 'at'} {where.removeprefix('File ')}"
 
 
 def stop_reason(opt: CellOptimizer) -> str:
@@ -290,6 +307,7 @@ class Runner:
         resources: dict[str, float] | None = None,
         warm_from: list[TrialRecord] | None = None,
         task_data: Any = None,
+        trial_timeout_s: float | None = None,
     ) -> None:
         self.study = study
         self.store = store
@@ -303,6 +321,9 @@ class Runner:
         self.resources = resources
         self.warm_from = list(warm_from or [])
         self.task_data = task_data  # a tune's prepared series, carried by every trial (TrialTask.data)
+        if trial_timeout_s is None:
+            trial_timeout_s = trial_timeout(study, n=getattr(task_data, "n_det", None))
+        self.trial_timeout_s = trial_timeout_s
         self._study_json = json.dumps(study.to_json(), sort_keys=True)
         self._seq = itertools.count()
         self._capacity_at = -math.inf
@@ -416,6 +437,8 @@ class _Pass:
         self.no_worker_since: float | None = None
         self.workers_asked_at = -math.inf
         self.seen_worker = False
+        self.running_since: dict[Any, float] = {}  # future -> when it was first seen executing
+        self.stacks_asked_at = -math.inf
 
     def run(self) -> RunSummary:
         from distributed import as_completed  # deferred: distributed takes seconds to import
@@ -436,6 +459,7 @@ class _Pass:
             while not self.queue.is_empty():
                 if not self.queue.has_ready():
                     self.watch_workers()
+                    self.watch_trials()
                     time.sleep(0.02)
                     continue
                 for future in self.queue.next_batch(block=False):
@@ -492,6 +516,62 @@ class _Pass:
                 f"the cluster (or fix what kills its workers) and run `tomosweep resume {store.path}`"
             )
 
+    def watch_trials(self) -> None:
+        """Stop each trial that has been executing for longer than the time limit.
+
+        The clock of a trial starts when a worker is first seen executing it (its task's call
+        stack, asked of the workers at most once a second), so time waiting in the scheduler
+        for a worker or a batch job does not count."""
+        limit = self.runner.trial_timeout_s
+        now = time.monotonic()
+        if not self.active or now - self.stacks_asked_at < min(1.0, limit / 4):
+            return
+        self.stacks_asked_at = now
+        by_key = {future.key: future for future in self.active}
+        try:
+            stacks = self.runner.client.call_stack(keys=list(by_key))
+        except Exception:  # a restarting scheduler answers nothing for a moment
+            return
+        executing = {
+            by_key[key]: (worker, frames)
+            for worker, tasks in (stacks or {}).items()
+            for key, frames in (tasks or {}).items()
+            if key in by_key
+        }
+        for future in list(self.running_since):
+            if future not in executing:  # finished, or rescheduled after its worker left: a new start
+                del self.running_since[future]
+        for future, (worker, frames) in executing.items():
+            elapsed = now - self.running_since.setdefault(future, now)
+            if elapsed > limit:
+                self.time_out(future, worker, frames, elapsed)
+
+    def time_out(self, future: Any, worker: str, frames: Any, elapsed: float) -> None:
+        """Record a trial that ran past the limit as failed, and restart the worker it hangs on."""
+        runner = self.runner
+        ticket = self.active.pop(future)
+        self.running_since.pop(future, None)
+        future.cancel()
+        method, h, c = ticket.key
+        record = TrialRecord(
+            method=method,
+            n_haadf=h,
+            n_chem=c,
+            params=ticket.params,
+            status=FAILED,
+            attempts=ticket.attempt,
+            error=(
+                f"timed out after {elapsed:.0f} s ([budget] trial_timeout_s = {runner.trial_timeout_s:g})"
+                f"{stuck_at(frames)}; its worker was restarted"
+            ),
+            finished_at=time.time(),
+        )
+        try:
+            runner.client.restart_workers([worker], raise_for_error=False)
+        except Exception as exc:  # a worker without a nanny cannot be restarted: say so, go on
+            log.warning("could not restart worker %s after a timed-out trial: %s", worker, exc)
+        self.commit(future, ticket, record)
+
     def next_key(self) -> Key | None:
         """The open cell with the fewest trials asked (fewest first keeps the grid even)."""
         opts = self.opts
@@ -546,15 +626,24 @@ class _Pass:
 
     def finish(self, future: Any, killed: type) -> None:
         """Commit a finished trial (or resubmit it after a worker death), tell its optimiser, refill."""
-        runner, store = self.runner, self.runner.store
-        ticket = self.active.pop(future)
-        self.heartbeat.set_running(state_key(t.key) for t in self.active.values())
+        runner = self.runner
+        ticket = self.active.pop(future, None)
+        if ticket is None:  # a timed-out trial's cancelled future, recorded already
+            future.release()
+            return
+        self.running_since.pop(future, None)
         record = runner._outcome(future, ticket, self.deaths, killed)
         future.release()
         if record is None:  # resubmitted after a worker death
             log.warning("%s: its worker died; resubmitted (attempt %d)", state_key(ticket.key), ticket.attempt)
             self.submit(ticket)
             return
+        self.commit(future, ticket, record)
+
+    def commit(self, future: Any, ticket: _Ticket, record: TrialRecord) -> None:
+        """Append a trial's record with the optimisers' new state, tell its optimiser, refill."""
+        runner, store = self.runner, self.runner.store
+        self.heartbeat.set_running(state_key(t.key) for t in self.active.values())
         opt = self.opts[ticket.key]
         # a pruned trial is told the NRMSE it had reached: worse than the cell's median
         known = record.ok or record.status == PRUNED

@@ -176,6 +176,11 @@ class BudgetSpec(BaseModel):
     each rung starting from the best points of the one below and the study's own size
     from the top rung (:mod:`tomosweep.sweep.ladder`).
 
+    No trial runs for ever: one still running after ``trial_timeout_s`` seconds (not set:
+    :func:`default_trial_timeout`) becomes a failed trial and its worker is restarted. The
+    limit decides nothing about a finished trial's result, so it may change on resume and
+    is not part of the study's content hash.
+
     Budgets that follow improvement: ``trials_per_cell`` is each cell's cap; with
     ``stop_tolerance`` set, a cell stops once the expected improvement there stayed
     below that fraction of its best for ``stop_patience`` asks in a row; ``total`` caps
@@ -216,6 +221,9 @@ class BudgetSpec(BaseModel):
     """Specimen sizes to search the same map at first, smallest first (each ≥ 16): the resolution ladder."""
     ladder_trials: int | None = Field(default=None, ge=1, le=100000)
     """Trials per cell on each rung of the ladder (not set: 2, which measured better than 4)."""
+    trial_timeout_s: float | None = Field(default=None, gt=0)
+    """Seconds one trial may run before it is stopped, recorded as failed and its worker restarted
+    (not set: :func:`tomosweep.sweep.spec.default_trial_timeout`, from the methods and the size)."""
 
     @field_validator("ladder")
     @classmethod
@@ -527,12 +535,68 @@ class Study(BaseModel):
         for key in ("phantom", "data"):
             if body.get(key) is None:
                 body.pop(key, None)
+        if body["budget"].get("trial_timeout_s") is None:  # as before the limit existed
+            body["budget"].pop("trial_timeout_s", None)
         return body
 
     def content_hash(self) -> str:
-        """Hash of everything that determines the trials' results and budget (not the cluster)."""
+        """Hash of everything that determines the trials' results and budget (not the cluster, nor
+        the trial time limit: both say how trials run, and may change on resume)."""
         body = {k: v for k, v in self.to_json().items() if k != "cluster"}
+        body["budget"] = {k: v for k, v in body["budget"].items() if k != "trial_timeout_s"}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: seconds the slowest measured trial took: fused at 64³, 150 iterations, on one CPU core
+#: (README, "a paper-scale map's price": 34–71 s per trial)
+_REFERENCE_TRIAL_S = 71.0
+_TIMEOUT_MARGIN = 20.0  # a trial this many times slower than expected is hung, not slow
+_TIMEOUT_FLOOR_S = 600.0  # projector matrices built on a cold worker, a loaded node
+
+
+def default_trial_timeout(study: Study, *, n: int | None = None) -> float:
+    """Seconds a trial of ``study`` may run when ``[budget] trial_timeout_s`` is not set.
+
+    A trial's time grows as n³ with the specimen's edge n (measured about 8× per doubling)
+    and in proportion to its iterations. The slowest trial measured, fused at 64³ with
+    150 iterations, took 71 s on one CPU core; the limit is ``_TIMEOUT_MARGIN`` (20) times
+    that, scaled to the study's size and to the most iterations any of its methods may
+    take relative to that method's default, and never under 10 minutes:
+    ``max(600, 20 × 71 × (n / 64)³ × max_m(iterations_m / default_m))`` seconds
+    (24 min at 64³, 3.2 h at 128³ for default iterations). ``n``: the volume's edge where
+    the study does not say it (a tune's series width; not given: 256, so the limit errs
+    long). Any method counts as fused, the costliest built-in one, so the limit only ever
+    errs long.
+    """
+    if n is not None:
+        pass
+    elif study.phantom is not None:
+        n = study.phantom.size
+        if study.phantom.file is not None:
+            try:
+                n = int(load_specimen(study.phantom.file).volumes.shape[1])
+            except TomosweepError:
+                pass  # the run reports the file; the size written beside it stands in
+    else:
+        n = _TUNE_WIDTH
+    scale = 1.0
+    for name, params in study.methods.items():
+        method = METHODS.get(name)
+        iterations = params.get("n_iter") if method is not None else None
+        default = next((p.default for p in method.params if p.name == "n_iter"), None) if method else None
+        if iterations is None or not default:
+            continue
+        most = iterations.high if isinstance(iterations, SearchRange) else float(iterations)
+        scale = max(scale, most / default)
+    return max(_TIMEOUT_FLOOR_S, _TIMEOUT_MARGIN * _REFERENCE_TRIAL_S * (n / 64) ** 3 * scale)
+
+
+_TUNE_WIDTH = 256  # a tune's series is not read here: assume a large one, so the limit errs long
+
+
+def trial_timeout(study: Study, *, n: int | None = None) -> float:
+    """Seconds a trial of ``study`` may run: ``[budget] trial_timeout_s``, else :func:`default_trial_timeout`."""
+    return study.budget.trial_timeout_s or default_trial_timeout(study, n=n)
 
 
 class PluginCodeNeeded(SpecError):
@@ -773,8 +837,9 @@ def check_extension(stored: Study, new: Study) -> list[str]:
             changes.append(f"{axis} + {sorted(new_values - old)}")
     budget_a, budget_b = a["budget"], b["budget"]
     growing = ("trials_per_cell", "ladder_trials", "total")
+    free = ("trial_timeout_s",)  # how long a trial may run: no stored result depends on it
     fixed = sorted(
-        k for k in budget_a.keys() | budget_b.keys() if k not in growing and budget_a.get(k) != budget_b.get(k)
+        k for k in budget_a.keys() | budget_b.keys() if k not in growing + free and budget_a.get(k) != budget_b.get(k)
     )
     if fixed:
         raise SpecError(

@@ -52,3 +52,10 @@ def suicidal_trial(task: TrialTask) -> TrialRecord:
 def synthetic_trial(task: TrialTask) -> TrialRecord:
     """Instant and deterministic: for runner tests that count points, not physics."""
     return _synthetic(task)
+
+
+def hanging_trial(task: TrialTask) -> TrialRecord:
+    """Never returns for SIRT with more than 20 iterations (a solver stuck in native code), else instant."""
+    if task.method == "sirt" and task.params["n_iter"] > 20:
+        time.sleep(3600)
+    return _synthetic(task)
