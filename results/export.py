@@ -136,11 +136,28 @@ def heatmap_figure(store: SweepStore) -> Any:
     return fig
 
 
+#: the most cells drawn one panel each; a larger map's convergence is summarised per method
+CONVERGENCE_PANELS = 36
+
+
+def _best_so_far(store: SweepStore, cols: Mapping[str, np.ndarray], method: int, h: int, c: int) -> np.ndarray:
+    """A cell's best mean NRMSE after each of its trials of ``method`` (NaN until one finished)."""
+    rows = (cols["n_haadf"] == h) & (cols["n_chem"] == c) & (cols["method"] == method)
+    values = np.where(cols["status"][rows] == 0, cols["nrmse"][rows], np.inf)
+    best = np.minimum.accumulate(values) if values.size else values
+    return np.where(np.isfinite(best), best, np.nan)
+
+
 def convergence_figure(store: SweepStore) -> Any:
-    """Best-so-far mean NRMSE against trial number, one panel per cell, one line per method."""
+    """Best-so-far mean NRMSE against trial number: one panel per cell, one line per method,
+    up to :data:`CONVERGENCE_PANELS` cells; beyond, one panel per method summarising every
+    cell (:func:`convergence_summary`), since a panel per cell of a 1,000-cell map takes
+    minutes to lay out and cannot be read."""
     from matplotlib.figure import Figure
 
     n_h, n_c = len(store.n_haadf), len(store.n_chem)
+    if n_h * n_c > CONVERGENCE_PANELS:
+        return convergence_summary(store)
     fig = Figure(figsize=(2.4 * n_c + 1.4, 1.9 * n_h + 1), layout="constrained")
     axes = fig.subplots(
         n_h,
@@ -153,18 +170,10 @@ def convergence_figure(store: SweepStore) -> Any:
     for i, h in enumerate(store.n_haadf):
         for j, c in enumerate(store.n_chem):
             ax = axes[n_h - 1 - i, j]  # high HAADF counts on top, as in the heatmap
-            in_cell = (cols["n_haadf"] == h) & (cols["n_chem"] == c)
             for m, method in enumerate(store.methods):
-                rows = in_cell & (cols["method"] == m)
-                values = np.where(cols["status"][rows] == 0, cols["nrmse"][rows], np.inf)
-                if values.size:
-                    best = np.minimum.accumulate(values)
-                    ax.step(
-                        np.arange(1, best.size + 1),
-                        np.where(np.isfinite(best), best, np.nan),
-                        where="post",
-                        label=method,
-                    )
+                best = _best_so_far(store, cols, m, h, c)
+                if best.size:
+                    ax.step(np.arange(1, best.size + 1), best, where="post", label=method)
             ax.set_title(f"{h} HAADF × {c} chem", fontsize=8)
             ax.tick_params(labelsize=7)
     for ax in axes[-1]:
@@ -180,6 +189,54 @@ def convergence_figure(store: SweepStore) -> Any:
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     fig.suptitle("best-so-far NRMSE per cell")
+    return fig
+
+
+def convergence_summary(store: SweepStore) -> Any:
+    """Best-so-far mean NRMSE against trial number for a large map: one panel per method,
+    every cell's curve as a faint line, with the median over the cells and the band
+    between their 10th and 90th percentiles at each trial number."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    n_cells = len(store.n_haadf) * len(store.n_chem)
+    methods = store.methods
+    fig = Figure(figsize=(4.2 * len(methods) + 0.6, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(methods), squeeze=False, sharey=True)[0]
+    cols = store.columns()
+    for m, (ax, method) in enumerate(zip(axes, methods, strict=True)):
+        curves = [
+            curve for h in store.n_haadf for c in store.n_chem if (curve := _best_so_far(store, cols, m, h, c)).size
+        ]
+        if curves:
+            longest = max(curve.size for curve in curves)
+            table = np.full((len(curves), longest), np.nan)
+            for k, curve in enumerate(curves):
+                table[k, : curve.size] = curve
+            x = np.arange(1, longest + 1)
+            ax.add_collection(
+                LineCollection(
+                    [np.column_stack([np.arange(1, curve.size + 1), curve]) for curve in curves],
+                    colors="0.6",
+                    linewidths=0.4,
+                    alpha=0.25,
+                )
+            )
+            finished = np.isfinite(table).any(axis=0)
+            if finished.any():
+                with np.errstate(all="ignore"):
+                    low, median, high = np.nanpercentile(table[:, finished], [10, 50, 90], axis=0)
+                ax.fill_between(x[finished], low, high, color="C0", alpha=0.3, label="10–90 % of cells")
+                ax.plot(x[finished], median, color="C0", label="median cell")
+            ax.autoscale_view()
+            ax.legend(fontsize=8)
+        ax.set_title(f"{method}: {len(curves)} of {n_cells} cells", fontsize=9)
+        ax.set_xlabel("trial of the cell", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("best NRMSE", fontsize=8)
+    fig.suptitle("best-so-far NRMSE over every cell")
     return fig
 
 

@@ -10,6 +10,7 @@ that ends it, is a :class:`~.common.CliState` in typer's context object (``ctx.o
 
 from __future__ import annotations
 
+import _thread
 import errno
 import functools
 import logging
@@ -80,9 +81,25 @@ app.command("reconstruct-data")(microscope.reconstruct_data)
 app.command()(microscope.tune)
 
 
+def _swallows(frame: Any) -> bool:
+    """Whether an exception raised in ``frame`` would be printed and dropped, not propagated: a
+    weak reference's callback or a ``__del__`` (the garbage collector runs them anywhere, and a
+    large matplotlib figure makes many)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _on_sigterm(state: CliState, signum: int, frame: Any) -> None:
     """SIGTERM (a batch system's walltime, `kill`): stop like Ctrl-C, exit 143."""
     state.terminated = True
+    if _swallows(frame):
+        # raised here it would be dropped and the command would run on: deliver it again, to be
+        # handled once the callback has returned
+        _thread.interrupt_main(signal.SIGTERM)
+        return
     raise KeyboardInterrupt  # click turns it into its Abort, like Ctrl-C
 
 
@@ -194,3 +211,5 @@ def main() -> None:
     # (130 after Ctrl-C) instead of raising it: pass it on, or a batch script sees success
     if isinstance(code, int) and code != 0:
         raise _interrupted(state, code) if code in (130, 143) else SystemExit(code)
+    if state.terminated:  # the signal came as the command ended: say so, and exit as terminated
+        raise _interrupted(state, 143)
