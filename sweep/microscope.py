@@ -734,6 +734,12 @@ def reconstruct_data(
 HAADF_SIRT_ITERATIONS = 50
 
 
+def _is_haadf_tune(store: Any) -> bool:
+    """Whether ``store`` is a tune of a HAADF-only series (its one "element" is the HAADF volume)."""
+    with SweepStore.open(store) as opened:
+        return "data" in opened.spec and opened.elements == ("HAADF",) and "sirt" in opened.methods
+
+
 def _haadf_only(
     data: Any,
     out: Path,
@@ -756,7 +762,12 @@ def _haadf_only(
     table = dict(series.weights or {})
     n_iter = int(table.get("n_iter", HAADF_SIRT_ITERATIONS)) if table.get("method", "sirt") == "sirt" else 50
     weights = Weights(method="sirt", params={"n_iter": float(n_iter)}, source="HAADF-only series (SIRT)")
-    if weights_store is not None:
+    if weights_store is not None and _is_haadf_tune(weights_store):
+        # a tune of this HAADF-only series searched SIRT's iterations on its held-out tilts
+        weights = study_weights(weights_store, "sirt", series.n_haadf, 0)
+        n_iter = int(weights.params["n_iter"])
+        say(f"weights: sirt from {weights.source}, tuned on the data (n_iter {n_iter})")
+    elif weights_store is not None:
         notes.append("--weights is not used: a study's weights are for chemistry, and this series has no [chem]")
     notes.append("reconstructed by SIRT as one HAADF volume (Σ (Z x)^γ in the HAADF's units), no element maps")
     series, alignment = _aligned(series, notes, say)

@@ -9,6 +9,7 @@ applied are measured by registering each raw image to its aligned one (the same 
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zipfile
@@ -105,3 +106,38 @@ def test_a_real_gatan_dm3_tilt_series_is_read_with_its_angles(etspy_data):
     assert stack.shape == (91, 64, 64) and stack.dtype == np.float64
     np.testing.assert_allclose(angles, np.arange(-90.0, 90.1, 2.0))
     assert stack.min() > 0 and np.all(np.isfinite(stack))  # raw detector counts, every tilt filled
+
+
+def test_the_needle_tunes_sirts_iterations_on_its_own_held_out_tilts(etspy_data, tmp_path):
+    """examples/tune_needle.toml as its comment says to run it: tune, status, reconstruct-data."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tomosweep.results import SweepStore
+
+    for name in ("HAADF.mrc", "HAADF.rawtlt"):
+        shutil.copy(etspy_data / name, tmp_path / name)
+    example = Path(__file__).resolve().parents[2] / "examples" / "tune_needle.toml"
+    shutil.copy(example, tmp_path / "tune_needle.toml")
+
+    def tomosweep(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tomosweep.sweep.cli", *args], cwd=tmp_path, capture_output=True, text=True
+        )
+
+    tuned = tomosweep("tune", "tune_needle.toml", "--store", "needle.zarr", "-q")
+    assert tuned.returncode == 0, tuned.stderr
+    records = SweepStore.open(tmp_path / "needle.zarr").records()
+    assert len(records) == 6 and all(r.ok and r.info["loss"]["minimised"] == "haadf" for r in records)
+    by_iterations = sorted(records, key=lambda r: r.params["n_iter"])
+    best = min(records, key=lambda r: r.nrmse)
+    # a few iterations leave the held-out tilts badly predicted; the tune's best is far better, and real
+    assert by_iterations[0].params["n_iter"] < 25 and by_iterations[0].nrmse > 2 * best.nrmse
+    assert best.params["n_iter"] >= 50 and best.nrmse < 0.1
+    status = tomosweep("status", "needle.zarr", "--format", "json")
+    assert status.returncode == 0 and '"best_loss"' in status.stdout
+    done = tomosweep("reconstruct-data", "tune_needle.toml", "--weights", "needle.zarr", "--out", "needle")
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "needle" / "reconstruction.json").read_text())
+    assert record["weights"]["n_iter"] == int(best.params["n_iter"]) and "needle.zarr" in record["weights_from"]
