@@ -41,6 +41,7 @@ from pydantic_core import ErrorDetails
 
 from tomosweep.errors import InputError
 from tomosweep.series.calibrate import intensity_outliers, vacuum_level
+from tomosweep.series.per_tilt import expand, is_pattern, read_per_tilt
 from tomosweep.series.readers import (
     ANGLE_CONTAINER_SUFFIXES,
     read_angle_container,
@@ -48,6 +49,7 @@ from tomosweep.series.readers import (
     read_stack,
     set_imod_nint_nreal,
 )
+from tomosweep.series.serialem import Mdoc, find_mdoc, layout_from_serialem, read_mdoc, sum_frames
 from tomosweep.solvers.elements import ATOMIC_NUMBER
 
 __all__ = [
@@ -82,25 +84,15 @@ class _Model(BaseModel):
 class AngleFile(_Model):
     """Angles in a container: ``{file = "series.h5", dataset = "/tilts"}``."""
 
-    file: str
-    """The container holding the angles (HDF5, NPZ), relative to the data file."""
-    dataset: str | None = None
-    """The dataset (HDF5) or array (NPZ) inside it."""
-
-
-Angles = Annotated[list[float] | str | AngleFile, Field(union_mode="left_to_right")]
-
-
-class SeriesFile(_Model):
-    """One image stack: the file, the dataset (or signal title) inside it and its angles."""
-
-    file: str
+    file: str | list[str]
     """The image stack, relative to the data file: ``.mrc/.st/.ali``, ``.tif``, ``.dm3/.dm4``, ``.hspy``, ``.emd``,
-    ``.h5`` or ``.npz``."""
+    ``.h5`` or ``.npz``; or one file per tilt, a glob (``"BF_*.dm3"``) or a list, read in angle order with each
+    file's own stage tilt (:mod:`tomosweep.series.per_tilt`)."""
     dataset: str | None = None
     """The dataset inside an HDF5 or NPZ file, or the title of the signal in an ``.emd`` or ``.hspy``."""
     angles: Angles | None = None
-    """Tilt angles: ``"header"`` (from the file), an angle file (``.rawtlt``, ``.tlt``), a list of degrees, or
+    """Tilt angles: ``"header"`` (from the file, or SerialEM's ``.mdoc`` beside it), ``"mdoc"`` (that ``.mdoc``,
+    which also gives the pixel size and the tilt axis), an angle file (``.rawtlt``, ``.tlt``), a list of degrees, or
     ``{ file, dataset }`` in a container; not set: the section's angles."""
 
 
@@ -110,8 +102,9 @@ class HaadfSection(SeriesFile):
     # narrower than SeriesFile's on purpose: a HAADF series always has angles, from its header by
     # default; sections are read, never assigned to, so the narrowing cannot be broken through the base
     angles: Angles = "header"  # pyright: ignore[reportIncompatibleVariableOverride]
-    """Tilt angles: ``"header"`` (SerialEM, FEI or HyperSpy metadata), an angle file (``.rawtlt``, ``.tlt``), a list
-    of degrees, or ``{ file, dataset }`` in a container."""
+    """Tilt angles: ``"header"`` (SerialEM, FEI or HyperSpy metadata, or SerialEM's ``.mdoc`` beside the stack),
+    ``"mdoc"`` (that ``.mdoc``: angles, pixel size and tilt axis), an angle file (``.rawtlt``, ``.tlt``), a list of
+    degrees, or ``{ file, dataset }`` in a container."""
     background: float | Literal["auto"] = "auto"
     """The HAADF vacuum level in counts; ``"auto"``: from detector border strips shown to be vacuum, else 0 with a
     note."""
@@ -467,6 +460,10 @@ class _Reader:
         self.geometry = {"tilt_axis": spec.tilt_axis, "tilt_axis_angle": spec.tilt_axis_angle, "binning": spec.bin}
         self.vacuum: Any = None
         self.named: dict[tuple[str, str | None, Any], str] = {}  # (file, dataset, window) -> the series naming it
+        # the data file's own tilt_axis and tilt_axis_angle win over an .mdoc's
+        self.axis_given = bool({"tilt_axis", "tilt_axis_angle"} & spec.model_fields_set)
+        self.mdoc: Mdoc | None = None  # the first .mdoc read: pixel size and tilt axis
+        self.notes: list[str] = []
 
     def _hash(self, path: Path) -> None:
         key = str(path)
@@ -525,6 +522,70 @@ class _Reader:
             self.problems.add(f"the images are {rows} × {cols} pixels; at least {MIN_PIXELS} × {MIN_PIXELS} are needed")
         return False
 
+    def _use_mdoc(self, mdoc: Mdoc, what: str) -> None:
+        """Take the first ``.mdoc``'s tilt axis (unless the data file sets one) and pixel size."""
+        if self.mdoc is not None:
+            return
+        self.mdoc = mdoc
+        if mdoc.tilt_axis_angle is not None and not self.axis_given:
+            direction, turn = layout_from_serialem(mdoc.tilt_axis_angle)
+            self.geometry.update(tilt_axis=direction, tilt_axis_angle=turn)
+            self.notes.append(
+                f"{what}: tilt axis from {mdoc.path.name} (SerialEM's {mdoc.tilt_axis_angle:g}°): "
+                f'tilt_axis = "{direction}", turned by {turn:g}°'
+            )
+
+    def _mdoc_stack(self, file: Path, data: np.ndarray, used: Any, what: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A single stack's angles from the ``.mdoc`` beside it (``"mdoc"``, or ``"header"`` when one is there)."""
+        path = find_mdoc(file)
+        if path is None:
+            if used == "mdoc":
+                raise InputError(f'no .mdoc beside {file} ({file.name}.mdoc or {file.stem}.mdoc) for angles = "mdoc"')
+            return None
+        mdoc = read_mdoc(path)
+        self._hash(path)
+        if mdoc.angles.size != data.shape[0]:
+            raise InputError(
+                f"{path}: {mdoc.angles.size} sections (tilt angles) but {file.name} holds {data.shape[0]} images; "
+                "name the .mdoc written with this stack"
+            )
+        self._use_mdoc(mdoc, what)
+        summed, angles, frames = sum_frames(data, mdoc.angles)
+        if frames > 1:
+            self.notes.append(f"{what}: up to {frames} frames at each tilt ({path.name}) were summed")
+        return summed, angles
+
+    def _read(
+        self, entry: SeriesFile, what: str, used: Any, window: tuple[float, float] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The raw stack and its angles: one file (with its ``.mdoc``), or one file per tilt."""
+        if isinstance(entry.file, list) or is_pattern(entry.file):
+            if window is not None:
+                raise InputError("an energy window needs one spectrum-image stack; name it as one file")
+            files = expand(self.base, entry.file, _resolve)
+            if not (isinstance(used, list) or used in ("header", "mdoc")):
+                raise InputError('one file per tilt takes angles = "header" (each file\'s own tilt), "mdoc" or a list')
+            got = read_per_tilt(files, entry.dataset, used if isinstance(used, list) else None, use_mdoc=used == "mdoc")
+            for file in got.files:
+                self._hash(file)
+                mdoc_path = find_mdoc(file)
+                if mdoc_path is not None and not isinstance(used, list):
+                    self._hash(mdoc_path)
+            if got.mdoc is not None and not isinstance(used, list):
+                self._use_mdoc(got.mdoc, what)
+            if got.frames > 1:
+                self.notes.append(f"{what}: up to {got.frames} frames at each tilt were summed")
+            self.notes.append(f"{what}: {len(got.files)} files, one per tilt, read in angle order")
+            return got.stack, got.angles
+        file = _resolve(self.base, entry.file)
+        data, header = read_stack(file, entry.dataset, window=window)
+        self._hash(file)
+        if used in ("header", "mdoc"):
+            from_mdoc = self._mdoc_stack(file, data, used, what)
+            if from_mdoc is not None:
+                return from_mdoc
+        return data, self.angles(used, header)
+
     def stack(
         self,
         entry: SeriesFile,
@@ -536,20 +597,19 @@ class _Reader:
         window: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The stack in tomosweep's layout and its angles in degrees, or None (the problem is noted)."""
-        file = _resolve(self.base, entry.file)
-        key = (str(file), entry.dataset, window)
+        names = entry.file if isinstance(entry.file, list) else [entry.file]
+        file = ", ".join(str(_resolve(self.base, n)) for n in names)
+        key = (file, entry.dataset, window)
         if key in self.named:
             self.problems.add(f"{what} and {self.named[key]} name the same series ({file}); each needs its own images")
             return None
         self.named[key] = what
         used = entry.angles if entry.angles is not None else angle_spec
         try:
-            data, header = read_stack(file, entry.dataset, window=window)
-            angles = self.angles(used, header)
+            data, angles = self._read(entry, what, used, window)
         except InputError as exc:
             self.problems.add(f"{what}: {exc}")
             return None
-        self._hash(file)
         angles = self._in_degrees(np.asarray(angles, dtype=float), what)
         if angles is None:
             return None
@@ -682,7 +742,9 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, problems)
     problems.raise_if_any()
 
-    notes = intensity_outliers(haadf, haadf_angles) if haadf is not None and haadf_angles is not None else []
+    notes = reader.notes + (
+        intensity_outliers(haadf, haadf_angles) if haadf is not None and haadf_angles is not None else []
+    )
     if spec.chem is None:
         # a data file has [haadf] where it has no [chem], and an unread [haadf] raised above
         assert haadf is not None
@@ -700,6 +762,10 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
                 "of the chemical term does not hold and its weight means less than on counts"
             )
     sensitivity = spec.chem.sensitivity if spec.chem is not None else None
+    pixel_size = spec.pixel_size_nm
+    if pixel_size is None and reader.mdoc is not None and reader.mdoc.pixel_size_nm is not None:
+        pixel_size = reader.mdoc.pixel_size_nm
+        notes.append(f"pixel size {pixel_size:g} nm from {reader.mdoc.path.name}")
     return MeasuredSeries(
         haadf=haadf,
         haadf_angles=np.zeros(0) if haadf_angles is None else np.asarray(haadf_angles, dtype=float),
@@ -711,7 +777,7 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         haadf_scale="auto" if spec.haadf is None else spec.haadf.scale,
         sensitivity=None if sensitivity is None else tuple(float(sensitivity[e]) for e in elements),
         gamma=spec.gamma,
-        pixel_size_nm=None if spec.pixel_size_nm is None else spec.pixel_size_nm * spec.bin,
+        pixel_size_nm=None if pixel_size is None else pixel_size * spec.bin,
         align=spec.align,
         weights=spec.weights,
         sources=reader.sources,

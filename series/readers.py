@@ -10,7 +10,8 @@ Formats
 - ``.dm3`` / ``.dm4`` (Gatan), ``.hspy`` (HyperSpy), Velox and Berkeley (NCEM) ``.emd``
   (RosettaSciIO, the HyperSpy project's readers): the signal titled ``dataset`` (the only image
   signal when there is one); angles from ``metadata.Tomography.tilts``, the stage's
-  ``tilt_alpha`` (one per image) or a navigation axis calibrated in degrees or radians. An EDS
+  ``tilt_alpha`` (one per image), a navigation axis calibrated in degrees or radians, or for a
+  single image Gatan's ``Microscope Info › Stage Position › Stage Alpha`` tag. An EDS
   spectrum image (or a stack of them, tilt first) is reduced to one element map by summing the
   counts of the channels inside an energy window (keV);
 - ``.h5`` / ``.hdf5``, and an ``.emd`` that is neither Velox nor Berkeley (h5py): the dataset
@@ -405,6 +406,13 @@ def signal_angles(signal: dict[str, Any], n_tilts: int) -> np.ndarray | None:
                 angles = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
                 if angles.size == n_tilts:
                     return angles
+    if n_tilts == 1:
+        # one image of a series written a file per tilt: Gatan keeps the stage tilt in its own tags
+        stage = _nested(signal.get("original_metadata") or {}, "ImageList", "TagGroup0", "ImageTags", "Microscope Info")
+        alpha = _nested(stage, "Stage Position", "Stage Alpha")
+        with contextlib.suppress(TypeError, ValueError):
+            if alpha is not None and math.isfinite(float(alpha)):
+                return np.array([float(alpha)])
     axes = signal.get("axes") or []
     # the first axis of a tilt stack (a Berkeley EMD marks no axis as navigation)
     if n_tilts > 1 and len(axes) >= 3 and int(axes[0]["size"]) == n_tilts:
