@@ -84,6 +84,18 @@ class _Model(BaseModel):
 class AngleFile(_Model):
     """Angles in a container: ``{file = "series.h5", dataset = "/tilts"}``."""
 
+    file: str
+    """The container holding the angles (HDF5, NPZ), relative to the data file."""
+    dataset: str | None = None
+    """The dataset (HDF5) or array (NPZ) inside it."""
+
+
+Angles = Annotated[list[float] | str | AngleFile, Field(union_mode="left_to_right")]
+
+
+class SeriesFile(_Model):
+    """One image stack: the file, the dataset (or signal title) inside it and its angles."""
+
     file: str | list[str]
     """The image stack, relative to the data file: ``.mrc/.st/.ali``, ``.tif``, ``.dm3/.dm4``, ``.hspy``, ``.emd``,
     ``.h5`` or ``.npz``; or one file per tilt, a glob (``"BF_*.dm3"``) or a list, read in angle order with each
