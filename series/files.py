@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from tomosweep.errors import InputError
+from tomosweep.series.align import Alignment
 from tomosweep.series.calibrate import intensity_outliers, vacuum_level
 from tomosweep.series.per_tilt import expand, is_pattern, read_per_tilt
 from tomosweep.series.readers import (
@@ -50,6 +51,7 @@ from tomosweep.series.readers import (
     set_imod_nint_nreal,
 )
 from tomosweep.series.serialem import Mdoc, find_mdoc, layout_from_serialem, read_mdoc, sum_frames
+from tomosweep.series.transfer import Frame, read_alignment
 from tomosweep.solvers.elements import ATOMIC_NUMBER
 
 __all__ = [
@@ -123,6 +125,10 @@ class HaadfSection(SeriesFile):
     scale: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     """HAADF counts per unit of Σ (Z x)^γ per voxel, with x in the units the sensitivities define; ``"auto"`` fits it
     with the volumes inside the fused solve (:func:`tomosweep.solvers.fused`, ``haadf_scale``)."""
+    dose: Literal["auto", "constant"] = "auto"
+    """Per-tilt dose: ``"auto"`` measures each tilt's relative dose from the HAADF totals of the slices that stay
+    inside the field of view and divides the HAADF and the chemical maps at that tilt by it
+    (:mod:`tomosweep.series.dose`); ``"constant"``: one dose for the whole series."""
 
 
 class ChemSection(_Model):
@@ -165,12 +171,25 @@ class ChemSection(_Model):
 class AlignSection(_Model):
     """``[align]`` of a data file: how the series are aligned, and the largest shift allowed."""
 
-    method: Literal["projmatch", "xcorr", "com", "none"] = "projmatch"
+    method: Literal["projmatch", "xcorr", "com", "none", "file"] = "projmatch"
     """``"projmatch"``: projection matching after a cross-correlation chain; ``"xcorr"``: the chain alone;
-    ``"com"``: centres of mass (exact for an isolated particle); ``"none"``: leave the series as it is."""
+    ``"com"``: centres of mass (exact for an isolated particle); ``"none"``: leave the series as it is; ``"file"``:
+    the shifts of another tool's alignment (``file``)."""
+    file: str | None = None
+    """With ``method = "file"``: an IMOD ``.xf`` (its ``.tlt`` beside it), an ETSpy ``.hspy`` or a tomosweep
+    ``shifts.json``, relative to the data file; checked against the series' tilts, pixels and turn
+    (:mod:`tomosweep.series.transfer`)."""
     max_shift: float | None = Field(default=None, gt=0)
     """The largest shift between successive tilts, in pixels, that the cross-correlation chain searches (not set: a
     quarter of the projection)."""
+
+    @model_validator(mode="after")
+    def _file_with_method(self) -> AlignSection:
+        if self.method == "file" and not self.file:
+            raise ValueError('align.method = "file" needs align.file = "series.xf" (or an ETSpy .hspy, a shifts.json)')
+        if self.file and self.method != "file":
+            raise ValueError(f'align.file is read with align.method = "file", not "{self.method}"')
+        return self
 
 
 class DataFile(_Model):
@@ -250,6 +269,9 @@ class MeasuredSeries:
     chem_units: str = "counts"  # or "normalised" (ChemSection.units)
     notes: tuple[str, ...] = ()  # what the user should know about how the series was read
     haadf_vacuum: Any = None  # tomosweep.series.calibrate.VacuumLevel when the level was "auto"
+    dose: str = "auto"  # HaadfSection.dose
+    given_alignment: Any = None  # tomosweep.series.align.Alignment read from [align] file
+    frame: Any = None  # tomosweep.series.transfer.Frame: how the raw images became this series
 
     @property
     def n_haadf(self) -> int:
@@ -476,6 +498,7 @@ class _Reader:
         self.axis_given = bool({"tilt_axis", "tilt_axis_angle"} & spec.model_fields_set)
         self.mdoc: Mdoc | None = None  # the first .mdoc read: pixel size and tilt axis
         self.notes: list[str] = []
+        self.raw_shapes: dict[str, tuple[int, int]] = {}  # what -> (rows, cols) of a raw image
 
     def _hash(self, path: Path) -> None:
         key = str(path)
@@ -622,6 +645,7 @@ class _Reader:
         except InputError as exc:
             self.problems.add(f"{what}: {exc}")
             return None
+        self.raw_shapes.setdefault(what, (int(data.shape[1]), int(data.shape[2])))
         angles = self._in_degrees(np.asarray(angles, dtype=float), what)
         if angles is None:
             return None
@@ -731,6 +755,32 @@ def _background_levels(stacked: np.ndarray, elements: tuple[str, ...], backgroun
     return tuple(levels)
 
 
+def _given_alignment(
+    spec: DataFile,
+    reader: _Reader,
+    haadf: np.ndarray | None,
+    haadf_angles: np.ndarray | None,
+    chem_angles: list[np.ndarray],
+) -> tuple[Frame, Alignment | None]:
+    """How the raw images became the series, and the alignment ``[align] file`` gives it (checked)."""
+    raw_shape = next(iter(reader.raw_shapes.values()))
+    geometry = reader.geometry
+    frame = Frame(str(geometry["tilt_axis"]), float(geometry["tilt_axis_angle"]), int(geometry["binning"]), raw_shape)
+    if spec.align.method != "file" or spec.align.file is None:
+        return frame, None
+    file = _resolve(reader.base, spec.align.file)
+    angles = haadf_angles if haadf is not None and haadf_angles is not None else np.sort(chem_angles[0])
+    try:
+        given, read = read_alignment(file, angles, frame, haadf)
+    except InputError as exc:
+        reader.problems.add(str(exc))
+        reader.problems.raise_if_any()
+        raise  # unreachable: a problem was just added
+    for p in read:
+        reader._hash(p)
+    return frame, given
+
+
 def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
     """Read and validate a data file and every series it names (module docstring)."""
     path = Path(path)
@@ -753,6 +803,7 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
     else:
         _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, problems)
     problems.raise_if_any()
+    frame, given = _given_alignment(spec, reader, haadf, haadf_angles, chem_angles)
 
     notes = reader.notes + (
         intensity_outliers(haadf, haadf_angles) if haadf is not None and haadf_angles is not None else []
@@ -796,6 +847,9 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         haadf_vacuum=reader.vacuum,
         chem_units=spec.chem.units if spec.chem is not None else "counts",
         notes=tuple(notes),
+        dose="constant" if spec.haadf is None else spec.haadf.dose,
+        given_alignment=given,
+        frame=frame,
     )
 
 

@@ -42,8 +42,10 @@ from tomosweep.errors import InputError, StoreError
 from tomosweep.results import SweepStore
 from tomosweep.results.outputs import check_out_folder
 from tomosweep.results.plan import replicate_key, stored_replicates
-from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_series
+from tomosweep.series import MeasuredSeries, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
+from tomosweep.series.dose import correct_dose
+from tomosweep.series.transfer import alignment_of, write_aligned_mrc, write_imod_xf, write_shifts_json
 from tomosweep.solvers import Projector, sirt
 from tomosweep.solvers.backend import to_numpy
 from tomosweep.solvers.elements import atomic_numbers
@@ -112,6 +114,7 @@ class DataReconstruction:
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+    dose: dict[str, Any] | None = None
 
 
 def measured_cell(series: MeasuredSeries, *, gamma: float) -> CellData:
@@ -573,11 +576,9 @@ def _aligned(
     series: MeasuredSeries, notes: list[str], say: Callable[[str], None]
 ) -> tuple[MeasuredSeries, Alignment | None]:
     """The series with the HAADF's shifts applied to it and to the chemical maps (module docstring)."""
-    if series.align.method == "none" or series.haadf is None:
+    alignment = alignment_of(series)
+    if alignment is None:
         return series, None
-    alignment = align_series(
-        series.haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift
-    )
     chem_shifts, interpolated = alignment.at(series.chem_angles)
     if interpolated:
         notes.append(
@@ -586,12 +587,89 @@ def _aligned(
         )
     aligned = replace(
         series,
-        haadf=apply_shifts(series.haadf, alignment.shifts),
+        haadf=None if series.haadf is None else apply_shifts(series.haadf, alignment.shifts),
         chem=np.stack([apply_shifts(c, chem_shifts) for c in series.chem]) if series.elements else series.chem,
     )
     largest = float(np.abs(alignment.shifts).max())
     say(f"aligned ({alignment.method}): largest shift {largest:.2f} px, tilt axis {alignment.tilt_axis_offset:+.2f} px")
     return aligned, alignment
+
+
+def _dose_corrected(
+    series: MeasuredSeries, alignment: Alignment | None, notes: list[str], say: Callable[[str], None]
+) -> tuple[MeasuredSeries, dict[str, Any] | None]:
+    """The aligned series divided by its per-tilt dose (:mod:`tomosweep.series.dose`), and the record of it."""
+    # an along-axis shift pads the image's edge columns: they are left out of the totals
+    margin = 0 if alignment is None else int(np.ceil(np.abs(alignment.shifts[:, 1]).max(initial=0.0))) + 1
+    series, dose = correct_dose(series, margin=margin)
+    if dose is None:
+        return series, None
+    notes.extend(dose.notes)
+    if dose.applied:
+        say(
+            f"dose per tilt from the HAADF totals: {dose.factors.min():.3f} … {dose.factors.max():.3f} "
+            f"(median 1; {dose.columns_used} of {dose.columns} slices)"
+        )
+    return series, dose.as_dict()
+
+
+def _write_aligned(
+    out: Path, series: MeasuredSeries, alignment: Alignment | None, weights: Weights, gamma: float
+) -> list[str]:
+    """The series as reconstructed (aligned, vacuum level off, per-tilt dose divided out) for IMOD, tomviz and
+    ETSpy: MRC + ``.tlt``, the shifts as IMOD ``.xf`` and ``shifts.json``, and ``aligned.toml`` that reads them back."""
+    files: list[str] = []
+    lines = [
+        "# The series reconstruct-data reconstructed: aligned, less its HAADF vacuum level, divided by its",
+        "# per-tilt dose. `tomosweep reconstruct-data aligned.toml --out R` reconstructs it again.",
+        f"gamma = {float(gamma)!r}",
+    ]
+    if series.pixel_size_nm:
+        lines.append(f"pixel_size_nm = {float(series.pixel_size_nm)!r}")
+    if series.haadf is not None:
+        files += [
+            p.name
+            for p in write_aligned_mrc(
+                out / "aligned_haadf.mrc", series.haadf, series.haadf_angles, series.pixel_size_nm
+            )
+        ]
+        scale = series.haadf_scale if isinstance(series.haadf_scale, str) else float(series.haadf_scale)
+        lines += [
+            "[haadf]",
+            'file = "aligned_haadf.mrc"',
+            'angles = "aligned_haadf.tlt"',
+            "background = 0.0",
+            f"scale = {json.dumps(scale)}",
+            'dose = "constant"',
+        ]
+    if series.elements:
+        for i, e in enumerate(series.elements):
+            path = out / f"aligned_{e}.mrc"
+            write_aligned_mrc(path, series.chem[i], series.chem_angles, series.pixel_size_nm, tlt="aligned_chem.tlt")
+            files.append(path.name)
+        files.append("aligned_chem.tlt")
+
+        def table(values: Any) -> str:
+            return "{ " + ", ".join(f"{e} = {float(v)!r}" for e, v in zip(series.elements, values, strict=True)) + " }"
+
+        lines += [
+            "[chem]",
+            'angles = "aligned_chem.tlt"',
+            'units = "normalised"  # shifted counts are no longer whole numbers',
+            f"background = {table(series.chem_background)}",
+        ]
+        if series.sensitivity is not None:
+            lines.append(f"sensitivity = {table(series.sensitivity)}")
+        lines += ["[chem.elements]"] + [f'{e} = "aligned_{e}.mrc"' for e in series.elements]
+    lines += ["[align]", 'method = "none"', "[weights]", f'method = "{weights.method}"']
+    lines += [f"{k} = {float(v)!r}" for k, v in weights.params.items()]
+    (out / "aligned.toml").write_text("\n".join(lines) + "\n")
+    files.append("aligned.toml")
+    frame = series.frame
+    if alignment is not None and frame is not None:
+        write_shifts_json(out / "shifts.json", alignment, frame, series.shape)
+        files += ["shifts.json"] + [p.name for p in write_imod_xf(out / "alignment.xf", alignment, frame)]
+    return files
 
 
 def _record(data: Any, series: MeasuredSeries, summary: DataReconstruction, result: Any, gamma: float) -> dict:
@@ -619,6 +697,7 @@ def _record(data: Any, series: MeasuredSeries, summary: DataReconstruction, resu
         "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
         "iterations": int(result.iterations),
         "alignment": summary.alignment,
+        "dose": summary.dose,
         "heldout": summary.heldout,
         "notes": summary.notes,
         "files": summary.files,
@@ -674,6 +753,7 @@ def reconstruct_data(
     if weights.method in ("fused", "hebt") and series.haadf is None:
         raise InputError(f"{weights.method} needs a HAADF series; the data file has none ([haadf] file = …)")
     series, alignment = _aligned(series, notes, say)
+    series, dose = _dose_corrected(series, alignment, notes, say)
     vacuum = getattr(series, "haadf_vacuum", None)  # series.calibrate.VacuumLevel where the level was "auto"
     if vacuum is not None:
         notes.extend(vacuum.notes())
@@ -711,6 +791,7 @@ def reconstruct_data(
 
     out.mkdir(parents=True, exist_ok=True)
     files = _write_outputs(out, volumes, series, result, weights)
+    files += _write_aligned(out, series, alignment, weights, gamma)
     if alignment is not None:
         alignment_figure(alignment).savefig(out / "alignment.png", dpi=110)
         files.append("alignment.png")
@@ -724,6 +805,7 @@ def reconstruct_data(
         notes=notes,
         files=files,
         wall_time_s=time.perf_counter() - t0,
+        dose=dose,
     )
     (out / _MARK).write_text(json.dumps(_record(data, series, summary, result, gamma), indent=2, default=float))
     summary.files.append(_MARK)
@@ -771,6 +853,7 @@ def _haadf_only(
         notes.append("--weights is not used: a study's weights are for chemistry, and this series has no [chem]")
     notes.append("reconstructed by SIRT as one HAADF volume (Σ (Z x)^γ in the HAADF's units), no element maps")
     series, alignment = _aligned(series, notes, say)
+    series, dose = _dose_corrected(series, alignment, notes, say)
     haadf = series.haadf
     assert haadf is not None  # a series without [chem] has [haadf]: load_series refuses one with neither
     vacuum = getattr(series, "haadf_vacuum", None)
@@ -800,6 +883,7 @@ def _haadf_only(
     out.mkdir(parents=True, exist_ok=True)
     shown = replace(series, elements=("HAADF",))
     files = _write_outputs(out, volumes, shown, result, weights)
+    files += _write_aligned(out, series, alignment, weights, float(series.gamma or DEFAULT_GAMMA))
     if alignment is not None:
         alignment_figure(alignment).savefig(out / "alignment.png", dpi=110)
         files.append("alignment.png")
@@ -813,6 +897,7 @@ def _haadf_only(
         notes=notes,
         files=files,
         wall_time_s=time.perf_counter() - t0,
+        dose=dose,
     )
     record = _record(data, shown, summary, result, float(series.gamma or DEFAULT_GAMMA))
     (out / _MARK).write_text(json.dumps(record, indent=2, default=float))

@@ -65,7 +65,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,9 @@ import numpy as np
 
 from tomosweep.errors import InputError, SpecError
 from tomosweep.results import OK, TrialRecord
-from tomosweep.series import MeasuredSeries, align_series, apply_shifts, load_data_file, load_series
+from tomosweep.series import MeasuredSeries, apply_shifts, load_data_file, load_series
+from tomosweep.series.dose import correct_dose
+from tomosweep.series.transfer import alignment_of
 from tomosweep.solvers import Projector
 from tomosweep.solvers.backend import to_numpy
 from tomosweep.solvers.elements import atomic_numbers
@@ -196,12 +198,11 @@ def prepare(series: MeasuredSeries, *, say: Callable[[str], None] | None = None)
             '[chem] units = "normalised": a tune splits each recorded count in two (Poisson thinning), '
             'which needs the raw counts; give the maps as counts (units = "counts")'
         )
-    haadf, report = series.haadf, {"method": "none"}
+    haadf = series.haadf
+    report: dict[str, Any] = {"method": "none"}
     chem_shifts = np.zeros((series.n_chem, 2))
-    if series.align.method != "none" and haadf is not None:
-        alignment = align_series(
-            haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift
-        )
+    alignment = alignment_of(series) if haadf is not None else None
+    if alignment is not None and haadf is not None:
         haadf = apply_shifts(haadf, alignment.shifts)
         if series.elements:
             chem_shifts, _ = alignment.at(series.chem_angles)
@@ -211,6 +212,12 @@ def prepare(series: MeasuredSeries, *, say: Callable[[str], None] | None = None)
                 f"aligned ({alignment.method}) once for the tune: largest shift "
                 f"{float(np.abs(alignment.shifts).max()):.2f} px, tilt axis {alignment.tilt_axis_offset:+.2f} px"
             )
+    # the per-tilt dose divided out as reconstruct-data does; the divided counts are rounded for thinning
+    margin = 0 if alignment is None else int(np.ceil(np.abs(alignment.shifts[:, 1]).max(initial=0.0))) + 1
+    series, dose = correct_dose(replace(series, haadf=haadf), margin=margin)
+    haadf = series.haadf
+    if dose is not None:
+        report["dose"] = dose.as_dict()
     chem = np.rint(series.chem) if series.elements else np.zeros((0, 0, *series.shape))
     base = Prepared(
         haadf=haadf,

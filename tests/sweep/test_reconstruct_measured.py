@@ -226,3 +226,72 @@ def test_a_study_of_another_size_is_named_for_its_lambda_tv(study_store):
     assert note.startswith("the study searched its weights at 16³ and these data are 64 voxels across")
     assert "may be about 16× off here" in note
     assert "0.062×" in size_note(weights, 4)
+
+
+def _drifting_cell_series(folder, *, align: str) -> tuple[object, dict[str, float]]:
+    """The study's cell 12×4 as a drifting microscope series with its own [weights] (no study needed)."""
+    from tomosweep.series import apply_shifts
+
+    _, acq = simulate_cell(study_from_dict(STUDY), 12, 4)
+    t = np.radians(acq.haadf_angles)
+    drift = np.stack([1.2 * np.sin(1.3 * t) + 0.4, 0.8 * np.cos(1.7 * t) - 0.3], axis=1)
+    folder.mkdir(exist_ok=True)
+    write_mrc(folder / "haadf.mrc", apply_shifts(acq.haadf, -drift), acq.haadf_angles)
+    chem_drift = drift[[int(np.argmin(np.abs(acq.haadf_angles - a))) for a in acq.chem_angles]]
+    for k, e in enumerate(acq.elements):
+        counts = np.round(apply_shifts(acq.chem[k], -chem_drift))
+        tifffile.imwrite(folder / f"{e}.tif", counts.astype(np.float32), photometric="minisblack")
+    write_rawtlt(folder / "maps.rawtlt", acq.chem_angles)
+    maps = "\n".join(f'{e} = "{e}.tif"' for e in acq.elements)
+    weights = {"lambda_haadf": 0.5, "lambda_tv": 1.0, "n_iter": 20.0}
+    (folder / "data.toml").write_text(
+        f'gamma = 1.7\npixel_size_nm = 0.5\n[haadf]\nfile = "haadf.mrc"\n[chem]\nangles = "maps.rawtlt"\n'
+        f'[chem.elements]\n{maps}\n[align]\n{align}\n[weights]\nmethod = "fused"\n'
+        + "".join(f"{k} = {v!r}\n" for k, v in weights.items())
+    )
+    return folder / "data.toml", weights
+
+
+def _volumes(out) -> np.ndarray:
+    return np.load(out / "volumes.npz")["volumes"].astype(np.float64)
+
+
+def test_aligned_series_and_shifts_written_reproduce_the_volumes(tmp_path):
+    """The aligned series (MRC + .tlt), re-read with method = "none", and the written shifts.json and IMOD
+    .xf applied to the raw series with method = "file", each give the same volumes."""
+    import mrcfile
+
+    data, _ = _drifting_cell_series(tmp_path / "raw", align='method = "xcorr"')
+    first = reconstruct_data(data, tmp_path / "first", holdout=None)
+    out = tmp_path / "first"
+    for name in ("aligned_haadf.mrc", "aligned_haadf.tlt", "aligned_chem.tlt", "aligned.toml", "shifts.json"):
+        assert name in first.files and (out / name).is_file()
+    assert {"alignment.xf", "alignment.tlt"} <= set(first.files)
+    record = json.loads((out / "reconstruction.json").read_text())
+    assert record["dose"]["mode"] == "auto" and len(record["dose"]["haadf_dose"]) == 12
+    angles = np.loadtxt(out / "aligned_haadf.tlt")
+    np.testing.assert_allclose(angles, record["alignment"]["angles"], atol=1e-6)
+    with mrcfile.open(out / "aligned_haadf.mrc") as mrc:
+        assert mrc.data.shape == (12, 16, 16)
+        assert float(mrc.voxel_size.x) == pytest.approx(5.0)  # 0.5 nm in Å
+    for e in first.elements:
+        with mrcfile.open(out / f"aligned_{e}.mrc") as mrc:
+            assert mrc.data.shape == (4, 16, 16) and mrc.data.min() >= 0
+    volumes = _volumes(out)
+    scale = np.abs(volumes).max()
+
+    again = reconstruct_data(out / "aligned.toml", tmp_path / "again", holdout=None)
+    assert again.alignment is None
+    np.testing.assert_allclose(_volumes(tmp_path / "again"), volumes, atol=1e-4 * scale)
+
+    for name, files in (("shifts.json", ["shifts.json"]), ("alignment.xf", ["alignment.xf", "alignment.tlt"])):
+        folder = tmp_path / name
+        data, _ = _drifting_cell_series(folder, align=f'method = "file"\nfile = "{name}"')
+        for f in files:
+            (folder / f).write_bytes((out / f).read_bytes())
+        done = reconstruct_data(data, tmp_path / f"from_{name}", holdout=None)
+        assert done.alignment is not None and done.alignment["method"] == "file"
+        np.testing.assert_allclose(
+            np.asarray(done.alignment["shift_det_px"]), record["alignment"]["shift_det_px"], atol=1e-4
+        )
+        np.testing.assert_allclose(_volumes(tmp_path / f"from_{name}"), volumes, atol=1e-4 * scale)
