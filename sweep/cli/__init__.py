@@ -34,6 +34,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts name TOML tables ("[cluster]", "[tune]"): plain text, never rich markup that eats them
+    rich_markup_mode=None,
 )
 
 
