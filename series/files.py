@@ -70,6 +70,8 @@ __all__ = [
 MIN_TILTS = 3
 # The projector and the alignment need a few pixels per side; below this binning has eaten the image
 MIN_PIXELS = 4
+# Given angles and a file's own agree within this (degrees): headers and .rawtlt files round to 0.01–0.1°
+_ANGLES_AGREE = 0.5
 # The tilt-axis check (module docstring): a direction is refused when the mass of its slices
 # moves this much between tilts (fraction of the mass) and the other direction fits this many times better
 _AXIS_MISFIT = 0.1
@@ -216,6 +218,10 @@ class DataFile(_Model):
     weights: dict[str, float | str] | None = None
     """The method and weights to reconstruct with when no ``--weights`` store is given: ``method = "fused"`` and
     the method's parameters (``lambda_haadf`` relative to the data's balance point, as a study searches it)."""
+    header_angles: Literal["check", "ignore"] = "check"
+    """When an image file's own header or metadata holds tilt angles and the data file gives others (a list or an
+    angle file): ``"check"`` refuses the series where they differ by more than 0.5° (naming both), ``"ignore"``
+    uses the given ones with a note."""
     # what `tomosweep tune` searches on these data, in a study file's words; validated there
     # (tomosweep.sweep.tune), read by nothing else
     name: str | None = None
@@ -499,6 +505,8 @@ class _Reader:
         self.mdoc: Mdoc | None = None  # the first .mdoc read: pixel size and tilt axis
         self.notes: list[str] = []
         self.raw_shapes: dict[str, tuple[int, int]] = {}  # what -> (rows, cols) of a raw image
+        self.header_angles = spec.header_angles
+        self.overridden: dict[str, np.ndarray] = {}  # what -> the file's own angles, where others were given
 
     def _hash(self, path: Path) -> None:
         key = str(path)
@@ -619,7 +627,34 @@ class _Reader:
             from_mdoc = self._mdoc_stack(file, data, used, what)
             if from_mdoc is not None:
                 return from_mdoc
+        if header is not None and used not in ("header", "mdoc") and len(np.unique(np.asarray(header))) > 1:
+            self.overridden[what] = np.asarray(header, dtype=float)
         return data, self.angles(used, header)
+
+    def _check_overridden(self, what: str, angles: np.ndarray) -> bool:
+        """Whether the given angles agree with the file's own (``header_angles``); a problem or a note if not."""
+        own = self.overridden.get(what)
+        if own is None:
+            return True
+        same = own.shape == angles.shape and float(np.max(np.abs(np.sort(own) - np.sort(angles)))) <= _ANGLES_AGREE
+        if same:
+            return True
+        span = f"{own.min():.1f}° … {own.max():.1f}°, {own.size} angles"
+        given = f"{angles.min():.1f}° … {angles.max():.1f}°, {angles.size} angles"
+        if self.header_angles == "ignore":
+            note = f"the file's own angles ({span}) differ from the given ones ({given}); the given ones are used"
+            self.notes.append(f"{what}: {note}")
+            return True
+        worst = (
+            f"by up to {float(np.max(np.abs(np.sort(own) - np.sort(angles)))):.2f}°"
+            if own.shape == angles.shape
+            else "in number"
+        )
+        self.problems.add(
+            f"{what}: the file's own angles ({span}) and the given ones ({given}) differ {worst}; "
+            'give angles = "header" to use the file\'s, or header_angles = "ignore" to use the given ones'
+        )
+        return False
 
     def stack(
         self,
@@ -647,7 +682,7 @@ class _Reader:
             return None
         self.raw_shapes.setdefault(what, (int(data.shape[1]), int(data.shape[2])))
         angles = self._in_degrees(np.asarray(angles, dtype=float), what)
-        if angles is None:
+        if angles is None or not self._check_overridden(what, angles):
             return None
         _check_angles(angles, data.shape[0], what, self.problems)
         if not _check_values(data, what, self.problems, counts=counts, units=units):

@@ -190,10 +190,27 @@ def test_each_hostile_data_file_is_one_exact_line(folder, case):
 
 
 def test_radians_are_read_when_declared(folder):
+    # co.npz holds its own angles (±60°); the given radians differ, so the test says to use the given ones
     toml = _toml(
-        folder, 'angles_unit = "rad"\n[chem]\nangles = [-1.0, -0.5, 0.0, 0.5, 1.0]\n[chem.elements]\nCo = "co.npz"\n'
+        folder,
+        'angles_unit = "rad"\nheader_angles = "ignore"\n[chem]\nangles = [-1.0, -0.5, 0.0, 0.5, 1.0]\n'
+        '[chem.elements]\nCo = "co.npz"\n',
     )
-    np.testing.assert_allclose(load_series(toml).chem_angles, np.degrees([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    series = load_series(toml)
+    np.testing.assert_allclose(series.chem_angles, np.degrees([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    assert any("the given ones are used" in note for note in series.notes)
+
+
+def test_given_angles_that_disagree_with_the_files_own_are_refused_naming_both(folder):
+    toml = _toml(folder, '[chem]\nangles = [-50, -25, 0, 25, 50]\n[chem.elements]\nCo = "co.npz"\n')
+    with pytest.raises(InputError) as err:
+        load_series(toml)
+    text = str(err.value)
+    assert "the file's own angles (-60.0° … 60.0°, 5 angles)" in text and "differ by up to 10.00°" in text
+    assert 'angles = "header"' in text and 'header_angles = "ignore"' in text and "\n" not in text
+    # the same angles given again (rounded as an angle file rounds them) agree: nothing to say
+    same = _toml(folder, '[chem]\nangles = [-60.01, -30, 0, 30, 60.02]\n[chem.elements]\nCo = "co.npz"\n')
+    assert load_series(same).n_chem == 5
 
 
 def test_normalised_maps_are_read_when_declared_with_a_note(folder):
