@@ -50,6 +50,12 @@ def trials_frame(store: SweepStore) -> Any:
     return pd.DataFrame(frame)
 
 
+def scored_by(store: SweepStore) -> str:
+    """What a store's values are: ``"mean NRMSE"`` for a study, the held-out ``"loss"`` of a tune
+    (``tomosweep tune``: a loss the data give, no ground truth)."""
+    return "loss (held out, no ground truth)" if "data" in store.spec else "mean NRMSE"
+
+
 def best_params_frame(store: SweepStore) -> Any:
     """One row per (method, cell): best NRMSE, its parameters, trial and failure counts,
     and ``stopped``: why the cell stopped before its cap (empty while it has not)."""
@@ -130,9 +136,9 @@ def heatmap_figure(store: SweepStore) -> Any:
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     axes[0, 0].set_ylabel("HAADF tilts")
     if image is not None:
-        fig.colorbar(image, ax=axes[0].tolist(), label="best mean NRMSE", shrink=0.9)
+        fig.colorbar(image, ax=axes[0].tolist(), label=f"best {scored_by(store)}", shrink=0.9)
     name = store.spec.get("name", "study")
-    fig.suptitle(f"{name}: best NRMSE over the tilt grid")
+    fig.suptitle(f"{name}: best {scored_by(store)} over the tilt grid")
     return fig
 
 
@@ -179,7 +185,7 @@ def convergence_figure(store: SweepStore) -> Any:
     for ax in axes[-1]:
         ax.set_xlabel("trial", fontsize=8)
     for row in axes:
-        row[0].set_ylabel("best NRMSE", fontsize=8)
+        row[0].set_ylabel(f"best {scored_by(store)}", fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if not handles:
         for ax in axes.ravel():
@@ -188,7 +194,7 @@ def convergence_figure(store: SweepStore) -> Any:
                 break
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.suptitle("best-so-far NRMSE per cell")
+    fig.suptitle(f"best-so-far {scored_by(store)} per cell")
     return fig
 
 
@@ -235,8 +241,8 @@ def convergence_summary(store: SweepStore) -> Any:
         ax.set_xlabel("trial of the cell", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("best NRMSE", fontsize=8)
-    fig.suptitle("best-so-far NRMSE over every cell")
+    axes[0].set_ylabel(f"best {scored_by(store)}", fontsize=8)
+    fig.suptitle(f"best-so-far {scored_by(store)} over every cell")
     return fig
 
 

@@ -383,6 +383,29 @@ def run_tune(
             return runner.run()
 
 
+def _refuse_idle_rungs(store: SweepStore, new: Study, changes: list[str]) -> None:
+    """Refuse an extension that raises ``ladder_trials`` where no cell can use what the rungs find.
+
+    A rung's best points start a cell only in its initial phase (its first ``initial_points``
+    trials, :func:`~tomosweep.sweep.runner.warm_points`); an extension that raises ``ladder_trials``
+    alone on a study whose every cell is past it would spend the new rung trials on nothing."""
+    grows = any(c.startswith(("n_haadf", "n_chem")) for c in changes)
+    # with trials_per_cell raised too, the study itself goes on (the documented --extend of both)
+    alone = all(c.startswith("ladder_trials") for c in changes)
+    if grows or not alone or not changes:
+        return
+    per_cell: dict[tuple[str, int, int], int] = {}
+    for r in store.records():
+        per_cell[(r.method, r.n_haadf, r.n_chem)] = per_cell.get((r.method, r.n_haadf, r.n_chem), 0) + 1
+    if all(per_cell.get((m, h, c), 0) >= new.budget.initial_points for m in new.methods for h, c in new.cells):
+        raise SpecError(
+            f"budget.ladder_trials is raised but every cell of {store.path} is past its "
+            f"{new.budget.initial_points} initial points, the only trials a rung's best points start: the new rung "
+            "trials would warm nothing. Raise trials_per_cell (or grow the grid) with it, or start a new study with "
+            "the larger ladder"
+        )
+
+
 def refuse_tune(store: PathLike, question: str) -> None:
     """Refuse a question that needs a ground truth (``plan``, ``replicate``…) on a tune's store."""
     with SweepStore.open(store) as opened:
@@ -429,7 +452,7 @@ def resume_study(
                         f"{new.content_hash()[:12]}… against {stored.content_hash()[:12]}… stored). Resume without a "
                         "study file to finish the stored study, or pass --extend to raise the budget or grow the grid."
                     )
-                check_extension(stored, new)
+                _refuse_idle_rungs(opened, new, check_extension(stored, new))
         new = with_cluster(new, cluster)
         _check_device(new)
         elements = tuple(opened.elements) if new.is_tune else _elements(new)

@@ -152,3 +152,18 @@ def test_a_laddered_study_resumed_with_a_larger_budget_equals_one_run_straight(t
         assert [r.params for r in split.records()] == [r.params for r in straight.records()]
         assert [r.proposed_by for r in split.records()] == [r.proposed_by for r in straight.records()]
         assert split.optimiser_state() == straight.optimiser_state()
+
+
+def test_raising_ladder_trials_alone_on_a_complete_study_is_refused_as_warming_nothing(tmp_path, client):
+    path = tmp_path / "s.zarr"
+    run_study(study_from_dict(_laddered(ladder_trials=3)), path, client=client, trial_fn=trial_hooks.synthetic_trial)
+    before = SweepStore.open(rung_path(path, 16)).n_committed
+    with pytest.raises(SpecError, match="ladder_trials is raised but every cell .* would warm nothing"):
+        resume_study(
+            path,
+            study=study_from_dict(_laddered(ladder_trials=4)),
+            extend=True,
+            client=client,
+            trial_fn=trial_hooks.synthetic_trial,
+        )
+    assert SweepStore.open(rung_path(path, 16)).n_committed == before
