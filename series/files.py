@@ -48,7 +48,7 @@ from tomosweep.series.readers import (
     read_angle_container,
     read_angle_text,
     read_stack,
-    set_imod_nint_nreal,
+    write_mrc,
 )
 from tomosweep.series.serialem import Mdoc, find_mdoc, layout_from_serialem, read_mdoc, sum_frames
 from tomosweep.series.transfer import Frame, read_alignment
@@ -892,24 +892,4 @@ def write_rawtlt(path: str | os.PathLike[str], angles: Sequence[float]) -> Path:
     """Write angles one per line (IMOD ``.rawtlt``)."""
     path = Path(path)
     path.write_text("".join(f"{float(a):.3f}\n" for a in angles))
-    return path
-
-
-def write_mrc(path: str | os.PathLike[str], stack: np.ndarray, angles: Sequence[float] | None = None) -> Path:
-    """Write a stack as MRC (float32), with the angles in a SerialEM extended header if given."""
-    import mrcfile
-
-    path = Path(path)
-    stack = np.asarray(stack, dtype=np.float32)
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(stack)
-        if angles is not None:
-            nint = 4  # int16 tilt × 100, then an unused int16: SerialEM's layout with flag 1
-            ext = np.zeros((stack.shape[0], 2), dtype="<i2")
-            ext[:, 0] = np.round(np.asarray(angles, dtype=float) * 100).astype("<i2")
-            mrc.set_extended_header(np.frombuffer(ext.tobytes(), dtype="V1"))
-            header = mrc.header
-            assert header is not None  # set_data made it
-            header.exttyp = b"SERI"
-            set_imod_nint_nreal(header, nint, 1)
     return path

@@ -32,11 +32,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -621,3 +622,23 @@ def read_stack(
     if data.ndim != 3:
         raise InputError(f"{path}: expected a stack of 2-D images, got an array of shape {data.shape}")
     return data, angles
+
+
+def write_mrc(path: str | os.PathLike[str], stack: np.ndarray, angles: Sequence[float] | None = None) -> Path:
+    """Write a stack as MRC (float32), with the angles in a SerialEM extended header if given."""
+    import mrcfile
+
+    path = Path(path)
+    stack = np.asarray(stack, dtype=np.float32)
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data(stack)
+        if angles is not None:
+            nint = 4  # int16 tilt × 100, then an unused int16: SerialEM's layout with flag 1
+            ext = np.zeros((stack.shape[0], 2), dtype="<i2")
+            ext[:, 0] = np.round(np.asarray(angles, dtype=float) * 100).astype("<i2")
+            mrc.set_extended_header(np.frombuffer(ext.tobytes(), dtype="V1"))
+            header = mrc.header
+            assert header is not None  # set_data made it
+            header.exttyp = b"SERI"
+            set_imod_nint_nreal(header, nint, 1)
+    return path

@@ -422,7 +422,7 @@ def write_aligned_mrc(
     """
     import mrcfile
 
-    from tomosweep.series.files import write_mrc
+    from tomosweep.series.readers import write_mrc
 
     path = Path(path)
     write_mrc(path, stack, [float(a) for a in angles])
