@@ -511,7 +511,11 @@ def _toml(study: dict) -> str:
 def test_a_repaired_rung_is_extended_by_resume_with_every_committed_trial_kept(laddered, tmp_path, capsys, client):
     zarr.open_group(_rung(laddered), mode="r+").update_attributes({"n_committed": 4})
     rung_rows = [(r.method, r.cell, r.nrmse) for r in SweepStore.open(_rung(laddered)).records()]
-    more = load_study(_study_file(tmp_path, LADDERED_TOML.replace("ladder_trials = 2", "ladder_trials = 3"), "m.toml"))
+    # the study's own budget grows with the rungs' (ladder_trials alone would warm nothing and is refused)
+    grown = LADDERED_TOML.replace("ladder_trials = 2", "ladder_trials = 3").replace(
+        "trials_per_cell = 4", "trials_per_cell = 5"
+    )
+    more = load_study(_study_file(tmp_path, grown, "m.toml"))
     with pytest.raises(TomosweepError, match="check --repair"):
         resume_study(laddered, study=more, extend=True, client=client, trial_fn=trial_hooks.synthetic_trial)
     assert check_lines(laddered, capsys, "--repair")[0] == 0
