@@ -218,19 +218,26 @@ def run_trial(task: TrialTask) -> TrialRecord:
                     "of": planned,
                     "threshold": pruner.thresholds[pruner.pruned_at],
                 }
-        return TrialRecord(
-            **base,
-            status=status,
-            nrmse=mean,
-            nrmse_elements=tuple(float(v) for v in per_element),
-            iterations=int(result.iterations),
-            wall_time_s=time.perf_counter() - t0,
-            device=str(result.device),
-            finished_at=time.time(),
-            info=info,
-        )
+        return finished_record(base, status, mean, per_element, result, info, t0)
     except Exception as exc:  # a failed trial is data, not a crash of the study
         return failed_record(base, exc, t0)
+
+
+def finished_record(
+    base: Mapping[str, Any], status: str, value: float, per_element: Any, result: Any, info: Any, t0: float
+) -> TrialRecord:
+    """The record of a trial that finished: its score (the mean and per element), the solver's report."""
+    return TrialRecord(
+        **base,
+        status=status,
+        nrmse=value,
+        nrmse_elements=tuple(float(v) for v in per_element),
+        iterations=int(result.iterations),
+        wall_time_s=time.perf_counter() - t0,
+        device=str(result.device),
+        finished_at=time.time(),
+        info=info,
+    )
 
 
 def trial_base(task: TrialTask) -> dict[str, Any]:

@@ -82,7 +82,7 @@ from tomosweep.solvers.elements import atomic_numbers
 from tomosweep.sweep.methods import CellData, cell_start, check_result, lookup
 from tomosweep.sweep.optimizer import derived_seed
 from tomosweep.sweep.spec import SENSITIVITY_PREFIX, Study, study_from_dict
-from tomosweep.sweep.trial import TrialTask, failed_record, study_from_json, trial_base
+from tomosweep.sweep.trial import TrialTask, failed_record, finished_record, study_from_json, trial_base
 
 DEFAULT_GAMMA = 1.7
 DEFAULT_TRIALS = 24  # the budget for a tune: ≤ 24 trials
@@ -616,16 +616,6 @@ def run_tune_trial(task: TrialTask) -> TrialRecord:
             "final_costs": result.final_costs(),
             "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
         }
-        return TrialRecord(
-            **base,
-            status=OK,
-            nrmse=loss,
-            nrmse_elements=tuple(float(v) for v in per_element),
-            iterations=int(result.iterations),
-            wall_time_s=time.perf_counter() - t0,
-            device=str(result.device),
-            finished_at=time.time(),
-            info=info,
-        )
+        return finished_record(base, OK, loss, per_element, result, info, t0)
     except Exception as exc:  # a failed trial is data, not a crash of the tune
         return failed_record(base, exc, t0)
