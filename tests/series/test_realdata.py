@@ -10,35 +10,13 @@ applied are measured by registering each raw image to its aligned one (the same 
 from __future__ import annotations
 
 import json
-import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-
-FILES = ("HAADF.mrc", "HAADF.rawtlt", "HAADF_Aligned.hspy", "HAADF.dm3")
-
-
-@pytest.fixture(scope="module")
-def etspy_data(tmp_path_factory) -> Path:
-    folder = os.environ.get("TOMOSWEEP_ETSPY_DATA")
-    if folder and all((Path(folder) / f).is_file() for f in FILES):
-        return Path(folder)
-    wheel = os.environ.get("TOMOSWEEP_ETSPY_WHEEL")
-    if not wheel or not Path(wheel).is_file():
-        pytest.skip("ETSpy's test data are not here: set TOMOSWEEP_ETSPY_WHEEL to the etspy wheel (.ci/run fetches it)")
-    out = tmp_path_factory.mktemp("etspy")
-    with zipfile.ZipFile(wheel) as archive:
-        for name in FILES:
-            member = f"etspy/tests/test_data/{name}"
-            if member not in archive.namelist():
-                pytest.skip(f"{wheel} does not carry {member}")
-            (out / name).write_bytes(archive.read(member))
-    return out
 
 
 @pytest.fixture(scope="module")

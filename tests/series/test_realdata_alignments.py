@@ -6,35 +6,12 @@ without them the test skips and says why.
 
 from __future__ import annotations
 
-import os
 import warnings
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-
-FILES = ("HAADF.mrc", "HAADF.rawtlt", "HAADF_Aligned.hspy")
-
-
-@pytest.fixture(scope="module")
-def etspy_data(tmp_path_factory) -> Path:
-    folder = os.environ.get("TOMOSWEEP_ETSPY_DATA")
-    if folder and all((Path(folder) / f).is_file() for f in FILES):
-        return Path(folder)
-    wheel = os.environ.get("TOMOSWEEP_ETSPY_WHEEL")
-    if not wheel or not Path(wheel).is_file():
-        pytest.skip("ETSpy's test data are not here: set TOMOSWEEP_ETSPY_WHEEL to the etspy wheel (.ci/run fetches it)")
-    out = tmp_path_factory.mktemp("etspy")
-    with zipfile.ZipFile(wheel) as archive:
-        for name in FILES:
-            member = f"etspy/tests/test_data/{name}"
-            if member not in archive.namelist():
-                pytest.skip(f"{wheel} does not carry {member}")
-            (out / name).write_bytes(archive.read(member))
-    return out
 
 
 def test_etspy_alignment_of_the_needle_gives_etspys_aligned_images(etspy_data, tmp_path):
@@ -49,7 +26,7 @@ def test_etspy_alignment_of_the_needle_gives_etspys_aligned_images(etspy_data, t
     from tomosweep.series import apply_shifts, load_series
     from tomosweep.series.align import relative_shift
 
-    for name in FILES:
+    for name in ("HAADF.mrc", "HAADF.rawtlt", "HAADF_Aligned.hspy"):
         shutil.copy(etspy_data / name, tmp_path / name)
     body = (
         '[haadf]\nfile = "HAADF.mrc"\nangles = "HAADF.rawtlt"\nbackground = 0\ndose = "constant"\n'
