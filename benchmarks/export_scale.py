@@ -96,7 +96,7 @@ def time_export(store: Path, out: Path) -> dict[str, Any]:
     """``tomosweep export`` in a fresh process: wall seconds and exit status."""
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "export", str(store), "--out", str(out)],
+        [sys.executable, "-m", "tomosweep.cli", "export", str(store), "--out", str(out)],
         capture_output=True,
         text=True,
     )

@@ -140,7 +140,7 @@ def run_optuna(sampler_name: str, objective: Any, n: int, seed: int) -> tuple[li
 
 
 def one_cell(seeds: int, n: int, before: str, check: int) -> dict[str, Any]:
-    from tomosweep.sweep.optimizer import CellOptimizer
+    from tomosweep.search.cell import CellOptimizer
 
     report, tables = load_tables("cell")
     ((key, table),) = tables.items()
@@ -745,8 +745,8 @@ def workers(
 
 def ask_time(per_cell: tuple[int, ...] = (5, 10, 25, 50)) -> dict[str, Any]:
     """Driver seconds of one map ask on a 12 × 12 grid (the paper's) against the trials told."""
-    from tomosweep.sweep.optimizer import CellOptimizer, derived_seed
-    from tomosweep.sweep.surrogate import attach_map
+    from tomosweep.search.cell import CellOptimizer, derived_seed
+    from tomosweep.search.map import attach_map
 
     hs = [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320, 452][:12]
     cs = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 90][:12]

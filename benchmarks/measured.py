@@ -303,7 +303,7 @@ def through_reconstruct_data(
     """``reconstruct-data`` on the written series; its NRMSE, shift errors, centre of mass, calibration."""
     import json
 
-    from tomosweep.sweep.microscope import reconstruct_data
+    from tomosweep.microscope.reconstruct import reconstruct_data
 
     data = write_data(folder / "data", series, align=align, truths=truths, dose=dose)
     t0 = time.perf_counter()

@@ -110,7 +110,7 @@ def overhead(tmp: Path) -> dict:
 def throughput(tmp: Path, n_trials: int) -> dict:
     spec = study_from_dict(study(n_trials, n_trials))  # random points: no GP on the driver
     serial_tasks = []
-    from tomosweep.sweep.optimizer import CellOptimizer
+    from tomosweep.search.cell import CellOptimizer
 
     opt = CellOptimizer(
         {"lambda_haadf": (0.01, 100.0, "log", "real"), "lambda_tv": (0.03, 10, "log", "real")},

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import StoreError
-from tomosweep.results.outputs import StagedOutput, check_replaceable, check_space
+from tomosweep.results.folders import StagedOutput, check_replaceable, check_space
 from tomosweep.results.spreadsheet import write_csv
 from tomosweep.results.store import SweepStore, pruning_summary
 
@@ -343,7 +343,7 @@ def check_export_folder(store: SweepStore, out: str | os.PathLike[str], names: l
     """Refuse an output folder that is a file, inside a store, or holds files export would
     replace (unless ``overwrite``, which replaces those files and touches nothing else), or whose
     disk is read-only or full. A file of those names that tomosweep did not write (or that
-    was changed since: see :mod:`tomosweep.results.outputs`) is never replaced."""
+    was changed since: see :mod:`tomosweep.results.folders`) is never replaced."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file; export writes a folder of files: choose a folder path")

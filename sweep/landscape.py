@@ -14,7 +14,7 @@ from typing import Any
 from tomosweep.errors import StoreError
 from tomosweep.results import SweepStore
 from tomosweep.results.export import objective_figure, searched_ranges
-from tomosweep.sweep.optimizer import CellOptimizer
+from tomosweep.search.cell import CellOptimizer
 from tomosweep.sweep.spec import stored_study
 
 

@@ -1,6 +1,6 @@
 """The driver loop: keep every worker busy, record each trial exactly once, never lose one.
 
-One :class:`~tomosweep.sweep.optimizer.CellOptimizer` per (method, cell) proposes
+One :class:`~tomosweep.search.cell.CellOptimizer` per (method, cell) proposes
 points; the runner submits trials as Dask tasks across all cells at once (the cell
 with the fewest trials asked goes next), and as each finishes it appends the record
 to the store together with the optimisers' new state (the commit point), tells the
@@ -46,11 +46,11 @@ import numpy as np
 
 from tomosweep.errors import ClusterError, StoreError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
+from tomosweep.search.cell import CellOptimizer, Proposal, derived_seed, unreadable
+from tomosweep.search.map import attach_map, map_states, restore_maps
 from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS
-from tomosweep.sweep.optimizer import CellOptimizer, Proposal, derived_seed, unreadable
 from tomosweep.sweep.spec import Study, trial_timeout
-from tomosweep.sweep.surrogate import attach_map, map_states, restore_maps
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.view.heartbeat import Heartbeat
 

@@ -169,7 +169,7 @@ class BudgetSpec(BaseModel):
 
     ``surrogate = "cell"``: one GP per (method, cell); ``"map"``: one GP per method over
     (weights, log n_haadf, log n_chem) fitted on every cell's trials, asked at each
-    cell's tilt counts (:mod:`tomosweep.sweep.surrogate`).
+    cell's tilt counts (:mod:`tomosweep.search.map`).
 
     A resolution ladder: ``ladder = [16, 24]`` searches the same map at those sizes of the
     specimen first (``ladder_trials`` per cell each, default 2: measured better than 4),

@@ -35,10 +35,10 @@ from tomosweep.errors import SpecError
 from tomosweep.phantoms import TiltScheme, load_specimen, simulate, simulate_cached
 from tomosweep.phantoms.specimens import specimen_options
 from tomosweep.results import FAILED, OK, PRUNED, TrialRecord
+from tomosweep.search.cell import derived_seed
 from tomosweep.solvers import nrmse
 from tomosweep.solvers.backend import to_numpy
 from tomosweep.sweep.methods import CellData, MethodContractError, UnknownMethodError, check_result, lookup
-from tomosweep.sweep.optimizer import derived_seed
 from tomosweep.sweep.spec import Study, study_from_dict
 
 

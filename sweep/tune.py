@@ -73,6 +73,7 @@ import numpy as np
 
 from tomosweep.errors import InputError, SpecError
 from tomosweep.results import OK, TrialRecord
+from tomosweep.search.cell import derived_seed
 from tomosweep.series import MeasuredSeries, apply_shifts, load_data_file, load_series
 from tomosweep.series.dose import correct_dose
 from tomosweep.series.transfer import alignment_of
@@ -80,7 +81,6 @@ from tomosweep.solvers import Projector
 from tomosweep.solvers.backend import to_numpy
 from tomosweep.solvers.elements import atomic_numbers
 from tomosweep.sweep.methods import CellData, cell_start, check_result, lookup
-from tomosweep.sweep.optimizer import derived_seed
 from tomosweep.sweep.spec import SENSITIVITY_PREFIX, Study, study_from_dict
 from tomosweep.sweep.trial import TrialTask, failed_record, finished_record, study_from_json, trial_base
 

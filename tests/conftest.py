@@ -1,4 +1,5 @@
-"""Shared test settings: projector matrices cache into a per-session temp folder."""
+"""Shared test settings: projector matrices cache into a per-session temp folder; one 2-process local
+Dask cluster for the tests that run studies (``client``)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def _tomosweep_logger_restored():
         if handler not in saved[2]:
             logger.removeHandler(handler)
             handler.close()
+
+
+@pytest.fixture(scope="session")
+def client():
+    """The product's own local cluster with two single-threaded worker processes."""
+    import cloudpickle
+    import trial_hooks
+
+    from tomosweep.cluster import open_client
+
+    cloudpickle.register_pickle_by_value(trial_hooks)  # workers cannot import the tests folder
+    with open_client("local", n_workers=2) as c:
+        yield c

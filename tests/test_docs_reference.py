@@ -33,7 +33,7 @@ def _targets(page: str, directive: str) -> set[str]:
 def test_every_option_and_argument_of_every_command_has_an_entry():
     import typer
 
-    from tomosweep.sweep.cli import app
+    from tomosweep.cli import app
 
     group = typer.main.get_command(app)
     page = reference.cli_page()

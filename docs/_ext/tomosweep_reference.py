@@ -136,7 +136,7 @@ def cli_command() -> Any:
     """
     import typer
 
-    from tomosweep.sweep.cli import app
+    from tomosweep.cli import app
 
     return typer.main.get_command(app)
 

@@ -338,7 +338,7 @@ def test_cli_cluster_failure_is_one_line_exit_2_and_no_store(tmp_path):
         '[cluster]\nbackend = "address"\naddress = "tcp://127.0.0.1:9"\nstart_timeout = 2\n'
     )
     done = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "run", str(study_file), "--store", str(tmp_path / "s.zarr")],
+        [sys.executable, "-m", "tomosweep.cli", "run", str(study_file), "--store", str(tmp_path / "s.zarr")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -349,7 +349,7 @@ def test_cli_cluster_failure_is_one_line_exit_2_and_no_store(tmp_path):
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "s.zarr").exists()
     bad = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "run", str(study_file), "--store", "x.zarr", "--cluster", "k8s"],
+        [sys.executable, "-m", "tomosweep.cli", "run", str(study_file), "--store", "x.zarr", "--cluster", "k8s"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -30,7 +30,7 @@ TINY = {
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
     """``tomosweep ARGS`` in this process: (exit status, stdout, stderr)."""
-    from tomosweep.sweep import cli
+    from tomosweep import cli
 
     code, saved = 0, sys.argv
     sys.argv = ["tomosweep", *map(str, args)]

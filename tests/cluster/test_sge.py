@@ -113,7 +113,7 @@ def test_cli_runs_a_study_on_sge_jobs_through_the_cluster_flag(sge, tmp_path):
     (tmp_path / "dask").mkdir()
     (tmp_path / "dask" / "jobqueue.yaml").write_text(json.dumps(config))  # JSON is YAML
     env = {**os.environ, "DASK_CONFIG": str(tmp_path / "dask")}
-    cli = [sys.executable, "-m", "tomosweep.sweep.cli"]
+    cli = [sys.executable, "-m", "tomosweep.cli"]
     script = subprocess.run(
         [*cli, "job-script", str(study_file), "--cluster", "sge"], env=env, capture_output=True, text=True, cwd=tmp_path
     )

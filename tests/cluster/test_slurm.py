@@ -167,7 +167,7 @@ def test_cli_runs_on_slurm_through_the_cluster_flag_and_dask_config(slurm, tmp_p
     (tmp_path / "dask").mkdir()
     (tmp_path / "dask" / "jobqueue.yaml").write_text(json.dumps(config))  # JSON is YAML
     env = {**os.environ, "DASK_CONFIG": str(tmp_path / "dask")}
-    cli = [sys.executable, "-m", "tomosweep.sweep.cli"]
+    cli = [sys.executable, "-m", "tomosweep.cli"]
     script = subprocess.run(
         [*cli, "job-script", str(study_file), "--cluster", "slurm"],
         env=env,

@@ -10,8 +10,8 @@ from packaging.version import Version
 from typer.testing import CliRunner
 
 import tomosweep
+from tomosweep.cli import app
 from tomosweep.results import SweepStore
-from tomosweep.sweep.cli import app
 
 
 def test_the_version_is_the_installed_distributions() -> None:

@@ -61,7 +61,7 @@ def test_a_thousand_cell_export_takes_under_30_s(thousand, tmp_path):
 def test_sigterm_stops_an_export_with_exit_143_and_writes_nothing(thousand, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "export", str(thousand), "--out", str(out)],
+        [sys.executable, "-m", "tomosweep.cli", "export", str(thousand), "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

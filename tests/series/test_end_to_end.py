@@ -16,10 +16,10 @@ import tifffile
 from scipy.ndimage import shift as nd_shift
 from typer.testing import CliRunner
 
+from tomosweep.cli import app
 from tomosweep.phantoms import save_specimen
 from tomosweep.series import apply_shifts, write_mrc, write_rawtlt
 from tomosweep.solvers import nrmse
-from tomosweep.sweep.cli import app
 from tomosweep.sweep.spec import study_from_dict
 from tomosweep.sweep.trial import simulate_cell
 

@@ -310,7 +310,7 @@ def test_reconstruct_data_refuses_with_exit_2_and_one_line(folder, case):
     build, expected = CASES[case]
     toml = build(folder)
     result = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "reconstruct-data", str(toml), "--out", str(folder / "r")],
+        [sys.executable, "-m", "tomosweep.cli", "reconstruct-data", str(toml), "--out", str(folder / "r")],
         capture_output=True,
         text=True,
         timeout=120,

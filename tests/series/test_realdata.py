@@ -101,7 +101,7 @@ def test_the_needle_tunes_sirts_iterations_on_its_own_held_out_tilts(etspy_data,
 
     def tomosweep(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "tomosweep.sweep.cli", *args], cwd=tmp_path, capture_output=True, text=True
+            [sys.executable, "-m", "tomosweep.cli", *args], cwd=tmp_path, capture_output=True, text=True
         )
 
     tuned = tomosweep("tune", "tune_needle.toml", "--store", "needle.zarr", "-q")

@@ -176,7 +176,7 @@ def test_bad_per_tilt_and_mdoc_input_is_one_line(tmp_path, case):
 def test_reconstruct_data_refuses_a_bad_mdoc_with_exit_2_and_writes_nothing(tmp_path):
     toml = _mdoc_count(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "reconstruct-data", str(toml), "--out", str(tmp_path / "r")],
+        [sys.executable, "-m", "tomosweep.cli", "reconstruct-data", str(toml), "--out", str(tmp_path / "r")],
         capture_output=True,
         text=True,
     )

@@ -211,7 +211,7 @@ def test_file_and_method_go_together(tmp_path, align, message):
 
 
 def test_a_misfit_alignment_file_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    from tomosweep.sweep import cli
+    from tomosweep import cli
 
     _xf(tmp_path / "raw.xf", np.stack([np.eye(2)] * 4), D[:4], ANGLES[:4])
     data = _series(tmp_path, align='file = "raw.xf"')

@@ -62,7 +62,7 @@ def test_a_broken_file_with_a_size_gives_the_files_own_error_later(tmp_path):
 
 
 def test_the_cli_refuses_it_in_one_line_and_writes_nothing(folder, capsys, monkeypatch):
-    from tomosweep.sweep import cli
+    from tomosweep import cli
 
     study = _study(folder, "study-bad.toml", "size = 48\n")
     store = folder / "never.zarr"

@@ -28,9 +28,9 @@ from sweep_support import run_cli, tiny_study
 
 from tomosweep.cluster.connect import Connection
 from tomosweep.errors import InputError
+from tomosweep.microscope.plan import plan, replicate_key
 from tomosweep.results import SweepStore
-from tomosweep.results.outputs import MANIFEST, StagedOutput, check_out_folder, read_manifest
-from tomosweep.results.plan import plan, replicate_key
+from tomosweep.results.folders import MANIFEST, StagedOutput, check_out_folder, read_manifest
 from tomosweep.sweep import study_from_dict
 from tomosweep.sweep.api import create_store, run_study
 from tomosweep.view.heartbeat import LIVE_FORMAT, live_path, read_live, write_live
@@ -73,7 +73,7 @@ def use_client(client, monkeypatch):
         yield Connection(client=given or client, backend="address", description="the test's client")
 
     monkeypatch.setattr("tomosweep.sweep.api.connect_study", connect)
-    monkeypatch.setattr("tomosweep.sweep.replicates.connect_study", connect)
+    monkeypatch.setattr("tomosweep.microscope.replicate.connect_study", connect)
 
 
 # ------------------------------------------------------------------ nothing the user wrote is replaced
@@ -154,7 +154,7 @@ def test_export_on_a_read_only_disk_fails_before_any_work(store, tmp_path, capsy
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("tomosweep.results.outputs.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("tomosweep.results.folders.tempfile.mkstemp", read_only)
     monkeypatch.setattr("tomosweep.results.export.trials_frame", lambda s: pytest.fail("work started"))
     code, o, e = run_cli(["export", store, "--out", tmp_path / "x"], capsys)
     _one_error_line(code, o, e, expect="cannot write in")
@@ -165,7 +165,7 @@ def test_export_on_a_full_disk_fails_before_any_work(store, tmp_path, capsys, mo
     import collections
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr("tomosweep.results.outputs.shutil.disk_usage", lambda p: usage(10, 10, 1024**2))
+    monkeypatch.setattr("tomosweep.results.folders.shutil.disk_usage", lambda p: usage(10, 10, 1024**2))
     code, o, e = run_cli(["export", store, "--out", tmp_path / "x"], capsys)
     _one_error_line(code, o, e, expect="only 1 MiB free on its disk")
     assert not list(tmp_path.iterdir())
@@ -233,7 +233,7 @@ def test_plan_on_a_read_only_store_folder_is_one_line(store, capsys, monkeypatch
     def read_only(*args, **kwargs):
         raise OSError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("tomosweep.results.outputs.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("tomosweep.results.folders.tempfile.mkstemp", read_only)
     code, o, e = run_cli(["plan", store, "--target", "1", "--figure", store.parent / "ro.png"], capsys)
     _one_error_line(code, o, e, expect="permission denied")
     assert not (store.parent / "ro.png").exists()
@@ -287,7 +287,7 @@ def test_plan_never_shows_replicates_of_other_weights(store, tmp_path):
 def test_interrupted_replicate_keeps_every_finished_replicate_and_continues(store, tmp_path, use_client):
     import shutil
 
-    from tomosweep.sweep.replicates import replicate_cells
+    from tomosweep.microscope.replicate import replicate_cells
 
     copy = tmp_path / "s.zarr"
     shutil.copytree(store, copy)
@@ -317,7 +317,7 @@ def test_interrupted_replicate_names_the_replicate_command(store, capsys, monkey
         on_plan(6, 1)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tomosweep.sweep.cli.microscope.replicate_cells", interrupted)
+    monkeypatch.setattr("tomosweep.cli.microscope.replicate_cells", interrupted)
     code, o, e = run_cli(["replicate", store, "--method", "sirt", "--seeds", "3", "--cell", "5,3"], capsys)
     assert code == 130, o + e
     assert "every finished replicate is stored" in e
@@ -398,7 +398,7 @@ def test_consent_or_a_named_cluster_lets_resume_connect(received, capsys, monkey
 
 
 def test_a_local_stored_cluster_needs_no_consent(store, capsys, monkeypatch):
-    from tomosweep.sweep.cli.common import consent_to_stored_cluster
+    from tomosweep.cli.common import consent_to_stored_cluster
 
     consent_to_stored_cluster(store, trust=False)  # no error, no prompt
     assert "beyond this machine" not in capsys.readouterr().err
@@ -490,7 +490,7 @@ def test_the_heartbeat_is_never_written_through_a_symlink(tmp_path):
 
 
 def test_view_accepts_the_ipv6_loopback(store):
-    from tomosweep.sweep.cli.view import serve_view
+    from tomosweep.cli.view import serve_view
 
     try:
         with socket.socket(socket.AF_INET6) as probe:
@@ -518,7 +518,7 @@ def test_notes_keep_their_brackets(capsys, monkeypatch, tmp_path):
     summary = SimpleNamespace(
         notes=["no [chem.sensitivity] given"], heldout=None, out=tmp_path / "[r]", files=["a.npz"], wall_time_s=1.0
     )
-    monkeypatch.setattr("tomosweep.sweep.cli.microscope.reconstruct_data_into", lambda *a, **k: summary)
+    monkeypatch.setattr("tomosweep.cli.microscope.reconstruct_data_into", lambda *a, **k: summary)
     code, o, e = run_cli(["reconstruct-data", "d.toml", "--out", tmp_path / "[r]"], capsys)
     assert code == 0, o + e
     assert "note: no [chem.sensitivity] given" in o and f"wrote {tmp_path / '[r]'}: a.npz" in o
@@ -546,8 +546,8 @@ def test_bad_hand_given_weights_are_one_line(tmp_path, capsys, line, message):
 
 
 def test_os_errors_are_one_line_that_names_the_file():
-    from tomosweep.sweep.cli import _os_error_line
-    from tomosweep.sweep.cli.common import CliState
+    from tomosweep.cli import _os_error_line
+    from tomosweep.cli.common import CliState
 
     assert _os_error_line(OSError(errno.EROFS, "x", "/data/out"), CliState()) == (
         "the file system is read-only (/data/out); nothing was written"
@@ -557,7 +557,7 @@ def test_os_errors_are_one_line_that_names_the_file():
 def test_warnings_of_dependencies_stay_off_the_terminal(capsys):
     import logging
 
-    from tomosweep.sweep.cli import dependency_warnings_to_log
+    from tomosweep.cli import dependency_warnings_to_log
 
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("default")
@@ -570,7 +570,7 @@ def test_warnings_of_dependencies_stay_off_the_terminal(capsys):
 def test_piped_output_never_wraps_a_long_path(store, tmp_path):
     deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "exports"
     result = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "export", str(store), "--out", str(deep)],
+        [sys.executable, "-m", "tomosweep.cli", "export", str(store), "--out", str(deep)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -65,7 +65,7 @@ def full(tmp_path) -> Path:
 
 
 def test_a_cell_stopped_by_its_tolerance_is_announced_with_its_own_reason(capsys):
-    from tomosweep.sweep.cli.study import _summary
+    from tomosweep.cli.study import _summary
 
     converged = "converged: expected improvement below 1 % of its best for 3 asks in a row"
     summary = RunSummary(
@@ -91,7 +91,7 @@ def test_a_cell_stopped_by_its_tolerance_is_announced_with_its_own_reason(capsys
 def test_continue_with_resume_is_said_only_for_a_store_that_exists(tmp_path, capsys, monkeypatch, full, made):
     """Ctrl-C before the store was made (a plugin's import, a cluster that never came up) names
     no resume command: there is nothing to resume."""
-    from tomosweep.sweep.cli import study as study_commands
+    from tomosweep.cli import study as study_commands
 
     path = full if made else tmp_path / "never.zarr"
     toml = tmp_path / "study.toml"
@@ -473,7 +473,7 @@ def test_a_rung_search_state_is_checked_and_reset_as_the_top_ones(laddered, caps
 
 
 def test_hedge_choice_never_draws_from_nan_probabilities():
-    from tomosweep.sweep.optimizer import hedge_choice
+    from tomosweep.search.cell import hedge_choice
 
     rng = np.random.default_rng(0)
     # the valid functions' gains far below an invalid one's: exp underflows to 0 for all of them

@@ -379,7 +379,7 @@ def test_two_real_drivers_removing_the_lock_file_lets_the_second_nowhere(tmp_pat
     study = tmp_path / "study.toml"
     study.write_text(TINY_SIRT_TOML.replace("trials_per_cell = 3", "trials_per_cell = 40"))
     store = tmp_path / "s.zarr"
-    cli = [sys.executable, "-m", "tomosweep.sweep.cli"]
+    cli = [sys.executable, "-m", "tomosweep.cli"]
     env = {**os.environ, "TOMOSWEEP_DASK_LOG_LEVEL": "CRITICAL"}
     first = subprocess.Popen(
         [*cli, "run", str(study), "--store", str(store), "--quiet"],

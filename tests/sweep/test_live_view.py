@@ -85,7 +85,7 @@ def test_view_prints_its_address_serves_the_page_and_stops_on_ctrl_c(tmp_path):
     _store(store)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     view = subprocess.Popen(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "view", str(store)],
+        [sys.executable, "-m", "tomosweep.cli", "view", str(store)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -106,7 +106,7 @@ def test_view_prints_its_address_serves_the_page_and_stops_on_ctrl_c(tmp_path):
         _get(url)
 
     missing = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "view", str(tmp_path / "nowhere.zarr")],
+        [sys.executable, "-m", "tomosweep.cli", "view", str(tmp_path / "nowhere.zarr")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -122,7 +122,7 @@ def test_run_with_view_serves_the_page_alongside_and_stops_it_after(tmp_path):
     study, store = tmp_path / "study.toml", tmp_path / "s.zarr"
     study.write_text(STUDY)
     run = subprocess.Popen(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "run", str(study), "--store", str(store), "--view", "-q"],
+        [sys.executable, "-m", "tomosweep.cli", "run", str(study), "--store", str(store), "--view", "-q"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -15,11 +15,11 @@ from rsciio.hspy import file_reader
 from sweep_support import tiny_study
 from typer.testing import CliRunner
 
+from tomosweep.cli import app
+from tomosweep.microscope.reconstruct import reconstruct_data, write_ome_zarr
 from tomosweep.phantoms import load_specimen
 from tomosweep.series import write_mrc, write_rawtlt
 from tomosweep.sweep.api import run_study
-from tomosweep.sweep.cli import app
-from tomosweep.sweep.microscope import reconstruct_data, write_ome_zarr
 from tomosweep.sweep.spec import study_from_dict
 from tomosweep.sweep.trial import simulate_cell
 

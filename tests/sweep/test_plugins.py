@@ -99,7 +99,7 @@ def test_tomosweep_run_finds_plugin_methods_on_fresh_worker_processes(tmp_path, 
     """`tomosweep run` on a local cluster of new worker processes: nothing imports the plugins but the study."""
     env = plugin_environment(tmp_path)
     (tmp_path / "study.toml").write_text(STUDY_TOML)
-    cli = [sys.executable, "-m", "tomosweep.sweep.cli"]
+    cli = [sys.executable, "-m", "tomosweep.cli"]
     listed = subprocess.run([*cli, "methods"], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0 and "raw_sirt" in listed.stdout  # the entry point, with no study at all
     done = subprocess.run(

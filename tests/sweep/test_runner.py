@@ -390,7 +390,7 @@ def test_check_reports_and_repairs_derived_damage_without_touching_trials(tmp_pa
     findings = check_store(path)
     assert any("maps of sirt lack trials the committed rows hold" in f for f in findings)
     assert any("optimiser state fused/5/3 is unreadable" in f for f in findings)
-    cli = [sys.executable, "-m", "tomosweep.sweep.cli", "check", str(path)]
+    cli = [sys.executable, "-m", "tomosweep.cli", "check", str(path)]
     assert subprocess.run(cli, capture_output=True, text=True).returncode == 1
     repaired = subprocess.run([*cli, "--repair"], capture_output=True, text=True)
     assert repaired.returncode == 0 and "repaired" in repaired.stdout

@@ -65,7 +65,7 @@ def store(tmp_path_factory) -> Path:
 
 def _run_cli(args, capsys, monkeypatch, *, width: int | None = None, errors: list | None = None) -> tuple[int, str]:
     """Run ``tomosweep ARGS`` in-process; ``width``: on a terminal console of that many columns."""
-    from tomosweep.sweep import cli
+    from tomosweep import cli
 
     screen = io.StringIO()
     if width is not None:
@@ -125,7 +125,7 @@ def test_status_at_80_columns_shows_every_number_whole(store, capsys, monkeypatc
 
 def test_status_piped_is_one_line_per_cell_with_every_number(store):
     result = subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "status", str(store)],
+        [sys.executable, "-m", "tomosweep.cli", "status", str(store)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -188,7 +188,7 @@ def _method_rows() -> list[dict]:
 @pytest.mark.parametrize("width", [80, None])
 def test_methods_never_cut_a_name_a_number_or_a_meaning(width, capsys, monkeypatch):
     if width is None:  # piped: the real stdout console of a command whose output is captured
-        from tomosweep.sweep.cli import common, study
+        from tomosweep.cli import common, study
 
         monkeypatch.setenv("COLUMNS", "80")
         monkeypatch.setattr(study, "out", common._console(stderr=False))

@@ -14,11 +14,11 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from tomosweep.cli import app
 from tomosweep.results import SweepStore
 from tomosweep.series import write_mrc, write_rawtlt
 from tomosweep.solvers import nrmse
 from tomosweep.sweep.api import resume_study, run_tune, stored_prepared, study_status
-from tomosweep.sweep.cli import app
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.spec import study_from_dict
 from tomosweep.sweep.trial import simulate_cell
@@ -77,7 +77,7 @@ def write_series(folder, *, budget: int = 3, tune: str | None = None, haadf_only
 
 def tomosweep(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", *args], capture_output=True, text=True, timeout=300, **kw
+        [sys.executable, "-m", "tomosweep.cli", *args], capture_output=True, text=True, timeout=300, **kw
     )
 
 
@@ -260,7 +260,7 @@ def test_an_interrupted_tune_resumes_to_its_full_budget(tmp_path):
     data, _ = write_series(tmp_path / "d", budget=5)
     store = tmp_path / "t.zarr"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "tune", str(data), "--store", str(store), "-q"],
+        [sys.executable, "-m", "tomosweep.cli", "tune", str(data), "--store", str(store), "-q"],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

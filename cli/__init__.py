@@ -23,10 +23,10 @@ import typer
 from rich.markup import escape
 
 from tomosweep import __version__
+from tomosweep.cli import microscope, study, view
+from tomosweep.cli.common import CliState, console, out, setup_logging
 from tomosweep.errors import TomosweepError
 from tomosweep.results import SweepStore
-from tomosweep.sweep.cli import microscope, study, view
-from tomosweep.sweep.cli.common import CliState, console, out, setup_logging
 
 app = typer.Typer(
     name="tomosweep",

@@ -3,7 +3,7 @@
 An optimised NRMSE is the best of many trials on one noise realisation, so it is biased
 low; :func:`replicate_cells` reruns the best weights under ``seeds`` new realisations and
 stores each cell's NRMSE per seed in the store's ``attrs["replicates"]``, which
-:func:`tomosweep.results.plan.plan` reads.
+:func:`tomosweep.microscope.plan.plan` reads.
 
 Each finished replicate is committed at once (the cell's entry grows by one seed): an
 interrupted run (Ctrl-C, SIGTERM, a full disk) keeps everything that finished, and the
@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.microscope.plan import replicate_key
 from tomosweep.results import SweepStore
-from tomosweep.results.plan import replicate_key
 from tomosweep.sweep.api import connect_study, with_cluster
 from tomosweep.sweep.spec import stored_study
 from tomosweep.sweep.trial import TrialTask, noise_seed, run_trial

@@ -34,7 +34,7 @@ what skopt's ``Optimizer`` keeps private:
   stays ``_MARGIN`` inside the box (see ``_optimise``).
 - **Budgets that follow improvement.** With ``stop_tolerance``, a cell whose expected
   improvement stayed below it for ``stop_patience`` asks stops (:attr:`CellOptimizer.stopped`).
-- **The whole map.** A cell attached to a :class:`~tomosweep.sweep.surrogate.MapSurrogate`
+- **The whole map.** A cell attached to a :class:`~tomosweep.search.map.MapSurrogate`
   asks through the method's one GP over (weights, tilt counts) instead of its own.
 
 The GP models log NRMSE (output warping): a study's objective has cliffs — an

@@ -8,7 +8,7 @@ the others. :class:`MapSurrogate` fits one Gaussian process per method over
 
 the tilt counts scaled onto [0, 1] over the study's grid, on every finished trial of
 the method (and, for the proposal fit, on every trial in flight in any cell, told a
-lie as in :mod:`tomosweep.sweep.optimizer`). Its kernel is a sum: a Matern 5/2 over
+lie as in :mod:`tomosweep.search.cell`). Its kernel is a sum: a Matern 5/2 over
 weights and context (the shape of the surface, moving across the grid) plus one over
 the context alone (the level of the NRMSE, which more tilts lower everywhere). An ask for a cell maximises the
 acquisition with the cell's tilt counts held fixed — contextual Bayesian optimisation
@@ -41,7 +41,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from tomosweep.sweep.optimizer import (
+from tomosweep.search.cell import (
     ACQ_FUNCS,
     CellOptimizer,
     derived_seed,

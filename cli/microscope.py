@@ -1,6 +1,6 @@
 """``tomosweep plan``, ``replicate`` and ``reconstruct-data``: from a study to the microscope and back.
 
-The one ``tomosweep`` app (:mod:`tomosweep.sweep.cli`) holds them; their errors end in one
+The one ``tomosweep`` app (:mod:`tomosweep.cli`) holds them; their errors end in one
 red line there like every other command's.
 """
 
@@ -17,14 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tomosweep.errors import InputError
-from tomosweep.results import SweepStore
-from tomosweep.results.outputs import check_replaceable, check_space, replace_file
-from tomosweep.results.plan import frontier_figure, parse_cost, snr_figure
-from tomosweep.results.plan import plan as plan_rows
-from tomosweep.sweep.api import refuse_tune, run_tune
-from tomosweep.sweep.cli.common import CliState, TrustOption, consent_to_stored_cluster, console, out, parse_cell
-from tomosweep.sweep.cli.study import (
+from tomosweep.cli.common import CliState, TrustOption, consent_to_stored_cluster, console, out, parse_cell
+from tomosweep.cli.study import (
     ClusterOption,
     DriverVerboseOption,
     QuietOption,
@@ -35,9 +29,15 @@ from tomosweep.sweep.cli.study import (
     _study_with_view,
     _summary,
 )
-from tomosweep.sweep.microscope import heldout_lines
-from tomosweep.sweep.outputs import reconstruct_data_into
-from tomosweep.sweep.replicates import continue_command, replicate_cells
+from tomosweep.errors import InputError
+from tomosweep.microscope.outputs import reconstruct_data_into
+from tomosweep.microscope.plan import frontier_figure, parse_cost, snr_figure
+from tomosweep.microscope.plan import plan as plan_rows
+from tomosweep.microscope.reconstruct import heldout_lines
+from tomosweep.microscope.replicate import continue_command, replicate_cells
+from tomosweep.results import SweepStore
+from tomosweep.results.folders import check_replaceable, check_space, replace_file
+from tomosweep.sweep.api import refuse_tune, run_tune
 
 #: what a figure may be saved as (matplotlib's writers that need nothing more installed)
 FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "tif", "tiff", "webp", "eps")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tomosweep.sweep.optimizer import ACQ_FUNCS, PENALTY_FLOOR, CellOptimizer
+from tomosweep.search.cell import ACQ_FUNCS, PENALTY_FLOOR, CellOptimizer
 
 SPACE = {
     "a": (0.01, 100.0, "log", "real"),

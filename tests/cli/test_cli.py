@@ -42,7 +42,7 @@ n_workers = 1
 
 def tomosweep(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tomosweep.sweep.cli", *args], capture_output=True, text=True, timeout=300, **kw
+        [sys.executable, "-m", "tomosweep.cli", *args], capture_output=True, text=True, timeout=300, **kw
     )
 
 
@@ -58,7 +58,7 @@ def test_resume_after_sigkill_of_the_driver_gives_exactly_the_budget(tmp_path):
     log = tmp_path / "driver.log"
     with log.open("w") as stderr:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "tomosweep.sweep.cli", "run", study, "--store", str(store), "-q"],
+            [sys.executable, "-m", "tomosweep.cli", "run", study, "--store", str(store), "-q"],
             start_new_session=True,  # its Dask workers share the group, so the whole crash is simulated
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -175,7 +175,7 @@ def test_bad_study_file_message(tmp_path):
 def test_an_interrupted_run_exits_non_zero_and_names_the_resume_command(tmp_path, signum, code, word):
     study, store = write_study(tmp_path, 40), tmp_path / "s.zarr"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "tomosweep.sweep.cli", "run", study, "--store", str(store), "-q"],
+        [sys.executable, "-m", "tomosweep.cli", "run", study, "--store", str(store), "-q"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

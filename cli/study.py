@@ -1,5 +1,5 @@
 """The commands of a study: ``run``, ``resume``, ``status``, ``check``, ``export``, ``reconstruct``,
-``methods`` and ``job-script`` (the app that holds them: :mod:`tomosweep.sweep.cli`).
+``methods`` and ``job-script`` (the app that holds them: :mod:`tomosweep.cli`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tomosweep.errors import TomosweepError
-from tomosweep.sweep.api import (
-    check_store,
-    export_store,
-    reconstruct_cell,
-    remove_stale_certificates,
-    resume_study,
-    run_study,
-    study_status,
-    worker_job_script,
-)
-from tomosweep.sweep.cli.common import (
+from tomosweep.cli.common import (
     CliState,
     FormatOption,
     TableFormat,
@@ -43,7 +32,18 @@ from tomosweep.sweep.cli.common import (
     print_data,
     setup_logging,
 )
-from tomosweep.sweep.cli.view import ViewProcess
+from tomosweep.cli.view import ViewProcess
+from tomosweep.errors import TomosweepError
+from tomosweep.sweep.api import (
+    check_store,
+    export_store,
+    reconstruct_cell,
+    remove_stale_certificates,
+    resume_study,
+    run_study,
+    study_status,
+    worker_job_script,
+)
 from tomosweep.sweep.ladder import ladder_problems, stored_rungs
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.runner import EXHAUSTED

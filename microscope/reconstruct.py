@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from tomosweep.errors import InputError, StoreError
+from tomosweep.microscope.plan import replicate_key, stored_replicates
 from tomosweep.results import SweepStore
-from tomosweep.results.outputs import check_out_folder
-from tomosweep.results.plan import replicate_key, stored_replicates
+from tomosweep.results.folders import check_out_folder
 from tomosweep.series import MeasuredSeries, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
 from tomosweep.series.dose import correct_dose

@@ -51,7 +51,7 @@ initial_points = 2
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
     """``tomosweep ARGS`` in this process: (exit status, stdout, stderr), as a shell would see them."""
-    from tomosweep.sweep import cli
+    from tomosweep import cli
 
     code = 0
     saved = sys.argv

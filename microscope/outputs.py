@@ -1,8 +1,8 @@
 """``reconstruct-data`` into a folder safely: staged beside ``--out``, moved in at the end.
 
-:func:`tomosweep.sweep.microscope.reconstruct_data` writes its files into the folder it
+:func:`tomosweep.microscope.reconstruct.reconstruct_data` writes its files into the folder it
 is given. :func:`reconstruct_data_into` gives it a fresh staging folder beside the
-target (see :mod:`tomosweep.results.outputs`): the target is checked before any work
+target (see :mod:`tomosweep.results.folders`): the target is checked before any work
 (a file, foreign files, an earlier output without ``--overwrite``, a read-only or full
 disk), and receives the new files only once every one is written — an interruption,
 an error or a full disk leave it as it was.
@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tomosweep.results.outputs import StagedOutput, check_out_folder, check_space
-from tomosweep.sweep.microscope import reconstruct_data
+from tomosweep.microscope.reconstruct import reconstruct_data
+from tomosweep.results.folders import StagedOutput, check_out_folder, check_space
 
 
 def reconstruct_data_into(
     data: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False, **options: Any
 ) -> Any:
-    """:func:`~tomosweep.sweep.microscope.reconstruct_data` with its output staged (module docstring).
+    """:func:`~tomosweep.microscope.reconstruct.reconstruct_data` with its output staged (module docstring).
 
     Returns its summary with ``out`` the target folder.
     """

@@ -10,13 +10,13 @@ import pytest
 from sweep_support import tiny_study
 from typer.testing import CliRunner
 
+from tomosweep.cli import app
 from tomosweep.errors import InputError
+from tomosweep.microscope.plan import parse_cost, plan
+from tomosweep.microscope.reconstruct import check_out_folder, study_weights
+from tomosweep.microscope.replicate import replicate_cells
 from tomosweep.results import SweepStore
-from tomosweep.results.plan import parse_cost, plan
-from tomosweep.sweep.cli import app
 from tomosweep.sweep.grid import nearest_cell
-from tomosweep.sweep.microscope import check_out_folder, study_weights
-from tomosweep.sweep.replicates import replicate_cells
 from tomosweep.sweep.spec import study_from_dict
 
 
@@ -105,7 +105,7 @@ def test_reconstruct_data_cli_errors_are_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "tomosweep.sweep.cli",
+            "tomosweep.cli",
             "reconstruct-data",
             str(tmp_path / "d.toml"),
             "--out",
@@ -122,7 +122,7 @@ def test_reconstruct_data_cli_errors_are_one_line(tmp_path):
 
 
 def test_chemical_snr_axis_answers_at_what_dose(store, client, tmp_path):
-    from tomosweep.results.plan import snr_figure
+    from tomosweep.microscope.plan import snr_figure
 
     result = replicate_cells(store, method="sirt", cells=[(5, 3)], seeds=2, chem_snr_scales=[0.5, 2.0], client=client)
     assert set(result) == {"sirt/5/3/snr×0.5", "sirt/5/3/snr×2"}

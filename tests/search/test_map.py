@@ -11,9 +11,9 @@ import trial_hooks
 from sweep_support import tiny_study
 
 from tomosweep.results import SweepStore
+from tomosweep.search.cell import CellOptimizer, derived_seed
+from tomosweep.search.map import MapSurrogate, _AtContext, attach_map, map_state_key, map_states, restore_maps
 from tomosweep.sweep import study_from_dict
-from tomosweep.sweep.optimizer import CellOptimizer, derived_seed
-from tomosweep.sweep.surrogate import MapSurrogate, _AtContext, attach_map, map_state_key, map_states, restore_maps
 
 SPACE = {"a": (0.01, 100.0, "log", "real"), "b": (0.01, 100.0, "log", "real")}
 CELLS = [(10, 3), (10, 12), (40, 3), (40, 12)]

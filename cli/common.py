@@ -18,10 +18,10 @@ from rich.console import Console
 
 from tomosweep.cluster.settings import stored_settings_problem
 from tomosweep.errors import TomosweepError
+from tomosweep.microscope.replicate import stored_cluster_needs_consent
 from tomosweep.nofollow import NoFollowFileHandler
 from tomosweep.results import SweepStore
 from tomosweep.results.spreadsheet import csv_text
-from tomosweep.sweep.replicates import stored_cluster_needs_consent
 
 
 @dataclass
@@ -29,7 +29,7 @@ class CliState:
     """What one ``tomosweep`` invocation carries from its global options to its command, and on to
     the line that ends it (an interruption, a signal, an operating-system error).
 
-    :func:`tomosweep.sweep.cli.main` makes one and hands it to the app as typer's context
+    :func:`tomosweep.cli.main` makes one and hands it to the app as typer's context
     object; a command reads it as ``ctx.obj``.
     """
 

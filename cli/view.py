@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from tomosweep.cli.common import console, out
 from tomosweep.errors import TomosweepError
-from tomosweep.sweep.cli.common import console, out
 from tomosweep.sweep.landscape import landscape_pngs
 from tomosweep.view import ViewServer, serve
 
@@ -44,7 +44,7 @@ class ViewProcess:
     """
 
     def __init__(self, store: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0) -> None:
-        command = [sys.executable, "-m", "tomosweep.sweep.cli", "view", str(store), "--wait"]
+        command = [sys.executable, "-m", "tomosweep.cli", "view", str(store), "--wait"]
         command += ["--host", host, "--port", str(port)]
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
