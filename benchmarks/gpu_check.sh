@@ -152,7 +152,7 @@ import sys
 
 rows = []
 for dist in ("tomosweep", "numpy", "scipy", "cupy-cuda13x", "cupy-cuda12x", "dask", "distributed", "dask-cuda",
-             "zarr", "pydantic", "scikit-optimize", "bokeh", "pytest"):
+             "zarr", "pydantic", "scikit-learn", "bokeh", "pytest"):
     try:
         rows.append(f"{dist} {md.version(dist)}")
     except md.PackageNotFoundError:

@@ -40,8 +40,6 @@ WHEELS=(
     "annotated-types==0.7.0         pydantic"
     "typing-inspection==0.4.2       pydantic"
     "typing-extensions==4.15.0      pydantic 2.13 needs >= 4.14.1; the image's may be older"
-    "scikit-optimize==0.10.2        the per-cell Bayesian optimiser (sweep/optimizer.py)"
-    "pyaml==26.7.0                  scikit-optimize"
     "bokeh==3.8.2                   tomosweep view and Dask's dashboard (collected by the test run)"
     "xyzservices==2026.9.1          bokeh"
     "mrcfile==1.5.4                 series/: .mrc tilt series"

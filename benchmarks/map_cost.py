@@ -92,7 +92,8 @@ def load_tables(name: str) -> tuple[dict[str, Any], dict[tuple[str, int, int], T
 
 
 def before_optimizer(commit: str) -> Any:
-    """``CellOptimizer`` as committed at ``commit`` (what a user had before this change)."""
+    """The per-cell optimiser as committed at ``commit`` (``sweep/optimizer.py``, self-contained, on
+    scikit-optimize: what a user had before the search stood on scikit-learn alone)."""
     source = subprocess.run(
         ["git", "show", f"{commit}:sweep/optimizer.py"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
@@ -140,15 +141,20 @@ def run_optuna(sampler_name: str, objective: Any, n: int, seed: int) -> tuple[li
 
 
 def one_cell(seeds: int, n: int, before: str, check: int) -> dict[str, Any]:
-    from tomosweep.search.cell import CellOptimizer
+    from tomosweep.search.cell import cell_search
 
     report, tables = load_tables("cell")
     ((key, table),) = tables.items()
     samplers: dict[str, Any] = {
-        "tomosweep_gp": lambda s: run_tomosweep(CellOptimizer, table.fused, n, s),
-        "tomosweep_gp_before": lambda s: run_tomosweep(before_optimizer(before), table.fused, n, s),
-        "tomosweep_random": lambda s: run_tomosweep(CellOptimizer, table.fused, n, s, sampler="random"),
+        "tomosweep_gp": lambda s: run_tomosweep(cell_search, table.fused, n, s),
+        "tomosweep_random": lambda s: run_tomosweep(cell_search, table.fused, n, s, sampler="random"),
     }
+    try:
+        import skopt  # noqa: F401
+
+        samplers["tomosweep_gp_before"] = lambda s: run_tomosweep(before_optimizer(before), table.fused, n, s)
+    except ImportError:
+        print("scikit-optimize is not installed: the optimiser before is left out", flush=True)
     try:
         import optuna  # noqa: F401
 
@@ -745,16 +751,14 @@ def workers(
 
 def ask_time(per_cell: tuple[int, ...] = (5, 10, 25, 50)) -> dict[str, Any]:
     """Driver seconds of one map ask on a 12 × 12 grid (the paper's) against the trials told."""
-    from tomosweep.search.cell import CellOptimizer, derived_seed
-    from tomosweep.search.map import attach_map
+    from tomosweep.search.map import map_searches
 
     hs = [10, 14, 20, 28, 40, 56, 80, 113, 160, 226, 320, 452][:12]
     cs = [2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 90][:12]
     cells = [(h, c) for h in hs for c in cs]
     rows = []
     for n in per_cell:
-        opts = {cell: CellOptimizer(SPACE, n_initial=5, seed=derived_seed(0, *cell)) for cell in cells}
-        attach_map("fused", opts, seed=0)
+        opts = map_searches("fused", cells, SPACE, seed=0, n_initial=5)
         rng = np.random.default_rng(n)
         for (h, c), opt in opts.items():
             for _ in range(n):
@@ -784,7 +788,7 @@ def main() -> None:
     p.add_argument("--reprice", nargs="+", type=Path, default=None, help="re-price these ladder reports and stop")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--before", default="b2ee9a7", help="the commit whose optimiser is 'before'")
+    p.add_argument("--before", default="6fa525d", help="the commit whose optimiser is 'before'")
     p.add_argument("--map-seeds", type=int, default=3)
     p.add_argument("--cap", type=int, default=12, help="trials_per_cell in the map section")
     p.add_argument("--methods", nargs="+", default=["fused", "sirt"])

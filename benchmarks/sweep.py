@@ -110,9 +110,9 @@ def overhead(tmp: Path) -> dict:
 def throughput(tmp: Path, n_trials: int) -> dict:
     spec = study_from_dict(study(n_trials, n_trials))  # random points: no GP on the driver
     serial_tasks = []
-    from tomosweep.search.cell import CellOptimizer
+    from tomosweep.search.cell import cell_search
 
-    opt = CellOptimizer(
+    opt = cell_search(
         {"lambda_haadf": (0.01, 100.0, "log", "real"), "lambda_tv": (0.03, 10, "log", "real")},
         n_initial=n_trials,
         seed=7,

@@ -42,6 +42,7 @@ from tomosweep.errors import InputError, StoreError
 from tomosweep.microscope.plan import replicate_key, stored_replicates
 from tomosweep.results import SweepStore
 from tomosweep.results.folders import check_out_folder
+from tomosweep.search.warm import nearest_cell
 from tomosweep.series import MeasuredSeries, apply_shifts, load_series
 from tomosweep.series.align import Alignment, alignment_figure
 from tomosweep.series.dose import correct_dose
@@ -49,7 +50,6 @@ from tomosweep.series.transfer import alignment_of, write_aligned_mrc, write_imo
 from tomosweep.solvers import Projector, sirt
 from tomosweep.solvers.backend import to_numpy
 from tomosweep.solvers.elements import atomic_numbers
-from tomosweep.sweep.grid import nearest_cell
 from tomosweep.sweep.methods import METHODS, CellData
 from tomosweep.sweep.spec import SENSITIVITY_PREFIX, stored_study
 from tomosweep.sweep.trial import simulate_cell

@@ -93,14 +93,6 @@ def best_params_frame(store: SweepStore) -> Any:
     return pd.DataFrame(rows)
 
 
-def _release(fig: Any) -> None:
-    """Free a figure that pyplot manages (skopt's plots); the others are plain ``Figure`` objects."""
-    if getattr(fig.canvas, "manager", None) is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-
-
 def _grid_panels(store: SweepStore, n_panels: int, *, width_per_panel: float, extra: float) -> tuple[Any, Any]:
     """A row of panels, each sized for the store's tilt grid (a ``Figure``: no pyplot, no backend)."""
     from matplotlib.figure import Figure
@@ -290,39 +282,76 @@ def best_weights_figure(store: SweepStore, method: str) -> Any:
     return fig
 
 
-def objective_figure(result: Any, prior: Mapping[str, str], title: str) -> Any:
-    """The optimiser's view of one cell's objective: skopt's ``plot_objective`` (partial
-    dependence of the GP mean over every pair of searched parameters, the trials as
-    dots, the best as a star) for a fitted skopt ``OptimizeResult``; with one searched
-    parameter, the GP mean along it with the trials."""
-    names = [d.name for d in result.space.dimensions]
-    if len(names) == 1:
-        from matplotlib.figure import Figure
+def objective_figure(surface: Any, title: str, *, n_points: int = 30, n_samples: int = 250) -> Any:
+    """The optimiser's view of one cell's objective: the partial dependence of its GP's mean
+    (Friedman 2001, §8.2: the mean averaged over the other weights, drawn uniformly in the
+    search's box) over every searched weight (diagonal) and every pair (below it), the trials
+    as dots and the best as a star; with one searched weight, the GP mean along it.
 
+    ``surface`` carries ``names``, ``log`` (a log axis per weight), ``points`` and ``values``
+    (the trials, values in the GP's units), ``mean(unit)`` (the GP's mean at unit-box points) and
+    ``space`` (``from_unit``/``to_unit`` of one point); see :class:`tomosweep.search.cell.Surface`.
+    """
+    from matplotlib.figure import Figure
+
+    names = list(surface.names)
+    d = len(names)
+    points = np.asarray(surface.points, dtype=float).reshape(-1, d)
+    values = np.asarray(surface.values, dtype=float)
+    best = int(np.argmin(values))
+    grid = np.linspace(0.0, 1.0, n_points)
+    rng = np.random.default_rng(0)
+    background = rng.random((n_samples, d))
+
+    def axis_values(k: int) -> np.ndarray:
+        """The grid along weight ``k`` in its own units."""
+        unit = np.full((n_points, d), 0.5)
+        unit[:, k] = grid
+        return np.array([surface.space.from_unit(u)[k] for u in unit], dtype=float)
+
+    def dependence(dims: tuple[int, ...]) -> np.ndarray:
+        shape = (n_points,) * len(dims)
+        out = np.empty(shape)
+        for index in np.ndindex(*shape):
+            X = background.copy()
+            for k, i in zip(dims, index, strict=True):
+                X[:, k] = grid[i]
+            out[index] = float(np.mean(surface.mean(X)))
+        return out
+
+    if d == 1:
         fig = Figure(figsize=(5, 3.5), layout="constrained")
         ax = fig.subplots()
-        grid = np.linspace(0.0, 1.0, 200)[:, None]
-        xs = [p[0] for p in result.space.inverse_transform(grid)]
-        ax.plot(xs, result.models[-1].predict(grid), label="GP mean")
-        ax.plot([x[0] for x in result.x_iters], result.func_vals, "k.", label="trials")
-        ax.set_xscale("log" if prior.get(names[0]) == "log" else "linear")
+        ax.plot(axis_values(0), surface.mean(grid[:, None]), label="GP mean")
+        ax.plot(points[:, 0], values, "k.", label="trials")
+        ax.set_xscale("log" if surface.log[0] else "linear")
         ax.set_xlabel(names[0])
         ax.set_ylabel("log NRMSE")
         ax.legend(fontsize=8)
     else:
-        import sys
-
-        import matplotlib
-
-        if "matplotlib.pyplot" not in sys.modules:
-            # skopt draws through pyplot; a library must not open a GUI backend (the live
-            # view draws this from a server thread), but a session's own pyplot is left alone
-            matplotlib.use("Agg")
-        from skopt.plots import plot_objective
-
-        axes = plot_objective(result, dimensions=names, n_points=30)
-        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        fig.set_size_inches(2.6 * len(names) + 1.5, 2.6 * len(names) + 1.2)
+        fig = Figure(figsize=(2.6 * d + 1.5, 2.6 * d + 1.2), layout="constrained")
+        axes = fig.subplots(d, d, squeeze=False)
+        for i in range(d):
+            for j in range(d):
+                ax = axes[i, j]
+                if j > i:
+                    ax.set_visible(False)
+                    continue
+                if i == j:
+                    ax.plot(axis_values(i), dependence((i,)))
+                    ax.set_xscale("log" if surface.log[i] else "linear")
+                    ax.set_ylabel("partial dependence", fontsize=8)
+                else:
+                    xs, ys = axis_values(j), axis_values(i)
+                    ax.contourf(xs, ys, dependence((i, j)), levels=10, cmap="viridis_r")
+                    ax.plot(points[:, j], points[:, i], "k.", markersize=3)
+                    ax.plot(points[best, j], points[best, i], "r*", markersize=10)
+                    ax.set_xscale("log" if surface.log[j] else "linear")
+                    ax.set_yscale("log" if surface.log[i] else "linear")
+                    if j == 0:
+                        ax.set_ylabel(names[i])
+                if i == d - 1:
+                    ax.set_xlabel(names[j])
     fig.suptitle(title, y=1.02)
     return fig
 
@@ -369,7 +398,7 @@ def export(
 ) -> list[Path]:
     """Write every export of ``store`` into ``out`` (created); return the files written.
 
-    ``surrogates`` maps a method to the fitted skopt result of ``cell`` (see
+    ``surrogates`` maps a method to the fitted surface of ``cell`` (see
     :func:`objective_figure`); the sweep layer builds them, this module only draws.
     Files of an earlier export in ``out`` are replaced only with ``overwrite``.
     """
@@ -396,29 +425,23 @@ def _write_export(
     for suffix in (".png", ".svg"):
         fig.savefig(out / f"nrmse_heatmap{suffix}", dpi=150)
         written.append(out / f"nrmse_heatmap{suffix}")
-    _release(fig)
     fig = convergence_figure(store)
     fig.savefig(out / "convergence.png", dpi=120)
     written.append(out / "convergence.png")
-    _release(fig)
     for method in store.methods:
         if not searched_ranges(store, method):
             continue
         fig = best_weights_figure(store, method)
         fig.savefig(out / f"best_weights_{method}.png", dpi=120)
         written.append(out / f"best_weights_{method}.png")
-        _release(fig)
         if cell is not None and surrogates and method in surrogates:
-            ranges = searched_ranges(store, method)
-            prior = {name: str(rng.get("prior", "linear")) for name, rng in ranges.items()}
-            n = len(surrogates[method].x_iters)
+            n = len(surrogates[method].points)
             title = (
                 f"{method}, {cell[0]} HAADF × {cell[1]} chemical tilts\n"
                 f"the optimiser's GP: mean log NRMSE over {n} trials (partial dependence)"
             )
-            fig = objective_figure(surrogates[method], prior, title)
+            fig = objective_figure(surrogates[method], title)
             path = out / f"objective_{method}_{cell[0]}x{cell[1]}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             written.append(path)
-            _release(fig)
     return written

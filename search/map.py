@@ -2,7 +2,7 @@
 
 Every cell of a study searches the same weights, and the best weights move smoothly
 across the (HAADF tilts × chemical tilts) grid, so what one cell learns is evidence for
-the others. :class:`MapSurrogate` fits one Gaussian process per method over
+the others. :class:`MapGP` fits one Gaussian process per method over
 
     (searched weights in the optimiser's [0, 1] space, log n_haadf, log n_chem),
 
@@ -28,37 +28,32 @@ trials and those of the nearest cells on the tilt grid (rings of the Chebyshev
 neighbourhood, nearest first) up to ``max_points`` — a local GP in tilt space; points
 farther away than the kernel's length scales carry almost nothing anyway.
 
-The state that resume needs (gains, last nominees, the reward counter) is plain JSON
-with the same keys as a cell optimiser's, stored under ``method/map``.
+The state that resume needs (gains, last nominees, the reward counter, the hyper-parameters) is
+plain JSON, stored under ``method/map``; each cell's own state (its seed counter and adaptive
+budget) is stored under the cell's key, as for every search. :class:`MapGP` reads the cells' trials
+through the public ledger of :class:`~tomosweep.search.base.Search` only.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from tomosweep.search.cell import (
-    ACQ_FUNCS,
-    CellOptimizer,
-    derived_seed,
-    hedge_choice,
-    hedge_reward,
-    stored_count,
-    stored_gains,
-    stored_nominees,
-    unreadable,
-)
+from tomosweep.search.base import Point, Search, derived_seed, stored_count, unreadable
+from tomosweep.search.cell import _HedgeState
+from tomosweep.search.gp import ACQ_FUNCS, GaussianProcess, expected_improvement, stored_theta
+from tomosweep.search.hedge import Hedge, nominate, stored_gains, stored_nominees
+from tomosweep.search.space import Space
 
 Cell = tuple[int, int]
 
 MAX_POINTS = 300  # points of the local GP of one ask (an exact fit on 300 points takes ~0.3 s)
 CONTEXT_MIN_LENGTH = 0.3  # on the [0, 1] context axes: a 4-cell axis has cells 1/3 apart
 TUNE_POINTS = 120  # points the hyper-parameters are estimated on
-N_CANDIDATES = 2_000  # random candidates per ask (a cell's own GP uses skopt's 10 000)
+N_CANDIDATES = 2_000  # random candidates per ask (a cell's own GP ranks 10 000)
 
 
 def map_state_key(method: str) -> str:
@@ -68,12 +63,11 @@ def map_state_key(method: str) -> str:
 
 def _map_kernel(n_dims: int) -> Any:
     """shape + level + noise: a Matern 5/2 over weights and context (one length scale
-    each, skopt's bounds), plus a Matern 5/2 over the context alone — the level of a
-    cell's NRMSE moves with its tilt counts far more than the shape of its surface
-    does (more tilts, lower NRMSE everywhere), and a product kernel alone could only
-    fit that with short context length scales, making the cells strangers again."""
-    # deferred: skopt pulls scikit-learn
-    from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    each), plus a Matern 5/2 over the context alone — the level of a cell's NRMSE moves with its
+    tilt counts far more than the shape of its surface does (more tilts, lower NRMSE everywhere),
+    and a product kernel alone could only fit that with short context length scales, making the
+    cells strangers again."""
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
     n_weights = n_dims - 2
     # The context's length scales stay above CONTEXT_MIN_LENGTH: the best weights move
@@ -93,99 +87,29 @@ def _map_kernel(n_dims: int) -> Any:
         length_scale_bounds=[(1e4, 1e5)] * n_weights + context,
         nu=2.5,
     )
-    return shape + level + WhiteKernel()
+    return shape + level + WhiteKernel(1.0, (1e-5, 1e5))
 
 
-def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None) -> Any:
-    from skopt.learning import GaussianProcessRegressor  # deferred: skopt pulls scikit-learn
-
+def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None) -> GaussianProcess:
     kernel = _map_kernel(n_dims)
     if theta is not None:
         kernel = kernel.clone_with_theta(np.asarray(theta, dtype=float))
-    return GaussianProcessRegressor(
-        kernel=kernel,
-        normalize_y=True,
-        noise="gaussian",
-        n_restarts_optimizer=2 if theta is None else 0,
-        random_state=seed,
-    )
+    return GaussianProcess(kernel, seed=seed, restarts=2 if theta is None else 0)
 
 
-# log units: a stored hyper-parameter this far beyond its kernel's bounds was not fitted here
-THETA_SLACK = 2.0
+def _theta_bounds(n_dims: int | None) -> np.ndarray | None:
+    return None if n_dims is None else _map_kernel(n_dims).bounds
 
 
-def _stored_theta(raw: Any, n_dims: int | None) -> list[float] | None:
-    """The GP's stored log hyper-parameters: finite numbers, each within (a little beyond) its
-    kernel's bounds; None when there are none. A list of another length is kept: :meth:`MapSurrogate.fit`
-    estimates fresh ones then, as for a grid of another shape."""
-    if raw is None:
-        return None
-    if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
-        raise ValueError(f"stored GP hyper-parameters must be a list of numbers, got {str(raw)[:80]!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in raw):
-        raise ValueError(f"stored GP hyper-parameters must be finite numbers, got {str(raw)[:80]}")
-    theta = [float(v) for v in raw]
-    if n_dims is not None:
-        bounds = _map_kernel(n_dims).bounds
-        if len(theta) == len(bounds):
-            outside = [
-                k
-                for k, (v, (lo, hi)) in enumerate(zip(theta, bounds, strict=True))
-                if not lo - THETA_SLACK <= v <= hi + THETA_SLACK
-            ]
-            if outside:
-                raise ValueError(
-                    f"stored GP hyper-parameter {outside[0]} is {theta[outside[0]]:g}, far outside its kernel's "
-                    f"bounds ({bounds[outside[0]][0]:.3g} to {bounds[outside[0]][1]:.3g} in log units)"
-                )
-    return theta
-
-
-class _AtContext:
-    """A fitted GP seen as a function of the weights alone, the context held fixed.
-
-    skopt's acquisition functions call ``predict`` with gradient flags; the gradients
-    of the full model are cut to the weights' dimensions.
-    """
-
-    def __init__(self, model: Any, context: np.ndarray) -> None:
-        self.model = model
-        self.context = context
-
-    def predict(
-        self,
-        X: np.ndarray,
-        return_std: bool = False,
-        return_cov: bool = False,
-        return_mean_grad: bool = False,
-        return_std_grad: bool = False,
-    ) -> Any:
-        X = np.atleast_2d(X)
-        d = X.shape[1]
-        full = np.hstack([X, np.tile(self.context, (len(X), 1))])
-        out = self.model.predict(
-            full, return_std=return_std, return_mean_grad=return_mean_grad, return_std_grad=return_std_grad
-        )
-        if not (return_std or return_mean_grad or return_std_grad):
-            return out
-        out = list(out)
-        index = 1 + int(return_std)
-        if return_mean_grad:
-            out[index] = np.asarray(out[index])[..., :d]
-            index += 1
-        if return_std_grad:
-            out[index] = np.asarray(out[index])[..., :d]
-        return tuple(out)
-
-
-class MapSurrogate:
-    """The whole map's GP for one method; cell optimisers attach to it and ask through it.
+class MapGP:
+    """The whole map's GP for one method; the method's :class:`MapCell` searches ask through it.
 
     Parameters
     ----------
     cells
         The study's grid cells ``(n_haadf, n_chem)``.
+    space
+        The method's searched box (``name -> (low, high, prior, kind)``).
     seed
         Seeds the fits (with the asking cell's own ask seed).
     eta
@@ -194,83 +118,83 @@ class MapSurrogate:
         Most trials one ask's local GP is fitted on (nearest cells first).
     """
 
-    def __init__(self, cells: Sequence[Cell], *, seed: int, eta: float = 1.0, max_points: int = MAX_POINTS) -> None:
+    def __init__(
+        self,
+        cells: Sequence[Cell],
+        space: Mapping[str, tuple[float, float, str, str]],
+        *,
+        seed: int,
+        eta: float = 1.0,
+        max_points: int = MAX_POINTS,
+        method: str = "",
+    ) -> None:
         self.seed = int(seed)
-        self.method = ""
-        self.eta = float(eta)
+        self.method = method
+        self.space = Space(space)
         self.max_points = int(max_points)
-        self.opts: dict[Cell, CellOptimizer] = {}
+        self.cells: dict[Cell, MapCell] = {}
         hs = sorted({h for h, _ in cells})
         cs = sorted({c for _, c in cells})
         self._h_index = {h: i for i, h in enumerate(hs)}
         self._c_index = {c: j for j, c in enumerate(cs)}
         self._log_h = (math.log(hs[0]), math.log(hs[-1]))
         self._log_c = (math.log(cs[0]), math.log(cs[-1]))
-        self.gains = np.zeros(len(ACQ_FUNCS))
-        self.nominees: np.ndarray | None = None  # (3, d + 2): weights and context
-        self._rewarded_at = 0
+        self.hedge = Hedge(eta)  # nominees (3, d + 2): weights and context
         self.theta: list[float] | None = None  # the GP's log hyper-parameters, last estimate
         self._tuned_at = 0  # results told when they were estimated
 
-    def attach(self, cell: Cell, opt: CellOptimizer) -> None:
-        """Make ``opt`` (the cell's optimiser) ask through this map."""
-        self.opts[cell] = opt
-        opt.map = self
-        opt.cell = cell
+    def attach(self, cell: Cell, search: MapCell) -> None:
+        """Make ``search`` (the cell's) ask through this map."""
+        self.cells[cell] = search
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def n_dims(self) -> int:
+        """Dimensions of the GP's inputs: the weights and the two context axes."""
+        return self.space.n_dims + 2
+
     def state(self) -> dict[str, Any]:
-        """What resuming needs, as JSON values: GP-Hedge gains and nominees, the last reward and tuning."""
-        return {
-            "n_asked": 0,
-            "gains": [float(g) for g in self.gains],
-            "nominees": None if self.nominees is None else self.nominees.tolist(),
-            "rewarded_at": self._rewarded_at,
-            "theta": self.theta,
-            "tuned_at": self._tuned_at,
-        }
+        """What resuming needs, as JSON values: GP-Hedge's portfolio, the hyper-parameters and when
+        they were estimated."""
+        return {**self.hedge.state(), "theta": self.theta, "tuned_at": self._tuned_at}
 
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Take back a stored :meth:`state` (resume).
-
-        Parameters
-        ----------
-        state : mapping
-            What :meth:`state` returned.
+    def validate(self, state: Any) -> dict[str, Any]:
+        """The values :meth:`restore` would take, each checked.
 
         Raises
         ------
         ValueError
-            Where a stored value is not one this surrogate could continue from: gains or
-            hyper-parameters that are not finite numbers (or lie far outside the kernel's
-            bounds), nominees outside the search's [0, 1] box, counters that are not whole
-            numbers. Nothing is taken then.
+            Gains or hyper-parameters that are not finite numbers (or lie far outside the
+            kernel's bounds), nominees outside the [0, 1] box, counters that are not whole numbers.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"a stored search state is a table, got {type(state).__name__}")
-        gains = stored_gains(state)
-        n_dims = self._n_dims()
-        nominees = state.get("nominees")
-        if n_dims is not None:
-            nominees = stored_nominees(state, n_dims)
-        elif nominees is not None:
-            nominees = np.asarray(nominees, dtype=float).reshape(len(ACQ_FUNCS), -1)
-        rewarded_at = stored_count(state, "rewarded_at", 0)
-        tuned_at = stored_count(state, "tuned_at", 0)
-        theta = _stored_theta(state.get("theta"), n_dims)
-        self.gains, self.nominees, self._rewarded_at = gains, nominees, rewarded_at
-        self.theta, self._tuned_at = theta, tuned_at
+        return {
+            "gains": stored_gains(state),
+            "nominees": stored_nominees(state, self.n_dims),
+            "rewarded_at": stored_count(state, "rewarded_at", 0),
+            "tuned_at": stored_count(state, "tuned_at", 0),
+            # a list of another length is kept: fit estimates fresh ones then, as for a grid of another shape
+            "theta": stored_theta(state.get("theta"), _theta_bounds(self.n_dims)),
+        }
 
-    def _n_dims(self) -> int | None:
-        """Dimensions of the map's GP inputs (weights and the two context axes); None before any cell attached."""
-        opt = next(iter(self.opts.values()), None)
-        return None if opt is None else len(opt.names) + 2
+    def restore(self, state: Any) -> None:
+        """Take back a stored :meth:`state` (resume); nothing is taken unless all of it passes
+        :meth:`validate`."""
+        values = self.validate(state)
+        self.hedge.gains, self.hedge.nominees = values["gains"], values["nominees"]
+        self.hedge.rewarded_at, self._tuned_at, self.theta = values["rewarded_at"], values["tuned_at"], values["theta"]
+
+    def fresh_resume(self) -> None:
+        """A store that kept no map state (a study that ran with per-cell GPs until now): fresh
+        gains, rewarded from the next result on."""
+        self.hedge.rewarded_at = self.n_finished
 
     @property
     def n_finished(self) -> int:
         """Results told to the map (failures included: they are told a penalty)."""
-        return sum(o.n_told for o in self.opts.values())
+        return sum(s.n_told for s in self.cells.values())
 
     # ------------------------------------------------------------------ the model
 
@@ -292,16 +216,21 @@ class MapSurrogate:
         def ring(other: Cell) -> int:
             return max(abs(self._h_index[other[0]] - i), abs(self._c_index[other[1]] - j))
 
-        order = sorted(self.opts, key=lambda k: (ring(k), k))
+        order = sorted(self.cells, key=lambda k: (ring(k), k))
         out, count = [], 0
         for r in sorted({ring(k) for k in order}):
             members = [k for k in order if ring(k) == r]
-            size = sum(self.opts[k].n_told + len(self.opts[k].pending) for k in members)
+            size = sum(self.cells[k].n_spent for k in members)
             if r > 1 and count + size > self.max_points:
                 break
             out += members
             count += size
         return out
+
+    def started(self, cell: Cell) -> tuple[int, bool]:
+        """Points spent by the cells around ``cell`` (itself included), and whether any has a result."""
+        near = [self.cells[k] for k in self.local_cells(cell)]
+        return sum(s.n_spent for s in near), any(s.finished() for s in near)
 
     def training_set(self, cell: Cell, *, with_pending: bool) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Inputs (weights in [0, 1], context), warped targets, and the index of the
@@ -312,60 +241,59 @@ class MapSurrogate:
         cells = self.local_cells(cell)
         per_cell = []
         for other in cells:
-            opt = self.opts[other]
+            search = self.cells[other]
             z = self.context(other)
-            told = opt._warped(opt._told_values()) if opt.n_told else []
-            X = [*opt.X]
+            told = search.warped(search.told_values()) if search.n_told else []
+            X = [*search.X]
             Y = list(told)
-            if with_pending and opt.pending:
-                lies = opt._warped([opt._lie(opt._told_values())] * len(opt.pending)) if opt.n_told else None
-                if lies is None:  # a cell with no result yet: the lie of the whole neighbourhood
-                    finished = [y for k in cells for y in self.opts[k].Y if y is not None]
-                    lies = opt._warped([min(finished) if finished else 1.0] * len(opt.pending))
-                X += list(opt.pending.values())
+            if with_pending and search.pending:
+                if search.n_told:
+                    lies = search.warped([search.lie(search.told_values())] * len(search.pending))
+                else:  # a cell with no result yet: the lie of the whole neighbourhood
+                    finished = [y for k in cells for y in self.cells[k].finished()]
+                    lies = search.warped([min(finished) if finished else 1.0] * len(search.pending))
+                X += list(search.pending.values())
                 Y += lies
-            per_cell.append((other, opt, z, X, Y))
+            per_cell.append((other, search, z, X, Y))
         n_all = sum(len(X) for *_, X, _ in per_cell)
-        for other, opt, z, X, Y in per_cell:
+        for other, search, z, X, Y in per_cell:
             if not X:
                 continue
             keep = range(len(X))
             if other != cell and n_all > self.max_points:
                 # thin a crowded first ring evenly (deterministic), never the asking cell
-                share = max(1, int(len(X) * (self.max_points - len(self.opts[cell].X)) / max(n_all, 1)))
+                share = max(1, int(len(X) * (self.max_points - len(self.cells[cell].X)) / max(n_all, 1)))
                 keep = np.unique(np.linspace(0, len(X) - 1, share).round().astype(int)).tolist()
-            Xt = opt._space.transform([X[k] for k in keep])
+            Xt = self.space.to_unit([X[k] for k in keep])
             for row, k in zip(Xt, keep, strict=True):
-                if other == cell and k < opt.n_told and opt.Y[k] is not None:
+                if other == cell and k < search.n_told and search.Y[k] is not None:
                     own.append(len(rows))
                 rows.append(np.concatenate([row, z]))
                 targets.append(Y[k])
         return np.array(rows), np.array(targets), own
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, seed: int, *, tune: bool = False) -> Any:
+    def fit(self, X: np.ndarray, Y: np.ndarray, seed: int, *, tune: bool = False) -> GaussianProcess:
         """The GP on ``(X, Y)``; its hyper-parameters are the map's :attr:`theta`,
         estimated by maximum likelihood only when ``tune`` or when there are none yet
         (from the last estimate, with no random restarts once there is one, on at most
         ``TUNE_POINTS`` points evenly thinned). Estimating them is what costs (~200
         likelihood evaluations, each cubic in the points); a fit with them held is one
-        Cholesky factorisation."""
+        Cholesky factorisation. A re-estimate starts both from the last estimate and from the
+        kernel's defaults, and keeps the likelier."""
         fresh = self.theta is None or len(self.theta) != len(_map_kernel(X.shape[1]).theta)
         if fresh or tune:
-            model = _map_gp(X.shape[1], seed, None if fresh else self.theta)
             keep = np.unique(np.linspace(0, len(X) - 1, min(len(X), TUNE_POINTS)).round().astype(int))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # hyper-parameter convergence notes on small, noisy data
-                model.fit(X[keep], Y[keep])
-            # skopt zeroes the fitted white noise for prediction and keeps it in noise_
-            noise = math.log(max(float(model.noise_ or 1e-5), 1e-5))
-            self.theta = [*(float(v) for v in model.kernel_.k1.theta), noise]
+            model = _map_gp(X.shape[1], seed, None if fresh else self.theta).fit(X[keep], Y[keep])
+            if not fresh:
+                # also from the kernel's defaults: an estimate from the first few points can be a poor
+                # optimum (a weight's length scale at its bound) that a search from it never leaves
+                again = _map_gp(X.shape[1], seed, _map_kernel(X.shape[1]).theta).fit(X[keep], Y[keep])
+                model = again if again.likelihood > model.likelihood else model
+            self.theta = model.theta
             self._tuned_at = self.n_finished
         model = _map_gp(X.shape[1], seed, self.theta)
-        model.optimizer = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(X, Y)
-        return model
+        model.optimise = False
+        return model.fit(X, Y)
 
     def _tune_now(self) -> bool:
         """Re-estimate the hyper-parameters after every new result while the map has
@@ -381,88 +309,144 @@ class MapSurrogate:
     # ------------------------------------------------------------------ asking
 
     def propose(
-        self, opt: CellOptimizer, seed: int, taken: set[tuple[float, ...]]
-    ) -> tuple[list[float] | None, str, float | None]:
-        """A point for ``opt``'s cell, the acquisition that chose it, and the expected
+        self, search: MapCell, seed: int, taken: set[tuple[float, ...]]
+    ) -> tuple[Point | None, str, float | None]:
+        """A point for ``search``'s cell, the acquisition that chose it, and the expected
         improvement there in log NRMSE (about the relative improvement) at the EI nominee."""
-        cell = opt.cell
-        assert cell is not None  # the map's optimisers are made for their cells
+        cell = search.cell
         z = self.context(cell)
-        pending_near = any(self.opts[k].pending for k in self.local_cells(cell))
+        pending_near = any(self.cells[k].pending for k in self.local_cells(cell))
         X, Y, own = self.training_set(cell, with_pending=True)
         model = self.fit(X, Y, seed, tune=self._tune_now())
         reward_seed = derived_seed(seed, "reward")
-        if self.nominees is not None and self.n_finished > self._rewarded_at:
+        if self.hedge.nominees is not None and self.n_finished > self.hedge.rewarded_at:
             finished_model = model
             if pending_near:
                 Xf, Yf, _ = self.training_set(cell, with_pending=False)
                 finished_model = self.fit(Xf, Yf, reward_seed)
-            if self.nominees.shape[1] == X.shape[1]:
-                self.gains = self.gains + hedge_reward(finished_model.predict(self.nominees), warp=opt.warp)
-            self._rewarded_at = self.n_finished
+            if self.hedge.nominees.shape[1] == X.shape[1]:
+                self.hedge.reward(finished_model.mean, self.n_finished, warp=search.warp)
+            self.hedge.rewarded_at = self.n_finished
 
-        at = _AtContext(model, z)
+        def at_context(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            W = np.atleast_2d(W)
+            return model.predict(np.hstack([W, np.tile(z, (len(W), 1))]))
+
         rng = np.random.default_rng(seed)
-        candidates = opt._space.transform(opt._space.rvs(N_CANDIDATES, random_state=int(rng.integers(2**31))))
-        taken_t = opt._space.transform([list(p) for p in taken]) if taken else np.empty((0, candidates.shape[1]))
-        if not own and not opt.pending:
+        candidates = self.space.sample(N_CANDIDATES, rng)
+        taken_unit = self.space.to_unit(taken)
+        if not own and not search.pending:
             # a cell's first point is a warm start from the whole map: its best mean there
-            for index in np.argsort(at.predict(candidates)):
-                if not opt._is_taken(candidates[index], taken_t):
-                    # skopt's rows are inferred as None (its transpose fills a list made of Nones)
-                    row = cast("list[Any]", opt._space.inverse_transform(candidates[index][None, :])[0])
-                    point = opt._cast(row)
-                    return point, "warm-start", None
+            for index in np.argsort(at_context(candidates)[0]):
+                if not self.space.is_taken(candidates[index], taken_unit):
+                    return self.space.from_unit(candidates[index]), "warm-start", None
         # the cell's own best; a cell with no result yet compares with the map's best guess there
-        incumbent = float(np.min(Y[own])) if own else float(np.min(at.predict(candidates)))
-        placed, points, valid = opt.nominate(at, incumbent, candidates, taken_t, taken)
+        incumbent = float(np.min(Y[own])) if own else float(np.min(at_context(candidates)[0]))
+        placed, points, valid = nominate(self.space, at_context, incumbent, candidates, taken, lbfgs=search.lbfgs)
         if not valid:
             return None, "random", None
-        self.nominees = np.array([np.concatenate([x, z]) for x in placed])
-        from skopt.acquisition import gaussian_ei  # deferred: skopt pulls scikit-learn
-
-        ei = float(np.ravel(gaussian_ei(placed[0][None, :], at, y_opt=incumbent, xi=0.0))[0])
-        choice = hedge_choice(self.gains, self.eta, valid, rng)
+        self.hedge.nominees = np.array([np.concatenate([x, z]) for x in placed])
+        ei = expected_improvement(at_context, placed[0], incumbent)
+        choice = self.hedge.choose(valid, rng)
         return points[choice], ACQ_FUNCS[choice], ei
 
 
-def attach_map(method: str, opts: Mapping[Cell, CellOptimizer], *, seed: int) -> MapSurrogate:
-    """One map surrogate for ``method``'s cell optimisers (``{(n_haadf, n_chem): opt}``)."""
-    surrogate = MapSurrogate(list(opts), seed=derived_seed(seed, "map", method))
-    surrogate.method = method
-    for cell, opt in opts.items():
-        surrogate.attach(cell, opt)
-    return surrogate
+class MapCell(_HedgeState):
+    """A cell that asks through its method's :class:`MapGP` once the cells around it have
+    ``n_initial`` points between them; warm starts (an earlier study's best points) come first.
+
+    Parameters
+    ----------
+    space, n_initial, seed, liar, warm_start, warp, stop_tolerance, stop_patience
+        As :class:`~tomosweep.search.base.Search`.
+    model
+        The method's map.
+    cell
+        The cell's tilt counts ``(n_haadf, n_chem)``.
+    acq_optimizer
+        As :class:`~tomosweep.search.cell.CellGP`.
+    """
+
+    kind = "map"
+    warm_beyond_start = True
+    shares_model = True
+
+    def __init__(
+        self,
+        space: Mapping[str, tuple[float, float, str, str]],
+        *,
+        model: MapGP,
+        cell: Cell,
+        acq_optimizer: str = "lbfgs",
+        **options: Any,
+    ) -> None:
+        super().__init__(space, **options)
+        self.model = model
+        self.cell = (int(cell[0]), int(cell[1]))
+        self.lbfgs = acq_optimizer == "lbfgs"
+        model.attach(self.cell, self)
+
+    def in_start(self) -> bool:
+        """The map's GP takes over once the cells around have ``n_initial`` points between them
+        and one result."""
+        spent, any_result = self.model.started(self.cell)
+        return spent < self.n_initial or not any_result
+
+    def propose(self, seed: int, taken: set[tuple[float, ...]]) -> tuple[Point | None, str, float | None]:
+        """The map's pick for this cell."""
+        return self.model.propose(self, seed, taken)
 
 
-def _maps(opts: Mapping[Any, CellOptimizer]) -> dict[str, MapSurrogate]:
-    found: dict[str, MapSurrogate] = {}
-    for opt in opts.values():
-        if opt.map is not None:
-            found.setdefault(opt.map.method, opt.map)
+def map_searches(
+    method: str,
+    cells: Sequence[Cell],
+    space: Mapping[str, tuple[float, float, str, str]],
+    *,
+    seed: int,
+    cell_seed: Any = None,
+    **options: Any,
+) -> dict[Cell, MapCell]:
+    """One :class:`MapCell` per cell of ``method``, all asking one :class:`MapGP`.
+
+    ``cell_seed(cell)`` gives each cell's own seed (default: derived from ``seed`` and the cell);
+    ``options`` are those of :class:`MapCell`.
+    """
+    model = MapGP(cells, space, seed=derived_seed(seed, "map", method), method=method)
+    out = {}
+    for cell in cells:
+        own = derived_seed(seed, *cell) if cell_seed is None else cell_seed(cell)
+        out[tuple(cell)] = MapCell(space, model=model, cell=cell, seed=own, **options)
+    return out
+
+
+def _maps(searches: Mapping[Any, Search]) -> dict[str, MapGP]:
+    found: dict[str, MapGP] = {}
+    for search in searches.values():
+        if isinstance(search, MapCell):
+            found.setdefault(search.model.method, search.model)
     return found
 
 
-def map_states(opts: Mapping[Any, CellOptimizer]) -> dict[str, Any]:
-    """The state of every map surrogate behind ``opts``, keyed as the store keeps it."""
-    return {map_state_key(method): surrogate.state() for method, surrogate in _maps(opts).items()}
+def map_states(searches: Mapping[Any, Search]) -> dict[str, Any]:
+    """The state of every map behind ``searches``, keyed as the store keeps it."""
+    return {map_state_key(method): model.state() for method, model in _maps(searches).items()}
 
 
-def restore_maps(opts: Mapping[Any, CellOptimizer], states: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Give each map surrogate behind ``opts`` its stored state (resume); a store without
-    one (a study that ran with per-cell surrogates until now) starts with fresh gains.
+def restore_maps(searches: Mapping[Any, Search], states: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Give each map behind ``searches`` its stored state (resume); a store without one (a study
+    that ran with per-cell GPs until now) starts with fresh gains.
 
-    Returns ``(key, why)`` for each stored state the surrogate could not continue from; those
-    surrogates are left fresh (the caller refuses, or resets them on request)."""
+    Returns ``(key, why)`` for each stored state the map could not continue from; those maps are
+    left fresh (the caller refuses, or resets them on request)."""
     problems = []
-    for method, surrogate in _maps(opts).items():
+    for method, model in _maps(searches).items():
         key = map_state_key(method)
         state = states.get(key)
         if state is None:
-            surrogate._rewarded_at = surrogate.n_finished
+            model.fresh_resume()
             continue
         try:
-            surrogate.restore(state)
+            model.restore(state)
         except (KeyError, TypeError, ValueError) as exc:
             problems.append((key, unreadable(exc)))
     return problems

@@ -7,14 +7,13 @@ Used by ``tomosweep export --cell`` (the ``objective_*.png`` figures) and by the
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 from typing import Any
 
 from tomosweep.errors import StoreError
 from tomosweep.results import SweepStore
-from tomosweep.results.export import objective_figure, searched_ranges
-from tomosweep.search.cell import CellOptimizer
+from tomosweep.results.export import objective_figure
+from tomosweep.search.cell import CellGP
 from tomosweep.sweep.spec import stored_study
 
 
@@ -27,7 +26,7 @@ def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
     for method in study.methods:
         ranges = study.searched(method)
         space = {n: (r.low, r.high, r.prior, study.param_kind(method, n)) for n, r in ranges.items()}
-        opt = CellOptimizer(space, n_initial=1, seed=study.seed)
+        opt = CellGP(space, n_initial=1, seed=study.seed)
         for r in records:
             if r.method == method and r.cell == tuple(cell):
                 opt.tell(r.params, r.nrmse if r.ok else None)
@@ -35,7 +34,7 @@ def cell_surrogates(store: SweepStore, cell: tuple[int, int]) -> dict[str, Any]:
             raise StoreError(
                 f"{method} has {opt.n_told} trial(s) at {cell[0]} × {cell[1]}; the objective plot needs at least 2"
             )
-        out[method] = opt.surrogate()
+        out[method] = opt.surface()
     return out
 
 
@@ -45,14 +44,10 @@ def landscape_pngs(store: Path, cell: tuple[int, int]) -> list[tuple[str, bytes]
     with SweepStore.open(store) as opened:
         surrogates = cell_surrogates(opened, cell)
         for method, result in surrogates.items():
-            ranges = searched_ranges(opened, method)
-            prior = {name: str(rng.get("prior", "linear")) for name, rng in ranges.items()}
-            title = f"{method}, {cell[0]} HAADF × {cell[1]} chemical tilts ({len(result.x_iters)} trials)"
-            fig = objective_figure(result, prior, title)
+            title = f"{method}, {cell[0]} HAADF × {cell[1]} chemical tilts ({len(result.points)} trials)"
+            fig = objective_figure(result, title)
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-            if "matplotlib.pyplot" in sys.modules:  # skopt draws through pyplot, which keeps its figures
-                sys.modules["matplotlib.pyplot"].close(fig)
             images.append(
                 (f"{method}: the GP's mean log NRMSE (partial dependence), trials as dots", buffer.getvalue())
             )

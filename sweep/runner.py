@@ -1,17 +1,15 @@
 """The driver loop: keep every worker busy, record each trial exactly once, never lose one.
 
-One :class:`~tomosweep.search.cell.CellOptimizer` per (method, cell) proposes
-points; the runner submits trials as Dask tasks across all cells at once (the cell
-with the fewest trials asked goes next), and as each finishes it appends the record
-to the store together with the optimisers' new state (the commit point), tells the
-optimiser, and refills the queue.
+One search per (method, cell) (:class:`~tomosweep.search.base.Search`: the cell's own GP, a
+cell of the method's map-wide GP, or random search) proposes points; the runner submits trials
+as Dask tasks across all cells at once (the cell with the fewest trials asked goes next), and as
+each finishes it appends the record to the store together with the searches' new state (the
+commit point), tells the search, and refills the queue.
 
-Knowledge shared across cells: while a cell is in its initial phase, its first points
-are the best points found so far in its neighbouring cells of the same method (the 8
-around it on the tilt grid), best first, then the best points of the nearest cell of
-an earlier study (``warm_from``); only then random draws, and the last initial point is
-always random (``[budget] warm_start``). A cell whose finite space is exhausted stops
-early.
+Knowledge shared across cells: while a cell is in its start it tries the warm starts of
+:mod:`tomosweep.search.warm` first (its neighbours' bests, an earlier study's or the rung below's;
+``[budget] warm_start``). A cell whose search is done (:attr:`~tomosweep.search.base.Search.done`:
+converged, or its finite space exhausted) stops early.
 
 Failures, in the words of the store:
 
@@ -46,16 +44,17 @@ import numpy as np
 
 from tomosweep.errors import ClusterError, StoreError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
-from tomosweep.search.cell import CellOptimizer, Proposal, derived_seed, unreadable
-from tomosweep.search.map import attach_map, map_states, restore_maps
-from tomosweep.sweep.grid import nearest_cell
+from tomosweep.search.base import EXHAUSTED, Proposal, Search, derived_seed, unreadable
+from tomosweep.search.cell import cell_search
+from tomosweep.search.map import map_searches, map_states, restore_maps
+from tomosweep.search.warm import warm_points
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.spec import Study, trial_timeout
 from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.view.heartbeat import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
-EXHAUSTED = "every point of its search space is evaluated"
+__all__ = ["EXHAUSTED", "Runner", "RunSummary", "build_searches", "state_problems"]
 
 
 log = logging.getLogger(__name__)
@@ -119,9 +118,9 @@ def stuck_at(frames: Any) -> str:
     return f", {'while importing' if imports else 'at'} {where.removeprefix('File ')}"
 
 
-def stop_reason(opt: CellOptimizer) -> str:
+def stop_reason(search: Search) -> str:
     """Why a cell asked no more points: the adaptive budget's reason, else its finite space is spent."""
-    return opt.stopped or EXHAUSTED
+    return search.done or EXHAUSTED
 
 
 def state_key(key: Key) -> str:
@@ -129,29 +128,34 @@ def state_key(key: Key) -> str:
     return "/".join(str(v) for v in key)
 
 
-def _optimisers(study: Study) -> dict[Key, CellOptimizer]:
-    """One fresh optimiser per (method, cell), attached to its method's map surrogate (if any)."""
-    opts: dict[Key, CellOptimizer] = {}
+def _searches(study: Study) -> dict[Key, Search]:
+    """One fresh search per (method, cell): the cell's own GP, a cell of its method's map-wide GP
+    (``[budget] surrogate = "map"``), or random search (``sampler = "random"``)."""
+    opts: dict[Key, Search] = {}
     for method in study.methods:
         space = {}
         for name, rng in study.searched(method).items():
             space[name] = (rng.low, rng.high, rng.prior, study.param_kind(method, name))
-        for h, c in study.cells:
-            opts[(method, h, c)] = CellOptimizer(
-                space,
-                n_initial=study.budget.initial_points,
-                seed=derived_seed(study.seed, "optimiser", method, h, c),
-                liar=study.budget.liar,
-                sampler=study.budget.sampler,
-                stop_tolerance=study.budget.stop_tolerance,
-                stop_patience=study.budget.stop_patience,
-            )
-        if study.budget.surrogate == "map":
-            attach_map(method, {(h, c): opts[(method, h, c)] for h, c in study.cells}, seed=study.seed)
+        options: dict[str, Any] = {
+            "n_initial": study.budget.initial_points,
+            "liar": study.budget.liar,
+            "stop_tolerance": study.budget.stop_tolerance,
+            "stop_patience": study.budget.stop_patience,
+        }
+
+        def seed_of(cell: tuple[int, int], method: str = method) -> int:
+            return derived_seed(study.seed, "optimiser", method, *cell)
+
+        if study.budget.surrogate == "map" and study.budget.sampler == "gp":
+            cells = map_searches(method, study.cells, space, seed=study.seed, cell_seed=seed_of, **options)
+            opts.update({(method, h, c): search for (h, c), search in cells.items()})
+        else:
+            for h, c in study.cells:
+                opts[(method, h, c)] = cell_search(space, sampler=study.budget.sampler, seed=seed_of((h, c)), **options)
     return opts
 
 
-def _restore(opts: dict[Key, CellOptimizer], states: Any) -> list[tuple[str, str]]:
+def _restore(opts: dict[Key, Search], states: Any) -> list[tuple[str, str]]:
     """Give every optimiser and map surrogate its stored state; ``(key, why)`` for each state
     that the code which continues the search could not continue from (left fresh)."""
     if not isinstance(states, Mapping):
@@ -160,7 +164,7 @@ def _restore(opts: dict[Key, CellOptimizer], states: Any) -> list[tuple[str, str
     for key, opt in opts.items():
         state = states.get(state_key(key))
         if state is None:
-            opt.n_asked = opt.n_told  # a store without state: continue the seed sequence
+            opt.fresh_resume()  # a store without state: continue the seed sequence
             continue
         try:
             opt.restore(state)
@@ -173,13 +177,13 @@ def state_problems(study: Study, store: SweepStore) -> list[tuple[str, str]]:
     """``(key, why)`` for every stored search state of ``store`` that a resume of ``study`` would
     refuse: each is restored by the very code a resume continues from (``key`` "" for the
     attribute as a whole). Reads no trial."""
-    return _restore(_optimisers(study), store.attrs.get("optimiser") or {})
+    return _restore(_searches(study), store.attrs.get("optimiser") or {})
 
 
-def build_optimisers(study: Study, store: SweepStore) -> dict[Key, CellOptimizer]:
-    """One optimiser per (method, cell), told every stored trial of that cell and
+def build_searches(study: Study, store: SweepStore) -> dict[Key, Search]:
+    """One search per (method, cell), told every stored trial of that cell and
     given its stored state (resume)."""
-    opts = _optimisers(study)
+    opts = _searches(study)
     for record in store.records():
         opt = opts.get((record.method, record.n_haadf, record.n_chem))
         if opt is not None:
@@ -240,55 +244,6 @@ def prune_thresholds(curves: list[list[tuple[int, float]]]) -> dict[int, float]:
     return out
 
 
-def neighbours(key: Key, cells: list[tuple[int, int]]) -> list[Key]:
-    """The cells of the same method around ``key`` on the tilt grid (8-neighbourhood)."""
-    method, h, c = key
-    hs = sorted({cell[0] for cell in cells})
-    cs = sorted({cell[1] for cell in cells})
-    i, j = hs.index(h), cs.index(c)
-    out = []
-    for di in (-1, 0, 1):
-        for dj in (-1, 0, 1):
-            if (di or dj) and 0 <= i + di < len(hs) and 0 <= j + dj < len(cs):
-                out.append((method, hs[i + di], cs[j + dj]))
-    return out
-
-
-MAP_WARM_POINTS = 2  # with a map surrogate, a cell starts from this many of an earlier study's best points
-
-
-def warm_points(
-    key: Key, opts: dict[Key, CellOptimizer], cells: list[tuple[int, int]], earlier: list[TrialRecord]
-) -> list[dict[str, float]]:
-    """The points a cell in its initial phase starts from: its neighbours' bests so far
-    (best first), then the best points of the nearest cell of an earlier study (a
-    ``--warm-start`` store, or the rung below on the resolution ladder).
-
-    Under a map surrogate the map's GP already holds the neighbours' results, so a cell
-    starts only from the earlier study's ``MAP_WARM_POINTS`` best points there."""
-    bests = []
-    with_map = opts[key].map is not None
-    for other in [] if with_map else neighbours(key, cells):
-        opt = opts.get(other)
-        if opt is None:
-            continue
-        found = opt.best()
-        if found is not None:
-            bests.append((found[1], found[0]))
-    points = [p for _, p in sorted(bests, key=lambda t: t[0])]
-    method, h, c = key
-    same = [r for r in earlier if r.method == method and r.ok]
-    if same:
-        names = opts[key].names
-        usable = [r for r in same if all(n in r.params for n in names)]
-        if usable:
-            # a study on another grid maps onto this one
-            nearest = nearest_cell(sorted({r.cell for r in usable}), h, c)
-            cell_records = sorted((r for r in usable if r.cell == nearest), key=lambda r: r.nrmse)
-            points += [{n: r.params[n] for n in names} for r in cell_records]
-    return points[:MAP_WARM_POINTS] if with_map else points
-
-
 class Runner:
     """Run a study's remaining budget on a Dask client, writing to an open (locked) store."""
 
@@ -320,6 +275,8 @@ class Runner:
         self.slots = slots
         self.resources = resources
         self.warm_from = list(warm_from or [])
+        # what the warm starts read of an earlier study: its finished trials as plain values
+        self.earlier = [(r.method, r.cell, r.params, r.nrmse) for r in self.warm_from if r.ok]
         self.task_data = task_data  # a tune's prepared series, carried by every trial (TrialTask.data)
         if trial_timeout_s is None:
             trial_timeout_s = trial_timeout(study, n=getattr(task_data, "n_det", None))
@@ -403,8 +360,8 @@ class Runner:
         return TrialRecord(**base, status=FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
 
     @staticmethod
-    def _best(opts: dict[Key, CellOptimizer]) -> float | None:
-        values = [found[1] for o in opts.values() if (found := o.best()) is not None and math.isfinite(found[1])]
+    def _best(opts: dict[Key, Search]) -> float | None:
+        values = [found[0] for o in opts.values() if (found := o.best()) is not None and math.isfinite(found[0])]
         return min(values) if values else None
 
 
@@ -414,7 +371,7 @@ class _Pass:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
         study, store = runner.study, runner.store
-        self.opts = build_optimisers(study, store)
+        self.opts = build_searches(study, store)
         self.budget_per = study.budget.trials_per_cell
         cap = self.budget_per * len(self.opts)
         self.total = min(cap, study.budget.total) if study.budget.total else cap
@@ -613,7 +570,7 @@ class _Pass:
             ask_id = next(runner._seq)
             opt = self.opts[key]
             if study.budget.warm_start and opt.n_spent < opt.n_initial:
-                opt.set_warm_start(warm_points(key, self.opts, self.cells, runner.warm_from))
+                opt.set_warm_start(warm_points(key, self.opts, self.cells, runner.earlier))
             proposal: Proposal | None = opt.ask(ask_id)
             self.dirty.add(key)
             if proposal is None:

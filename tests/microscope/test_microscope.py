@@ -16,7 +16,7 @@ from tomosweep.microscope.plan import parse_cost, plan
 from tomosweep.microscope.reconstruct import check_out_folder, study_weights
 from tomosweep.microscope.replicate import replicate_cells
 from tomosweep.results import SweepStore
-from tomosweep.sweep.grid import nearest_cell
+from tomosweep.search.warm import nearest_cell
 from tomosweep.sweep.spec import study_from_dict
 
 
