@@ -66,13 +66,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import json
 import logging
 import math
 import os
 import re
-import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +80,8 @@ import numpy as np
 
 from tomosweep import __version__
 from tomosweep.compat import zarr_write_many
-from tomosweep.errors import StoreError, StoreLockedError
-from tomosweep.nofollow import SymlinkRefusedError, open_no_follow
+from tomosweep.errors import StoreError
+from tomosweep.results.lock import StoreLock
 
 FORMAT = "tomosweep-sweep-store"
 # 2: the fused method's lambda_haadf became relative to the data's balance point, so a
@@ -104,10 +102,6 @@ OK, FAILED, PRUNED = "ok", "failed", "pruned"
 _STATUS_CODE = {OK: 0, FAILED: 1, PRUNED: 2}
 _STATUS_NAME = {v: k for k, v in _STATUS_CODE.items()}
 _CHUNK = 256
-_LOCK_NAME = ".tomosweep.lock"
-# opt-in for a file system without file locks (some NFS): the user vouches for one writer
-UNLOCKED_ENV = "TOMOSWEEP_UNLOCKED_STORE"
-_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL}
 # what a trial column holds where no trial was written: a value no trial can hold
 _FILL = {"method": -1, "status": -1, "iterations": -1, "n_haadf": 0, "n_chem": 0}
 
@@ -163,91 +157,6 @@ class TrialRecord:
         return (self.n_haadf, self.n_chem)
 
 
-def _hostname() -> str:
-    return socket.gethostname()
-
-
-class _Lock:
-    """The one-writer guard: an exclusive ``flock`` on the store directory's own file descriptor.
-
-    Held for the driver's lifetime and released by the kernel when the process ends, however
-    it ends: a dead driver's lock is never stale. No file inside the store is the lock, so
-    removing ``.tomosweep.lock`` lets no second driver in; that file only names the holder.
-    The note file is locked as well, so a driver of an earlier tomosweep (which locked only
-    that file) is kept out too.
-    """
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.path = store / _LOCK_NAME
-        self._fds: list[int] = []
-
-    def acquire(self) -> None:
-        try:
-            dir_fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise StoreError(f"store {self.store} cannot be opened ({exc.strerror})") from None
-        self._fds.append(dir_fd)
-        try:
-            self._flock(dir_fd)
-            try:
-                note_fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
-            except OSError as exc:
-                raise StoreError(
-                    f"store {self.store} cannot be written ({exc.strerror}): resuming needs write access; "
-                    "`tomosweep status` and `export` only read it"
-                ) from None
-            self._fds.append(note_fd)
-            self._flock(note_fd)
-            os.ftruncate(note_fd, 0)
-            note = {"pid": os.getpid(), "host": _hostname(), "since": dt.datetime.now().isoformat(timespec="seconds")}
-            os.write(note_fd, json.dumps(note).encode())
-        except BaseException:
-            self.release()
-            raise
-
-    def _flock(self, fd: int) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(
-                f"store {self.store} is being written by another driver ({self._holder()}). "
-                "Only one driver may write a store: wait for it to finish, stop it, or use "
-                "`tomosweep status` to watch it. Reading (status, export) works meanwhile."
-            ) from None
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise StoreError(f"cannot lock the store {self.store} ({exc.strerror})") from None
-            if os.environ.get(UNLOCKED_ENV) == "1":
-                log.warning("%s: the file system has no file locks; writing unlocked (%s=1)", self.store, UNLOCKED_ENV)
-                return
-            raise StoreError(
-                f"the file system of {self.store} has no file locks ({exc.strerror}), so tomosweep cannot keep a "
-                f"second driver out. Move the store to a local disk, or, if you are sure no other driver writes it, "
-                f"set {UNLOCKED_ENV}=1"
-            ) from None
-
-    def _holder(self) -> str:
-        try:
-            fd = open_no_follow(self.path, os.O_RDONLY)
-        except (OSError, SymlinkRefusedError):
-            return "holder unknown"
-        try:
-            note = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            return f"pid {int(note['pid'])} on {str(note['host'])[:64]}, since {str(note['since'])[:32]}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "holder unknown"
-        finally:
-            os.close(fd)
-
-    def release(self) -> None:
-        while self._fds:
-            fd = self._fds.pop()
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
 def _zarr() -> Any:
     import zarr
 
@@ -276,7 +185,7 @@ class SweepStore:
     :class:`~tomosweep.errors.StoreLockedError`. Read-only opens never lock.
     """
 
-    def __init__(self, path: Path, group: Any, lock: _Lock | None) -> None:
+    def __init__(self, path: Path, group: Any, lock: StoreLock | None) -> None:
         self.path = path
         self._group = group
         self._lock = lock
@@ -395,7 +304,7 @@ class SweepStore:
             raise StoreError(f"{path} already exists (created just now by another process)") from None
         except OSError as exc:
             raise StoreError(f"cannot create the store {path}: {exc.strerror}") from None
-        lock = _Lock(path)
+        lock = StoreLock(path)
         lock.acquire()
         try:
             group = zarr.open_group(path, mode="a")  # "w" would delete the lock file just taken
@@ -456,7 +365,7 @@ class SweepStore:
             )
         lock = None
         if writable:
-            lock = _Lock(path)
+            lock = StoreLock(path)
             lock.acquire()
         try:
             if writable:

@@ -25,7 +25,7 @@ from zarr.storage import LocalStore
 
 from tomosweep.errors import StoreError, StoreLockedError, TomosweepError
 from tomosweep.results import OK, SweepStore, TrialRecord
-from tomosweep.results.store import UNLOCKED_ENV
+from tomosweep.results.lock import UNLOCKED_ENV
 
 ELEMENTS = ("Co", "O")
 OLD_GRID = ([5, 9], [3])
