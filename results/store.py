@@ -81,6 +81,7 @@ import numpy as np
 from tomosweep import __version__
 from tomosweep.compat import zarr_write_many
 from tomosweep.errors import StoreError
+from tomosweep.results.audit import StoreAudit, map_difference, merged_maps, replicate_problem, rows_intact
 from tomosweep.results.lock import StoreLock
 
 FORMAT = "tomosweep-sweep-store"
@@ -555,7 +556,7 @@ class SweepStore:
             return [("", f"attribute replicates is a {type(raw).__name__}, not a table of cells")]
         out = []
         for key, entry in raw.items():
-            why = _replicate_problem(str(key), entry, self.methods, self.param_names)
+            why = replicate_problem(str(key), entry, self.methods, self.param_names)
             if why:
                 out.append((str(key), why))
         return out
@@ -749,7 +750,7 @@ class SweepStore:
                     f"trials/{name} chunk {k} (trials {lo}–{min(hi, n) - 1}) is missing (deleted?): those trials "
                     "read as empty values and are left as they are (restore the chunk from a backup)"
                 )
-        bad_rows = ~self._rows_intact(values)
+        bad_rows = ~rows_intact(values, len(self.methods))
         impossible = np.flatnonzero(bad_rows[:n] & ~damaged[:n])
         if impossible.size:
             shown = ", ".join(str(r) for r in impossible[:8]) + (" …" if impossible.size > 8 else "")
@@ -795,7 +796,7 @@ class SweepStore:
             findings.append(f"the maps cannot be read ({self.map_damage}): --repair rebuilds them from the trials")
         else:
             for m in self.methods:
-                adds, extra = _map_difference(self._maps[m], fresh[m])
+                adds, extra = map_difference(self._maps[m], fresh[m])
                 if adds:
                     missing_in_maps.append(m)
                 if extra:
@@ -840,26 +841,6 @@ class SweepStore:
         arr = self._columns[name]
         key = "/".join(str(v) for v in (k, *([0] * (arr.ndim - 1))))
         return (self.path / "trials" / name / "c" / key).exists()
-
-    def _rows_intact(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Per row: do its columns hold values a trial can hold?"""
-        method, status = values["method"].astype(int), values["status"].astype(int)
-        nrmse = values["nrmse"].astype(float)
-        finished = (status == 0) | (status == 2)
-        with np.errstate(invalid="ignore"):
-            ok = (method >= 0) & (method < len(self.methods)) & np.isin(status, (0, 1, 2))
-            ok &= (values["n_haadf"] > 0) & (values["n_chem"] > 0) & (values["iterations"] >= 0)
-            wall = values["wall_time_s"].astype(float)
-            ok &= np.isfinite(wall) & (wall >= 0)
-            ok &= ~finished | (np.isfinite(nrmse) & (nrmse >= 0))
-            ok &= (status != 0) | np.all(np.isfinite(values["nrmse_elements"].astype(float)), axis=1)
-            ok &= np.any(np.isfinite(values["params"].astype(float)), axis=1)
-        for r in np.flatnonzero(ok):
-            try:
-                ok[r] = isinstance(json.loads(str(values["meta"][r])), dict)
-            except ValueError:
-                ok[r] = False
-        return ok
 
     # ------------------------------------------------------------------ reading
 
@@ -979,80 +960,6 @@ class SweepStore:
                 f"store {self.path} is damaged: prepared/{name} cannot be read ({type(exc).__name__}: {exc})"
             ) from None
         return arrays, dict(meta)
-
-
-_REPLICATE_KEY = re.compile(r"([A-Za-z][\w-]*)/([1-9]\d*)/([1-9]\d*)(?:/snr×([0-9.eE+-]+))?")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _replicate_problem(key: str, entry: Any, methods: Sequence[str], param_names: Sequence[str]) -> str:
-    """Why one replicate entry is malformed ("" if it is not): the shape ``record_replicates`` writes."""
-    match = _REPLICATE_KEY.fullmatch(key)
-    if match is None:
-        return "its key is not method/n_haadf/n_chem[/snr×F]"
-    if match.group(1) not in methods:
-        return f"method {match.group(1)!r} is not in this store"
-    if not isinstance(entry, Mapping):
-        return f"the entry is a {type(entry).__name__}, not a table"
-    params = entry.get("params")
-    if not isinstance(params, Mapping) or not all(k in param_names and _is_number(v) for k, v in params.items()):
-        return "its params are not numbers for this store's parameters"
-    seeds, nrmse = entry.get("noise_seeds"), entry.get("nrmse")
-    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
-        return "its noise_seeds are not a list of integers"
-    if not isinstance(nrmse, list) or not all(v is None or (_is_number(v) and v >= 0) for v in nrmse):
-        return "its nrmse are not a list of non-negative numbers (or null for a failed run)"
-    if len(nrmse) != len(seeds):
-        return f"it has {len(nrmse)} NRMSE values for {len(seeds)} noise seeds"
-    scale = entry.get("chem_snr_scale", 1.0)
-    if not _is_number(scale) or scale <= 0:
-        return "its chem_snr_scale is not a positive number"
-    failed = entry.get("failed", [])
-    if not isinstance(failed, list) or not all(isinstance(v, str) for v in failed):
-        return "its failed list is not a list of messages"
-    return ""
-
-
-@dataclass(frozen=True)
-class StoreAudit:
-    """What :meth:`SweepStore.audit` found: one line per finding, and the rows concerned."""
-
-    findings: tuple[str, ...]
-    damaged_rows: frozenset[int]  # committed rows whose values cannot be trusted
-    uncommitted: int  # intact written rows right after the committed ones (--repair counts them in)
-    lowered: bool  # more than one written row after the counter: n_committed was lowered
-
-    @property
-    def blocks_resume(self) -> bool:
-        """A resume would trust damaged rows or write over written ones."""
-        return bool(self.damaged_rows) or self.lowered
-
-
-def _map_difference(stored: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray]) -> tuple[bool, bool]:
-    """(the stored maps lack something the trials hold, the stored maps hold more than the trials)."""
-    with np.errstate(invalid="ignore"):
-        lacks = bool(np.any(stored["n_trials"] < fresh["n_trials"]) or np.any(stored["n_failed"] < fresh["n_failed"]))
-        lacks |= bool(np.any(np.isfinite(fresh["best_nrmse"]) & ~(stored["best_nrmse"] <= fresh["best_nrmse"])))
-        more = bool(np.any(stored["n_trials"] > fresh["n_trials"]) or np.any(stored["n_failed"] > fresh["n_failed"]))
-        more |= bool(np.any(np.isfinite(stored["best_nrmse"]) & ~(stored["best_nrmse"] >= fresh["best_nrmse"])))
-    return lacks, more
-
-
-def merged_maps(stored: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Maps that keep everything either holds: counts at their larger value, each cell's best at
-    the lower NRMSE with its parameters. What ``check --repair`` writes: it never lowers a count
-    nor raises (loses) a best."""
-    out = {name: np.array(values) for name, values in stored.items()}
-    out["n_trials"] = np.maximum(stored["n_trials"], fresh["n_trials"])
-    out["n_failed"] = np.maximum(stored["n_failed"], fresh["n_failed"])
-    with np.errstate(invalid="ignore"):
-        better = np.isfinite(fresh["best_nrmse"]) & ~(stored["best_nrmse"] <= fresh["best_nrmse"])
-    out["best_nrmse"][better] = fresh["best_nrmse"][better]
-    out["best_params"][better] = fresh["best_params"][better]
-    return out
 
 
 def pruning_summary(records: Iterable[TrialRecord]) -> dict[tuple[str, int, int], dict[str, float]]:
