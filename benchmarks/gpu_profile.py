@@ -219,13 +219,7 @@ def main() -> None:
 
     data = problem(args.n, args.elements, args.haadf, args.chem, xp)
     t0 = time.perf_counter()
-    start = fused_start(
-        data["chem_op"],
-        data["chem"],
-        haadf_projector=data["haadf_op"],
-        haadf_tilt_series=data["haadf"],
-        elements=data["elements"],
-    )
+    start = fused_start(data["haadf_op"], data["haadf"], data["chem_op"], data["chem"], data["elements"])
     sync()
     start_s = time.perf_counter() - t0
     run(data, start, 1, args.tv_iter, sync)  # warm-up: CuPy compiles its kernels on first use

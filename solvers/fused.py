@@ -448,12 +448,12 @@ class FusedStart:
 
 
 def fused_start(
+    haadf_projector: Projector | None,
+    haadf_tilt_series: Any,
     chem_projector: Projector,
     chem_tilt_series: Any,
-    *,
-    haadf_projector: Projector | None = None,
-    haadf_tilt_series: Any = None,
     elements: Sequence[str | float] | None = None,
+    *,
     gamma: float = 1.7,
     eps: float | Sequence[float] | np.ndarray = 0.1,
     n_init: int = 50,
@@ -469,6 +469,9 @@ def fused_start(
     ``lambda_haadf`` of :func:`fused` relative (see there), and ``haadf_scale`` puts
     ``b_H`` on the scale of the model (see :func:`fused`). Nothing here depends on
     the weights, so every trial of a sweep cell shares one start.
+
+    The series come in the order of :func:`fused` (HAADF, then chemical); without a HAADF series
+    (``None, None``) the start is the chemical one alone, with no balance point.
     """
     validation.positive_int(n_init, "n_init", minimum=0)
     validation.positive_int(power_iter, "power_iter", minimum=1)
@@ -936,13 +939,17 @@ def fused_objective(
     elements: Sequence[str | float],
     volumes: Any,
     *,
-    lambda_haadf: float = 1.0,
+    lambda_haadf_abs: float = 1.0,
     lambda_chem: float = 1.0,
     lambda_tv: float = 1.0,
     gamma: float = 1.7,
     eps: float | Sequence[float] | np.ndarray = 0.1,
 ) -> tuple[float, Any]:
     """Eq. 1 and the gradient of its smooth part at ``volumes`` (public layout).
+
+    The weights are Eq. 1's own: ``lambda_haadf_abs`` is the absolute λ1 (what :func:`fused`
+    reports in ``info["lambda_haadf_abs"]``), not the relative ``lambda_haadf`` that :func:`fused`
+    takes.
 
     Returns ``(Ψ(x), ∇(λ1Ψ1 + λ2Ψ2))``; the TV term enters the value only (it is
     handled by its proximal operator, not differentiated). Used by the tests to check
@@ -959,9 +966,9 @@ def fused_objective(
         device=None,
     )
     x = prob.to_internal(volumes)
-    terms, grad = _smooth_terms(prob, x, float(lambda_haadf), float(lambda_chem))
+    terms, grad = _smooth_terms(prob, x, float(lambda_haadf_abs), float(lambda_chem))
     value = (
-        lambda_haadf * float(terms["haadf"])
+        lambda_haadf_abs * float(terms["haadf"])
         + lambda_chem * float(terms["chem"])
         + lambda_tv * tv_norm(prob.as_4d(x), axes=_SPATIAL)
     )

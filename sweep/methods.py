@@ -205,11 +205,11 @@ def cell_start(cell: CellData, device: str) -> FusedStart:
     key = f"fused_start/{device}"
     if key not in cell.derived:
         cell.derived[key] = fused_start(
+            cell.haadf_projector,
+            cell.haadf,
             cell.chem_projector,
             cell.chem,
-            haadf_projector=cell.haadf_projector,
-            haadf_tilt_series=cell.haadf,
-            elements=cell.elements,
+            cell.elements,
             gamma=cell.gamma,
             eps=cell.eps,
             haadf_scale=cell.haadf_scale,

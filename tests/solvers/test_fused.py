@@ -39,7 +39,7 @@ def test_gradient_matches_finite_differences(gamma):
             chem,
             ["Co", "O"],
             v,
-            lambda_haadf=0.3,
+            lambda_haadf_abs=0.3,
             lambda_chem=2.0,
             lambda_tv=0.0,
             gamma=gamma,
@@ -64,7 +64,7 @@ def test_objective_terms_match_equation_1():
     proj = np.stack([chem_op.forward(v) for v in x])
     psi2 = (proj - chem * np.log(proj + 0.1)).sum()
     value, _ = fused_objective(
-        haadf_op, haadf, chem_op, chem, ["Co", "O"], x, lambda_haadf=2.0, lambda_chem=3.0, lambda_tv=0.0
+        haadf_op, haadf, chem_op, chem, ["Co", "O"], x, lambda_haadf_abs=2.0, lambda_chem=3.0, lambda_tv=0.0
     )
     assert value == pytest.approx(2.0 * psi1 + 3.0 * psi2, rel=1e-10)
 
@@ -211,7 +211,7 @@ def test_weights_are_unit_free(noisy):
 
 def test_converges_and_stops_at_tol(noisy):
     _, haadf_op, haadf, chem_op, chem = noisy
-    start = fused_start(chem_op, chem, haadf_projector=haadf_op, haadf_tilt_series=haadf, elements=ELEMENTS)
+    start = fused_start(haadf_op, haadf, chem_op, chem, ELEMENTS)
     kwargs = dict(lambda_haadf=30.0, lambda_tv=10.0, start=start)
 
     def objective(result):
@@ -229,7 +229,7 @@ def test_converges_and_stops_at_tol(noisy):
 
 def test_shared_start_gives_the_same_result(noisy):
     _, haadf_op, haadf, chem_op, chem = noisy
-    start = fused_start(chem_op, chem, haadf_projector=haadf_op, haadf_tilt_series=haadf, elements=ELEMENTS)
+    start = fused_start(haadf_op, haadf, chem_op, chem, ELEMENTS)
     assert start.iterations == 50 and start.balance > 0
     own = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=5, tol=0)
     shared = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, n_iter=5, tol=0, start=start)
@@ -239,7 +239,7 @@ def test_shared_start_gives_the_same_result(noisy):
     with pytest.raises(InputError, match="start.volume has shape"):
         fused(haadf_op, haadf[..., :1], chem_op, chem[..., :1], ELEMENTS, n_iter=1, start=start)
     with pytest.raises(InputError, match="no counts"):
-        fused_start(chem_op, np.zeros_like(chem))
+        fused_start(None, None, chem_op, np.zeros_like(chem))
 
 
 def _slab_acquisition(name: str, n: int, width: int = 4):
@@ -288,11 +288,11 @@ def test_best_relative_lambda_haadf_carries_over_sizes_and_specimens():
         for n in (32, 48, 64):
             elements, truth, haadf_op, haadf, chem_op, chem, eps = _slab_acquisition(name, n)
             start = fused_start(
+                haadf_op,
+                haadf,
                 chem_op,
                 chem,
-                haadf_projector=haadf_op,
-                haadf_tilt_series=haadf,
-                elements=elements,
+                elements,
                 eps=eps,
                 haadf_scale=None,
             )
@@ -341,11 +341,11 @@ def test_auto_haadf_scale_lands_within_20_percent_of_the_true_one():
     assert result.info["haadf_scale"] == pytest.approx(true, rel=0.2)
     assert result.info["haadf_scale_fit"] == "joint" and result.info["haadf_scale_refits"] >= 1
     old = fused_start(
+        haadf_op,
+        acq.haadf,
         chem_op,
         chem,
-        haadf_projector=haadf_op,
-        haadf_tilt_series=acq.haadf,
-        elements=specimen.elements,
+        specimen.elements,
         eps=eps,
         haadf_scale="mlem",
     )

@@ -112,9 +112,9 @@ def test_poisson_ml_on_gpu_matches_cpu(data):
 def test_fused_start_on_gpu_matches_cpu(data):
     """The shared start and balance point: ML-EM, HAADF scale, curvatures and traces."""
     _, haadf_op, haadf, chem_op, chem = data
-    kw = dict(haadf_projector=haadf_op, haadf_tilt_series=haadf, elements=ELEMENTS, n_init=20, power_iter=10)
-    cpu = fused_start(chem_op, chem, **kw)
-    gpu = fused_start(chem_op, chem, device="gpu", **kw)
+    kw = dict(n_init=20, power_iter=10)
+    cpu = fused_start(haadf_op, haadf, chem_op, chem, ELEMENTS, **kw)
+    gpu = fused_start(haadf_op, haadf, chem_op, chem, ELEMENTS, device="gpu", **kw)
     assert gpu.iterations == cpu.iterations
     vmax = float(np.max(cpu.volume))
     np.testing.assert_allclose(_on_gpu(gpu.volume), cpu.volume, rtol=1e-3, atol=1e-4 * vmax)
@@ -128,7 +128,7 @@ def test_fused_start_on_gpu_matches_cpu(data):
 def test_fused_on_gpu_follows_the_cpu_iterates(data):
     """From one shared start, every iterate's cost terms agree: the same path, not just a similar end."""
     truth, haadf_op, haadf, chem_op, chem = data
-    start = fused_start(chem_op, chem, haadf_projector=haadf_op, haadf_tilt_series=haadf, elements=ELEMENTS, n_init=20)
+    start = fused_start(haadf_op, haadf, chem_op, chem, ELEMENTS, n_init=20)
     kw = dict(lambda_haadf=1.0, lambda_tv=1.0, n_iter=15, tol=0.0, start=start)
     cpu = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, **kw)
     gpu = fused(haadf_op, haadf, chem_op, chem, ELEMENTS, device="gpu", **kw)
