@@ -152,7 +152,7 @@ class ClusterConsentError(TomosweepError):
 
 
 def consent_to_stored_cluster(store: Path, *, trust: bool) -> None:
-    """A store's own non-local ``[cluster]`` is used only with consent (DESIGN: nobody else gets in).
+    """A store's own non-local ``[cluster]`` is used only with consent (docs/architecture.md: nobody else gets in).
 
     A received store may name a scheduler to send the study to, or a batch backend whose
     prologue runs under the user's account. It is shown, then asked for on a terminal;

@@ -8,7 +8,7 @@ element), orthogonal slices and the cost histories as PNG, the alignment plot, a
 ``reconstruction.json`` that records every choice.
 
 Weights carry over because every weight a study searches is relative to a balance point
-the solver computes from the data (DESIGN): the measured chemical maps go in as counts
+the solver computes from the data (docs/architecture.md, Conventions): the measured chemical maps go in as counts
 with their flat background as ε, and the HAADF scale is fitted with the volumes inside the
 solve (``haadf_scale = "auto"`` of :func:`tomosweep.solvers.fused`); a calibrated
 ``[haadf] scale`` is used as given.

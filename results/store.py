@@ -1,6 +1,6 @@
 """The sweep store: one zarr v3 group per study, the contract for resume and export.
 
-Layout (see ``DESIGN.md``; the per-method maps and the 2-D ``params`` /
+Layout (see ``docs/architecture.md``, the store contract; the per-method maps and the 2-D ``params`` /
 ``nrmse_elements`` columns are this project's reading of it, explained in ``docs/reference/store.md``)::
 
     S.zarr/                 attrs: format, spec (JSON), spec_hash, tomosweep version,

@@ -6,7 +6,7 @@ chemical maps recorded at the same tilts. All three are here.
 
 Convention: ``shifts[i] = (s_det, s_x)`` in pixels says where projection *i* sits
 relative to its aligned place, ``raw_i(p) = aligned_i(p − s_i)``; :func:`apply_shifts`
-moves it back by ``−s_i``. The tilt axis is x (DESIGN), so ``s_x`` runs along the axis and
+moves it back by ``−s_i``. The tilt axis is x (docs/architecture.md, Conventions), so ``s_x`` runs along the axis and
 ``s_det`` across it. Shifts are in the pixels of the series as given to :func:`align_series`.
 
 ``xcorr`` (any field of view):

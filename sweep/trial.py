@@ -2,7 +2,7 @@
 
 A trial depends only on (study, cell, method, params): the phantom is seeded by the
 study's ``seed`` and the noise by a seed derived from it and the cell, so the same
-trial gives the same NRMSE on any worker, in any order (DESIGN: determinism).
+trial gives the same NRMSE on any worker, in any order (docs/architecture.md: determinism).
 Volumes never leave the worker; the record carries NRMSE per element and the mean,
 the final cost terms, iterations, wall time, worker and device.
 

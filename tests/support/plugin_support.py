@@ -122,7 +122,7 @@ def plugin_environment(tmp_path: Path) -> dict[str, str]:
 
 
 def expected_nrmse(study, record) -> float:
-    """The record's NRMSE recomputed here, from the same study, cell and weights (DESIGN: determinism)."""
+    """The record's NRMSE recomputed here, from the same study, cell and weights (docs/architecture.md: determinism)."""
     cell = build_cell_data(study, record.n_haadf, record.n_chem)
     params = {**study.fixed(record.method), **record.params}
     return float(score(cell, METHODS[record.method].run(cell, params, "cpu").volume).mean())
