@@ -54,7 +54,7 @@ from tomosweep.sweep.trial import CHECKPOINT, TrialTask, run_trial
 from tomosweep.view.heartbeat import Heartbeat
 
 Key = tuple[str, int, int]  # (method, n_haadf, n_chem)
-__all__ = ["EXHAUSTED", "Runner", "RunSummary", "build_searches", "state_problems"]
+__all__ = ["EXHAUSTED", "Runner", "RunSummary", "build_searches", "searches", "state_problems"]
 
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def state_key(key: Key) -> str:
     return "/".join(str(v) for v in key)
 
 
-def _searches(study: Study) -> dict[Key, Search]:
+def searches(study: Study) -> dict[Key, Search]:
     """One fresh search per (method, cell): the cell's own GP, a cell of its method's map-wide GP
     (``[budget] surrogate = "map"``), or random search (``sampler = "random"``)."""
     opts: dict[Key, Search] = {}
@@ -177,13 +177,13 @@ def state_problems(study: Study, store: SweepStore) -> list[tuple[str, str]]:
     """``(key, why)`` for every stored search state of ``store`` that a resume of ``study`` would
     refuse: each is restored by the very code a resume continues from (``key`` "" for the
     attribute as a whole). Reads no trial."""
-    return _restore(_searches(study), store.attrs.get("optimiser") or {})
+    return _restore(searches(study), store.attrs.get("optimiser") or {})
 
 
 def build_searches(study: Study, store: SweepStore) -> dict[Key, Search]:
     """One search per (method, cell), told every stored trial of that cell and
     given its stored state (resume)."""
-    opts = _searches(study)
+    opts = searches(study)
     for record in store.records():
         opt = opts.get((record.method, record.n_haadf, record.n_chem))
         if opt is not None:
@@ -484,7 +484,11 @@ class _Pass:
         if not self.active or now - self.stacks_asked_at < min(1.0, limit / 4):
             return
         self.stacks_asked_at = now
-        by_key = {future.key: future for future in self.active}
+        # only the trials still running: the scheduler logs an error (a traceback, outside the CLI's
+        # logging) for every key it has already released
+        by_key = {future.key: future for future in self.active if not future.done()}
+        if not by_key:
+            return
         try:
             stacks = self.runner.client.call_stack(keys=list(by_key))
         except Exception:  # a restarting scheduler answers nothing for a moment
