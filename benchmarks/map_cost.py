@@ -158,8 +158,13 @@ def one_cell(seeds: int, n: int, before: str, check: int) -> dict[str, Any]:
     try:
         import optuna  # noqa: F401
 
-        samplers["optuna_gp"] = lambda s: run_optuna("gp", table.fused, n, s)
         samplers["optuna_tpe"] = lambda s: run_optuna("tpe", table.fused, n, s)
+        try:
+            import torch  # noqa: F401  (Optuna's GPSampler needs it)
+
+            samplers["optuna_gp"] = lambda s: run_optuna("gp", table.fused, n, s)
+        except ImportError:
+            print("torch is not installed: Optuna's GPSampler is left out", flush=True)
     except ImportError:
         print("optuna is not installed: its samplers are left out", flush=True)
     runs: dict[str, list[list[float]]] = {}

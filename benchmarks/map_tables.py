@@ -11,6 +11,8 @@ that interpolation; ``map_cost.py`` checks the interpolation against real trials
     nice -n 10 python benchmarks/map_tables.py --table cell   # one cell, 24³, 11 × 11
     nice -n 10 python benchmarks/map_tables.py --table map    # 4 × 4 cells, 16³, 5 × 5, ≤ 50 iterations (+ SIRT)
     nice -n 10 python benchmarks/map_tables.py --table map24  # the same at 24³ (fused only): the ladder's top rung
+    nice -n 10 python benchmarks/map_tables.py --table user48 # a new user's cell, 45 × 9 tilts, 48³ (new_user.py)
+    nice -n 10 python benchmarks/map_tables.py --table user32 # the same at 32³, two more specimens
 
 A table's specimens may be split over processes (``--specimens conio_composite --out
 OTHER.json``); merge the ``cells`` of the two files into one afterwards.
@@ -44,6 +46,10 @@ TABLES = {
 }
 # the same map one rung up the resolution ladder (map_cost.py's ladder 16³ → 24³)
 TABLES["map24"] = {**TABLES["map"], "size": 24, "sirt": False}
+# a new user's cell (benchmarks/new_user.py): 45 HAADF × 9 chemical tilts, fused's default ranges and
+# iterations; nanocubes at 48³, two more specimens at 32³
+TABLES["user48"] = {"specimens": ["nanocubes"], "size": 48, "n_haadf": [45], "n_chem": [9], "grid": 11, "sirt": False}
+TABLES["user32"] = {**TABLES["user48"], "specimens": ["core_shell_cube", "conio_composite"], "size": 32}
 
 
 # the fused method's default ranges (sweep/methods.py), written out when n_iter is also given
