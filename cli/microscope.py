@@ -30,10 +30,10 @@ from tomosweep.cli.study import (
     _summary,
 )
 from tomosweep.errors import InputError
+from tomosweep.microscope.heldout import heldout_lines
 from tomosweep.microscope.outputs import reconstruct_data_into
 from tomosweep.microscope.plan import frontier_figure, parse_cost, snr_figure
 from tomosweep.microscope.plan import plan as plan_rows
-from tomosweep.microscope.reconstruct import heldout_lines
 from tomosweep.microscope.replicate import continue_command, replicate_cells
 from tomosweep.results import SweepStore
 from tomosweep.results.folders import check_replaceable, check_space, replace_file

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from tomosweep.cli import app
 from tomosweep.errors import InputError
 from tomosweep.microscope.plan import parse_cost, plan
-from tomosweep.microscope.reconstruct import check_out_folder, study_weights
 from tomosweep.microscope.replicate import replicate_cells
+from tomosweep.microscope.weights import study_weights
 from tomosweep.results import SweepStore
+from tomosweep.results.folders import check_out_folder
 from tomosweep.search.warm import nearest_cell
 from tomosweep.sweep.spec import study_from_dict
 

@@ -10,7 +10,8 @@ import tifffile
 from typer.testing import CliRunner
 
 from tomosweep.cli import app
-from tomosweep.microscope.reconstruct import compare_heldout, heldout_lines, reconstruct_data
+from tomosweep.microscope.heldout import compare_heldout, heldout_lines
+from tomosweep.microscope.reconstruct import reconstruct_data
 from tomosweep.series import write_mrc, write_rawtlt
 from tomosweep.sweep.spec import study_from_dict
 from tomosweep.sweep.trial import simulate_cell
@@ -152,7 +153,7 @@ def test_haadf_only_series_is_aligned_and_reconstructed_by_sirt(tmp_path):
 def test_true_k_factors_do_not_make_the_reconstruction_worse():
     """Sensitivities put every element in one concentration unit, as a study's series are: with the HAADF
     scale fitted jointly they help (measured: ⟨NRMSE⟩ 0.323 with the true k-factors, 0.628 without)."""
-    from tomosweep.microscope.reconstruct import measured_cell
+    from tomosweep.microscope.weights import measured_cell
     from tomosweep.phantoms import TiltScheme, make_specimen, simulate
     from tomosweep.series import MeasuredSeries
     from tomosweep.solvers import nrmse
@@ -181,7 +182,7 @@ def test_true_k_factors_do_not_make_the_reconstruction_worse():
 
 
 def test_the_allowed_spread_comes_from_stored_replicates():
-    from tomosweep.microscope.reconstruct import DEFAULT_HELDOUT_SPREAD, study_spread
+    from tomosweep.microscope.heldout import DEFAULT_HELDOUT_SPREAD, study_spread
 
     class Store:
         path = "s.zarr"
@@ -217,7 +218,7 @@ def test_missing_sensitivities_are_named_with_what_they_cost_the_fused_maps(tmp_
 
 def test_a_study_of_another_size_is_named_for_its_lambda_tv(study_store):
     """The best lambda_tv grows about as n² (map_cost.py --only transfer): data far from the study's size are told."""
-    from tomosweep.microscope.reconstruct import size_note, study_weights
+    from tomosweep.microscope.weights import size_note, study_weights
 
     weights = study_weights(study_store, "fused", 12, 4)
     assert weights.study_size == 16 and "lambda_tv" in weights.params
