@@ -84,6 +84,7 @@ REPLICATE_KEY = re.compile(r"([A-Za-z][\w-]*)/([1-9]\d*)/([1-9]\d*)(?:/snr×([0-
 
 
 def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

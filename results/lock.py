@@ -50,6 +50,7 @@ class StoreLock:
         self._fds: list[int] = []
 
     def acquire(self) -> None:
+        """Take the lock and write who holds it; a ``StoreLockedError`` names the holder when another does."""
         try:
             dir_fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -108,6 +109,7 @@ class StoreLock:
             os.close(fd)
 
     def release(self) -> None:
+        """Let the lock go (the kernel does too when the process ends)."""
         while self._fds:
             fd = self._fds.pop()
             with contextlib.suppress(OSError):

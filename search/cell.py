@@ -39,13 +39,11 @@ from tomosweep.search.base import (
     PENALTY_FLOOR,
     Point,
     Proposal,
-    Search,
     derived_seed,
-    stored_count,
     unreadable,
 )
 from tomosweep.search.gp import ACQ_FUNCS, GaussianProcess, cell_kernel, expected_improvement
-from tomosweep.search.hedge import Hedge, nominate, stored_gains, stored_nominees
+from tomosweep.search.hedge import HedgeSearch, nominate
 
 __all__ = [
     "ACQ_FUNCS",
@@ -98,43 +96,7 @@ class Surface:
         return self.model.mean(unit)
 
 
-class _HedgeState(Search):
-    """A search that keeps GP-Hedge's gains and nominees in a cell's state (every cell's stored
-    state has them; a search without a portfolio keeps them at zero)."""
-
-    def __init__(self, space: Mapping[str, tuple[float, float, str, str]], *, eta: float = 1.0, **options: Any) -> None:
-        super().__init__(space, **options)
-        self.hedge = Hedge(eta)
-
-    @property
-    def gains(self) -> np.ndarray:
-        """GP-Hedge's gains, one per acquisition function."""
-        return self.hedge.gains
-
-    @property
-    def nominees(self) -> np.ndarray | None:
-        """The last fit's nominees in the unit box ``(3, d)``."""
-        return self.hedge.nominees
-
-    def state(self) -> dict[str, Any]:
-        """The cell's state: the seed counter, the adaptive budget and GP-Hedge's portfolio."""
-        return {**super().state(), **self.hedge.state()}
-
-    def validate(self, state: Any) -> dict[str, Any]:
-        """Every stored value checked (:meth:`Search.validate`), the portfolio too."""
-        values = super().validate(state)
-        values["gains"] = stored_gains(state)
-        values["nominees"] = stored_nominees(state, self.space.n_dims)
-        values["rewarded_at"] = stored_count(state, "rewarded_at", 0)
-        return values
-
-    def _take(self, values: Mapping[str, Any]) -> None:
-        super()._take(values)
-        self.hedge.gains, self.hedge.nominees = values["gains"], values["nominees"]
-        self.hedge.rewarded_at = values["rewarded_at"]
-
-
-class RandomSearch(_HedgeState):
+class RandomSearch(HedgeSearch):
     """Random search over the same box: the baseline a user can run on their own problem."""
 
     kind = "random"
@@ -148,18 +110,20 @@ class RandomSearch(_HedgeState):
         return None, "random", None
 
 
-class CellGP(_HedgeState):
+class CellGP(HedgeSearch):
     """GP-Hedge on the cell's own GP (module docstring).
 
     Parameters
     ----------
-    space, n_initial, seed, liar, warm_start, warp, stop_tolerance, stop_patience
+    space
         As :class:`~tomosweep.search.base.Search`.
     acq_optimizer
         ``"lbfgs"``: L-BFGS-B from the best of 10 000 random candidates; ``"sampling"``: the best
         of the candidates.
-    eta
-        GP-Hedge's learning rate.
+    **options
+        Those of :class:`~tomosweep.search.base.Search` (``n_initial``, ``seed``, ``liar``,
+        ``warm_start``, ``warp``, ``stop_tolerance``, ``stop_patience``) and ``eta``, GP-Hedge's
+        learning rate.
     """
 
     kind = "gp"

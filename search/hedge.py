@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tomosweep.search.base import Search, stored_count
 from tomosweep.search.gp import ACQ_FUNCS, Predict, minimise_acquisition
 from tomosweep.search.space import SAME, Point, Space
 
@@ -143,3 +144,39 @@ def nominate(
         return [], points, []
     fallback = nominees[valid[0]]
     return [x if x is not None else fallback for x in nominees], points, valid
+
+
+class HedgeSearch(Search):
+    """A search that keeps GP-Hedge's gains and nominees in a cell's state (every cell's stored
+    state has them; a search without a portfolio keeps them at zero)."""
+
+    def __init__(self, space: Mapping[str, tuple[float, float, str, str]], *, eta: float = 1.0, **options: Any) -> None:
+        super().__init__(space, **options)
+        self.hedge = Hedge(eta)
+
+    @property
+    def gains(self) -> np.ndarray:
+        """GP-Hedge's gains, one per acquisition function."""
+        return self.hedge.gains
+
+    @property
+    def nominees(self) -> np.ndarray | None:
+        """The last fit's nominees in the unit box ``(3, d)``."""
+        return self.hedge.nominees
+
+    def state(self) -> dict[str, Any]:
+        """The cell's state: the seed counter, the adaptive budget and GP-Hedge's portfolio."""
+        return {**super().state(), **self.hedge.state()}
+
+    def validate(self, state: Any) -> dict[str, Any]:
+        """Every stored value checked (:meth:`Search.validate`), the portfolio too."""
+        values = super().validate(state)
+        values["gains"] = stored_gains(state)
+        values["nominees"] = stored_nominees(state, self.space.n_dims)
+        values["rewarded_at"] = stored_count(state, "rewarded_at", 0)
+        return values
+
+    def _take(self, values: Mapping[str, Any]) -> None:
+        super()._take(values)
+        self.hedge.gains, self.hedge.nominees = values["gains"], values["nominees"]
+        self.hedge.rewarded_at = values["rewarded_at"]

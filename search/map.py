@@ -43,9 +43,8 @@ from typing import Any
 import numpy as np
 
 from tomosweep.search.base import Point, Search, derived_seed, stored_count, unreadable
-from tomosweep.search.cell import _HedgeState
 from tomosweep.search.gp import ACQ_FUNCS, GaussianProcess, expected_improvement, stored_theta
-from tomosweep.search.hedge import Hedge, nominate, stored_gains, stored_nominees
+from tomosweep.search.hedge import Hedge, HedgeSearch, nominate, stored_gains, stored_nominees
 from tomosweep.search.space import Space
 
 Cell = tuple[int, int]
@@ -351,13 +350,13 @@ class MapGP:
         return points[choice], ACQ_FUNCS[choice], ei
 
 
-class MapCell(_HedgeState):
+class MapCell(HedgeSearch):
     """A cell that asks through its method's :class:`MapGP` once the cells around it have
     ``n_initial`` points between them; warm starts (an earlier study's best points) come first.
 
     Parameters
     ----------
-    space, n_initial, seed, liar, warm_start, warp, stop_tolerance, stop_patience
+    space
         As :class:`~tomosweep.search.base.Search`.
     model
         The method's map.
@@ -365,6 +364,8 @@ class MapCell(_HedgeState):
         The cell's tilt counts ``(n_haadf, n_chem)``.
     acq_optimizer
         As :class:`~tomosweep.search.cell.CellGP`.
+    **options
+        Those of :class:`~tomosweep.search.base.Search` and ``eta``, GP-Hedge's learning rate.
     """
 
     kind = "map"

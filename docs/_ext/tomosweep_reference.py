@@ -525,7 +525,9 @@ def methods_page() -> str:
 
 #: the packages whose public names (``__all__``) make the Python API, in the order of the layers
 API_PACKAGES = (
+    "tomosweep.microscope",
     "tomosweep.sweep",
+    "tomosweep.search",
     "tomosweep.phantoms",
     "tomosweep.series",
     "tomosweep.cluster",
