@@ -73,6 +73,9 @@ class Alignment:
     method : str
     com_before, com_after : ndarray (n,)
         Centre of mass across the axis, pixels from the centre, before and after.
+    axis_turn : dict, optional
+        The tilt-axis turn ``tilt_axis_angle = "auto"`` estimated and applied before these shifts
+        (:meth:`tomosweep.series.axis.AxisTurn.as_dict` and the ``tilt_axis_angle`` it gave).
     """
 
     angles: np.ndarray
@@ -81,6 +84,7 @@ class Alignment:
     method: str
     com_before: np.ndarray
     com_after: np.ndarray
+    axis_turn: dict[str, Any] | None = None
 
     def at(self, angles: np.ndarray, *, tol: float = 0.05) -> tuple[np.ndarray, int]:
         """Shifts at other tilts (the chemical maps'): the HAADF projection's at the same angle,
@@ -99,13 +103,16 @@ class Alignment:
 
     def as_dict(self) -> dict[str, Any]:
         """The alignment as plain JSON values (for ``reconstruction.json``)."""
-        return {
+        record = {
             "method": self.method,
             "tilt_axis_offset_px": float(self.tilt_axis_offset),
             "angles": [float(a) for a in self.angles],
             "shift_det_px": [float(s) for s in self.shifts[:, 0]],
             "shift_x_px": [float(s) for s in self.shifts[:, 1]],
         }
+        if self.axis_turn is not None:
+            record["tilt_axis_turn"] = dict(self.axis_turn)
+        return record
 
 
 def _centre_of_mass(stack: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from pydantic_core import ErrorDetails
 
 from tomosweep.errors import InputError
 from tomosweep.series.align import Alignment
+from tomosweep.series.axis import estimate_tilt_axis_angle
 from tomosweep.series.calibrate import intensity_outliers, vacuum_level
 from tomosweep.series.per_tilt import expand, is_pattern, read_per_tilt
 from tomosweep.series.readers import (
@@ -205,8 +206,13 @@ class DataFile(_Model):
     """The unit of every angle; not set: degrees, and angles that all lie within ±π/2 are refused as radians."""
     tilt_axis: Literal["horizontal", "vertical"] = "horizontal"
     """Direction of the tilt axis in the images; ``"vertical"`` is IMOD's layout."""
-    tilt_axis_angle: float = Field(default=0.0, ge=-45, le=45)
-    """Degrees by which a slightly rotated tilt axis is turned back before anything else."""
+    tilt_axis_angle: float | Literal["auto"] = 0.0
+    """Degrees by which a slightly rotated tilt axis is turned back before anything else (±45), or ``"auto"``:
+    the turn estimated on the HAADF series (the chemical maps summed, without one) as the one that makes it
+    most consistent with a rotation about x (:mod:`tomosweep.series.axis`), within ±10° of the ``.mdoc``'s
+    turn or of 0°, and applied to every series. ``"auto"`` needs an isolated specimen and is not the default:
+    on a series whose axis is not turned it finds a few hundredths of a degree, more on small, noisy ones, and
+    it refuses series it cannot measure rather than guess."""
     bin: int = Field(default=1, ge=1, le=16)
     """Sum bin × bin pixels of every image."""
     gamma: float | None = Field(default=None, ge=1, le=3)
@@ -240,6 +246,22 @@ class DataFile(_Model):
     """``tomosweep tune``: where the trials run, as a study file's ``[cluster]``."""
     plugins: dict[str, Any] | None = None
     """``tomosweep tune``: modules to import, as a study file's ``[plugins]``."""
+
+    @field_validator("tilt_axis_angle", mode="before")
+    @classmethod
+    def _degrees_or_auto(cls, value: Any) -> float | str:
+        if isinstance(value, str):
+            if value != "auto":
+                raise ValueError(f'give degrees within ±45 or "auto", got {value!r}')
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f'give degrees within ±45 or "auto", got {value!r}')
+        if abs(value) > 45:
+            raise ValueError(
+                f"{value:g}° is beyond ±45°: a larger turn puts the tilt axis nearer the other direction; set "
+                'tilt_axis = "vertical" or "horizontal" and the turn from it'
+            )
+        return float(value)
 
     @model_validator(mode="after")
     def _some_series(self) -> DataFile:
@@ -278,6 +300,7 @@ class MeasuredSeries:
     dose: str = "auto"  # HaadfSection.dose
     given_alignment: Any = None  # tomosweep.series.align.Alignment read from [align] file
     frame: Any = None  # tomosweep.series.transfer.Frame: how the raw images became this series
+    axis_turn: dict[str, Any] | None = None  # tilt_axis_angle = "auto": the turn estimated and applied
 
     @property
     def n_haadf(self) -> int:
@@ -349,12 +372,16 @@ def file_hash(path: Path) -> str:
 # --- geometry: tomosweep's layout ------------------------------------------------
 
 
-def to_layout(stack: np.ndarray, *, tilt_axis: str, tilt_axis_angle: float, binning: int) -> np.ndarray:
-    """Images ``(n, rows, cols)`` → ``(n, n_det, n_x)``: turn, transpose, sum-bin (module docstring)."""
+def to_layout(stack: np.ndarray, *, tilt_axis: str, tilt_axis_angle: float, binning: int, order: int = 1) -> np.ndarray:
+    """Images ``(n, rows, cols)`` → ``(n, n_det, n_x)``: turn, transpose, sum-bin (module docstring).
+
+    The turn interpolates linearly (``order``), which keeps counts non-negative; ``tilt_axis_angle = "auto"``
+    estimates on a cubic spline's turn, whose blur does not change with the turn.
+    """
     if tilt_axis_angle:
         from scipy.ndimage import rotate
 
-        stack = np.stack([rotate(img, tilt_axis_angle, reshape=False, order=1, mode="nearest") for img in stack])
+        stack = np.stack([rotate(img, tilt_axis_angle, reshape=False, order=order, mode="nearest") for img in stack])
     if tilt_axis == "vertical":
         stack = stack.transpose(0, 2, 1)
     if binning > 1:
@@ -497,11 +524,16 @@ class _Reader:
         self.sources: dict[str, str] = {}
         self.unit = spec.angles_unit
         self.binning = spec.bin
-        self.geometry = {"tilt_axis": spec.tilt_axis, "tilt_axis_angle": spec.tilt_axis_angle, "binning": spec.bin}
+        # tilt_axis_angle = "auto" starts from 0° or the .mdoc's turn and refines it (load_series)
+        self.auto_axis = spec.tilt_axis_angle == "auto"
+        start = 0.0 if spec.tilt_axis_angle == "auto" else float(spec.tilt_axis_angle)
+        self.geometry = {"tilt_axis": spec.tilt_axis, "tilt_axis_angle": start, "binning": spec.bin}
         self.vacuum: Any = None
         self.named: dict[tuple[str, str | None, Any], str] = {}  # (file, dataset, window) -> the series naming it
-        # the data file's own tilt_axis and tilt_axis_angle win over an .mdoc's
-        self.axis_given = bool({"tilt_axis", "tilt_axis_angle"} & spec.model_fields_set)
+        # the data file's own tilt_axis and tilt_axis_angle win over an .mdoc's ("auto" refines the .mdoc's)
+        given = spec.model_fields_set - ({"tilt_axis_angle"} if self.auto_axis else set())
+        self.axis_given = bool({"tilt_axis", "tilt_axis_angle"} & given)
+        self.raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # what -> raw images and angles, for "auto"
         self.mdoc: Mdoc | None = None  # the first .mdoc read: pixel size and tilt axis
         self.notes: list[str] = []
         self.raw_shapes: dict[str, tuple[int, int]] = {}  # what -> (rows, cols) of a raw image
@@ -689,7 +721,15 @@ class _Reader:
             return None
         if not self._size_ok(data.shape):
             return None
+        if self.auto_axis:
+            self.raw[what] = (data, angles)
         return to_layout(data, **self.geometry), angles
+
+    def laid_out_again(self, what: str, *, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """A series' raw images in the layout the geometry now says, in file order, and their angles
+        (``tilt_axis_angle = "auto"``)."""
+        data, angles = self.raw[what]
+        return to_layout(data, **self.geometry, order=order), angles
 
     def haadf(self, section: HaadfSection | None) -> tuple[np.ndarray | None, np.ndarray | None, float]:
         """The HAADF series less its vacuum level, sorted by angle; its angles; the level."""
@@ -702,8 +742,7 @@ class _Reader:
         if section.background == "auto":
             self.vacuum = vacuum_level(haadf, angles)
         level = self.vacuum.level if section.background == "auto" else float(section.background)
-        order = np.argsort(angles)
-        return np.maximum(haadf - level, 0.0)[order], angles[order], level
+        return _less_level(haadf, angles, level), np.sort(angles), level
 
     def chem(self, section: ChemSection) -> tuple[list[np.ndarray], list[np.ndarray]]:
         for e in section.elements:
@@ -760,14 +799,19 @@ def _check_consistency(
         problems.add("HAADF: the series is empty after subtracting its vacuum level; set haadf.background")
 
 
-def _check_tilt_axis(stack: np.ndarray, angles: np.ndarray, spec: DataFile, problems: _Problems) -> None:
+def _less_level(haadf: np.ndarray, angles: np.ndarray, level: float) -> np.ndarray:
+    """A HAADF series less its vacuum level (clipped at 0), sorted by angle."""
+    return np.maximum(haadf - level, 0.0)[np.argsort(angles)]
+
+
+def _check_tilt_axis(stack: np.ndarray, angles: np.ndarray, spec: DataFile, turn: float, problems: _Problems) -> None:
     """Refuse a tilt_axis the data contradict (module docstring; :func:`tilt_axis_misfit`)."""
     if stack.shape[0] < MIN_TILTS or np.ptp(angles) < _AXIS_MIN_SPAN:
         return
     along, across = tilt_axis_misfit(stack)
     if along > _AXIS_MISFIT and along > _AXIS_RATIO * across:
         other = "vertical" if spec.tilt_axis == "horizontal" else "horizontal"
-        turned = f" (after turning by tilt_axis_angle = {spec.tilt_axis_angle:g}°)" if spec.tilt_axis_angle else ""
+        turned = f" (after turning by tilt_axis_angle = {turn:g}°)" if turn else ""
         problems.add(
             f'tilt_axis = "{spec.tilt_axis}" does not fit the data{turned}: the mass of each slice across that '
             f"axis changes by {100 * along:.0f} % between tilts, across the other direction by {100 * across:.0f} %; "
@@ -816,6 +860,52 @@ def _given_alignment(
     return frame, given
 
 
+def _auto_turn(
+    reader: _Reader,
+    spec: DataFile,
+    haadf: np.ndarray | None,
+    haadf_angles: np.ndarray | None,
+    haadf_level: float,
+    chem_angles: list[np.ndarray],
+) -> tuple[dict[str, Any], np.ndarray | None, list[np.ndarray]]:
+    """``tilt_axis_angle = "auto"``: the turn estimated on the HAADF series less its vacuum level (the chemical
+    maps summed, less their border level, without one), then every series laid out again from its raw images
+    turned by the start (0° or the ``.mdoc``'s) plus the estimate: the series a data file giving that angle
+    reads. The record of it, the HAADF (same vacuum level) and the chemical maps."""
+    start = float(reader.geometry["tilt_axis_angle"])
+    elements = tuple(spec.chem.elements) if spec.chem is not None else ()
+    # a start turn was interpolated linearly, whose blur changes across the image with the turn: the
+    # estimate is made on the raw images turned by a cubic spline instead (series.axis)
+    order = 3 if start else 1
+    if haadf is not None and haadf_angles is not None:
+        on, angles = "HAADF", haadf_angles
+        stack = _less_level(*reader.laid_out_again(on, order=order), haadf_level) if start else haadf
+    else:
+        on, angles = "chemical maps, summed", chem_angles[0]
+        summed = np.sum([reader.laid_out_again(f"chemical map {e}", order=order)[0] for e in elements], axis=0)
+        stack = np.maximum(summed - border_level(summed), 0.0)
+    try:
+        estimate = estimate_tilt_axis_angle(stack, angles)
+    except InputError as exc:
+        reader.problems.add(f"{on}: {exc}")
+        reader.problems.raise_if_any()
+        raise  # unreachable: a problem was just added
+    # the estimate turns the images as laid out; "vertical" transposed them first, which reverses a turn
+    applied = start + (estimate.angle if reader.geometry["tilt_axis"] == "horizontal" else -estimate.angle)
+    reader.geometry["tilt_axis_angle"] = applied
+    record = {"tilt_axis_angle": applied, "start_deg": start, "estimated_on": on, **estimate.as_dict()}
+    from_mdoc, before = (f", from the .mdoc's {start:g}°", "at that turn") if start else ("", "unturned")
+    reader.notes.append(
+        f'tilt_axis_angle = "auto": the images were turned by {applied:+.2f}° (estimated on the {on}{from_mdoc}; '
+        f"reprojection residual {estimate.residual_unturned:.3g} {before}, {estimate.residual:.3g} turned), every "
+        "series alike"
+    )
+    if haadf is not None:
+        haadf = _less_level(*reader.laid_out_again("HAADF"), haadf_level)
+    chem = [reader.laid_out_again(f"chemical map {e}")[0] for e in elements]
+    return record, haadf, chem
+
+
 def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
     """Read and validate a data file and every series it names (module docstring)."""
     path = Path(path)
@@ -832,12 +922,16 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         if spec.chem.sensitivity is not None:
             _check_per_element(spec.chem.sensitivity, elements, "chem.sensitivity", problems, zero=False)
     problems.raise_if_any()
+    turn = float(reader.geometry["tilt_axis_angle"])
     if haadf is not None:
         assert haadf_angles is not None  # _Reader.haadf gives the series and its angles, or neither
-        _check_tilt_axis(haadf, haadf_angles, spec, problems)
+        _check_tilt_axis(haadf, haadf_angles, spec, turn, problems)
     else:
-        _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, problems)
+        _check_tilt_axis(np.sum(chem, axis=0), chem_angles[0], spec, turn, problems)
     problems.raise_if_any()
+    axis_turn = None
+    if reader.auto_axis:
+        axis_turn, haadf, chem = _auto_turn(reader, spec, haadf, haadf_angles, haadf_background, chem_angles)
     frame, given = _given_alignment(spec, reader, haadf, haadf_angles, chem_angles)
 
     notes = reader.notes + (
@@ -885,6 +979,7 @@ def load_series(path: str | os.PathLike[str]) -> MeasuredSeries:
         dose="constant" if spec.haadf is None else spec.haadf.dose,
         given_alignment=given,
         frame=frame,
+        axis_turn=axis_turn,
     )
 
 

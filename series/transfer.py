@@ -370,6 +370,8 @@ def write_shifts_json(path: str | os.PathLike[str], alignment: Alignment, frame:
         "shape": [int(v) for v in shape],
         **frame.as_dict(),
     }
+    if alignment.axis_turn is not None:  # tilt_axis_angle above is the turn "auto" found
+        record["tilt_axis_turn"] = dict(alignment.axis_turn)
     path.write_text(json.dumps(record, indent=2))
     return path
 
@@ -396,14 +398,23 @@ def alignment_of(series: Any) -> Alignment | None:
 
     ``"file"``: the one read from ``[align] file`` when the series was loaded; ``"none"``, or a
     series without HAADF to measure shifts on: None; else :func:`~tomosweep.series.align_series`.
+    A turn ``tilt_axis_angle = "auto"`` estimated goes with it (``Alignment.axis_turn``), so that it is
+    reported beside the shifts.
     """
+    from dataclasses import replace
+
     from tomosweep.series.align import align_series
 
     if series.align.method == "file":
-        return series.given_alignment
-    if series.align.method == "none" or series.haadf is None:
+        alignment = series.given_alignment
+    elif series.align.method == "none" or series.haadf is None:
         return None
-    return align_series(series.haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift)
+    else:
+        alignment = align_series(
+            series.haadf, series.haadf_angles, method=series.align.method, max_shift=series.align.max_shift
+        )
+    turn = getattr(series, "axis_turn", None)
+    return alignment if alignment is None or turn is None else replace(alignment, axis_turn=turn)
 
 
 def write_aligned_mrc(

@@ -105,3 +105,16 @@ def write_old_fei_mrc(path, stack: np.ndarray, angles) -> None:
         mrc.set_data(stack)
         mrc.set_extended_header(np.frombuffer(records.tobytes(), dtype="V1"))
         mrc.header.exttyp = b"\x00\x00\x00\x00"
+
+
+def write_mdoc(path, angles, *, axis: float = -90.0, spacing: float = 7.88, size: tuple[int, int] = (16, 12)) -> None:
+    """A SerialEM ``.mdoc``: one section per tilt, the tilt axis angle in its title line, as SerialEM writes it."""
+    sections = "".join(
+        f"[ZValue = {z}]\nTiltAngle = {a}\nPixelSpacing = {spacing}\nMinMaxMean = 0 1 0.5\n\n"
+        for z, a in enumerate(angles)
+    )
+    path.write_text(
+        f"PixelSpacing = {spacing}\nVoltage = 300\nImageSize = {size[0]} {size[1]}\nDataMode = 1\n\n"
+        "[T = SerialEM: a test microscope   01-Jan-24  10:00:00    ]\n\n"
+        f"[T =     Tilt axis angle = {axis}, binning = 1  spot = 7  camera = 0]\n\n{sections}"
+    )

@@ -46,3 +46,24 @@ def test_etspy_alignment_of_the_needle_gives_etspys_aligned_images(etspy_data, t
     residual = np.array([relative_shift(t, o, max_shift=10) for t, o in zip(theirs, ours, strict=True)])
     assert np.abs(residual[:, 0]).max() < 0.1, residual[:, 0]
     assert np.abs(residual[:, 1] - 2.5116).max() < 0.1, residual[:, 1]
+
+
+def test_auto_finds_etspys_tilt_axis_on_the_needle(etspy_data, tmp_path):
+    """``tilt_axis_angle = "auto"`` on the raw needle lands within 0.3° of the turn ETSpy found (its
+    ``tiltaxis`` −2.79°, 2.79° in tomosweep's sense, as the test above reads it)."""
+    import shutil
+
+    from tomosweep.series import load_series
+
+    for name in ("HAADF.mrc", "HAADF.rawtlt"):
+        shutil.copy(etspy_data / name, tmp_path / name)
+    (tmp_path / "data.toml").write_text(
+        'tilt_axis_angle = "auto"\nbin = 2\n[haadf]\nfile = "HAADF.mrc"\nangles = "HAADF.rawtlt"\ndose = "constant"\n'
+        '[align]\nmethod = "none"\n'
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the old FEI file has no MRC map id / machine stamp
+        series = load_series(tmp_path / "data.toml")
+    assert series.axis_turn is not None
+    assert series.axis_turn["tilt_axis_angle"] == pytest.approx(2.7933, abs=0.3)
+    assert series.frame.tilt_axis_angle == series.axis_turn["tilt_axis_angle"]

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from series_writers import write_mdoc
 
 from tomosweep.errors import InputError
 from tomosweep.series import load_series, write_mrc
@@ -15,18 +16,6 @@ from tomosweep.series.serialem import layout_from_serialem, sum_frames
 
 ANGLES = [-60.0, -30.0, 0.0, 30.0, 60.0]
 IMAGES = np.random.default_rng(1).poisson(30.0, size=(5, 12, 16)).astype(np.float64)
-
-
-def _mdoc(path, angles, *, axis=-90.0, spacing=7.88):
-    sections = "".join(
-        f"[ZValue = {z}]\nTiltAngle = {a}\nPixelSpacing = {spacing}\nMinMaxMean = 0 1 0.5\n\n"
-        for z, a in enumerate(angles)
-    )
-    path.write_text(
-        f"PixelSpacing = {spacing}\nVoltage = 300\nImageSize = 16 12\nDataMode = 1\n\n"
-        "[T = SerialEM: a test microscope   01-Jan-24  10:00:00    ]\n\n"
-        f"[T =     Tilt axis angle = {axis}, binning = 1  spot = 7  camera = 0]\n\n{sections}"
-    )
 
 
 def _haadf(series) -> np.ndarray:
@@ -41,7 +30,7 @@ def _toml(d, body):
 
 def test_an_mdoc_beside_the_stack_gives_angles_pixel_size_and_axis(tmp_path):
     write_mrc(tmp_path / "ts.mrc", IMAGES)  # no angles in the header
-    _mdoc(tmp_path / "ts.mrc.mdoc", ANGLES)
+    write_mdoc(tmp_path / "ts.mrc.mdoc", ANGLES)
     series = load_series(_toml(tmp_path, '[haadf]\nfile = "ts.mrc"\nbackground = 0\n'))
     np.testing.assert_allclose(series.haadf_angles, ANGLES)
     assert series.pixel_size_nm == pytest.approx(0.788)
@@ -51,7 +40,7 @@ def test_an_mdoc_beside_the_stack_gives_angles_pixel_size_and_axis(tmp_path):
 
 def test_angles_mdoc_and_the_mdoc_axis_turns_a_vertical_series(tmp_path):
     write_mrc(tmp_path / "ts.mrc", IMAGES, angles=[0, 1, 2, 3, 4])  # the header's angles are not used
-    _mdoc(tmp_path / "ts.mdoc", ANGLES, axis=0.0)
+    write_mdoc(tmp_path / "ts.mdoc", ANGLES, axis=0.0)
     series = load_series(_toml(tmp_path, '[haadf]\nfile = "ts.mrc"\nangles = "mdoc"\nbackground = 0\n'))
     np.testing.assert_allclose(series.haadf_angles, ANGLES)
     np.testing.assert_allclose(_haadf(series), IMAGES.transpose(0, 2, 1))
@@ -59,7 +48,7 @@ def test_angles_mdoc_and_the_mdoc_axis_turns_a_vertical_series(tmp_path):
 
 def test_the_data_files_own_axis_wins_over_the_mdocs(tmp_path):
     write_mrc(tmp_path / "ts.mrc", IMAGES)
-    _mdoc(tmp_path / "ts.mrc.mdoc", ANGLES, axis=0.0)
+    write_mdoc(tmp_path / "ts.mrc.mdoc", ANGLES, axis=0.0)
     series = load_series(_toml(tmp_path, 'tilt_axis = "horizontal"\n[haadf]\nfile = "ts.mrc"\nbackground = 0\n'))
     np.testing.assert_allclose(_haadf(series), IMAGES)
 
@@ -117,7 +106,7 @@ def test_one_file_per_tilt_from_a_list_with_the_data_files_angles(tmp_path):
 
 def _mdoc_count(d):
     write_mrc(d / "ts.mrc", IMAGES)
-    _mdoc(d / "ts.mrc.mdoc", ANGLES[:4])
+    write_mdoc(d / "ts.mrc.mdoc", ANGLES[:4])
     return _toml(d, '[haadf]\nfile = "ts.mrc"\nbackground = 0\n')
 
 
