@@ -102,7 +102,7 @@ class AxisTurn:
         """The estimate as plain JSON values."""
         return {
             "from": "auto",
-            "method": "minimum of the SIRT reprojection residual over the turn",
+            "method": "minimum over the turn of the reprojection residual of an accelerated SIRT reconstruction",
             "estimate_deg": float(self.angle),
             "residual": float(self.residual),
             "residual_unturned": float(self.residual_unturned),
