@@ -162,6 +162,24 @@ def test_auto_on_a_series_it_cannot_measure_is_one_line(tmp_path, isolated):
     assert "\n" not in str(err.value)
 
 
+def test_reconstruct_data_refuses_auto_on_a_film_with_exit_2_and_writes_nothing(tmp_path, isolated):
+    import subprocess
+    import sys
+
+    data = _data_file(tmp_path, isolated, 0.0, 'tilt_axis_angle = "auto"')
+    write_mrc(tmp_path / "haadf.mrc", np.ones((ANGLES.size, 28, 28)), ANGLES)
+    result = subprocess.run(
+        [sys.executable, "-m", "tomosweep.cli", "reconstruct-data", str(data), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and 'tilt_axis_angle = "auto": the specimen reaches' in errors[0]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
