@@ -371,6 +371,8 @@ def _record(data: Any, series: MeasuredSeries, summary: DataReconstruction, resu
         "solver": {k: v for k, v in result.info.items() if isinstance(v, bool | int | float | str)},
         "iterations": int(result.iterations),
         "alignment": summary.alignment,
+        # tilt_axis_angle = "auto": the turn estimated and applied (also inside "alignment" when aligned)
+        "tilt_axis_turn": getattr(series, "axis_turn", None),
         "dose": summary.dose,
         "heldout": summary.heldout,
         "notes": summary.notes,

@@ -193,3 +193,16 @@ def test_a_tilt_axis_angle_neither_degrees_nor_auto_is_one_line(tmp_path, value,
         load_series(tmp_path / "data.toml")
     assert str(err.value).startswith(f"data file {tmp_path / 'data.toml'}: {expected}")
     assert "\n" not in str(err.value)
+
+
+def test_reconstruct_data_records_the_turn_it_applied_without_an_alignment(tmp_path, isolated):
+    from tomosweep.microscope import reconstruct_data
+
+    data = _data_file(tmp_path, isolated, 3.0, 'tilt_axis_angle = "auto"')
+    text = data.read_text().replace('method = "com"', 'method = "none"') + '[weights]\nmethod = "sirt"\nn_iter = 5\n'
+    data.write_text(text)
+    reconstruct_data(data, tmp_path / "r", holdout=None)
+    record = json.loads((tmp_path / "r" / "reconstruction.json").read_text())
+    assert record["alignment"] is None
+    assert record["tilt_axis_turn"]["from"] == "auto"
+    assert record["tilt_axis_turn"]["tilt_axis_angle"] == pytest.approx(3.0, abs=0.2)
