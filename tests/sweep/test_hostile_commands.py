@@ -371,8 +371,8 @@ def received(tmp_path):
 @pytest.mark.parametrize("kind", ["address", "slurm"])
 @pytest.mark.parametrize("command", ["resume", "replicate"])
 def test_a_stored_remote_cluster_is_refused_without_consent(received, capsys, monkeypatch, kind, command):
-    for module in ("api", "replicates"):
-        monkeypatch.setattr(f"tomosweep.sweep.{module}.connect_study", lambda *a: pytest.fail("connected unasked"))
+    for module in ("tomosweep.sweep.api", "tomosweep.microscope.replicate"):
+        monkeypatch.setattr(f"{module}.connect_study", lambda *a: pytest.fail("connected unasked"))
     before = _tree(received[kind].parent)
     code, o, e = run_cli([command, received[kind]], capsys)
     _one_error_line(code, o, e, expect="not used without consent: pass --trust-stored-cluster")

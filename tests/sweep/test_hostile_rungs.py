@@ -473,7 +473,7 @@ def test_a_rung_search_state_is_checked_and_reset_as_the_top_ones(laddered, caps
 
 
 def test_hedge_choice_never_draws_from_nan_probabilities():
-    from tomosweep.search.cell import hedge_choice
+    from tomosweep.search.hedge import hedge_choice
 
     rng = np.random.default_rng(0)
     # the valid functions' gains far below an invalid one's: exp underflows to 0 for all of them
