@@ -35,7 +35,6 @@ from tomosweep.cli.common import (
 from tomosweep.cli.view import ViewProcess
 from tomosweep.errors import TomosweepError
 from tomosweep.sweep.api import (
-    check_store,
     export_store,
     reconstruct_cell,
     remove_stale_certificates,
@@ -44,6 +43,7 @@ from tomosweep.sweep.api import (
     study_status,
     worker_job_script,
 )
+from tomosweep.sweep.check import check_store
 from tomosweep.sweep.ladder import ladder_problems, stored_rungs
 from tomosweep.sweep.methods import METHODS
 from tomosweep.sweep.runner import EXHAUSTED

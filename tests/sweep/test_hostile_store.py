@@ -27,7 +27,8 @@ from sweep_support import TINY_SIRT_TOML, run_cli, tiny_study
 from tomosweep.errors import ClusterError, TomosweepError
 from tomosweep.results import OK, SweepStore, TrialRecord
 from tomosweep.sweep import study_from_dict
-from tomosweep.sweep.api import check_store, create_store, refuse_damaged, resume_study, run_study
+from tomosweep.sweep.api import create_store, resume_study, run_study
+from tomosweep.sweep.check import check_store, refuse_damaged
 
 N_ELEMENTS = 4  # nanocubes: Co, Cu, O, Au
 

@@ -377,7 +377,7 @@ def test_check_reports_and_repairs_derived_damage_without_touching_trials(tmp_pa
 
     import zarr
 
-    from tomosweep.sweep.api import check_store
+    from tomosweep.sweep.check import check_store
 
     path = tmp_path / "s.zarr"
     run_study(study_from_dict(tiny_study()), path, client=client, trial_fn=trial_hooks.synthetic_trial)
