@@ -85,13 +85,29 @@ app.command()(microscope.tune)
 
 def _swallows(frame: Any) -> bool:
     """Whether an exception raised in ``frame`` would be printed and dropped, not propagated: a
-    weak reference's callback or a ``__del__`` (the garbage collector runs them anywhere, and a
-    large matplotlib figure makes many)."""
+    weak reference's callback, a ``__del__`` or a garbage-collector callback (the collector runs
+    them anywhere: a large matplotlib figure makes many ``__del__``, and the scheduler of an
+    embedded cluster registers a callback in ``gc.callbacks``)."""
+    import gc
+
+    callbacks = {getattr(getattr(cb, "__func__", cb), "__code__", None) for cb in gc.callbacks}
     while frame is not None:
-        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
+        code = frame.f_code
+        if code in callbacks or code.co_name == "__del__":
+            return True
+        if code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
             return True
         frame = frame.f_back
     return False
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C: Python's own KeyboardInterrupt, but never raised where it would be printed and
+    dropped (:func:`_swallows`): there it is delivered again, once the callback has returned."""
+    if _swallows(frame):
+        _thread.interrupt_main(signal.SIGINT)
+        return
+    raise KeyboardInterrupt
 
 
 def _on_sigterm(state: CliState, signum: int, frame: Any) -> None:
@@ -187,6 +203,8 @@ def main() -> None:
     """
     state = CliState()
     signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, state))
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
+        signal.signal(signal.SIGINT, _on_sigint)
     dependency_warnings_to_log()
     try:
         code = app(standalone_mode=False, obj=state)

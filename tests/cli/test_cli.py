@@ -242,3 +242,26 @@ def test_resume_shows_the_stored_cluster_settings_and_asks_before_using_them(tmp
     assert text.index("beyond this machine") < text.index("error:")
     assert "not used without consent: pass --trust-stored-cluster" in text  # no terminal to ask on
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_signal_inside_a_garbage_collector_callback_waits_until_it_returns():
+    """The scheduler of an embedded cluster registers a gc callback; a KeyboardInterrupt raised in
+    it would be printed as "Exception ignored" with a traceback and dropped, so Ctrl-C and SIGTERM
+    are delivered again once the callback has returned."""
+    import gc
+    import sys
+
+    from tomosweep.cli import _swallows
+
+    seen = []
+
+    def callback(phase, info):
+        seen.append(_swallows(sys._getframe()))
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert seen and all(seen)
+    assert not _swallows(sys._getframe())
