@@ -23,7 +23,15 @@ def zarr_write_many(writes: Iterable[tuple[Any, Any, Any]]) -> None:
     from zarr.core.sync import sync
 
     async def run() -> None:
-        await asyncio.gather(*(arr.async_array.setitem(index, value) for arr, index, value in writes))
+        # every write finishes before this returns, the failed ones too: a plain gather raises at the
+        # first failure and leaves the others writing in zarr's loop, behind the caller's back (a
+        # grid change killed mid-way had its leftover folder written into while it was removed)
+        outcomes = await asyncio.gather(
+            *(arr.async_array.setitem(index, value) for arr, index, value in writes), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     sync(run())
 
