@@ -44,6 +44,7 @@ from tomosweep.search.base import (
 )
 from tomosweep.search.gp import ACQ_FUNCS, GaussianProcess, cell_kernel, expected_improvement
 from tomosweep.search.hedge import HedgeSearch, nominate
+from tomosweep.search.space import Space
 
 __all__ = [
     "ACQ_FUNCS",
@@ -89,7 +90,7 @@ class Surface:
     points: list[Point]
     values: list[float]
     model: GaussianProcess
-    space: Any
+    space: Space
 
     def mean(self, unit: np.ndarray) -> np.ndarray:
         """The model's mean at unit-box points ``(n, d)``."""

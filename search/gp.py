@@ -145,14 +145,11 @@ def acquisition(name: str, mean: np.ndarray, std: np.ndarray, y_opt: float) -> n
 
 def expected_improvement(predict: Predict, x: np.ndarray, y_opt: float) -> float:
     """EI (without ξ) at one unit point: what a cell can still expect to gain there."""
-    from scipy.stats import norm  # deferred: scipy.stats is slow to import
-
     mean, std = predict(np.atleast_2d(x))
-    m, s = float(mean[0]), float(std[0])
-    if s <= 0:
-        return max(y_opt - m, 0.0)
-    z = (y_opt - m) / s
-    return float((y_opt - m) * norm.cdf(z) + s * norm.pdf(z))
+    if float(std[0]) <= 0:
+        return max(y_opt - float(mean[0]), 0.0)
+    # the acquisition's EI, its ξ cancelled
+    return float(-acquisition("EI", mean[:1], std[:1], y_opt + XI)[0])
 
 
 def minimise_acquisition(

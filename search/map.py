@@ -89,11 +89,11 @@ def _map_kernel(n_dims: int) -> Any:
     return shape + level + WhiteKernel(1.0, (1e-5, 1e5))
 
 
-def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None) -> GaussianProcess:
+def _map_gp(n_dims: int, seed: int, theta: Sequence[float] | None, *, optimise: bool = True) -> GaussianProcess:
     kernel = _map_kernel(n_dims)
     if theta is not None:
         kernel = kernel.clone_with_theta(np.asarray(theta, dtype=float))
-    return GaussianProcess(kernel, seed=seed, restarts=2 if theta is None else 0)
+    return GaussianProcess(kernel, seed=seed, restarts=2 if theta is None else 0, optimise=optimise)
 
 
 def _theta_bounds(n_dims: int | None) -> np.ndarray | None:
@@ -290,9 +290,7 @@ class MapGP:
                 model = again if again.likelihood > model.likelihood else model
             self.theta = model.theta
             self._tuned_at = self.n_finished
-        model = _map_gp(X.shape[1], seed, self.theta)
-        model.optimise = False
-        return model.fit(X, Y)
+        return _map_gp(X.shape[1], seed, self.theta, optimise=False).fit(X, Y)
 
     def _tune_now(self) -> bool:
         """Re-estimate the hyper-parameters after every new result while the map has

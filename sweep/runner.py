@@ -274,9 +274,8 @@ class Runner:
         self.queue_extra = queue_extra
         self.slots = slots
         self.resources = resources
-        self.warm_from = list(warm_from or [])
         # what the warm starts read of an earlier study: its finished trials as plain values
-        self.earlier = [(r.method, r.cell, r.params, r.nrmse) for r in self.warm_from if r.ok]
+        self.earlier = [(r.method, r.cell, r.params, r.nrmse) for r in warm_from or [] if r.ok]
         self.task_data = task_data  # a tune's prepared series, carried by every trial (TrialTask.data)
         if trial_timeout_s is None:
             trial_timeout_s = trial_timeout(study, n=getattr(task_data, "n_det", None))
