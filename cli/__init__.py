@@ -10,12 +10,12 @@ that ends it, is a :class:`~.common.CliState` in typer's context object (``ctx.o
 
 from __future__ import annotations
 
-import _thread
 import errno
 import functools
 import logging
 import shlex
 import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -101,11 +101,25 @@ def _swallows(frame: Any) -> bool:
     return False
 
 
+def _deliver_later(signum: int) -> None:
+    """Send ``signum`` to the main thread again shortly, from a timer thread: raised now it would
+    be printed and dropped (:func:`_swallows`). Not ``_thread.interrupt_main``, which runs the
+    handler at the very next bytecode, still inside the same callback, so a long callback
+    recursed until Python's recursion limit; a real signal also wakes a main thread blocked in
+    a wait, where a scheduled call would only run once the wait ended."""
+    main = threading.main_thread().ident
+    if main is None:  # pragma: no cover - the main thread always has an ident once it runs
+        return
+    timer = threading.Timer(0.05, signal.pthread_kill, (main, signum))
+    timer.daemon = True
+    timer.start()
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     """Ctrl-C: Python's own KeyboardInterrupt, but never raised where it would be printed and
     dropped (:func:`_swallows`): there it is delivered again, once the callback has returned."""
     if _swallows(frame):
-        _thread.interrupt_main(signal.SIGINT)
+        _deliver_later(signal.SIGINT)
         return
     raise KeyboardInterrupt
 
@@ -116,7 +130,7 @@ def _on_sigterm(state: CliState, signum: int, frame: Any) -> None:
     if _swallows(frame):
         # raised here it would be dropped and the command would run on: deliver it again, to be
         # handled once the callback has returned
-        _thread.interrupt_main(signal.SIGTERM)
+        _deliver_later(signal.SIGTERM)
         return
     raise KeyboardInterrupt  # click turns it into its Abort, like Ctrl-C
 

@@ -265,3 +265,43 @@ def test_a_signal_inside_a_garbage_collector_callback_waits_until_it_returns():
         gc.callbacks.remove(callback)
     assert seen and all(seen)
     assert not _swallows(sys._getframe())
+
+
+def test_ctrl_c_inside_a_long_garbage_collector_callback_arrives_once_it_returns():
+    """A Ctrl-C that lands while a gc callback runs for a while is neither dropped nor re-raised
+    inside it over and over (that recursed to Python's limit and printed a traceback): it arrives
+    as one KeyboardInterrupt after the callback."""
+    import gc
+    import sys
+
+    from tomosweep.cli import _on_sigint
+
+    inside = []
+
+    def callback(phase, info):
+        if phase != "start" or inside:
+            return
+        inside.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:  # bytecode runs: the handler is called in here
+            pass
+        inside.append(time.monotonic())
+
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    gc.callbacks.append(callback)
+    arrived = None
+    try:
+        try:
+            gc.collect()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            arrived = time.monotonic()
+    finally:
+        gc.callbacks.remove(callback)
+        signal.signal(signal.SIGINT, previous)
+    assert len(inside) == 2, "the callback was cut short"
+    assert arrived is not None and arrived >= inside[1], "the interrupt was dropped or raised inside the callback"
+    assert sys.getrecursionlimit() > 0
