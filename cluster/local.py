@@ -76,3 +76,28 @@ def _start(LocalCluster: Any, settings: ClusterSettings, n: int) -> Started:  # 
     except Exception as exc:
         raise ClusterError(f"could not start the local Dask cluster ({n} workers): {exc}") from None
     return Started(cluster, n, f"local cluster: {n} worker process{'es' if n > 1 else ''} on 127.0.0.1")
+
+
+def revive_lost_workers(client: Any) -> list[str]:
+    """Open again the workers a local cluster closed for good while their nanny restarted them;
+    the names of those opened.
+
+    distributed's ``SpecCluster`` closes a worker's nanny when no worker of that name is
+    connected ``distributed.deploy.lost-worker-timeout`` (15 s) after one of its workers left,
+    checked by name only: a worker restarted (a timed-out trial, a crash) and restarted again
+    within those 15 s, still down at the check, loses its nanny, and the cluster a slot for
+    the rest of the study. Its spec stays, so ``scale`` to the same size opens it again.
+
+    Only for a local cluster, whose nannies are processes of this one; a batch cluster's jobs
+    are its adaptive scaler's, and a cluster given by address is not this process's to grow.
+    """
+    from distributed import LocalCluster
+    from distributed.core import Status
+
+    cluster = getattr(client, "cluster", None)
+    if not isinstance(cluster, LocalCluster) or cluster.status != Status.running:
+        return []
+    lost = sorted((str(name) for name in set(cluster.worker_spec) - set(cluster.workers)), key=str)
+    if lost:
+        cluster.scale(len(cluster.worker_spec))  # the same size: opens the spec's missing workers
+    return lost

@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tomosweep.cluster.local import revive_lost_workers
 from tomosweep.errors import ClusterError, StoreError
 from tomosweep.results import FAILED, OK, PRUNED, SweepStore, TrialRecord
 from tomosweep.search.base import EXHAUSTED, Proposal, Search, derived_seed, unreadable
@@ -104,6 +106,19 @@ class _Ticket:
     ask_id: int
     attempt: int = 1
     proposed_by: str = ""
+
+
+def _restart_worker(client: Any, worker: str) -> None:
+    """Restart the worker a timed-out trial hangs on (a thread cannot be stopped; its process can);
+    said in the log when it cannot be (a worker without a nanny, a cluster closing)."""
+    try:
+        status = client.restart_workers([worker], raise_for_error=False)
+    except Exception as exc:
+        log.warning("could not restart worker %s after a timed-out trial: %s", worker, exc)
+        return
+    said = (status or {}).get(worker, "OK")
+    if said != "OK":
+        log.warning("restarting worker %s after a timed-out trial: %s", worker, said)
 
 
 def stuck_at(frames: Any) -> str:
@@ -454,6 +469,15 @@ class _Pass:
             workers = len(self.runner.client.nthreads())
         except Exception:  # a scheduler that is restarting (or gone) answers nothing: as no worker
             workers = 0
+        try:
+            revived = revive_lost_workers(self.runner.client)
+        except Exception as exc:  # a cluster closing under us: nothing to open
+            log.debug("could not check the local cluster's workers: %s", exc)
+            revived = []
+        if revived:
+            log.warning(
+                "the local cluster had closed worker %s while it restarted; opened it again", ", ".join(revived)
+            )
         if workers:
             self.seen_worker = True
             self.no_worker_since = None
@@ -526,10 +550,11 @@ class _Pass:
             ),
             finished_at=time.time(),
         )
-        try:
-            runner.client.restart_workers([worker], raise_for_error=False)
-        except Exception as exc:  # a worker without a nanny cannot be restarted: say so, go on
-            log.warning("could not restart worker %s after a timed-out trial: %s", worker, exc)
+        # in a thread of its own: restart_workers returns only once the worker is back (or after
+        # its timeout, up to minutes), and the study's other trials go on meanwhile
+        threading.Thread(
+            target=_restart_worker, args=(runner.client, worker), name="tomosweep-restart-worker", daemon=True
+        ).start()
         self.commit(future, ticket, record)
 
     def next_key(self) -> Key | None:

@@ -423,3 +423,45 @@ def test_the_heatmap_shows_each_cells_best_nrmse_in_its_place(tmp_path, client):
         shown = np.asarray(weights.axes[0].get_images()[0].get_array())
         names = store.param_names
         assert np.array_equal(shown, store.maps("fused")["best_params"][:, :, names.index("lambda_haadf")])
+
+
+def test_a_worker_the_local_cluster_closes_mid_study_is_opened_again(tmp_path, caplog):
+    """distributed's local cluster closes a nanny for good when its worker, restarted twice within
+    15 s, is still down at its lost-worker check; the runner opens it again, so the study ends
+    with the cluster it started with."""
+    import cloudpickle
+
+    from tomosweep.cluster import open_client
+
+    cloudpickle.register_pickle_by_value(trial_hooks)
+    path = tmp_path / "s.zarr"
+    study = tiny_study()
+    study["budget"] = {"trials_per_cell": 5, "initial_points": 5}
+    with open_client("local", n_workers=2) as own:
+        cluster = own.cluster
+        closed = []
+
+        def close_a_nanny_when_running() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    committed = SweepStore.open(path).n_committed
+                except Exception:  # not created yet, or half-written while we look
+                    committed = 0
+                if committed >= 4:
+                    name = sorted(cluster.workers, key=str)[0]
+                    cluster.sync(cluster.workers.pop(name).close)  # as distributed's check does
+                    closed.append(str(name))
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=close_a_nanny_when_running)
+        thread.start()
+        with caplog.at_level("WARNING", logger="tomosweep.sweep.runner"):
+            summary = run_study(study_from_dict(study), path, client=own, trial_fn=trial_hooks.sleepy_trial)
+        thread.join()
+        assert closed, "no nanny was closed"
+        assert summary.n_trials == 20 and all(r.status == OK for r in SweepStore.open(path).records())
+        assert f"the local cluster had closed worker {closed[0]} while it restarted; opened it again" in caplog.text
+        own.wait_for_workers(2, timeout=60)
+        assert sorted(str(n) for n in cluster.workers) == ["0", "1"]

@@ -4,11 +4,13 @@ the study finishes; a plugin whose import hangs on the workers fails the same wa
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 import trial_hooks
 from sweep_support import tiny_study
 
+from tomosweep.cluster.local import revive_lost_workers
 from tomosweep.errors import SpecError
 from tomosweep.results import FAILED, OK, SweepStore
 from tomosweep.sweep import run_study, study_from_dict
@@ -51,9 +53,14 @@ def test_a_hung_trial_is_a_failed_record_and_the_study_finishes(tmp_path, own_cl
         assert r.error.startswith("timed out after ") and "([budget] trial_timeout_s = 2)" in r.error
         assert "trial_hooks.py" in r.error and "in hanging_trial" in r.error and r.error.endswith("restarted")
     assert all(r.status == OK for r in records if r.params["n_iter"] <= 20)
-    # the restarted workers come back (a restart still under way as the study ends is given a minute:
-    # on a loaded machine the second one reconnected after the last commit)
-    own_client.wait_for_workers(2, timeout=60)
+    # the restarted workers come back. A restart still under way as the study ends is given a
+    # minute (on a loaded machine the second one reconnected after the last commit), and a worker
+    # the cluster closed for good after the study (restarted twice within distributed's 15 s
+    # lost-worker check) is opened again, as the next study's runner does
+    deadline = time.monotonic() + 60
+    while len(own_client.nthreads()) < 2 and time.monotonic() < deadline:
+        revive_lost_workers(own_client)
+        time.sleep(0.5)
     assert len(own_client.nthreads()) == 2
 
 
