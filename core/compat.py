@@ -36,6 +36,29 @@ def zarr_write_many(writes: Iterable[tuple[Any, Any, Any]]) -> None:
     sync(run())
 
 
+def zarr_settle(timeout: float = 5.0) -> None:
+    """Wait (up to ``timeout`` seconds) until nothing runs in zarr's event loop any more.
+
+    A zarr call whose batch has one write refused (a full disk, a crash of the write) raises
+    at once, while the batch's other writes go on in zarr's loop: zarr gathers a batch's chunk
+    and metadata writes without waiting for the rest once one fails. The store calls this when
+    a write fails, so a failed call has ended every write it began, as a process that dies
+    has. zarr keeps its loop private (``zarr.core.sync.loop``, zarr-python issue #2909).
+    """
+    from zarr.core.sync import loop, sync
+
+    if loop[0] is None:  # zarr has not started its loop: nothing can be running in it
+        return
+
+    async def settle() -> None:
+        me = asyncio.current_task()
+        running = [task for task in asyncio.all_tasks() if task is not me]
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+
+    sync(settle())
+
+
 def submit_first_job(cluster: Any) -> None:
     """Submit one job of a dask-jobqueue cluster now and raise if the submit command fails.
 

@@ -71,6 +71,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ from typing import Any
 import numpy as np
 
 from tomosweep import __version__
-from tomosweep.compat import zarr_write_many
+from tomosweep.compat import zarr_settle, zarr_write_many
 from tomosweep.errors import StoreError
 from tomosweep.results.audit import StoreAudit, map_difference, merged_maps, replicate_problem, rows_intact
 from tomosweep.results.lock import StoreLock
@@ -988,12 +989,16 @@ def _disk_guard(path: Path, n_committed: int) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        zarr_settle()  # the batch's other writes end before the error is said
         why = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded"}.get(exc.errno or 0)
         reason = f"{why} on the disk of {path}" if why else f"cannot write {path} ({exc.strerror or exc})"
         raise StoreError(
             f"{reason}: the {n_committed} committed trials are safe; "
             f"{'free some space' if why else 'fix that'} and run `tomosweep resume {path}`"
         ) from None
+    except BaseException:  # a crash of a write, Ctrl-C: no write of the call goes on behind the caller
+        zarr_settle()
+        raise
 
 
 def _generation_of(attrs: Mapping[str, Any]) -> int:
@@ -1019,7 +1024,29 @@ def _drop_leftovers(path: Path, group: Any) -> None:
     for name in stale:
         log.info("%s: removing %s, left by an interrupted grid change", path, name)
         with _disk_guard(path, int(group.attrs.get("n_committed", 0) or 0)):
+            _remove_leftover(path, group, name)
+
+
+def _remove_leftover(path: Path, group: Any, name: str, tries: int = 100) -> None:
+    """Delete one leftover folder, again while something still writes into it.
+
+    Nothing else holds the lock, but a grid change that failed in this process (a refused
+    write) can leave some of zarr's own writes of a batch still running in zarr's loop: a file
+    that appears while the folder is removed ("Directory not empty") or one renamed into place
+    as it was listed ("No such file or directory"). Those end within moments, so the removal
+    is tried again until the folder is gone; a folder that stays is removed at the next open.
+    """
+    transient = (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST)
+    for _ in range(tries):
+        try:
             del group[name]
+        except OSError as exc:
+            if exc.errno not in transient:
+                raise
+        if not (path / name).exists():
+            return
+        time.sleep(0.02)
+    log.warning("%s: %s is still being written into; it is removed at the next open", path, name)
 
 
 def _count_into(maps: dict[str, np.ndarray], i: int, j: int, status: int, nrmse: float, params: Any) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tomosweep.compat import submit_first_job, zarr_write_many
+from tomosweep.compat import submit_first_job, zarr_settle, zarr_write_many
 
 
 def test_zarr_write_many_writes_every_array_in_one_pass():
@@ -25,3 +25,31 @@ def test_submit_first_job_starts_a_worker_before_returning():
         assert not cluster.workers
         submit_first_job(cluster)
         assert len(cluster.workers) == 1  # awaited: the worker exists on return, not "soon"
+
+
+def test_zarr_settle_waits_for_the_writes_a_failed_zarr_call_left_running(tmp_path, monkeypatch):
+    """zarr raises at a batch's first failed chunk write and leaves the others running in its loop
+    (the behaviour ``zarr_settle`` is for: when it is gone, the first assertion below fails);
+    once ``zarr_settle`` returns they have all ended."""
+    import asyncio
+
+    import pytest
+    import zarr
+    from zarr.storage import LocalStore
+
+    array = zarr.open_group(tmp_path / "s.zarr", mode="w").create_array("a", shape=(8,), chunks=(1,), dtype="f8")
+    real_set = LocalStore._set
+
+    async def slow_or_failing(self, key, value, exclusive=False):
+        if key.endswith("/0"):
+            raise OSError(28, "No space left on device")
+        await asyncio.sleep(0.5)
+        return await real_set(self, key, value, exclusive=exclusive)
+
+    monkeypatch.setattr(LocalStore, "_set", slow_or_failing)
+    with pytest.raises(OSError, match="No space left"):
+        array[:] = np.arange(1.0, 9.0)  # no chunk equals the fill value (such a chunk is not written)
+    chunks = tmp_path / "s.zarr" / "a" / "c"
+    assert not any(chunks.glob("*")), "zarr now waits for a failed batch's other writes: zarr_settle can go"
+    zarr_settle()
+    assert sorted(p.name for p in chunks.iterdir()) == [str(k) for k in range(1, 8)]

@@ -190,6 +190,38 @@ def test_an_append_killed_at_every_write_never_loses_a_committed_trial(tmp_path,
         assert k < 100
 
 
+def test_a_grid_change_that_fails_mid_batch_leaves_no_write_running(tmp_path, monkeypatch):
+    """A refused write of the new generation's batch fails the change only once the batch's other
+    writes have ended, as a dead process's have: before, they went on in zarr's loop and wrote
+    into the leftover the next open was removing (or recreated it after)."""
+    import asyncio
+    import time
+
+    path = tmp_path / "s.zarr"
+    before = filled(path)
+    real_set = LocalStore._set
+
+    async def slow_or_refused(self, key, value, exclusive=False):
+        if self.root.name == "g1" and key.startswith("maps/"):  # the new generation's maps
+            # zarr writes an array's zarr.json and its new parents' together: the first map's is
+            # refused, its parents' (maps/, maps/<method>/) are written a moment later
+            if key.count("/") == 3 and key.endswith("/zarr.json"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            await asyncio.sleep(0.3)
+        return await real_set(self, key, value, exclusive=exclusive)
+
+    monkeypatch.setattr(LocalStore, "_set", slow_or_refused)
+    with SweepStore.open(path, writable=True) as store, pytest.raises(StoreError, match="no space left"):
+        store.update_study(spec={"name": "t", "grid": "new"}, spec_hash="new", n_haadf=NEW_GRID[0], n_chem=NEW_GRID[1])
+    monkeypatch.setattr(LocalStore, "_set", real_set)
+    files = lambda: sorted(str(p.relative_to(path)) for p in (path / "g1").rglob("*"))  # noqa: E731
+    now = files()
+    time.sleep(0.6)
+    assert files() == now, "writes of the failed change went on after it returned"
+    assert assert_old_or_new_and_intact(path, before) == OLD_GRID
+    assert not (path / "g1").exists()
+
+
 def test_columns_left_uneven_by_a_crash_while_growing_are_evened_out(tmp_path):
     path = tmp_path / "s.zarr"
     before = filled(path, n=3)
