@@ -56,7 +56,10 @@ def zarr_settle(timeout: float = 5.0) -> None:
         if running:
             await asyncio.wait(running, timeout=timeout)
 
-    sync(settle())
+    try:
+        sync(settle())
+    except Exception:  # noqa: S110 - zarr's loop gone (the interpreter ending): nothing runs in it any more
+        pass
 
 
 def submit_first_job(cluster: Any) -> None:

@@ -114,7 +114,10 @@ def _restart_worker(client: Any, worker: str) -> None:
     try:
         status = client.restart_workers([worker], raise_for_error=False)
     except Exception as exc:
-        log.warning("could not restart worker %s after a timed-out trial: %s", worker, exc)
+        if getattr(client, "status", "running") in ("closing", "closed"):  # the study ended meanwhile
+            log.debug("restart of worker %s ended with the cluster: %s", worker, exc)
+        else:
+            log.warning("could not restart worker %s after a timed-out trial: %s", worker, exc)
         return
     said = (status or {}).get(worker, "OK")
     if said != "OK":
