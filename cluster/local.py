@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,7 +100,19 @@ def revive_lost_workers(client: Any) -> list[str]:
     cluster = getattr(client, "cluster", None)
     if not isinstance(cluster, LocalCluster) or cluster.status != Status.running:
         return []
-    lost = sorted((str(name) for name in set(cluster.worker_spec) - set(cluster.workers)), key=str)
+    now = time.monotonic()
+    opening = _OPENING.setdefault(cluster, {})
+    for name in [name for name in opening if name in cluster.workers]:  # back: lost again, opened again
+        del opening[name]
+    # a nanny opened joins the cluster's list only once started (seconds): not opened twice meanwhile
+    lost = sorted(
+        (name for name in set(cluster.worker_spec) - set(cluster.workers) if now - opening.get(name, -math.inf) > 60),
+        key=str,
+    )
     if lost:
+        opening.update(dict.fromkeys(lost, now))
         cluster.scale(len(cluster.worker_spec))  # the same size: opens the spec's missing workers
-    return lost
+    return [str(name) for name in lost]
+
+
+_OPENING: weakref.WeakKeyDictionary[Any, dict[Any, float]] = weakref.WeakKeyDictionary()

@@ -23,7 +23,12 @@ def test_a_worker_the_local_cluster_closed_is_opened_again():
             time.sleep(0.1)
         assert len(client.nthreads()) == 1
         assert revive_lost_workers(client) == [str(name)]
+        assert revive_lost_workers(client) == []  # being opened (or back): not opened twice
         client.wait_for_workers(2, timeout=60)
+        # the cluster lists a nanny once it has started, a moment after its worker reached the scheduler
+        deadline = time.monotonic() + 30
+        while len(cluster.workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert sorted(str(n) for n in cluster.workers) == sorted(str(n) for n in cluster.worker_spec)
         assert revive_lost_workers(client) == []
 

@@ -464,4 +464,7 @@ def test_a_worker_the_local_cluster_closes_mid_study_is_opened_again(tmp_path, c
         assert summary.n_trials == 20 and all(r.status == OK for r in SweepStore.open(path).records())
         assert f"the local cluster had closed worker {closed[0]} while it restarted; opened it again" in caplog.text
         own.wait_for_workers(2, timeout=60)
+        deadline = time.monotonic() + 30  # the cluster lists a nanny a moment after its worker reached the scheduler
+        while len(cluster.workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert sorted(str(n) for n in cluster.workers) == ["0", "1"]
