@@ -344,9 +344,14 @@ class _Problems:
 
 
 def _resolve(base: Path, name: str) -> Path:
-    """A path the data file names, relative to it, with ``~``, ``..`` and symbolic links resolved."""
-    path = Path(os.path.expanduser(name))
-    return (path if path.is_absolute() else base / path).resolve()
+    """A path the data file names, relative to it, with ``~``, ``..`` and symbolic links resolved;
+    one that cannot be (a NUL character, a loop of symbolic links) is refused in one line."""
+    try:
+        path = Path(os.path.expanduser(name))
+        return (path if path.is_absolute() else base / path).resolve()
+    except (ValueError, RuntimeError, OSError) as exc:  # NUL in the name; a symbolic link loop
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"the path {name!r} cannot be used ({why})") from None
 
 
 def file_hash(path: Path) -> str:
@@ -700,7 +705,11 @@ class _Reader:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """The stack in tomosweep's layout and its angles in degrees, or None (the problem is noted)."""
         names = entry.file if isinstance(entry.file, list) else [entry.file]
-        file = ", ".join(str(_resolve(self.base, n)) for n in names)
+        try:
+            file = ", ".join(str(_resolve(self.base, n)) for n in names)
+        except InputError as exc:
+            self.problems.add(f"{what}: {exc}")
+            return None
         key = (file, entry.dataset, window)
         if key in self.named:
             self.problems.add(f"{what} and {self.named[key]} name the same series ({file}); each needs its own images")

@@ -38,6 +38,8 @@ def expand(base: Path, names: str | list[str], resolve: Callable[[Path, str], Pa
         A glob matches no file, or a listed file does not exist.
     """
     if isinstance(names, list):
+        if not names:
+            raise InputError("an empty list of files; name one file per tilt (or a glob)")
         files = [resolve(base, name) for name in names]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
@@ -52,7 +54,11 @@ def expand(base: Path, names: str | list[str], resolve: Callable[[Path, str], Pa
             names,
         )
     )
-    files = sorted(p.resolve() for p in root.glob(relative) if p.is_file())
+    try:
+        files = sorted(p.resolve() for p in root.glob(relative) if p.is_file())
+    except (ValueError, RuntimeError, OSError) as exc:  # NUL in the pattern; a symbolic link loop
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"the pattern {names!r} cannot be used ({why})") from None
     if not files:
         raise InputError(f"no file matches {names!r} in {root}")
     return files

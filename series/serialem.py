@@ -95,8 +95,16 @@ def read_mdoc(path: Path) -> Mdoc:
         raise InputError(f"{path}: has no [ZValue = …] sections (a montage or frame-set .mdoc); name a tilt stack's")
     if "TiltAngle" not in table.columns or bool(table["TiltAngle"].isna().any()):
         raise InputError(f"{path}: a section has no TiltAngle; give the angles another way (angles = […])")
+    z = np.asarray(table["ZValue"], dtype=float)
+    if not np.array_equal(np.sort(z), np.arange(z.size)):
+        raise InputError(
+            f"{path}: its sections are numbered [ZValue = {', '.join(f'{v:g}' for v in z[:6])}"
+            f"{' …' if z.size > 6 else ''}], not 0 … {z.size - 1} once each; name the .mdoc written with the stack"
+        )
     table = table.sort_values("ZValue")
     angles = np.asarray(table["TiltAngle"], dtype=float)
+    if not np.all(np.isfinite(angles)):
+        raise InputError(f"{path}: a TiltAngle is not a number")
     spacing = None
     if "PixelSpacing" in table.columns and not bool(table["PixelSpacing"].isna().all()):
         value = float(table["PixelSpacing"].dropna().iloc[0])
@@ -107,6 +115,8 @@ def read_mdoc(path: Path) -> Mdoc:
         match = _AXIS_TITLE.search(str(title))
         if match:
             axis = float(match.group(1))
+            if not (math.isfinite(axis) and abs(axis) <= 360.0):
+                raise InputError(f"{path}: 'Tilt axis angle = {match.group(1)}' is not an angle in degrees")
             break
     return Mdoc(path=path, angles=angles, pixel_size_nm=spacing, tilt_axis_angle=axis)
 

@@ -206,7 +206,7 @@ def _hspy_tomography(path: Path) -> dict[str, Any]:
         for name in list(experiments) if isinstance(experiments, h5py.Group) else []:
             group = experiments[name]
             tomo = group.get("metadata/Tomography") if isinstance(group, h5py.Group) else None
-            if tomo is not None:
+            if isinstance(tomo, h5py.Group):
                 found.append((name, group, tomo))
         if len(found) != 1:
             what = "no signal with" if not found else "more than one signal with"
@@ -214,23 +214,55 @@ def _hspy_tomography(path: Path) -> dict[str, Any]:
                 f"[align] file {path}: {what} ETSpy's metadata.Tomography (an ETSpy TomoStack saved as .hspy)"
             )
         _, group, tomo = found[0]
+        try:
+            return _tomography_values(group, tomo)
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:  # a file ETSpy did not write
+            raise InputError(
+                f"[align] file {path}: its metadata.Tomography is not as ETSpy writes it ({_first_line(exc)})"
+            ) from None
 
-        def array(name: str) -> np.ndarray | None:
-            # ETSpy ≥ 0.9 keeps shifts and tilts as signals (HyperSpy's _sig_ prefix), older ones as arrays
-            node = tomo.get(f"_sig_{name}/data")
-            node = tomo.get(name) if node is None else node
-            return None if node is None or not hasattr(node, "shape") else np.asarray(node, dtype=float)
 
-        axes = [group[k].attrs for k in sorted(k for k in group if k.startswith("axis-"))]
-        return {
-            "shifts": array("shifts"),
-            "tilts": array("tilts"),
-            "tiltaxis": float(tomo.attrs.get("tiltaxis", 0.0) or 0.0),
-            "xshift": float(tomo.attrs.get("xshift", 0.0) or 0.0),
-            "yshift": float(tomo.attrs.get("yshift", 0.0) or 0.0),
-            "cropped": bool(tomo.attrs.get("cropped", False)),
-            "image_shape": tuple(int(a["size"]) for a in axes if not a.get("navigate", False)),
-        }
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _tomography_values(group: Any, tomo: Any) -> dict[str, Any]:
+    """What :func:`read_etspy` needs of ETSpy's ``metadata.Tomography`` and of the signal's axes."""
+
+    def scalar(name: str, default: float) -> float:
+        value = tomo.attrs.get(name, default)
+        value = np.asarray(default if value is None else value)
+        if value.size != 1 or value.dtype.kind not in "biuf":
+            raise ValueError(f"{name} is not a number")
+        number = float(value.reshape(()))
+        if not math.isfinite(number):
+            raise ValueError(f"{name} is {number}")
+        return number
+
+    def array(name: str) -> np.ndarray | None:
+        # ETSpy ≥ 0.9 keeps shifts and tilts as signals (HyperSpy's _sig_ prefix), older ones as arrays
+        node = tomo.get(f"_sig_{name}/data")
+        node = tomo.get(name) if node is None else node
+        if node is None or not hasattr(node, "shape"):
+            return None
+        if node.dtype.kind not in "biuf":
+            raise ValueError(f"{name} are not numbers")
+        return np.asarray(node, dtype=float)
+
+    sizes = []
+    for key in sorted(k for k in group if k.startswith("axis-")):
+        attrs = group[key].attrs
+        if not bool(np.asarray(attrs.get("navigate", False)).any()):
+            sizes.append(int(np.asarray(attrs["size"]).reshape(())))
+    return {
+        "shifts": array("shifts"),
+        "tilts": array("tilts"),
+        "tiltaxis": scalar("tiltaxis", 0.0),
+        "xshift": scalar("xshift", 0.0),
+        "yshift": scalar("yshift", 0.0),
+        "cropped": bool(scalar("cropped", 0.0)),
+        "image_shape": tuple(sizes),
+    }
 
 
 def read_etspy(path: Path, angles: np.ndarray, frame: Frame) -> np.ndarray:
@@ -239,6 +271,12 @@ def read_etspy(path: Path, angles: np.ndarray, frame: Frame) -> np.ndarray:
     shifts_e = tomo["shifts"]
     if shifts_e is None or shifts_e.ndim != 2 or shifts_e.shape[1] != 2:
         raise InputError(f"[align] file {path}: metadata.Tomography holds no shifts of shape (tilts, 2)")
+    if not np.all(np.isfinite(shifts_e)):
+        raise InputError(f"[align] file {path}: metadata.Tomography holds shifts that are not numbers (NaN or inf)")
+    tilts = tomo["tilts"]
+    n_tilts = tilts.size if tilts is not None else angles.size
+    if shifts_e.shape[0] != n_tilts:
+        raise InputError(f"[align] file {path}: {shifts_e.shape[0]} shifts but {n_tilts} tilts")
     if tomo["cropped"] or tomo["image_shape"] != frame.raw_shape:
         raise InputError(
             f"[align] file {path}: its images are {' × '.join(map(str, tomo['image_shape']))} pixels, the series' "
@@ -251,7 +289,6 @@ def read_etspy(path: Path, angles: np.ndarray, frame: Frame) -> np.ndarray:
             f"[align] file {path}: ETSpy's tilt axis runs along the image columns, but the data file says "
             f'tilt_axis = "{frame.tilt_axis}"'
         )
-    tilts = tomo["tilts"]
     order = _match(path, tilts.ravel() if tilts is not None else angles, angles)
     _check_turn(path, -tomo["tiltaxis"], frame)
     rot = _rotation(tomo["tiltaxis"])
@@ -275,12 +312,19 @@ def read_shifts_json(path: Path, angles: np.ndarray, frame: Frame) -> np.ndarray
             raise ValueError
         file_angles = np.asarray(record["angles"], dtype=float)
         shifts = np.stack([record["shift_det_px"], record["shift_x_px"]], axis=1).astype(float)
-        binning = int(record["bin"])
-        turn = float(record["tilt_axis_angle"])
-        shape = [int(v) for v in record["shape"]]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        binning, turn, shape = record["bin"], float(record["tilt_axis_angle"]), record["shape"]
+        if not (isinstance(binning, int) and not isinstance(binning, bool) and binning >= 1):
+            raise ValueError  # a whole number of pixels
+        if not (isinstance(shape, list) and len(shape) == 2):
+            raise ValueError
+        shape = [int(v) for v in shape]
+        if file_angles.ndim != 1 or shifts.ndim != 2 or min(shape) < 1 or not math.isfinite(turn):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, OverflowError, RecursionError):
         raise InputError(f"[align] file {path}: not a tomosweep shifts.json (written by reconstruct-data)") from None
-    if shifts.shape[0] != file_angles.size or not np.all(np.isfinite(shifts)):
+    if not (np.all(np.isfinite(shifts)) and np.all(np.isfinite(file_angles))):
+        raise InputError(f"[align] file {path}: holds shifts or angles that are not numbers (NaN, inf or null)")
+    if shifts.shape[0] != file_angles.size:
         raise InputError(f"[align] file {path}: {shifts.shape[0]} shifts but {file_angles.size} angles")
     order = _match(path, file_angles, angles)
     _check_turn(path, turn, frame)
@@ -337,6 +381,8 @@ def read_alignment(
     else:
         shifts = read_shifts_json(path, angles, frame)
     limit = 0.5 * max(frame.raw_shape) / frame.binning
+    if not np.all(np.isfinite(shifts)):
+        raise InputError(f"[align] file {path}: gives shifts that are not numbers (NaN or inf)")
     if np.abs(shifts).max(initial=0.0) > limit:
         raise InputError(
             f"[align] file {path}: a shift of {np.abs(shifts).max():.0f} px moves a projection by more than half "

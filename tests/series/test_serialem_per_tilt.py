@@ -132,7 +132,54 @@ def _no_match(d):
     return _toml(d, '[haadf]\nfile = "BF_*.dm3"\nbackground = 0\n')
 
 
+def _mdoc_numbered(d, numbers=(0, 1, 1, 3, 4)):
+    write_mrc(d / "ts.mrc", IMAGES)
+    write_mdoc(d / "ts.mrc.mdoc", ANGLES)
+    text = (d / "ts.mrc.mdoc").read_text()
+    for z, number in enumerate(numbers):
+        text = text.replace(f"[ZValue = {z}]", f"[ZValue = #{number}]")
+    (d / "ts.mrc.mdoc").write_text(text.replace("#", ""))
+    return _toml(d, '[haadf]\nfile = "ts.mrc"\nbackground = 0\n')
+
+
+def _mdoc_axis(d, axis="1e400"):
+    write_mrc(d / "ts.mrc", IMAGES)
+    write_mdoc(d / "ts.mrc.mdoc", ANGLES)
+    text = (d / "ts.mrc.mdoc").read_text().replace("Tilt axis angle = -90.0", f"Tilt axis angle = {axis}")
+    (d / "ts.mrc.mdoc").write_text(text)
+    return _toml(d, '[haadf]\nfile = "ts.mrc"\nbackground = 0\n')
+
+
+def _empty_list(d):
+    return _toml(d, '[haadf]\nfile = []\nangles = "header"\nbackground = 0\n')
+
+
+def _nul_in_glob(d):
+    _per_tilt(d)
+    return _toml(d, '[haadf]\nfile = "tilt_\\u0000*.mrc"\nbackground = 0\n')
+
+
 CASES = {
+    "mdoc numbered twice": (
+        _mdoc_numbered,
+        "HAADF: {d}/ts.mrc.mdoc: its sections are numbered [ZValue = 0, 1, 1, 3, 4], not 0 … 4 once each; name "
+        "the .mdoc written with the stack",
+    ),
+    "mdoc numbered beyond": (
+        lambda d: _mdoc_numbered(d, (0, 1, 2, 3, 40)),
+        "HAADF: {d}/ts.mrc.mdoc: its sections are numbered [ZValue = 0, 1, 2, 3, 40], not 0 … 4 once each; name "
+        "the .mdoc written with the stack",
+    ),
+    "mdoc axis infinite": (
+        _mdoc_axis,
+        "HAADF: {d}/ts.mrc.mdoc: 'Tilt axis angle = 1e400' is not an angle in degrees",
+    ),
+    "mdoc axis 1e9": (
+        lambda d: _mdoc_axis(d, "1e9"),
+        "HAADF: {d}/ts.mrc.mdoc: 'Tilt axis angle = 1e9' is not an angle in degrees",
+    ),
+    "empty list": (_empty_list, "HAADF: an empty list of files; name one file per tilt (or a glob)"),
+    "nul in glob": (_nul_in_glob, "HAADF: the path 'tilt_\\x00*.mrc' cannot be used (embedded null byte)"),
     "mdoc count": (
         _mdoc_count,
         "HAADF: {d}/ts.mrc.mdoc: 4 sections (tilt angles) but ts.mrc holds 5 images; name the .mdoc written with "

@@ -222,3 +222,113 @@ def test_a_misfit_alignment_file_is_one_line_and_exit_2(tmp_path, capsys, monkey
     captured = capsys.readouterr()
     shown = " ".join(captured.err.split())  # the terminal wraps one line at its width
     assert shown.startswith("error:") and "4 tilts, the series 5" in shown and not (tmp_path / "out").exists()
+
+
+def _shifts_record(**changes) -> dict:
+    record = {
+        "format": "tomosweep-shifts/1",
+        "angles": [float(a) for a in ANGLES],
+        "shift_det_px": [0.5, 0.0, 0.0, -0.5, 0.25],
+        "shift_x_px": [0.0, 0.25, 0.0, 0.0, -0.25],
+        "shape": [ROWS, COLS],
+        "tilt_axis": "horizontal",
+        "tilt_axis_angle": 0.0,
+        "bin": 1,
+    }
+    record.update(changes)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, ""),  # the record as written: read
+        ('{"bin": Infinity}', "not a tomosweep shifts.json"),
+        ('{"bin": 1e400}', "not a tomosweep shifts.json"),
+        ('{"bin": 1.9}', "not a tomosweep shifts.json"),
+        ('{"shape": [Infinity, 40]}', "not a tomosweep shifts.json"),
+        ('{"shape": [32]}', "not a tomosweep shifts.json"),
+        ('{"shape": [32, 40, 1]}', "not a tomosweep shifts.json"),
+        ('{"angles": [[-10], [-5], [0], [5], [10]]}', "not a tomosweep shifts.json"),
+        ('{"tilt_axis_angle": NaN}', "not a tomosweep shifts.json"),
+        ('{"shift_det_px": [NaN, 0, 0, 0, 0]}', "not numbers"),
+        ("[" * 100000 + "]" * 100000, "not a tomosweep shifts.json"),
+    ],
+)
+def test_a_shifts_json_that_is_not_one_is_one_line(tmp_path, text, message):
+    import json
+
+    from tomosweep.series.transfer import SHIFTS_FORMAT
+
+    record = _shifts_record(format=SHIFTS_FORMAT)
+    if text is not None and text.startswith("{"):
+        body = json.dumps(record)[:-1] + ", " + text[1:]  # the change, in JSON's own spelling (NaN, Infinity)
+    else:
+        body = json.dumps(record) if text is None else text
+    (tmp_path / "shifts.json").write_text(body)
+    data = _series(tmp_path, align='file = "shifts.json"')
+    if text is None:
+        assert load_series(data).given_alignment is not None
+        return
+    with pytest.raises(InputError, match=message) as refused:
+        load_series(data)
+    assert "\n" not in str(refused.value) and "shifts.json" in str(refused.value)
+
+
+def _etspy_changed(path, change: str) -> None:
+    import h5py
+
+    shifts = S_E.copy()
+    if change == "nan shifts":
+        shifts[1, 0] = np.nan
+    if change == "four shifts":
+        shifts = shifts[:4]
+    _etspy(path, shifts)
+    with h5py.File(path, "r+") as f:
+        group = f["Experiments/__unnamed__"]
+        tomo = group["metadata/Tomography"]
+        if change == "text tiltaxis":
+            tomo.attrs["tiltaxis"] = "abc"
+        elif change == "two tiltaxes":
+            tomo.attrs["tiltaxis"] = np.array([1.0, 2.0])
+        elif change == "nan xshift":
+            tomo.attrs["xshift"] = np.nan
+        elif change == "size missing":
+            del group["axis-1"].attrs["size"]
+        elif change == "text size":
+            group["axis-1"].attrs["size"] = "abc"
+        elif change == "Tomography a dataset":
+            del group["metadata/Tomography"]
+            group["metadata"].create_dataset("Tomography", data=np.zeros(3))
+        elif change == "text shifts":
+            del tomo["_sig_shifts/data"]
+            tomo.create_dataset("_sig_shifts/data", data=np.array([[b"a", b"b"]] * 5))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan shifts", "not numbers"),
+        ("four shifts", "4 shifts but 5 tilts"),
+        ("text tiltaxis", "not as ETSpy writes it"),
+        ("two tiltaxes", "not as ETSpy writes it"),
+        ("nan xshift", "not as ETSpy writes it"),
+        ("size missing", "not as ETSpy writes it"),
+        ("text size", "not as ETSpy writes it"),
+        ("Tomography a dataset", "no signal with ETSpy's metadata.Tomography"),
+        ("text shifts", "not as ETSpy writes it"),
+    ],
+)
+def test_an_etspy_file_not_as_etspy_writes_it_is_one_line(tmp_path, change, message):
+    _etspy_changed(tmp_path / "stack.hspy", change)
+    with pytest.raises(InputError, match=message) as refused:
+        load_series(_series(tmp_path, align='file = "stack.hspy"'))
+    assert "\n" not in str(refused.value) and "stack.hspy" in str(refused.value)
+
+
+@pytest.mark.parametrize("line", ['file = "a\\u0000.xf"', 'file = "loop.json"'])  # a NUL; a link to itself
+def test_an_alignment_path_that_cannot_be_used_is_one_line(tmp_path, line):
+    (tmp_path / "loop.json").symlink_to("loop.json")
+    with pytest.raises(InputError, match="cannot be used") as refused:
+        load_series(_series(tmp_path, align=line))
+    assert "\n" not in str(refused.value)
