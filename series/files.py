@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from tomosweep.errors import InputError
@@ -95,7 +95,9 @@ class AngleFile(_Model):
     """The dataset (HDF5) or array (NPZ) inside it."""
 
 
-Angles = Annotated[list[float] | str | AngleFile, Field(union_mode="left_to_right")]
+# a list may hold NaN or inf here: the reader says "angles must be finite numbers" in one line, where pydantic
+# would list why each of the three forms failed
+Angles = Annotated[list[Annotated[float, AllowInfNan(True)]] | str | AngleFile, Field(union_mode="left_to_right")]
 
 
 class SeriesFile(_Model):
@@ -723,6 +725,9 @@ class _Reader:
             return None
         self.raw_shapes.setdefault(what, (int(data.shape[1]), int(data.shape[2])))
         angles = self._in_degrees(np.asarray(angles, dtype=float), what)
+        if angles is not None and not np.all(np.isfinite(angles)):
+            self.problems.add(f"{what}: angles must be finite numbers")
+            return None
         if angles is None or not self._check_overridden(what, angles):
             return None
         _check_angles(angles, data.shape[0], what, self.problems)

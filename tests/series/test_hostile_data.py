@@ -31,6 +31,10 @@ def _radians(d):
     return _toml(d, '[chem]\nangles = [-1.0, -0.5, 0.0, 0.5, 1.0]\n[chem.elements]\nCo = "co.npz"\n')
 
 
+def _nan_angle(d):
+    return _toml(d, '[chem]\nangles = [nan, -30.0, 0.0, 30.0, inf]\n[chem.elements]\nCo = "co.npz"\n')
+
+
 def _decimal_commas(d):
     (d / "a.tlt").write_text("-52,5\n-30,0\n0,0\n30,0\n52,5\n")
     return _toml(d, '[chem]\nangles = "a.tlt"\n[chem.elements]\nCo = "co.npz"\n')
@@ -54,6 +58,7 @@ CASES = {
         "chemical map Co: the angles look like radians (all within ±π/2, spanning 2.00); "
         'set angles_unit = "rad" if they are, or angles_unit = "deg" if these are degrees',
     ),
+    "NaN angle": (_nan_angle, "chemical map Co: angles must be finite numbers"),
     "decimal commas": (
         _decimal_commas,
         "chemical map Co: angle file {d}/a.tlt: line 1 writes its angle with a "
