@@ -609,6 +609,7 @@ class _Reader:
         if self.mdoc is not None:
             return
         self.mdoc = mdoc
+        self.notes.extend(f"{what}: {note}" for note in mdoc.notes)
         if mdoc.tilt_axis_angle is not None and not self.axis_given:
             direction, turn = layout_from_serialem(mdoc.tilt_axis_angle)
             self.geometry.update(tilt_axis=direction, tilt_axis_angle=turn)

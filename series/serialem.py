@@ -40,12 +40,15 @@ class Mdoc:
         ``PixelSpacing`` in nm (the file gives Ångström).
     tilt_axis_angle : float or None
         SerialEM's tilt-axis angle, degrees from the image's Y axis (module docstring).
+    notes : tuple of str
+        What was not taken from the file, and why (a ``PixelSpacing`` that is no pixel size).
     """
 
     path: Path
     angles: np.ndarray
     pixel_size_nm: float | None
     tilt_axis_angle: float | None
+    notes: tuple[str, ...] = ()
 
 
 def find_mdoc(stack: Path) -> Path | None:
@@ -106,9 +109,12 @@ def read_mdoc(path: Path) -> Mdoc:
     if not np.all(np.isfinite(angles)):
         raise InputError(f"{path}: a TiltAngle is not a number")
     spacing = None
+    notes: list[str] = []
     if "PixelSpacing" in table.columns and not bool(table["PixelSpacing"].isna().all()):
         value = float(table["PixelSpacing"].dropna().iloc[0])
         spacing = value / 10.0 if math.isfinite(value) and value > 0 else None
+        if spacing is None:
+            notes.append(f"PixelSpacing = {value:g} in {path.name} is not a pixel size; it is not used")
     axis = None
     titles = table["titles"].iloc[0] if "titles" in table.columns else []
     for title in titles:
@@ -118,7 +124,7 @@ def read_mdoc(path: Path) -> Mdoc:
             if not (math.isfinite(axis) and abs(axis) <= 360.0):
                 raise InputError(f"{path}: 'Tilt axis angle = {match.group(1)}' is not an angle in degrees")
             break
-    return Mdoc(path=path, angles=angles, pixel_size_nm=spacing, tilt_axis_angle=axis)
+    return Mdoc(path=path, angles=angles, pixel_size_nm=spacing, tilt_axis_angle=axis, notes=tuple(notes))
 
 
 def layout_from_serialem(tilt_axis_angle: float) -> tuple[str, float]:

@@ -38,6 +38,15 @@ def test_an_mdoc_beside_the_stack_gives_angles_pixel_size_and_axis(tmp_path):
     assert any("tilt axis from ts.mrc.mdoc" in n for n in series.notes)
 
 
+@pytest.mark.parametrize("spacing", [0.0, -5.0])
+def test_an_mdoc_pixel_spacing_that_is_no_pixel_size_is_not_used_and_said(tmp_path, spacing):
+    write_mrc(tmp_path / "ts.mrc", IMAGES)
+    write_mdoc(tmp_path / "ts.mrc.mdoc", ANGLES, spacing=spacing)
+    series = load_series(_toml(tmp_path, '[haadf]\nfile = "ts.mrc"\nbackground = 0\n'))
+    assert series.pixel_size_nm is None
+    assert f"HAADF: PixelSpacing = {spacing:g} in ts.mrc.mdoc is not a pixel size; it is not used" in series.notes
+
+
 def test_angles_mdoc_and_the_mdoc_axis_turns_a_vertical_series(tmp_path):
     write_mrc(tmp_path / "ts.mrc", IMAGES, angles=[0, 1, 2, 3, 4])  # the header's angles are not used
     write_mdoc(tmp_path / "ts.mdoc", ANGLES, axis=0.0)
