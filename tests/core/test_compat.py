@@ -43,7 +43,7 @@ def test_zarr_settle_waits_for_the_writes_a_failed_zarr_call_left_running(tmp_pa
     async def slow_or_failing(self, key, value, exclusive=False):
         if key.endswith("/0"):
             raise OSError(28, "No space left on device")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)  # long beside any pause of a loaded machine between the raise and the look
         return await real_set(self, key, value, exclusive=exclusive)
 
     monkeypatch.setattr(LocalStore, "_set", slow_or_failing)
