@@ -93,6 +93,27 @@ def test_a_diverging_solver_is_a_failed_record(monkeypatch):
     assert record.status == FAILED and record.error.startswith("DivergenceError: fused: cost is NaN at iteration 3")
 
 
+def _once_committed(path, n: int, act) -> threading.Thread:
+    """A started thread that calls ``act()`` once the store at ``path`` holds ``n`` committed trials
+    (a minute at most): a fault injected while the study runs."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                committed = SweepStore.open(path).n_committed
+            except Exception:  # not created yet, or half-written while we look
+                committed = 0
+            if committed >= n:
+                act()
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
 def test_killing_a_worker_mid_study_loses_nothing(tmp_path, client):
     path = tmp_path / "s.zarr"
     study = tiny_study()
@@ -100,21 +121,11 @@ def test_killing_a_worker_mid_study_loses_nothing(tmp_path, client):
     pids = list(client.run(os.getpid).values())
     killed = []
 
-    def kill_when_running() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                committed = SweepStore.open(path).n_committed
-            except Exception:  # not created yet, or half-written while we look
-                committed = 0
-            if committed >= 4:
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-                return
-            time.sleep(0.05)
+    def kill() -> None:
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
 
-    thread = threading.Thread(target=kill_when_running)
-    thread.start()
+    thread = _once_committed(path, 4, kill)
     summary = run_study(study_from_dict(study), path, client=client, trial_fn=trial_hooks.sleepy_trial)
     thread.join()
     assert killed, "the worker was never killed"
@@ -441,22 +452,12 @@ def test_a_worker_the_local_cluster_closes_mid_study_is_opened_again(tmp_path, c
         cluster = own.cluster
         closed = []
 
-        def close_a_nanny_when_running() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    committed = SweepStore.open(path).n_committed
-                except Exception:  # not created yet, or half-written while we look
-                    committed = 0
-                if committed >= 4:
-                    name = sorted(cluster.workers, key=str)[0]
-                    cluster.sync(cluster.workers.pop(name).close)  # as distributed's check does
-                    closed.append(str(name))
-                    return
-                time.sleep(0.05)
+        def close_a_nanny() -> None:
+            name = sorted(cluster.workers, key=str)[0]
+            cluster.sync(cluster.workers.pop(name).close)  # as distributed's check does
+            closed.append(str(name))
 
-        thread = threading.Thread(target=close_a_nanny_when_running)
-        thread.start()
+        thread = _once_committed(path, 4, close_a_nanny)
         with caplog.at_level("WARNING", logger="tomosweep.sweep.runner"):
             summary = run_study(study_from_dict(study), path, client=own, trial_fn=trial_hooks.sleepy_trial)
         thread.join()
