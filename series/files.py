@@ -43,7 +43,7 @@ from tomosweep.errors import InputError
 from tomosweep.series.align import Alignment
 from tomosweep.series.axis import estimate_tilt_axis_angle
 from tomosweep.series.calibrate import intensity_outliers, vacuum_level
-from tomosweep.series.per_tilt import expand, is_pattern, read_per_tilt
+from tomosweep.series.per_tilt import expand, is_pattern, read_per_tilt, unusable
 from tomosweep.series.readers import (
     ANGLE_CONTAINER_SUFFIXES,
     read_angle_container,
@@ -352,8 +352,7 @@ def _resolve(base: Path, name: str) -> Path:
         path = Path(os.path.expanduser(name))
         return (path if path.is_absolute() else base / path).resolve()
     except (ValueError, RuntimeError, OSError) as exc:  # NUL in the name; a symbolic link loop
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"the path {name!r} cannot be used ({why})") from None
+        raise unusable("path", name, exc) from None
 
 
 def file_hash(path: Path) -> str:

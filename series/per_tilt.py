@@ -29,6 +29,12 @@ def is_pattern(name: str) -> bool:
     return bool(_GLOB & set(name))
 
 
+def unusable(kind: str, name: str, exc: BaseException) -> InputError:
+    """One line for a path or pattern the system refuses (a NUL character, a loop of symbolic links)."""
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(f"the {kind} {name!r} cannot be used ({why})")
+
+
 def expand(base: Path, names: str | list[str], resolve: Callable[[Path, str], Path]) -> list[Path]:
     """The files a glob or a list names, relative to ``base``: a glob's matches sorted by name.
 
@@ -57,8 +63,7 @@ def expand(base: Path, names: str | list[str], resolve: Callable[[Path, str], Pa
     try:
         files = sorted(p.resolve() for p in root.glob(relative) if p.is_file())
     except (ValueError, RuntimeError, OSError) as exc:  # NUL in the pattern; a symbolic link loop
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"the pattern {names!r} cannot be used ({why})") from None
+        raise unusable("pattern", names, exc) from None
     if not files:
         raise InputError(f"no file matches {names!r} in {root}")
     return files

@@ -10,7 +10,7 @@ import pytest
 from tomosweep.errors import InputError
 from tomosweep.series import apply_shifts, load_series, write_mrc, write_rawtlt
 from tomosweep.series.align import Alignment
-from tomosweep.series.transfer import Frame, write_imod_xf, write_shifts_json
+from tomosweep.series.transfer import SHIFTS_FORMAT, Frame, write_imod_xf, write_shifts_json
 
 ANGLES = np.array([-10.0, -5.0, 0.0, 5.0, 10.0])  # under 30°: the tilt-axis check stays out of the way
 ROWS, COLS = 32, 40
@@ -226,7 +226,7 @@ def test_a_misfit_alignment_file_is_one_line_and_exit_2(tmp_path, capsys, monkey
 
 def _shifts_record(**changes) -> dict:
     record = {
-        "format": "tomosweep-shifts/1",
+        "format": SHIFTS_FORMAT,
         "angles": [float(a) for a in ANGLES],
         "shift_det_px": [0.5, 0.0, 0.0, -0.5, 0.25],
         "shift_x_px": [0.0, 0.25, 0.0, 0.0, -0.25],
@@ -258,9 +258,7 @@ def _shifts_record(**changes) -> dict:
 def test_a_shifts_json_that_is_not_one_is_one_line(tmp_path, text, message):
     import json
 
-    from tomosweep.series.transfer import SHIFTS_FORMAT
-
-    record = _shifts_record(format=SHIFTS_FORMAT)
+    record = _shifts_record()
     if text is not None and text.startswith("{"):
         body = json.dumps(record)[:-1] + ", " + text[1:]  # the change, in JSON's own spelling (NaN, Infinity)
     else:
