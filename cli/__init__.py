@@ -15,6 +15,7 @@ import functools
 import logging
 import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -115,12 +116,26 @@ def _deliver_later(signum: int) -> None:
     timer.start()
 
 
+_raised: list[int] = []  # the signal whose KeyboardInterrupt the handlers raised last
+
+
+def _on_unraisable(previous: Any, unraisable: Any) -> None:
+    """``sys.unraisablehook``: a KeyboardInterrupt of Ctrl-C or SIGTERM that Python swallowed in a
+    callback :func:`_swallows` does not know (any function can be a weak reference's callback;
+    importlib's module locks have one) is delivered again instead of printed and lost."""
+    if unraisable.exc_type is KeyboardInterrupt and _raised:
+        _deliver_later(_raised[-1])
+        return
+    previous(unraisable)
+
+
 def _on_sigint(signum: int, frame: Any) -> None:
     """Ctrl-C: Python's own KeyboardInterrupt, but never raised where it would be printed and
     dropped (:func:`_swallows`): there it is delivered again, once the callback has returned."""
     if _swallows(frame):
         _deliver_later(signal.SIGINT)
         return
+    _raised.append(signal.SIGINT)
     raise KeyboardInterrupt
 
 
@@ -132,6 +147,7 @@ def _on_sigterm(state: CliState, signum: int, frame: Any) -> None:
         # handled once the callback has returned
         _deliver_later(signal.SIGTERM)
         return
+    _raised.append(signal.SIGTERM)
     raise KeyboardInterrupt  # click turns it into its Abort, like Ctrl-C
 
 
@@ -219,6 +235,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, state))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it
         signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = functools.partial(_on_unraisable, sys.unraisablehook)
     dependency_warnings_to_log()
     try:
         code = app(standalone_mode=False, obj=state)

@@ -305,3 +305,47 @@ def test_ctrl_c_inside_a_long_garbage_collector_callback_arrives_once_it_returns
     assert len(inside) == 2, "the callback was cut short"
     assert arrived is not None and arrived >= inside[1], "the interrupt was dropped or raised inside the callback"
     assert sys.getrecursionlimit() > 0
+
+
+def test_ctrl_c_swallowed_in_any_callback_is_delivered_again():
+    """A callback :func:`_swallows` cannot know (any function can be a weak reference's callback;
+    importlib's module locks have one, seen in CI): Python swallows the KeyboardInterrupt raised in it
+    and reports it to ``sys.unraisablehook``, which sends the signal again; it arrives after."""
+    import functools
+    import sys
+    import weakref
+
+    from tomosweep.cli import _on_sigint, _on_unraisable
+
+    class Thing:
+        pass
+
+    ran = []
+
+    def callback(_ref):  # an ordinary function: nothing in its frame says it is a callback
+        ran.append("start")
+        os.kill(os.getpid(), signal.SIGINT)
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+        ran.append("end")  # not reached: the interrupt was raised in here, and swallowed
+
+    previous_signal = signal.signal(signal.SIGINT, _on_sigint)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_on_unraisable, previous_hook)
+    arrived = False
+    try:
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        try:
+            del thing  # the callback runs here, and its KeyboardInterrupt is swallowed
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            arrived = True
+    finally:
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, previous_signal)
+    assert ref() is None and ran == ["start"]
+    assert arrived, "the interrupt swallowed in the callback was lost"
